@@ -1,0 +1,86 @@
+// One app's token, kept fresh: a coroutine that drives token_lifecycle with real time and
+// real gettoken calls, and the lock-free view every HTTP worker reads on the hot path.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "token_broker/asio.hpp"
+#include "token_broker/config.hpp"
+#include "token_broker/token_lifecycle.hpp"
+#include "token_broker/token_store.hpp"
+#include "token_broker/upstream_client.hpp"
+
+namespace token_broker {
+
+// What any thread may read about one app without taking a lock; replaced whole on change.
+struct app_view {
+  app_state state = app_state::unknown;
+  std::optional<token> current;  // the held token unless revoked; check serve_until
+  std::optional<fetch_failure> failure;
+  time_point next_attempt_at{};
+
+  const token* servable(time_point now) const {
+    return current && now < current->serve_until ? &*current : nullptr;
+  }
+  // The state as of `now`: a token can expire without anything being published.
+  app_state state_at(time_point now) const {
+    return state == app_state::fresh && !servable(now) ? app_state::unknown : state;
+  }
+};
+
+// The answer to someone who needs the token: the token, or why there is none and when
+// to come back.
+struct token_outcome {
+  std::optional<token> current;
+  std::optional<fetch_failure> failure;  // the last upstream failure, if that is the reason
+  std::chrono::seconds retry_after{1};
+};
+
+class app_refresher : public std::enable_shared_from_this<app_refresher> {
+ public:
+  // `wait_limit` bounds how long a caller waits for a refresh (upstream.timeout_ms).
+  app_refresher(asio::any_io_executor executor, app_config app, const refresh_config& refresh,
+                std::chrono::milliseconds wait_limit, upstream_client& upstream,
+                token_store& store);
+
+  const app_config& app() const { return app_; }
+  std::shared_ptr<const app_view> view() const { return view_.load(std::memory_order_acquire); }
+
+  void start();
+  void stop();
+
+  // The token, waiting for an in-flight or imminent refresh if there is no valid one.
+  asio::awaitable<token_outcome> wait_for_token();
+  // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
+  asio::awaitable<token_outcome> invalidate(std::string value);
+
+ private:
+  asio::awaitable<void> run();
+  void record(const fetch_result& result, time_point started_at);
+  asio::awaitable<token_outcome> wait_on_strand();
+  asio::awaitable<token_outcome> invalidate_on_strand(std::string value);
+  token_outcome unavailable(time_point now) const;
+  void publish();
+  double jitter_unit() { return std::uniform_real_distribution<double>(0.0, 1.0)(random_); }
+
+  // Everything below is touched only on strand_.
+  asio::strand<asio::any_io_executor> strand_;
+  app_config app_;
+  std::chrono::milliseconds wait_limit_;
+  upstream_client& upstream_;
+  token_store& store_;
+  token_lifecycle lifecycle_;
+  asio::steady_timer wake_;                // the refresher's sleep; cancelled to re-plan
+  std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
+  std::mt19937_64 random_;
+  bool stopping_ = false;
+
+  std::atomic<std::shared_ptr<const app_view>> view_;
+};
+
+}  // namespace token_broker

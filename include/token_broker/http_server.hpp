@@ -1,0 +1,50 @@
+// The HTTP/1.1 API server: one accept loop, one coroutine per connection, keep-alive, and
+// the limits that keep it answering under abuse (header and body caps, read deadlines
+// against slowloris, an idle timeout, a connection cap).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+#include "token_broker/asio.hpp"
+#include "token_broker/listen_address.hpp"
+#include "token_broker/request_handler.hpp"
+
+namespace token_broker {
+
+struct server_limits {
+  std::size_t max_connections = 10000;
+  std::chrono::milliseconds idle_timeout{60000};    // between requests on a keep-alive connection
+  std::chrono::milliseconds request_timeout{10000};  // to read one request once it has begun
+  std::uint32_t header_limit = 8 * 1024;
+  std::uint64_t body_limit = 16 * 1024;
+};
+
+// The default connection cap: what the process's file descriptor limit leaves room for.
+std::size_t connection_cap_from_fd_limit();
+
+class http_server {
+ public:
+  // Binds and listens; throws boost::system::system_error when it cannot.
+  http_server(asio::io_context& io, const listen_address& where, request_handler& handler,
+              server_limits limits);
+  ~http_server();
+  http_server(const http_server&) = delete;
+  http_server& operator=(const http_server&) = delete;
+
+  void start();
+  // Stops accepting. Connections finish the request they are on and then close.
+  void stop();
+  std::size_t requests_in_flight() const;
+
+  // Defined in http_server.cpp only.
+  struct shared_state;
+  class listener;
+
+ private:
+  std::shared_ptr<shared_state> state_;
+  std::unique_ptr<listener> listener_;
+};
+
+}  // namespace token_broker

@@ -1,0 +1,82 @@
+// The life of one app's token as pure decisions: when to call upstream, what a fetch result
+// means, what may be handed out. No I/O and no clock of its own: time comes in as arguments,
+// and so does randomness (a "unit" in [0, 1)), so every rule is unit-tested deterministically.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "token_broker/config.hpp"
+#include "token_broker/fetch_result.hpp"
+
+namespace token_broker {
+
+struct token {
+  std::string value;
+  time_point issued_at;  // when its request was sent (or when it was adopted)
+  // Counted from the moment its request was sent, so latency never stretches it.
+  time_point expires_at;
+  // Handed out only before this: expires_at less a safety margin, so a caller that gets
+  // the token still has time to use it.
+  time_point serve_until;
+  // Upstream may consider the token valid until as late as this (expires_at plus the
+  // latency of the call that issued it); asking for a new one earlier can return it again.
+  time_point replaceable_at;
+};
+
+// Builds the token a successful fetch describes, on its own (no previous token considered).
+token token_from_fetch(const fetched_token& fetched);
+// Builds a token from a known value and expiry, seen at `now` (adopted from a store or
+// another replica: the latency of the call that issued it is unknown).
+token token_from_expiry(std::string value, time_point expires_at, time_point now);
+
+enum class app_state { unknown, fresh, refreshing, failing };
+std::string_view to_string(app_state state);
+
+class token_lifecycle {
+ public:
+  explicit token_lifecycle(const refresh_config& policy) : policy_(policy) {}
+
+  // The token callers may be given at `now`, or nullptr.
+  const token* servable(time_point now) const;
+  // The token held, servable or not (expired, revoked), or nullptr.
+  const token* held() const { return token_ ? &*token_ : nullptr; }
+
+  // When the next gettoken call should start, min_interval floor included.
+  time_point next_attempt_at() const;
+  bool in_flight() const { return in_flight_; }
+  app_state state(time_point now) const;
+  // Why the last attempt failed; empty once an attempt succeeds.
+  const std::optional<fetch_failure>& last_failure() const { return last_failure_; }
+
+  void attempt_started(time_point now);
+  void attempt_succeeded(const fetched_token& fetched, double jitter_unit);
+  void attempt_failed(fetch_failure failure, time_point now, double jitter_unit);
+
+  // Takes a token from elsewhere (a store, another replica) when it outlives the one held.
+  // True when adopted.
+  bool adopt(const token& candidate, double jitter_unit);
+
+  // A caller saw upstream reject `value`. True when `value` is the held token: it is no
+  // longer served, and a new one is fetched as soon as the floor allows. Reports of a token
+  // already replaced return false and change nothing.
+  bool invalidate(std::string_view value, time_point now);
+
+ private:
+  void schedule_refresh_of_held(double jitter_unit);
+  std::chrono::milliseconds backoff(failure_class kind, double jitter_unit) const;
+
+  refresh_config policy_;
+  std::optional<token> token_;
+  bool revoked_ = false;
+  time_point revoked_at_{};
+  bool in_flight_ = false;
+  std::optional<time_point> last_attempt_started_;
+  time_point scheduled_at_ = time_point::min();  // before the floor
+  int consecutive_failures_ = 0;
+  std::optional<fetch_failure> last_failure_;
+};
+
+}  // namespace token_broker

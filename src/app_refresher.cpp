@@ -1,0 +1,192 @@
+#include "token_broker/app_refresher.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace token_broker {
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using std::chrono::steady_clock;
+
+// A caller waiting for a refresh gives up this long after the refresh's own deadline, so
+// that the refresh's failure, not the caller's timeout, is what the caller reports.
+constexpr milliseconds wait_slack{100};
+
+std::int64_t unix_seconds(time_point at) {
+  return duration_cast<seconds>(at.time_since_epoch()).count();
+}
+
+std::int64_t milliseconds_between(time_point from, time_point to) {
+  return duration_cast<milliseconds>(to - from).count();
+}
+
+}  // namespace
+
+app_refresher::app_refresher(asio::any_io_executor executor, app_config app,
+                             const refresh_config& refresh, milliseconds wait_limit,
+                             upstream_client& upstream, token_store& store)
+    : strand_(asio::make_strand(executor)),
+      app_(std::move(app)),
+      wait_limit_(wait_limit),
+      upstream_(upstream),
+      store_(store),
+      lifecycle_(refresh),
+      wake_(strand_),
+      random_(std::random_device{}()),
+      view_(std::make_shared<const app_view>()) {}
+
+void app_refresher::start() {
+  asio::co_spawn(strand_, run(), [id = app_.id](std::exception_ptr failure) {
+    // The loop handles every expected failure itself; reaching here is a broken invariant.
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& error) {
+        spdlog::critical("app={} refresher stopped: {}", id, error.what());
+      }
+    }
+  });
+}
+
+void app_refresher::stop() {
+  asio::post(strand_, [self = shared_from_this()] {
+    self->stopping_ = true;
+    self->wake_.cancel();
+    self->publish();
+  });
+}
+
+asio::awaitable<void> app_refresher::run() {
+  const auto self = shared_from_this();  // the coroutine keeps its refresher alive
+
+  if (auto stored = co_await store_.load(app_.id)) {
+    const auto now = clock::now();
+    if (stored->expires_at > now &&
+        lifecycle_.adopt(token_from_expiry(std::move(stored->value), stored->expires_at, now),
+                         jitter_unit())) {
+      spdlog::info("app={} adopted stored token, expires_at={}", app_.id,
+                   unix_seconds(stored->expires_at));
+      publish();
+    }
+  }
+
+  while (!stopping_) {
+    const auto now = clock::now();
+    const auto attempt_at = lifecycle_.next_attempt_at();
+    if (attempt_at > now) {
+      wake_.expires_after(attempt_at - now);
+      co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+      continue;  // woken early (invalidation, stop) or on time: plan again either way
+    }
+
+    lifecycle_.attempt_started(now);
+    publish();
+    const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
+    if (stopping_) break;
+    record(result, now);
+    if (std::holds_alternative<fetched_token>(result)) {
+      // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
+      const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
+      co_await store_.save(app_.id, latest);
+    }
+    publish();
+  }
+}
+
+void app_refresher::record(const fetch_result& result, time_point started_at) {
+  const auto finished_at = clock::now();
+  const auto latency_ms = milliseconds_between(started_at, finished_at);
+
+  if (const auto* fetched = std::get_if<fetched_token>(&result)) {
+    const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
+    lifecycle_.attempt_succeeded(*fetched, jitter_unit());
+    const token& held = *lifecycle_.held();
+    spdlog::info(
+        "app={} refresh ok: {} token, expires_at={} (in {}s), latency_ms={}, next_refresh_in_s={}",
+        app_.id, held.value == previous ? "same (expiry kept)" : "new",
+        unix_seconds(held.expires_at), milliseconds_between(finished_at, held.expires_at) / 1000,
+        latency_ms, milliseconds_between(finished_at, lifecycle_.next_attempt_at()) / 1000);
+    return;
+  }
+
+  const auto& failure = std::get<fetch_failure>(result);
+  lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
+  const token* held = lifecycle_.servable(finished_at);
+  spdlog::warn(
+      "app={} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
+      app_.id, failure.errcode, failure.errmsg, latency_ms,
+      milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
+      held ? "serving the held token until " + std::to_string(unix_seconds(held->serve_until))
+           : std::string("no valid token to serve"));
+}
+
+void app_refresher::publish() {
+  auto view = std::make_shared<app_view>();
+  const auto now = clock::now();
+  view->state = lifecycle_.state(now);
+  view->failure = lifecycle_.last_failure();
+  view->next_attempt_at = lifecycle_.next_attempt_at();
+  // A revoked token is held (to recognise stale reports) but never published.
+  if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
+    view->current = *held;
+  }
+  view_.store(std::move(view), std::memory_order_release);
+
+  for (auto* waiter : waiters_) waiter->cancel();
+  waiters_.clear();
+}
+
+asio::awaitable<token_outcome> app_refresher::wait_for_token() {
+  co_return co_await asio::co_spawn(strand_, wait_on_strand(), asio::use_awaitable);
+}
+
+asio::awaitable<token_outcome> app_refresher::invalidate(std::string value) {
+  co_return co_await asio::co_spawn(strand_, invalidate_on_strand(std::move(value)),
+                                    asio::use_awaitable);
+}
+
+asio::awaitable<token_outcome> app_refresher::invalidate_on_strand(std::string value) {
+  if (lifecycle_.invalidate(value, clock::now())) {
+    wake_.cancel();  // the refresher plans again and finds the refresh due
+    publish();
+  }
+  co_return co_await wait_on_strand();
+}
+
+asio::awaitable<token_outcome> app_refresher::wait_on_strand() {
+  asio::steady_timer waiter(strand_);
+  std::optional<steady_clock::time_point> deadline;
+  for (;;) {
+    const auto now = clock::now();
+    if (const token* held = lifecycle_.servable(now)) co_return token_outcome{*held, {}, {}};
+    if (stopping_) co_return unavailable(now);
+
+    // Wait only for a refresh that is under way or starts soon enough to finish in time.
+    const auto starts_in = lifecycle_.in_flight()
+                               ? milliseconds{0}
+                               : std::max(milliseconds{0}, duration_cast<milliseconds>(
+                                                               lifecycle_.next_attempt_at() - now));
+    const auto steady_now = steady_clock::now();
+    if (!deadline) {
+      if (starts_in > wait_limit_) co_return unavailable(now);
+      deadline = steady_now + starts_in + wait_limit_ + wait_slack;
+    } else if (steady_now >= *deadline || steady_now + starts_in >= *deadline) {
+      co_return unavailable(now);
+    }
+
+    waiter.expires_at(*deadline);
+    waiters_.push_back(&waiter);
+    const auto [error] = co_await waiter.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!error) std::erase(waiters_, &waiter);  // woke at the deadline: still registered
+  }
+}
+
+token_outcome app_refresher::unavailable(time_point now) const {
+  const auto wait = std::max(seconds{1}, std::chrono::ceil<seconds>(lifecycle_.next_attempt_at() -
+                                                                    now));
+  return token_outcome{std::nullopt, lifecycle_.last_failure(), wait};
+}
+
+}  // namespace token_broker

@@ -1,0 +1,158 @@
+#include "token_broker/request_handler.hpp"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace token_broker {
+namespace {
+
+// WeCom answers a gettoken it cannot serve with -1 "system busy"; so do we when upstream
+// gave no reason of its own.
+fetch_failure failure_or_busy(const token_outcome& outcome) {
+  return outcome.failure.value_or(fetch_failure{failure_class::transient, -1, "system busy"});
+}
+
+}  // namespace
+
+asio::awaitable<response> request_handler::handle(const request& incoming) {
+  const auto call = match_route(incoming.method(), incoming.target());
+  try {
+    co_return co_await dispatch(call, incoming);
+  } catch (const std::exception& error) {
+    // Never the target: for /cgi-bin/gettoken it holds the app secret.
+    spdlog::error("request failed unexpectedly: {}", error.what());
+  }
+  co_return error_response(http::status::internal_server_error, "internal",
+                           "the broker failed to answer; see its log");
+}
+
+asio::awaitable<response> request_handler::dispatch(const route& call, const request& incoming) {
+  using kind = route::kind;
+  const client_config* client = nullptr;
+  if (call.needs_client_key() && !auth_.open()) {
+    client = auth_.identify(incoming[http::field::authorization]);
+    if (!client) {
+      auto answer = error_response(http::status::unauthorized, "unauthorized",
+                                   "an Authorization: Bearer <key> header with a valid key "
+                                   "is required");
+      answer.set(http::field::www_authenticate, "Bearer");
+      co_return answer;
+    }
+  }
+
+  switch (call.call) {
+    case kind::app_token:
+    case kind::invalidate_token: {
+      const auto app = apps_.find(call.app);
+      if (!app) co_return error_response(http::status::not_found, "unknown_app", "no such app");
+      if (!auth_.may_read(client, call.app)) {
+        co_return error_response(http::status::forbidden, "forbidden",
+                                 "this client may not read app " + call.app);
+      }
+      if (call.call == kind::app_token) co_return co_await app_token(*app);
+      co_return co_await invalidate(*app, incoming.body());
+    }
+    case kind::list_apps:
+      co_return list_apps(client);
+    case kind::wecom_gettoken:
+      co_return co_await wecom_gettoken(call);
+    case kind::healthz:
+      co_return json_response(http::status::ok, R"({"status":"ok"})");
+    case kind::readyz:
+      co_return readiness();
+    case kind::method_not_allowed: {
+      auto answer = error_response(http::status::method_not_allowed, "method_not_allowed",
+                                   "use " + std::string(call.allow));
+      answer.set(http::field::allow, call.allow);
+      co_return answer;
+    }
+    case kind::bad_request:
+      co_return error_response(http::status::bad_request, "bad_request",
+                               "malformed percent-encoding in the query");
+    case kind::not_found:
+      break;
+  }
+  co_return error_response(http::status::not_found, "not_found", "no such endpoint");
+}
+
+asio::awaitable<response> request_handler::app_token(app_refresher& app) {
+  // The hot path: one atomic load, no lock, no wait.
+  const auto now = clock::now();
+  if (const token* current = app.view()->servable(now)) {
+    co_return token_response(app.app().id, *current, now);
+  }
+  const auto outcome = co_await app.wait_for_token();
+  if (outcome.current) co_return token_response(app.app().id, *outcome.current, clock::now());
+  co_return unavailable_response(app.app().id, outcome);
+}
+
+asio::awaitable<response> request_handler::invalidate(app_refresher& app, std::string_view body) {
+  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  const auto reported = json.is_object() ? json.find("access_token") : json.end();
+  if (!json.is_object() || reported == json.end() || !reported->is_string()) {
+    co_return error_response(http::status::bad_request, "bad_request",
+                             R"(the body must be {"access_token":"<the rejected token>"})");
+  }
+  auto reported_token = reported->get<std::string>();
+  const auto outcome = co_await app.invalidate(std::move(reported_token));
+  if (outcome.current) co_return token_response(app.app().id, *outcome.current, clock::now());
+  co_return unavailable_response(app.app().id, outcome);
+}
+
+asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
+  // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
+  if (!call.corpid || call.corpid->empty()) co_return wecom_error_response(41002, "corpid missing");
+  if (!call.corpsecret || call.corpsecret->empty()) {
+    co_return wecom_error_response(41004, "corpsecret missing");
+  }
+  const auto match = apps_.match_credentials(*call.corpid, *call.corpsecret);
+  switch (match.outcome) {
+    case credential_match::result::unknown_corpid:
+      co_return wecom_error_response(40013, "invalid corpid");
+    case credential_match::result::wrong_secret:
+      co_return wecom_error_response(40001, "invalid secret");
+    case credential_match::result::matched:
+      break;
+  }
+  const auto now = clock::now();
+  if (const token* current = match.app->view()->servable(now)) {
+    co_return wecom_token_response(*current, now);
+  }
+  const auto outcome = co_await match.app->wait_for_token();
+  if (outcome.current) co_return wecom_token_response(*outcome.current, clock::now());
+  const auto failure = failure_or_busy(outcome);
+  co_return wecom_error_response(failure.errcode, failure.errmsg);
+}
+
+response request_handler::list_apps(const client_config* client) const {
+  const auto now = clock::now();
+  auto listing = nlohmann::ordered_json::array();
+  for (const auto& app : apps_.apps()) {
+    if (!auth_.may_read(client, app->app().id)) continue;
+    const auto view = app->view();
+    const token* current = view->servable(now);
+    listing.push_back({
+        {"app", app->app().id},
+        {"corpid", app->app().corpid},
+        {"state", to_string(view->state_at(now))},
+        {"expires_at", current ? nlohmann::ordered_json(std::chrono::floor<std::chrono::seconds>(
+                                                    current->expires_at.time_since_epoch())
+                                                    .count())
+                               : nlohmann::ordered_json(nullptr)},
+    });
+  }
+  return json_response(http::status::ok, listing.dump());
+}
+
+response request_handler::readiness() const {
+  const auto now = clock::now();
+  auto failing = nlohmann::ordered_json::array();
+  for (const auto& app : apps_.apps()) {
+    if (!app->view()->servable(now)) failing.push_back(app->app().id);
+  }
+  if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
+  return json_response(http::status::service_unavailable,
+                       nlohmann::ordered_json{{"status", "unready"}, {"failing", failing}}.dump());
+}
+
+}  // namespace token_broker

@@ -1,0 +1,508 @@
+#include "fake_wecom.hpp"
+
+#include <openssl/rand.h>
+
+#include <deque>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string_view>
+#include <thread>
+
+#include "token_broker/asio.hpp"
+
+namespace token_broker::fake {
+namespace {
+
+using asio::ip::tcp;
+using std::chrono::system_clock;
+using namespace std::chrono_literals;
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+using response = http::response<http::string_body>;
+using query_parameters = std::map<std::string, std::string, std::less<>>;
+
+// A gettoken request is one line of headers and no body; more is a broken or hostile client.
+constexpr std::uint32_t request_header_limit = 8 * 1024;
+constexpr std::uint64_t request_body_limit = 1024;
+// Deadlines so a client that stalls at any step cannot keep a connection (or a test) alive.
+constexpr auto handshake_timeout = 10s;
+constexpr auto idle_timeout = 30s;
+constexpr auto write_timeout = 10s;
+constexpr auto tls_shutdown_timeout = 1s;
+// The hang fault waits for the peer to give up; bounded in case it never does.
+constexpr auto hang_limit = 10min;
+
+// Real tokens are long opaque strings; these use the URL-safe base64 alphabet so they need no
+// escaping anywhere, and are long enough that a broker truncating them would be caught.
+constexpr std::size_t token_length = 128;
+
+std::string random_token() {
+  static constexpr char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  static_assert(sizeof alphabet - 1 == 64, "one byte's low 6 bits pick a character evenly");
+  unsigned char random[token_length];
+  if (RAND_bytes(random, sizeof random) != 1) throw std::runtime_error("RAND_bytes failed");
+  std::string token(token_length, '\0');
+  for (std::size_t i = 0; i < token_length; ++i) token[i] = alphabet[random[i] & 0x3f];
+  return token;
+}
+
+std::string wecom_json(int errcode, std::string_view errmsg) {
+  // WeCom puts errcode first; ordered_json keeps that, so raw-body comparisons stay readable.
+  nlohmann::ordered_json body;
+  body["errcode"] = errcode;
+  body["errmsg"] = errmsg;
+  return body.dump();
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Form decoding as a web server does it: "%XX" and "+" for space. A malformed escape is kept
+// as it stands rather than rejected, like most servers.
+std::string url_decode(std::string_view text) {
+  std::string decoded;
+  decoded.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      decoded += ' ';
+    } else if (text[i] == '%' && i + 2 < text.size() && hex_value(text[i + 1]) >= 0 &&
+               hex_value(text[i + 2]) >= 0) {
+      decoded += static_cast<char>(hex_value(text[i + 1]) * 16 + hex_value(text[i + 2]));
+      i += 2;
+    } else {
+      decoded += text[i];
+    }
+  }
+  return decoded;
+}
+
+query_parameters parse_query(std::string_view query) {
+  query_parameters parameters;
+  while (!query.empty()) {
+    const auto end = query.find('&');
+    const auto pair = query.substr(0, end);
+    query = end == std::string_view::npos ? std::string_view{} : query.substr(end + 1);
+    if (pair.empty()) continue;
+    const auto equals = pair.find('=');
+    auto name = url_decode(pair.substr(0, equals));
+    auto value =
+        equals == std::string_view::npos ? std::string{} : url_decode(pair.substr(equals + 1));
+    parameters.try_emplace(std::move(name), std::move(value));  // the first one wins
+  }
+  return parameters;
+}
+
+std::optional<std::string> parameter(const query_parameters& parameters, std::string_view name) {
+  const auto found = parameters.find(name);
+  if (found == parameters.end()) return std::nullopt;
+  return found->second;
+}
+
+response make_response(http::status status, std::string_view content_type, std::string body) {
+  response answer{status, 11};
+  answer.set(http::field::server, "fake-wecom");
+  answer.set(http::field::content_type, content_type);
+  answer.body() = std::move(body);
+  answer.prepare_payload();
+  return answer;
+}
+
+response json_response(std::string body) {
+  return make_response(http::status::ok, "application/json; charset=UTF-8", std::move(body));
+}
+
+// What one gettoken call meets: WeCom's JSON answer, unless the script says otherwise.
+struct gettoken_outcome {
+  std::string json;               // the answer (also for a delay fault; empty for the others)
+  std::optional<fault> scripted;  // the scripted fault this call consumed, if any
+};
+
+// WeCom's bookkeeping: apps, issued tokens, scripts and counters. No I/O, so the HTTP side
+// and the test thread share it under one mutex.
+class wecom_model {
+ public:
+  wecom_model(expiry_behaviour behaviour, std::chrono::seconds lifetime)
+      : behaviour_(behaviour), lifetime_(lifetime) {}
+
+  void add_app(const std::string& corpid, const std::string& secret) {
+    const std::scoped_lock lock(mutex_);
+    secrets_by_corpid_[corpid].insert(secret);
+  }
+
+  void set_behaviour(expiry_behaviour behaviour) {
+    const std::scoped_lock lock(mutex_);
+    behaviour_ = behaviour;
+  }
+
+  void set_lifetime(std::chrono::seconds lifetime) {
+    const std::scoped_lock lock(mutex_);
+    lifetime_ = lifetime;
+  }
+
+  void script_faults(const std::string& secret, std::vector<fault> faults) {
+    const std::scoped_lock lock(mutex_);
+    auto& script = secrets_[secret].script;
+    script.insert(script.end(), std::make_move_iterator(faults.begin()),
+                  std::make_move_iterator(faults.end()));
+  }
+
+  void revoke_tokens(const std::string& secret) {
+    const std::scoped_lock lock(mutex_);
+    for (auto& [value, token] : tokens_) {
+      if (token.secret == secret) token.revoked = true;
+    }
+    if (const auto found = secrets_.find(secret); found != secrets_.end()) {
+      found->second.current_token.clear();
+    }
+  }
+
+  int calls(const std::string& secret) const {
+    const std::scoped_lock lock(mutex_);
+    const auto found = secrets_.find(secret);
+    return found == secrets_.end() ? 0 : found->second.calls;
+  }
+
+  int calls() const {
+    const std::scoped_lock lock(mutex_);
+    return total_calls_;
+  }
+
+  token_status check(const std::string& access_token) const {
+    const std::scoped_lock lock(mutex_);
+    return status_of(access_token, system_clock::now());
+  }
+
+  gettoken_outcome gettoken(const query_parameters& parameters) {
+    const auto corpid = parameter(parameters, "corpid");
+    const auto secret = parameter(parameters, "corpsecret");
+    const auto now = system_clock::now();
+    const std::scoped_lock lock(mutex_);
+
+    ++total_calls_;
+    if (secret) ++secrets_[*secret].calls;
+    if (!corpid || corpid->empty()) return {wecom_json(41002, "corpid missing"), std::nullopt};
+    if (!secret || secret->empty()) return {wecom_json(41004, "corpsecret missing"), std::nullopt};
+    const auto app = secrets_by_corpid_.find(*corpid);
+    if (app == secrets_by_corpid_.end()) return {wecom_json(40013, "invalid corpid"), std::nullopt};
+    if (!app->second.contains(*secret)) return {wecom_json(40001, "invalid secret"), std::nullopt};
+
+    auto& record = secrets_[*secret];
+    if (!record.script.empty()) {
+      fault next = std::move(record.script.front());
+      record.script.pop_front();
+      switch (next.kind) {
+        case fault_kind::errcode:
+          return {wecom_json(next.errcode, next.errmsg), std::move(next)};
+        case fault_kind::delay:
+          // Issued now, sent later: like a slow network on the way back, the token has aged
+          // by the time it arrives, which a broker counting from receipt would miss.
+          return {token_answer(*secret, record, now), std::move(next)};
+        default:
+          return {std::string{}, std::move(next)};
+      }
+    }
+    return {token_answer(*secret, record, now), std::nullopt};
+  }
+
+  // WeCom's answer to an API call made with `access_token` (e.g. /cgi-bin/user/get).
+  std::string api_answer(const std::optional<std::string>& access_token) const {
+    if (!access_token || access_token->empty()) return wecom_json(41001, "access_token missing");
+    switch (check(*access_token)) {
+      case token_status::valid:
+        return wecom_json(0, "ok");
+      case token_status::expired:
+        return wecom_json(42001, "access_token expired");
+      case token_status::invalid:
+        break;
+    }
+    return wecom_json(40014, "invalid access_token");
+  }
+
+ private:
+  struct issued_token {
+    std::string secret;
+    system_clock::time_point issued_at;
+    system_clock::time_point expires_at;
+    bool revoked = false;
+  };
+
+  struct secret_record {
+    int calls = 0;
+    std::deque<fault> script;
+    std::string current_token;  // empty: none issued yet, or revoked
+  };
+
+  token_status status_of(const std::string& access_token, system_clock::time_point now) const {
+    const auto found = tokens_.find(access_token);
+    if (found == tokens_.end() || found->second.revoked) return token_status::invalid;
+    return now < found->second.expires_at ? token_status::valid : token_status::expired;
+  }
+
+  std::string token_answer(const std::string& secret, secret_record& record,
+                           system_clock::time_point now) {
+    if (behaviour_ != expiry_behaviour::new_token_each_call &&
+        status_of(record.current_token, now) == token_status::valid) {
+      const auto& current = tokens_.at(record.current_token);
+      if (behaviour_ == expiry_behaviour::same_token_keeps_expiry) {
+        return token_json(record.current_token, current.expires_at - current.issued_at);
+      }
+      // Truncation floors, so the answer never promises more than the truth. With less than
+      // a whole second left, "expires_in":0 would be useless; a fresh token is issued instead.
+      const auto seconds_left =
+          std::chrono::duration_cast<std::chrono::seconds>(current.expires_at - now);
+      if (seconds_left.count() >= 1) return token_json(record.current_token, seconds_left);
+    }
+    record.current_token = random_token();
+    tokens_.emplace(record.current_token, issued_token{secret, now, now + lifetime_});
+    return token_json(record.current_token, lifetime_);
+  }
+
+  static std::string token_json(const std::string& access_token,
+                                system_clock::duration expires_in) {
+    nlohmann::ordered_json body;
+    body["errcode"] = 0;
+    body["errmsg"] = "ok";
+    body["access_token"] = access_token;
+    body["expires_in"] = std::chrono::duration_cast<std::chrono::seconds>(expires_in).count();
+    return body.dump();
+  }
+
+  mutable std::mutex mutex_;
+  expiry_behaviour behaviour_;
+  std::chrono::seconds lifetime_;
+  std::map<std::string, std::set<std::string>> secrets_by_corpid_;
+  std::map<std::string, secret_record> secrets_;
+  std::map<std::string, issued_token> tokens_;  // every token ever issued, by value
+  int total_calls_ = 0;
+};
+
+// What the connection does with one request.
+struct reply {
+  enum class action { answer, drop_connection, hang };
+  action what = action::answer;
+  std::chrono::milliseconds delay{0};
+  response answer;
+};
+
+reply gettoken_reply(gettoken_outcome outcome) {
+  if (!outcome.scripted) return {.answer = json_response(std::move(outcome.json))};
+  switch (outcome.scripted->kind) {
+    case fault_kind::errcode:
+      return {.answer = json_response(std::move(outcome.json))};
+    case fault_kind::delay:
+      return {.delay = outcome.scripted->delay, .answer = json_response(std::move(outcome.json))};
+    case fault_kind::html:
+      // What a captive portal or a load balancer's error page looks like to a client.
+      return {.answer =
+                  make_response(http::status::ok, "text/html; charset=UTF-8",
+                                "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>"
+                                "<body><h1>502 Bad Gateway</h1></body></html>\n")};
+    case fault_kind::truncated_json:
+      // Framed correctly by Content-Length: only the JSON parser can tell it is cut.
+      return {.answer = json_response(R"({"errcode":0,"errmsg":"ok","access_tok)")};
+    case fault_kind::http_500:
+      return {.answer = make_response(http::status::internal_server_error, "text/plain",
+                                      "internal server error\n")};
+    case fault_kind::drop_connection:
+      return {.what = reply::action::drop_connection};
+    case fault_kind::hang:
+      return {.what = reply::action::hang};
+  }
+  return {.what = reply::action::drop_connection};
+}
+
+reply route(wecom_model& model, const http::request<http::string_body>& request) {
+  const std::string_view target = request.target();
+  const auto question_mark = target.find('?');
+  const auto path = target.substr(0, question_mark);
+  const auto parameters =
+      parse_query(question_mark == std::string_view::npos ? std::string_view{}
+                                                          : target.substr(question_mark + 1));
+
+  // Matched on the ending so a base_url with a path prefix (a private deployment behind a
+  // gateway) reaches the same routes.
+  if (request.method() == http::verb::get && path.ends_with("/cgi-bin/gettoken")) {
+    return gettoken_reply(model.gettoken(parameters));
+  }
+  if (request.method() == http::verb::get && path.ends_with("/cgi-bin/user/get")) {
+    return {.answer = json_response(model.api_answer(parameter(parameters, "access_token")))};
+  }
+  return {.answer = make_response(http::status::not_found, "text/plain", "not found\n")};
+}
+
+// Holds a hung request until the peer gives up (or the fake is destroyed, which destroys
+// this coroutine). Anything the peer sends meanwhile is read and ignored.
+asio::awaitable<void> hang_until_peer_leaves(tls_stream& stream) {
+  beast::get_lowest_layer(stream).expires_after(hang_limit);
+  char ignored[512];
+  for (;;) {
+    auto [error, read] =
+        co_await stream.async_read_some(asio::buffer(ignored), asio::as_tuple(asio::use_awaitable));
+    if (error) co_return;
+  }
+}
+
+asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model) {
+  const auto on_error = asio::as_tuple(asio::use_awaitable);
+  auto& transport = beast::get_lowest_layer(stream);
+
+  transport.expires_after(handshake_timeout);
+  auto [handshake_error] =
+      co_await stream.async_handshake(asio::ssl::stream_base::server, on_error);
+  // A client that distrusts the certificate aborts here; nothing to answer.
+  if (handshake_error) co_return;
+
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(request_header_limit);
+    parser.body_limit(request_body_limit);
+    transport.expires_after(idle_timeout);
+    auto [read_error, read] = co_await http::async_read(stream, buffer, parser, on_error);
+    if (read_error) co_return;  // peer gone, timed out, or not HTTP: just close
+    const auto& request = parser.get();
+
+    reply next = route(model, request);
+    if (next.what == reply::action::drop_connection) co_return;  // the socket closes unanswered
+    if (next.what == reply::action::hang) {
+      co_await hang_until_peer_leaves(stream);
+      co_return;
+    }
+    if (next.delay > 0ms) {
+      // On the timer, not the thread: other connections keep being served meanwhile.
+      asio::steady_timer delay(stream.get_executor(), next.delay);
+      co_await delay.async_wait(on_error);
+    }
+
+    next.answer.keep_alive(request.keep_alive());
+    transport.expires_after(write_timeout);
+    auto [write_error, written] = co_await http::async_write(stream, next.answer, on_error);
+    if (write_error || !next.answer.keep_alive()) break;
+  }
+
+  // A polite close_notify, but briefly: clients often just drop the connection, which shows
+  // up here as stream_truncated and is fine.
+  transport.expires_after(tls_shutdown_timeout);
+  co_await stream.async_shutdown(on_error);
+}
+
+asio::awaitable<void> accept_connections(tcp::acceptor& acceptor, asio::ssl::context& tls,
+                                         wecom_model& model) {
+  const auto on_error = asio::as_tuple(asio::use_awaitable);
+  for (;;) {
+    auto [error, socket] = co_await acceptor.async_accept(on_error);
+    if (!acceptor.is_open() || error == asio::error::operation_aborted) co_return;
+    if (error) continue;  // one failed accept (the peer reset early) must not stop the fake
+    asio::co_spawn(acceptor.get_executor(),
+                   serve_connection(tls_stream(std::move(socket), tls), model), asio::detached);
+  }
+}
+
+asio::ssl::context server_tls_context(const tls_material& material) {
+  asio::ssl::context tls(asio::ssl::context::tls_server);
+  tls.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                  asio::ssl::context::no_sslv3);
+  tls.use_certificate_chain(asio::buffer(material.certificate_pem));
+  tls.use_private_key(asio::buffer(material.private_key_pem), asio::ssl::context::pem);
+  return tls;
+}
+
+}  // namespace
+
+// Declaration order is destruction order in reverse: the io_context goes first, destroying
+// any coroutine still suspended (a hung connection), while the model and the TLS context it
+// uses are still alive.
+struct fake_wecom::state {
+  explicit state(const fake_options& options)
+      : model(options.behaviour, options.lifetime), tls(server_tls_context(options.tls)) {
+    const tcp::endpoint endpoint(asio::ip::make_address(options.host), options.port);
+    acceptor.open(endpoint.protocol());
+    acceptor.set_option(asio::socket_base::reuse_address(true));
+    acceptor.bind(endpoint);
+    acceptor.listen();
+    port = acceptor.local_endpoint().port();
+  }
+
+  wecom_model model;
+  asio::ssl::context tls;
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
+  std::uint16_t port = 0;
+  std::thread thread;
+};
+
+fake_wecom::fake_wecom(fake_options options) : state_(std::make_unique<state>(options)) {
+  asio::co_spawn(state_->io, accept_connections(state_->acceptor, state_->tls, state_->model),
+                 asio::detached);
+  state_->thread = std::thread([&io = state_->io] { io.run(); });
+}
+
+fake_wecom::~fake_wecom() {
+  // No draining: a test that scripted a hang must still be able to end. Whatever is
+  // suspended is destroyed with the io_context; its sockets close and peers see EOF.
+  state_->io.stop();
+  state_->thread.join();
+  error_code ignored;
+  state_->acceptor.close(ignored);
+}
+
+std::uint16_t fake_wecom::port() const {
+  return state_->port;
+}
+
+std::string fake_wecom::base_url() const {
+  return "https://localhost:" + std::to_string(port());
+}
+
+void fake_wecom::add_app(const std::string& corpid, const std::string& secret) {
+  state_->model.add_app(corpid, secret);
+}
+
+void fake_wecom::set_behaviour(expiry_behaviour behaviour) {
+  state_->model.set_behaviour(behaviour);
+}
+
+void fake_wecom::set_lifetime(std::chrono::seconds lifetime) {
+  state_->model.set_lifetime(lifetime);
+}
+
+void fake_wecom::script_faults(const std::string& secret, std::vector<fault> faults) {
+  state_->model.script_faults(secret, std::move(faults));
+}
+
+void fake_wecom::revoke_tokens(const std::string& secret) {
+  state_->model.revoke_tokens(secret);
+}
+
+int fake_wecom::gettoken_calls(const std::string& secret) const {
+  return state_->model.calls(secret);
+}
+
+int fake_wecom::gettoken_calls() const {
+  return state_->model.calls();
+}
+
+token_status fake_wecom::check(const std::string& access_token) const {
+  return state_->model.check(access_token);
+}
+
+std::string to_string(token_status status) {
+  switch (status) {
+    case token_status::valid:
+      return "valid";
+    case token_status::expired:
+      return "expired";
+    case token_status::invalid:
+      return "invalid";
+  }
+  return "unknown";
+}
+
+}  // namespace token_broker::fake

@@ -1,0 +1,85 @@
+// A fake of WeCom's gettoken endpoint over real TLS, for tests and the demo.
+//
+// It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
+// survive, follows a per-call script of faults, counts calls, and answers whether a token is
+// still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tls_material.hpp"
+
+namespace token_broker::fake {
+
+enum class expiry_behaviour {
+  same_token_keeps_expiry,  // (a) same token, full expires_in, original expiry stands
+  same_token_seconds_left,  // (b) same token, expires_in = whole seconds left
+  new_token_each_call,      // (c) a new token every call; older ones live out their lifetime
+};
+
+enum class fault_kind {
+  errcode,          // HTTP 200 {"errcode":N,"errmsg":"…"}
+  delay,            // answer normally after `delay`
+  html,             // HTTP 200 with an HTML page
+  truncated_json,   // HTTP 200, JSON cut off in the middle
+  http_500,         // HTTP 500
+  drop_connection,  // close the connection without answering
+  hang,             // read the request and never answer
+};
+
+struct fault {
+  fault_kind kind = fault_kind::errcode;
+  int errcode = 0;
+  std::string errmsg;
+  std::chrono::milliseconds delay{0};
+};
+
+enum class token_status { valid, expired, invalid };
+
+struct fake_options {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;  // 0: any free port
+  expiry_behaviour behaviour = expiry_behaviour::new_token_each_call;
+  std::chrono::seconds lifetime{7200};
+  tls_material tls;  // the server's certificate and key (and the CA that signed it)
+};
+
+class fake_wecom {
+ public:
+  explicit fake_wecom(fake_options options);  // listens and serves on a thread of its own
+  ~fake_wecom();                              // stops and joins
+  fake_wecom(const fake_wecom&) = delete;
+  fake_wecom& operator=(const fake_wecom&) = delete;
+
+  std::uint16_t port() const;
+  std::string base_url() const;  // "https://localhost:PORT"
+
+  void add_app(const std::string& corpid, const std::string& secret);
+  void set_behaviour(expiry_behaviour behaviour);
+  void set_lifetime(std::chrono::seconds lifetime);
+
+  // The next gettoken calls for `secret` meet these faults in order, one per call; once the
+  // script runs out, calls are answered normally.
+  void script_faults(const std::string& secret, std::vector<fault> faults);
+
+  // Revokes the token currently issued for `secret` (and any other live ones): WeCom's
+  // early revocation. The next gettoken issues a new token.
+  void revoke_tokens(const std::string& secret);
+
+  int gettoken_calls(const std::string& secret) const;  // every call, faulty ones included
+  int gettoken_calls() const;                           // all secrets
+  token_status check(const std::string& access_token) const;
+
+ private:
+  struct state;
+  std::unique_ptr<state> state_;
+};
+
+std::string to_string(token_status status);
+
+}  // namespace token_broker::fake

@@ -1,0 +1,142 @@
+// fake-wecom: the fake of WeCom as a process, for the demo and for scripts.
+//
+//   fake-wecom [--port N] [--ca-out FILE] [--port-file FILE] [--behaviour same|remaining|new]
+//              [--lifetime SECONDS] [--app CORPID:SECRET]...
+//
+// Runs until SIGINT or SIGTERM, then exits 0. Bad arguments exit 2.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fake_wecom.hpp"
+#include "token_broker/asio.hpp"
+
+namespace {
+
+namespace fake = token_broker::fake;
+namespace asio = token_broker::asio;
+
+struct arguments {
+  std::uint16_t port = 0;
+  std::optional<std::filesystem::path> ca_out;
+  std::optional<std::filesystem::path> port_file;
+  fake::expiry_behaviour behaviour = fake::expiry_behaviour::same_token_keeps_expiry;
+  std::chrono::seconds lifetime{7200};
+  std::vector<std::pair<std::string, std::string>> apps;  // corpid, secret
+};
+
+constexpr const char* usage =
+    "usage: fake-wecom [--port N] [--ca-out FILE] [--port-file FILE]\n"
+    "                  [--behaviour same|remaining|new] [--lifetime SECONDS]\n"
+    "                  [--app CORPID:SECRET]...\n";
+
+long parse_number(const std::string& flag, const std::string& text, long min, long max) {
+  std::size_t used = 0;
+  long value = 0;
+  try {
+    value = std::stol(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || value < min || value > max) {
+    throw std::invalid_argument(flag + ": expected a number from " + std::to_string(min) + " to " +
+                                std::to_string(max));
+  }
+  return value;
+}
+
+fake::expiry_behaviour parse_behaviour(const std::string& text) {
+  if (text == "same") return fake::expiry_behaviour::same_token_keeps_expiry;
+  if (text == "remaining") return fake::expiry_behaviour::same_token_seconds_left;
+  if (text == "new") return fake::expiry_behaviour::new_token_each_call;
+  throw std::invalid_argument("--behaviour: expected same, remaining or new");
+}
+
+arguments parse_arguments(int argc, char** argv) {
+  arguments parsed;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc) throw std::invalid_argument(flag + ": unknown flag or missing value");
+    const std::string value = argv[++i];
+    if (flag == "--port") {
+      parsed.port = static_cast<std::uint16_t>(parse_number(flag, value, 0, 65535));
+    } else if (flag == "--ca-out") {
+      parsed.ca_out = value;
+    } else if (flag == "--port-file") {
+      parsed.port_file = value;
+    } else if (flag == "--behaviour") {
+      parsed.behaviour = parse_behaviour(value);
+    } else if (flag == "--lifetime") {
+      parsed.lifetime = std::chrono::seconds{parse_number(flag, value, 1, 30L * 24 * 3600)};
+    } else if (flag == "--app") {
+      // Corpids have no colon; a secret might, so split at the first one.
+      const auto colon = value.find(':');
+      if (colon == 0 || colon == std::string::npos || colon + 1 == value.size()) {
+        throw std::invalid_argument("--app: expected CORPID:SECRET");
+      }
+      parsed.apps.emplace_back(value.substr(0, colon), value.substr(colon + 1));
+    } else {
+      throw std::invalid_argument(flag + ": unknown flag");
+    }
+  }
+  return parsed;
+}
+
+// Temp file and rename: a script polling for `path` never reads a half-written file.
+void write_atomically(const std::filesystem::path& path, const std::string& content) {
+  auto temporary = path;
+  temporary += ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << content;
+    out.close();
+    if (!out) throw std::runtime_error("cannot write " + temporary.string());
+  }
+  std::filesystem::rename(temporary, path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  arguments parsed;
+  try {
+    parsed = parse_arguments(argc, argv);
+  } catch (const std::exception& error) {
+    std::cerr << "fake-wecom: " << error.what() << "\n" << usage;
+    return 2;
+  }
+
+  try {
+    // Set up before listening: a script that sees the port file may signal us at once.
+    asio::io_context signals_io;
+    asio::signal_set signals(signals_io, SIGINT, SIGTERM);
+    signals.async_wait([](const token_broker::error_code&, int) {});
+
+    auto tls = fake::generate_tls_material();
+    // The CA first: once the port file appears, everything a client needs is in place.
+    if (parsed.ca_out) write_atomically(*parsed.ca_out, tls.ca_pem);
+
+    fake::fake_wecom server(fake::fake_options{
+        .port = parsed.port,
+        .behaviour = parsed.behaviour,
+        .lifetime = parsed.lifetime,
+        .tls = std::move(tls),
+    });
+    for (const auto& [corpid, secret] : parsed.apps) server.add_app(corpid, secret);
+
+    if (parsed.port_file) write_atomically(*parsed.port_file, std::to_string(server.port()) + "\n");
+    std::cout << "fake-wecom listening on " << server.base_url() << std::endl;
+
+    signals_io.run();  // returns once a signal has arrived
+    return 0;
+  } catch (const std::exception& error) {
+    std::cerr << "fake-wecom: " << error.what() << "\n";
+    return 1;
+  }
+}

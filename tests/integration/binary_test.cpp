@@ -1,0 +1,551 @@
+// The real token-broker binary against the fake of WeCom over real TLS, driven through its
+// HTTP port like a production client would.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <set>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "broker_process.hpp"
+#include "fake_wecom.hpp"
+#include "http_test_client.hpp"
+#include "token_broker/asio.hpp"
+#include "token_broker/fetch_result.hpp"
+#include "token_broker/secret_digest.hpp"
+
+namespace token_broker::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using fake::expiry_behaviour;
+using fake::fault;
+using fake::fault_kind;
+using fake::token_status;
+
+constexpr const char* corpid = "ww0123456789abcdef";
+
+struct app_spec {
+  std::string id;
+  std::string secret;
+};
+
+std::string token_of(const http_answer& answer) {
+  return json::parse(answer.body).at("access_token").get<std::string>();
+}
+
+class binary_test : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { tls_ = new fake::tls_material(fake::generate_tls_material()); }
+  static void TearDownTestSuite() { delete tls_; }
+
+  void SetUp() override {
+    fake_ = std::make_unique<fake::fake_wecom>(fake::fake_options{.tls = *tls_});
+    ca_file_ = scratch_.write("ca.pem", tls_->ca_pem);
+  }
+
+  void TearDown() override {
+    // Whatever a test did, no secret may have reached the broker's output.
+    for (const auto& broker : brokers_) {
+      const auto log = broker->log();
+      for (const auto& app : apps_) {
+        EXPECT_EQ(log.find(app.secret), std::string::npos) << "secret of " << app.id << " logged";
+      }
+      EXPECT_EQ(log.find("corpsecret"), std::string::npos) << "gettoken URL logged";
+    }
+  }
+
+  // Registers an app with the fake and returns its spec; the secret is unique per test.
+  app_spec add_app(const std::string& id) {
+    app_spec app{id, "S3cret-" + id + "-" + std::to_string(free_port())};
+    fake_->add_app(corpid, app.secret);
+    apps_.push_back(app);
+    return app;
+  }
+
+  // A config for the broker on `port` with every registered app; `changes` is merged in.
+  json make_config(std::uint16_t port, const json& changes = json::object()) const {
+    json config = {
+        {"listen", "127.0.0.1:" + std::to_string(port)},
+        {"threads", 2},
+        {"log_level", "trace"},
+        {"upstream",
+         {{"base_url", fake_->base_url()}, {"ca_file", ca_file_.string()}, {"timeout_ms", 2000}}},
+        {"refresh",
+         {{"ahead_s", 300},
+          {"jitter_s", 0},
+          {"retry_min_ms", 100},
+          {"retry_max_ms", 1000},
+          {"min_interval_s", 0}}},
+        {"apps", json::object()},
+    };
+    for (const auto& app : apps_) {
+      config["apps"][app.id] = {{"corpid", corpid}, {"secret", app.secret}};
+    }
+    config.merge_patch(changes);
+    return config;
+  }
+
+  broker_process& start_broker(const json& config) {
+    const auto port = static_cast<std::uint16_t>(
+        std::stoi(config.at("listen").get<std::string>().substr(10)));
+    const auto path = scratch_.write("config-" + std::to_string(port) + ".json", config.dump(2));
+    brokers_.push_back(std::make_unique<broker_process>(path, port));
+    return *brokers_.back();
+  }
+
+  broker_process& start_broker() { return start_broker(make_config(free_port())); }
+
+  http_answer get_token(const broker_process& broker, const std::string& app) {
+    return http_get(broker.port(), "/v1/apps/" + app + "/token");
+  }
+
+  // Polls until the app's token is served or `limit` passes.
+  http_answer await_token(const broker_process& broker, const std::string& app,
+                          std::chrono::milliseconds limit) {
+    const auto give_up_at = std::chrono::steady_clock::now() + limit;
+    http_answer answer;
+    while (std::chrono::steady_clock::now() < give_up_at) {
+      answer = get_token(broker, app);
+      if (answer.status == 200) break;
+      std::this_thread::sleep_for(50ms);
+    }
+    return answer;
+  }
+
+  static fake::tls_material* tls_;
+  scratch_directory scratch_;
+  std::unique_ptr<fake::fake_wecom> fake_;
+  std::filesystem::path ca_file_;
+  std::vector<app_spec> apps_;
+  std::vector<std::unique_ptr<broker_process>> brokers_;
+};
+
+fake::tls_material* binary_test::tls_ = nullptr;
+
+TEST_F(binary_test, cold_concurrent_requests_share_one_gettoken_per_app) {
+  const auto hr = add_app("hr");
+  const auto crm = add_app("crm");
+  // Slow first answers keep both apps cold while the requests pile up.
+  fake_->script_faults(hr.secret, {fault{.kind = fault_kind::delay, .delay = 800ms}});
+  fake_->script_faults(crm.secret, {fault{.kind = fault_kind::delay, .delay = 800ms}});
+  const auto& broker = start_broker();
+
+  std::vector<http_exchange> requests;
+  for (int i = 0; i < 150; ++i) {
+    requests.push_back({.target = "/v1/apps/hr/token"});
+    requests.push_back({.target = "/v1/apps/crm/token"});
+  }
+  const auto answers = http_concurrently(broker.port(), requests);
+
+  std::set<std::string> hr_tokens, crm_tokens;
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    ASSERT_EQ(answers[i].status, 200u) << answers[i].error << answers[i].body;
+    (i % 2 == 0 ? hr_tokens : crm_tokens).insert(token_of(answers[i]));
+  }
+  EXPECT_EQ(hr_tokens.size(), 1u);
+  EXPECT_EQ(crm_tokens.size(), 1u);
+  EXPECT_EQ(fake_->check(*hr_tokens.begin()), token_status::valid);
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
+  EXPECT_EQ(fake_->gettoken_calls(crm.secret), 1);
+}
+
+TEST_F(binary_test, concurrent_invalidations_of_one_token_cause_one_refresh) {
+  const auto hr = add_app("hr");
+  const auto& broker = start_broker();
+  const auto first = await_token(broker, "hr", 5s);
+  ASSERT_EQ(first.status, 200u);
+  const auto revoked = token_of(first);
+  const int calls_before = fake_->gettoken_calls(hr.secret);
+
+  fake_->revoke_tokens(hr.secret);  // WeCom revokes early; 20 services notice at once
+  std::vector<http_exchange> reports(
+      20, {.method = "POST",
+           .target = "/v1/apps/hr/token/invalidate",
+           .body = json{{"access_token", revoked}}.dump()});
+  const auto answers = http_concurrently(broker.port(), reports);
+
+  std::set<std::string> tokens;
+  for (const auto& answer : answers) {
+    ASSERT_EQ(answer.status, 200u) << answer.error << answer.body;
+    tokens.insert(token_of(answer));
+  }
+  ASSERT_EQ(tokens.size(), 1u);
+  EXPECT_NE(*tokens.begin(), revoked);
+  EXPECT_EQ(fake_->check(*tokens.begin()), token_status::valid);
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), calls_before + 1);
+
+  // A late report of the old token: the current one comes back, upstream is not called.
+  const auto late = http_call(broker.port(), reports.front());
+  ASSERT_EQ(late.status, 200u);
+  EXPECT_EQ(token_of(late), *tokens.begin());
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), calls_before + 1);
+}
+
+class lifetime_test : public binary_test,
+                      public ::testing::WithParamInterface<expiry_behaviour> {};
+
+// 20 s of 6-second tokens under load: every token served is valid at WeCom, no request
+// fails, and upstream sees at most two calls per lifetime.
+TEST_P(lifetime_test, every_served_token_is_valid_and_calls_stay_at_the_floor) {
+  constexpr auto lifetime = 6s;
+  constexpr auto duration = 20s;
+  fake_->set_behaviour(GetParam());
+  fake_->set_lifetime(lifetime);
+  const auto hr = add_app("hr");
+  const auto& broker = start_broker(make_config(free_port(), {{"refresh", {{"min_interval_s", 1}}}}));
+  ASSERT_EQ(await_token(broker, "hr", 5s).status, 200u);
+  const int calls_at_start = fake_->gettoken_calls(hr.secret);
+  const auto started = std::chrono::steady_clock::now();
+
+  std::atomic<int> served{0}, failed{0}, invalid{0};
+  std::vector<std::jthread> clients;
+  for (int client = 0; client < 4; ++client) {
+    clients.emplace_back([&, client] {
+      // One client in four uses the WeCom drop-in route, as an unmodified SDK would.
+      const bool dropin = client == 0;
+      const std::string target = dropin ? "/cgi-bin/gettoken?corpid=" + std::string(corpid) +
+                                              "&corpsecret=" + hr.secret
+                                        : "/v1/apps/hr/token";
+      while (std::chrono::steady_clock::now() - started < duration) {
+        const auto answer = http_get(broker.port(), target);
+        if (answer.status != 200 || json::parse(answer.body).value("errcode", 0) != 0) {
+          ++failed;
+          ADD_FAILURE() << "request failed: " << answer.status << " " << answer.error << " "
+                        << answer.body;
+          continue;
+        }
+        const auto token = token_of(answer);
+        if (fake_->check(token) != token_status::valid) {
+          ++invalid;
+          ADD_FAILURE() << "served a token WeCom rejects: " << fake::to_string(fake_->check(token));
+        }
+        ++served;
+      }
+    });
+  }
+  clients.clear();
+
+  const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+  const int calls = fake_->gettoken_calls(hr.secret) - calls_at_start;
+  const double lifetimes = elapsed.count() / std::chrono::duration<double>(lifetime).count();
+  RecordProperty("served", served.load());
+  RecordProperty("gettoken_calls", calls);
+  std::cout << "[ figures  ] served=" << served << " failed=" << failed << " invalid=" << invalid
+            << " gettoken=" << calls << " over " << lifetimes << " lifetimes\n";
+  EXPECT_GT(served, 1000);
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(invalid, 0);
+  EXPECT_LE(calls, static_cast<int>(2 * lifetimes) + 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(behaviours, lifetime_test,
+                         ::testing::Values(expiry_behaviour::same_token_keeps_expiry,
+                                           expiry_behaviour::same_token_seconds_left,
+                                           expiry_behaviour::new_token_each_call),
+                         [](const auto& test) {
+                           switch (test.param) {
+                             case expiry_behaviour::same_token_keeps_expiry: return "a_same_token_full_expires_in";
+                             case expiry_behaviour::same_token_seconds_left: return "b_same_token_seconds_left";
+                             case expiry_behaviour::new_token_each_call: break;
+                           }
+                           return "c_new_token_each_call";
+                         });
+
+TEST_F(binary_test, every_fault_script_recovers) {
+  struct scripted {
+    std::string app;
+    fault failure;
+  };
+  const std::vector<scripted> scripts = {
+      {"busy", fault{.kind = fault_kind::errcode, .errcode = -1, .errmsg = "system busy"}},
+      {"concurrency", fault{.kind = fault_kind::errcode, .errcode = 45033, .errmsg = "limit"}},
+      {"throttled", fault{.kind = fault_kind::errcode, .errcode = 45009, .errmsg = "freq"}},
+      {"badsecret", fault{.kind = fault_kind::errcode, .errcode = 40001, .errmsg = "bad"}},
+      {"html", fault{.kind = fault_kind::html}},
+      {"truncated", fault{.kind = fault_kind::truncated_json}},
+      {"http500", fault{.kind = fault_kind::http_500}},
+      {"dropped", fault{.kind = fault_kind::drop_connection}},
+      {"hang", fault{.kind = fault_kind::hang}},
+  };
+  std::map<std::string, app_spec> apps;
+  for (const auto& script : scripts) {
+    apps[script.app] = add_app(script.app);
+    fake_->script_faults(apps[script.app].secret, {script.failure});
+  }
+  const auto slow = add_app("slow");
+  fake_->script_faults(slow.secret, {fault{.kind = fault_kind::delay, .delay = 500ms}});
+  const auto& broker =
+      start_broker(make_config(free_port(), {{"upstream", {{"timeout_ms", 1000}}}}));
+
+  for (const auto& script : scripts) {
+    const auto answer = await_token(broker, script.app, 10s);
+    ASSERT_EQ(answer.status, 200u) << script.app << ": " << answer.body;
+    EXPECT_EQ(fake_->check(token_of(answer)), token_status::valid) << script.app;
+    EXPECT_EQ(fake_->gettoken_calls(apps[script.app].secret), 2) << script.app;
+  }
+  EXPECT_EQ(await_token(broker, "slow", 5s).status, 200u);
+  EXPECT_EQ(fake_->gettoken_calls(slow.secret), 1) << "a slow answer within the deadline is fine";
+
+  const auto log = broker.log();
+  for (const auto* expected : {"app=busy refresh failed: errcode=-1", "errcode=45009",
+                               "errcode=40001", "app=html refresh failed", "HTTP 500",
+                               "did not answer within 1000 ms", "app=hang refresh failed"}) {
+    EXPECT_NE(log.find(expected), std::string::npos) << expected << "\n" << log;
+  }
+}
+
+TEST_F(binary_test, failing_upstream_without_a_token_answers_503_with_wecoms_reason) {
+  const auto hr = add_app("hr");
+  fake_->script_faults(hr.secret, std::vector<fault>(50, fault{.kind = fault_kind::errcode,
+                                                              .errcode = 40091,
+                                                              .errmsg = "secret invalid"}));
+  const auto& broker = start_broker(make_config(
+      free_port(), {{"refresh", {{"retry_min_ms", 500}, {"retry_max_ms", 30000}}}}));
+  std::this_thread::sleep_for(300ms);  // the first call has failed by now
+
+  const auto answer = get_token(broker, "hr");
+  EXPECT_EQ(answer.status, 503u);
+  const auto body = json::parse(answer.body);
+  EXPECT_EQ(body["error"], "unavailable");
+  EXPECT_EQ(body["errcode"], 40091);
+  EXPECT_EQ(body["errmsg"], "secret invalid");
+  EXPECT_GE(std::stoi(answer.headers.at("retry-after")), 1);
+  EXPECT_LT(answer.took, 1000ms) << "a configuration error is not waited for";
+
+  const auto dropin = http_get(broker.port(), "/cgi-bin/gettoken?corpid=" + std::string(corpid) +
+                                                  "&corpsecret=" + hr.secret);
+  EXPECT_EQ(dropin.status, 200u);
+  EXPECT_EQ(json::parse(dropin.body)["errcode"], 40091);
+
+  const auto ready = http_get(broker.port(), "/readyz");
+  EXPECT_EQ(ready.status, 503u);
+  EXPECT_EQ(json::parse(ready.body)["failing"], json::array({"hr"}));
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1) << "configuration errors retry at retry_max";
+}
+
+TEST_F(binary_test, static_stability_serves_the_held_token_until_expiry_then_503) {
+  fake_->set_lifetime(3s);
+  const auto hr = add_app("hr");
+  const auto& broker = start_broker();
+  const auto first = await_token(broker, "hr", 5s);
+  ASSERT_EQ(first.status, 200u);
+  fake_->script_faults(hr.secret, std::vector<fault>(1000, fault{.kind = fault_kind::http_500}));
+
+  const auto held = token_of(first);
+  const auto expires_at = json::parse(first.body)["expires_at"].get<std::int64_t>();
+  for (;;) {
+    const auto answer = get_token(broker, "hr");
+    if (answer.status != 200) {
+      EXPECT_EQ(answer.status, 503u);
+      EXPECT_GE(clock::now().time_since_epoch(), std::chrono::seconds{expires_at} - 1s);
+      EXPECT_EQ(json::parse(answer.body)["errcode"], -1);
+      EXPECT_TRUE(answer.headers.contains("retry-after"));
+      break;
+    }
+    EXPECT_EQ(token_of(answer), held);
+    EXPECT_EQ(fake_->check(held), token_status::valid) << "handed out past its expiry";
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+TEST_F(binary_test, wrong_ca_fails_with_a_clear_log_line) {
+  add_app("hr");
+  const auto other_ca = scratch_.write("other-ca.pem", fake::generate_tls_material().ca_pem);
+  auto& broker = start_broker(
+      make_config(free_port(), {{"upstream", {{"ca_file", other_ca.string()}}}}));
+  const auto answer = get_token(broker, "hr");
+  EXPECT_EQ(answer.status, 503u);
+  EXPECT_NE(json::parse(answer.body)["errmsg"].get<std::string>().find("certificate"),
+            std::string::npos);
+  EXPECT_NE(broker.log().find("upstream TLS certificate rejected"), std::string::npos)
+      << broker.log();
+  EXPECT_EQ(fake_->gettoken_calls(), 0) << "no request may reach an unverified server";
+}
+
+TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
+  const auto hr = add_app("hr");
+  const auto& broker = start_broker();
+  const auto token = await_token(broker, "hr", 5s);
+  ASSERT_EQ(token.status, 200u);
+  const auto body = json::parse(token.body);
+  EXPECT_EQ(body["app"], "hr");
+  EXPECT_GT(body["expires_in"].get<int>(), 7000);
+  EXPECT_NEAR(body["expires_at"].get<double>(),
+              std::chrono::duration<double>(clock::now().time_since_epoch()).count() +
+                  body["expires_in"].get<double>(),
+              2.0);
+  EXPECT_EQ(token.headers.at("cache-control"), "no-store");
+  EXPECT_EQ(token.headers.at("content-type"), "application/json");
+
+  const auto listing = json::parse(http_get(broker.port(), "/v1/apps").body);
+  ASSERT_EQ(listing.size(), 1u);
+  EXPECT_EQ(listing[0]["app"], "hr");
+  EXPECT_EQ(listing[0]["corpid"], corpid);
+  EXPECT_EQ(listing[0]["state"], "fresh");
+  EXPECT_EQ(listing[0]["expires_at"], body["expires_at"]);
+
+  EXPECT_EQ(http_get(broker.port(), "/healthz").status, 200u);
+  EXPECT_EQ(http_get(broker.port(), "/readyz").status, 200u);
+
+  const auto unknown = http_get(broker.port(), "/v1/apps/payroll/token");
+  EXPECT_EQ(unknown.status, 404u);
+  EXPECT_EQ(json::parse(unknown.body)["error"], "unknown_app");
+  EXPECT_EQ(unknown.headers.at("cache-control"), "no-store");
+
+  const auto bad_body = http_call(broker.port(), {.method = "POST",
+                                                  .target = "/v1/apps/hr/token/invalidate",
+                                                  .body = "{not json"});
+  EXPECT_EQ(bad_body.status, 400u);
+  EXPECT_EQ(json::parse(bad_body.body)["error"], "bad_request");
+  EXPECT_EQ(http_call(broker.port(), {.method = "DELETE", .target = "/v1/apps/hr/token"}).status,
+            405u);
+
+  // The drop-in answers exactly like WeCom, from the cache.
+  const std::string gettoken = "/cgi-bin/gettoken?corpid=" + std::string(corpid);
+  const auto dropin = json::parse(http_get(broker.port(), gettoken + "&corpsecret=" + hr.secret).body);
+  EXPECT_EQ(dropin.size(), 4u);
+  EXPECT_EQ(dropin["errcode"], 0);
+  EXPECT_EQ(dropin["errmsg"], "ok");
+  EXPECT_EQ(dropin["access_token"], body["access_token"]);
+  EXPECT_GT(dropin["expires_in"].get<int>(), 7000);
+  EXPECT_EQ(json::parse(http_get(broker.port(), gettoken + "&corpsecret=wrong").body)["errcode"],
+            40001);
+  EXPECT_EQ(json::parse(http_get(broker.port(), "/cgi-bin/gettoken?corpid=nope&corpsecret=x")
+                            .body)["errcode"],
+            40013);
+  EXPECT_EQ(json::parse(http_get(broker.port(), "/cgi-bin/gettoken?corpsecret=x").body)["errcode"],
+            41002);
+  EXPECT_EQ(json::parse(http_get(broker.port(), gettoken).body)["errcode"], 41004);
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
+}
+
+TEST_F(binary_test, client_keys_guard_the_v1_api) {
+  add_app("hr");
+  add_app("crm");
+  const auto key_hash = [](const std::string& key) {
+    std::string hex;
+    for (const unsigned char byte : sha256(key)) {
+      static constexpr char digits[] = "0123456789abcdef";
+      hex += digits[byte >> 4];
+      hex += digits[byte & 0xf];
+    }
+    return hex;
+  };
+  const auto& broker = start_broker(make_config(
+      free_port(), {{"clients",
+                     {{"billing", {{"key_sha256", key_hash("billing-key")}, {"apps", {"hr"}}}},
+                      {"admin", {{"key_sha256", key_hash("admin-key")}, {"apps", {"*"}}}}}}}));
+  const auto as = [&](const std::string& key, const std::string& target) {
+    return http_call(broker.port(),
+                     {.target = target, .headers = {{"Authorization", "Bearer " + key}}});
+  };
+
+  EXPECT_EQ(http_get(broker.port(), "/v1/apps/hr/token").status, 401u);
+  EXPECT_EQ(as("wrong-key", "/v1/apps/hr/token").status, 401u);
+  EXPECT_EQ(as("billing-key", "/v1/apps/hr/token").status, 200u);
+  EXPECT_EQ(as("billing-key", "/v1/apps/crm/token").status, 403u);
+  EXPECT_EQ(as("admin-key", "/v1/apps/crm/token").status, 200u);
+  EXPECT_EQ(json::parse(as("billing-key", "/v1/apps").body).size(), 1u);
+  EXPECT_EQ(json::parse(as("admin-key", "/v1/apps").body).size(), 2u);
+  EXPECT_EQ(http_get(broker.port(), "/healthz").status, 200u) << "probes need no key";
+  const auto log = broker.log();
+  EXPECT_EQ(log.find("billing-key"), std::string::npos);
+}
+
+TEST_F(binary_test, abuse_on_the_http_port_does_not_stop_normal_requests) {
+  add_app("hr");
+  const auto& broker = start_broker();
+  ASSERT_EQ(await_token(broker, "hr", 5s).status, 200u);
+
+  asio::io_context io;
+  const asio::ip::tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), broker.port());
+  const auto connect = [&] {
+    asio::ip::tcp::socket socket(io);
+    socket.connect(endpoint);
+    return socket;
+  };
+  const auto send_and_read = [&](const std::string& bytes) {
+    auto socket = connect();
+    asio::write(socket, asio::buffer(bytes));
+    socket.shutdown(asio::socket_base::shutdown_send);
+    std::string answer;
+    error_code error;
+    asio::read(socket, asio::dynamic_buffer(answer), error);
+    return answer;
+  };
+
+  // 200 half-open connections: a request begun and never finished.
+  std::vector<asio::ip::tcp::socket> half_open;
+  for (int i = 0; i < 200; ++i) {
+    half_open.push_back(connect());
+    asio::write(half_open.back(), asio::buffer(std::string("GET /v1/apps/hr/token HTTP/1.1\r\nHo")));
+  }
+  EXPECT_NE(send_and_read("\x01\x02 junk junk\r\n\r\n").find("400 Bad Request"), std::string::npos);
+  // A TLS ClientHello (record header, handshake type 1) sent to the plain HTTP port.
+  EXPECT_NE(send_and_read(std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11) +
+                          std::string(160, 'x'))
+                .find("400 Bad Request"),
+            std::string::npos);
+  const auto huge_header = "GET /healthz HTTP/1.1\r\nX-Big: " + std::string(200 * 1024, 'a') +
+                           "\r\n\r\n";
+  auto huge = connect();
+  error_code ignored;
+  asio::write(huge, asio::buffer(huge_header), ignored);  // may be cut off by the broker: fine
+
+  const auto answer = get_token(broker, "hr");
+  EXPECT_EQ(answer.status, 200u);
+  EXPECT_LT(answer.took, 1000ms);
+  std::cout << "[ figures  ] token answered in " << answer.took.count()
+            << " ms with 200 half-open connections open\n";
+  EXPECT_EQ(http_get(broker.port(), "/healthz").status, 200u);
+}
+
+TEST_F(binary_test, sigterm_finishes_in_flight_requests_and_exits_0_within_5s) {
+  const auto hr = add_app("hr");
+  fake_->script_faults(hr.secret, {fault{.kind = fault_kind::delay, .delay = 1500ms}});
+  auto& broker = start_broker();
+
+  http_answer in_flight;
+  std::jthread request([&] { in_flight = get_token(broker, "hr"); });
+  std::this_thread::sleep_for(300ms);
+  const auto stopping_at = std::chrono::steady_clock::now();
+  EXPECT_EQ(broker.stop(SIGTERM, 5s), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping_at, 5s);
+  request.join();
+  EXPECT_EQ(in_flight.status, 200u) << in_flight.error;
+}
+
+TEST_F(binary_test, cli_version_and_check) {
+  const auto version = run_broker_command({"--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_EQ(version.output, "token-broker " TOKEN_BROKER_VERSION "\n");
+
+  const auto hr = add_app("hr");
+  const auto good = scratch_.write("good.json", make_config(free_port()).dump());
+  const auto checked = run_broker_command({"--config", good.string(), "--check"});
+  EXPECT_EQ(checked.exit_code, 0) << checked.output;
+
+  auto typo = make_config(free_port());
+  typo["apps"]["hr"]["secrett"] = "x";
+  const auto bad = scratch_.write("bad.json", typo.dump());
+  const auto rejected = run_broker_command({"--config", bad.string(), "--check"});
+  EXPECT_EQ(rejected.exit_code, 2);
+  EXPECT_NE(rejected.output.find("apps.hr.secrett"), std::string::npos) << rejected.output;
+  EXPECT_EQ(rejected.output.find(hr.secret), std::string::npos);
+
+  auto unset_env = make_config(free_port());
+  unset_env["apps"]["hr"] = {{"corpid", corpid}, {"secret_env", "TOKEN_BROKER_TEST_UNSET_SECRET"}};
+  const auto env_config = scratch_.write("env.json", unset_env.dump());
+  const auto env_rejected = run_broker_command({"--config", env_config.string(), "--check"});
+  EXPECT_EQ(env_rejected.exit_code, 2);
+  EXPECT_NE(env_rejected.output.find("apps.hr.secret_env"), std::string::npos);
+
+  EXPECT_EQ(run_broker_command({"--config", "/nonexistent/config.json"}).exit_code, 2);
+  EXPECT_EQ(run_broker_command({"--bogus"}).exit_code, 2);
+}
+
+}  // namespace
+}  // namespace token_broker::testing

@@ -1,0 +1,455 @@
+// The fake of WeCom seen through a real TLS client, as the broker will see it.
+#include "fake_wecom.hpp"
+
+#include <gtest/gtest.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "token_broker/asio.hpp"
+
+namespace token_broker::fake {
+namespace {
+
+using namespace std::chrono_literals;
+using asio::ip::tcp;
+using std::chrono::steady_clock;
+using response = http::response<http::string_body>;
+
+const std::string corpid = "ww0123456789abcdef";
+const std::string secret_a = "secret-a";
+const std::string secret_b = "secret-b";
+
+// Key generation is cheap but not free; one PKI serves every test that does not need its own.
+const tls_material& shared_tls() {
+  static const tls_material material = generate_tls_material();
+  return material;
+}
+
+std::unique_ptr<fake_wecom> start_fake(
+    expiry_behaviour behaviour = expiry_behaviour::new_token_each_call,
+    std::chrono::seconds lifetime = 7200s) {
+  auto fake = std::make_unique<fake_wecom>(
+      fake_options{.behaviour = behaviour, .lifetime = lifetime, .tls = shared_tls()});
+  fake->add_app(corpid, secret_a);
+  fake->add_app(corpid, secret_b);
+  return fake;
+}
+
+std::string gettoken_target(const std::string& id, const std::string& secret) {
+  return "/cgi-bin/gettoken?corpid=" + id + "&corpsecret=" + secret;
+}
+
+struct client_options {
+  std::string trusted_ca_pem = shared_tls().ca_pem;
+  std::string verify_host = "localhost";  // the name the certificate must carry
+  steady_clock::duration deadline = 5s;   // for the whole exchange
+};
+
+struct exchange_result {
+  error_code error;                 // the step that failed, if one did
+  long verify_result = X509_V_OK;   // the client's verdict on the server's certificate
+  std::vector<response> responses;  // one per request answered before any failure
+};
+
+// GETs each target in turn over one TLS connection to 127.0.0.1, verifying the server the way
+// the broker does: a chosen CA, SNI and a host name check.
+asio::awaitable<void> run_exchange(std::uint16_t port, asio::ssl::context& tls,
+                                   const client_options& options,
+                                   const std::vector<std::string>& targets,
+                                   exchange_result& result) {
+  const auto on_error = asio::as_tuple(asio::use_awaitable);
+  beast::ssl_stream<beast::tcp_stream> stream(co_await asio::this_coro::executor, tls);
+  auto& transport = beast::get_lowest_layer(stream);
+  transport.expires_after(options.deadline);
+
+  const tcp::endpoint server(asio::ip::make_address("127.0.0.1"), port);
+  auto [connect_error] = co_await transport.async_connect(server, on_error);
+  if (connect_error) {
+    result.error = connect_error;
+    co_return;
+  }
+
+  if (!SSL_set_tlsext_host_name(stream.native_handle(), "localhost")) {
+    throw std::runtime_error("cannot set SNI");
+  }
+  stream.set_verify_callback(asio::ssl::host_name_verification(options.verify_host));
+  auto [handshake_error] =
+      co_await stream.async_handshake(asio::ssl::stream_base::client, on_error);
+  if (handshake_error) {
+    result.error = handshake_error;
+    result.verify_result = SSL_get_verify_result(stream.native_handle());
+    co_return;
+  }
+
+  beast::flat_buffer buffer;
+  for (const auto& target : targets) {
+    http::request<http::empty_body> request{http::verb::get, target, 11};
+    request.set(http::field::host, "localhost:" + std::to_string(port));
+    auto [write_error, written] = co_await http::async_write(stream, request, on_error);
+    if (write_error) {
+      result.error = write_error;
+      co_return;
+    }
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 * 1024);
+    auto [read_error, read] = co_await http::async_read(stream, buffer, parser, on_error);
+    if (read_error) {
+      result.error = read_error;
+      co_return;
+    }
+    result.responses.push_back(parser.release());
+  }
+  // No close_notify exchange: the answers are complete, and the fake must cope with peers
+  // that just drop the connection.
+}
+
+exchange_result exchange(std::uint16_t port, const std::vector<std::string>& targets,
+                         const client_options& options = {}) {
+  asio::io_context io;
+  asio::ssl::context tls(asio::ssl::context::tls_client);
+  tls.add_certificate_authority(asio::buffer(options.trusted_ca_pem));
+  tls.set_verify_mode(asio::ssl::verify_peer);
+
+  exchange_result result;
+  const auto rethrow = [](const std::exception_ptr& failure) {
+    if (failure) std::rethrow_exception(failure);
+  };
+  asio::co_spawn(io, run_exchange(port, tls, options, targets, result), rethrow);
+  io.run();
+  return result;
+}
+
+exchange_result fetch(const fake_wecom& fake, const std::string& target,
+                      const client_options& options = {}) {
+  return exchange(fake.port(), {target}, options);
+}
+
+// One gettoken call that must come back as HTTP 200 JSON; its body, parsed.
+nlohmann::json gettoken(const fake_wecom& fake, const std::string& secret,
+                        const std::string& id = corpid) {
+  const auto result = fetch(fake, gettoken_target(id, secret));
+  EXPECT_FALSE(result.error) << result.error.message();
+  if (result.responses.size() != 1) return nullptr;
+  const auto& answer = result.responses.front();
+  EXPECT_EQ(answer.result(), http::status::ok);
+  EXPECT_TRUE(answer[http::field::content_type].starts_with("application/json"));
+  return nlohmann::json::parse(answer.body());
+}
+
+bool is_token_character(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+}
+
+TEST(fake_wecom, answers_gettoken_in_wecom_shape) {
+  const auto fake = start_fake();
+  const auto answer = gettoken(*fake, secret_a);
+
+  EXPECT_EQ(answer["errcode"], 0);
+  EXPECT_EQ(answer["errmsg"], "ok");
+  EXPECT_EQ(answer["expires_in"], 7200);
+  const auto token = answer["access_token"].get<std::string>();
+  EXPECT_GE(token.size(), 64u);
+  EXPECT_TRUE(std::all_of(token.begin(), token.end(), is_token_character)) << token;
+  EXPECT_EQ(fake->check(token), token_status::valid);
+}
+
+TEST(fake_wecom, base_url_names_localhost_and_the_bound_port) {
+  const auto fake = start_fake();
+  EXPECT_NE(fake->port(), 0);
+  EXPECT_EQ(fake->base_url(), "https://localhost:" + std::to_string(fake->port()));
+}
+
+TEST(fake_wecom, serves_under_a_path_prefix_and_url_decodes_parameters) {
+  const auto fake = start_fake();
+  fake->add_app("ww corp", "s3cr+t/&=%");
+
+  const auto result = fetch(
+      *fake, "/private/gateway/cgi-bin/gettoken?corpid=ww+corp&corpsecret=s3cr%2Bt%2F%26%3D%25");
+  ASSERT_FALSE(result.error) << result.error.message();
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(result.responses[0].body())["errcode"], 0);
+  EXPECT_EQ(fake->gettoken_calls("s3cr+t/&=%"), 1);
+}
+
+TEST(fake_wecom, rejects_bad_credentials_like_wecom) {
+  const auto fake = start_fake();
+  EXPECT_EQ(gettoken(*fake, secret_a, "wwunknown")["errcode"], 40013);
+  EXPECT_EQ(gettoken(*fake, "wrong-secret")["errcode"], 40001);
+
+  const auto no_corpid = fetch(*fake, "/cgi-bin/gettoken?corpsecret=" + secret_a);
+  ASSERT_EQ(no_corpid.responses.size(), 1u);
+  EXPECT_EQ(no_corpid.responses[0].result(), http::status::ok);
+  EXPECT_EQ(no_corpid.responses[0].body(), R"({"errcode":41002,"errmsg":"corpid missing"})");
+
+  const auto no_secret = fetch(*fake, "/cgi-bin/gettoken?corpid=" + corpid);
+  ASSERT_EQ(no_secret.responses.size(), 1u);
+  EXPECT_EQ(no_secret.responses[0].body(), R"({"errcode":41004,"errmsg":"corpsecret missing"})");
+}
+
+TEST(fake_wecom, same_token_keeps_expiry_repeats_full_lifetime_until_the_token_expires) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry, 2s);
+  const auto first = gettoken(*fake, secret_a);
+  const auto issued_by = steady_clock::now();
+  EXPECT_EQ(first["expires_in"], 2);
+
+  std::this_thread::sleep_for(1200ms);
+  const auto second = gettoken(*fake, secret_a);
+  EXPECT_EQ(second["access_token"], first["access_token"]);
+  EXPECT_EQ(second["expires_in"], 2);  // yet the token's expiry has not moved:
+
+  std::this_thread::sleep_until(issued_by + 2050ms);
+  EXPECT_EQ(fake->check(first["access_token"]), token_status::expired);
+  const auto third = gettoken(*fake, secret_a);
+  EXPECT_NE(third["access_token"], first["access_token"]);
+  EXPECT_EQ(third["expires_in"], 2);
+}
+
+TEST(fake_wecom, same_token_seconds_left_answers_whole_seconds_remaining) {
+  const auto fake = start_fake(expiry_behaviour::same_token_seconds_left, 2s);
+  const auto first = gettoken(*fake, secret_a);
+  EXPECT_EQ(first["expires_in"], 2);
+
+  std::this_thread::sleep_for(600ms);
+  const auto second = gettoken(*fake, secret_a);
+  EXPECT_EQ(second["access_token"], first["access_token"]);
+  EXPECT_EQ(second["expires_in"], 1);  // 1.4 s left, floored
+}
+
+TEST(fake_wecom, new_token_each_call_leaves_older_tokens_valid) {
+  const auto fake = start_fake(expiry_behaviour::new_token_each_call, 60s);
+  const auto first = gettoken(*fake, secret_a);
+  const auto second = gettoken(*fake, secret_a);
+
+  EXPECT_NE(first["access_token"], second["access_token"]);
+  EXPECT_EQ(second["expires_in"], 60);
+  EXPECT_EQ(fake->check(first["access_token"]), token_status::valid);
+  EXPECT_EQ(fake->check(second["access_token"]), token_status::valid);
+}
+
+TEST(fake_wecom, secrets_have_tokens_of_their_own) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  EXPECT_NE(gettoken(*fake, secret_a)["access_token"], gettoken(*fake, secret_b)["access_token"]);
+}
+
+TEST(fake_wecom, set_behaviour_and_set_lifetime_apply_to_later_calls) {
+  const auto fake = start_fake(expiry_behaviour::new_token_each_call);
+  fake->set_behaviour(expiry_behaviour::same_token_keeps_expiry);
+  fake->set_lifetime(30s);
+  const auto first = gettoken(*fake, secret_a);
+  EXPECT_EQ(first["expires_in"], 30);
+  EXPECT_EQ(gettoken(*fake, secret_a)["access_token"], first["access_token"]);
+}
+
+TEST(fake_wecom, check_reports_expired_after_the_lifetime) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry, 1s);
+  const auto token = gettoken(*fake, secret_a)["access_token"].get<std::string>();
+  std::this_thread::sleep_for(1100ms);
+
+  EXPECT_EQ(fake->check(token), token_status::expired);
+  const auto result = fetch(*fake, "/cgi-bin/user/get?access_token=" + token);
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses[0].body(), R"({"errcode":42001,"errmsg":"access_token expired"})");
+}
+
+TEST(fake_wecom, user_get_answers_like_a_wecom_api) {
+  const auto fake = start_fake();
+  const auto token = gettoken(*fake, secret_a)["access_token"].get<std::string>();
+
+  const auto result =
+      exchange(fake->port(), {"/cgi-bin/user/get?access_token=" + token,
+                              "/cgi-bin/user/get?access_token=made-up", "/cgi-bin/user/get"});
+  ASSERT_EQ(result.responses.size(), 3u);
+  EXPECT_EQ(result.responses[0].body(), R"({"errcode":0,"errmsg":"ok"})");
+  EXPECT_EQ(result.responses[1].body(), R"({"errcode":40014,"errmsg":"invalid access_token"})");
+  EXPECT_EQ(nlohmann::json::parse(result.responses[2].body())["errcode"], 41001);
+  EXPECT_EQ(fake->check("made-up"), token_status::invalid);
+  EXPECT_EQ(to_string(token_status::expired), "expired");
+}
+
+TEST(fake_wecom, revoke_invalidates_tokens_and_the_next_call_issues_a_new_one) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  const auto before = gettoken(*fake, secret_a)["access_token"].get<std::string>();
+  const auto other_app = gettoken(*fake, secret_b)["access_token"].get<std::string>();
+
+  fake->revoke_tokens(secret_a);
+  EXPECT_EQ(fake->check(before), token_status::invalid);
+  EXPECT_EQ(fake->check(other_app), token_status::valid);
+
+  const auto after = gettoken(*fake, secret_a)["access_token"].get<std::string>();
+  EXPECT_NE(after, before);
+  EXPECT_EQ(fake->check(after), token_status::valid);
+}
+
+TEST(fake_wecom, errcode_fault_answers_the_scripted_error_then_recovers) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.errcode = 45009, .errmsg = "api freq out of limit"}});
+
+  const auto failed = gettoken(*fake, secret_a);
+  EXPECT_EQ(failed["errcode"], 45009);
+  EXPECT_EQ(failed["errmsg"], "api freq out of limit");
+  EXPECT_FALSE(failed.contains("access_token"));
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);
+}
+
+TEST(fake_wecom, html_fault_answers_an_html_page) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::html}});
+
+  const auto result = fetch(*fake, gettoken_target(corpid, secret_a));
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses[0].result(), http::status::ok);
+  EXPECT_TRUE(result.responses[0][http::field::content_type].starts_with("text/html"));
+  EXPECT_TRUE(result.responses[0].body().starts_with("<!DOCTYPE html>"));
+}
+
+TEST(fake_wecom, truncated_json_fault_cuts_the_body) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::truncated_json}});
+
+  const auto result = fetch(*fake, gettoken_target(corpid, secret_a));
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses[0].result(), http::status::ok);
+  EXPECT_TRUE(result.responses[0][http::field::content_type].starts_with("application/json"));
+  EXPECT_TRUE(result.responses[0].body().starts_with(R"({"errcode":0)"));
+  EXPECT_FALSE(nlohmann::json::accept(result.responses[0].body()));
+}
+
+TEST(fake_wecom, http_500_fault_answers_500) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::http_500}});
+
+  const auto result = fetch(*fake, gettoken_target(corpid, secret_a));
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses[0].result(), http::status::internal_server_error);
+}
+
+TEST(fake_wecom, drop_connection_fault_closes_without_an_answer) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::drop_connection}});
+
+  const auto result = fetch(*fake, gettoken_target(corpid, secret_a));
+  EXPECT_TRUE(result.responses.empty());
+  EXPECT_TRUE(result.error == http::error::end_of_stream ||
+              result.error == asio::ssl::error::stream_truncated)
+      << result.error.message();
+}
+
+TEST(fake_wecom, delay_fault_answers_normally_after_the_delay) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::delay, .delay = 300ms}});
+
+  const auto started = steady_clock::now();
+  const auto answer = gettoken(*fake, secret_a);
+  const auto took = steady_clock::now() - started;
+  EXPECT_EQ(answer["errcode"], 0);
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 3s);
+}
+
+TEST(fake_wecom, delay_fault_holds_back_one_connection_only) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::delay, .delay = 1s}});
+
+  std::thread slow([&] { EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0); });
+  while (fake->gettoken_calls(secret_a) == 0) std::this_thread::sleep_for(5ms);
+  const auto started = steady_clock::now();
+  EXPECT_EQ(gettoken(*fake, secret_b)["errcode"], 0);
+  EXPECT_LT(steady_clock::now() - started, 500ms);
+  slow.join();
+}
+
+TEST(fake_wecom, hang_fault_never_answers) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::hang}});
+
+  const auto result =
+      fetch(*fake, gettoken_target(corpid, secret_a), client_options{.deadline = 500ms});
+  EXPECT_EQ(result.error, beast::error::timeout) << result.error.message();
+  EXPECT_TRUE(result.responses.empty());
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);  // the fake itself is not stuck
+}
+
+TEST(fake_wecom, destruction_does_not_wait_for_a_hung_connection) {
+  auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::hang}});
+
+  exchange_result result;
+  std::thread client(
+      [&, port = fake->port()] { result = exchange(port, {gettoken_target(corpid, secret_a)}); });
+  while (fake->gettoken_calls(secret_a) == 0) std::this_thread::sleep_for(5ms);
+
+  const auto started = steady_clock::now();
+  fake.reset();
+  EXPECT_LT(steady_clock::now() - started, 1s);
+  client.join();
+  EXPECT_TRUE(result.error);
+  EXPECT_NE(result.error, beast::error::timeout);  // the peer saw the connection close
+}
+
+TEST(fake_wecom, faults_are_per_secret_and_in_order) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.errcode = -1, .errmsg = "system busy"},
+                                 fault{.errcode = 45009, .errmsg = "api freq out of limit"}});
+
+  EXPECT_EQ(gettoken(*fake, secret_b)["errcode"], 0);
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], -1);
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 45009);
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);
+}
+
+TEST(fake_wecom, counts_every_gettoken_call) {
+  const auto fake = start_fake();
+  fake->script_faults(secret_a, {fault{.kind = fault_kind::http_500}});
+
+  fetch(*fake, gettoken_target(corpid, secret_a));  // faulty
+  gettoken(*fake, secret_a);
+  gettoken(*fake, secret_b);
+  gettoken(*fake, "wrong-secret");
+  fetch(*fake, "/cgi-bin/user/get?access_token=x");  // not a gettoken call
+
+  EXPECT_EQ(fake->gettoken_calls(secret_a), 2);
+  EXPECT_EQ(fake->gettoken_calls(secret_b), 1);
+  EXPECT_EQ(fake->gettoken_calls("never-used"), 0);
+  EXPECT_EQ(fake->gettoken_calls(), 4);
+}
+
+TEST(fake_wecom, keeps_a_connection_alive_across_requests) {
+  const auto fake = start_fake();
+  const auto result = exchange(
+      fake->port(), {gettoken_target(corpid, secret_a), gettoken_target(corpid, secret_b)});
+  ASSERT_FALSE(result.error) << result.error.message();
+  EXPECT_EQ(result.responses.size(), 2u);
+  EXPECT_EQ(fake->gettoken_calls(), 2);
+}
+
+TEST(fake_wecom, answers_404_elsewhere) {
+  const auto fake = start_fake();
+  const auto result = fetch(*fake, "/cgi-bin/gettoken/extra?corpid=x");
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses[0].result(), http::status::not_found);
+  EXPECT_EQ(fake->gettoken_calls(), 0);
+}
+
+TEST(fake_wecom, certificate_is_valid_for_127_0_0_1_too) {
+  const auto fake = start_fake();
+  const auto result =
+      fetch(*fake, gettoken_target(corpid, secret_a), client_options{.verify_host = "127.0.0.1"});
+  EXPECT_FALSE(result.error) << result.error.message();
+}
+
+TEST(fake_wecom, client_trusting_another_ca_fails_verification) {
+  const auto fake = start_fake();
+  const auto other = generate_tls_material();
+
+  const auto result = fetch(*fake, gettoken_target(corpid, secret_a),
+                            client_options{.trusted_ca_pem = other.ca_pem});
+  EXPECT_EQ(result.error.category(), asio::error::get_ssl_category()) << result.error.message();
+  EXPECT_EQ(result.verify_result, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+  EXPECT_EQ(fake->gettoken_calls(), 0);
+}
+
+}  // namespace
+}  // namespace token_broker::fake

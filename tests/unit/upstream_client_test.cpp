@@ -1,0 +1,177 @@
+// The HTTPS gettoken client against the fake of WeCom over real TLS: verification, the one
+// deadline, base_url prefixes, and classified failures that never carry the secret.
+#include "token_broker/upstream_client.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "fake_wecom.hpp"
+
+namespace token_broker {
+namespace {
+
+using namespace std::chrono_literals;
+using fake::fault;
+using fake::fault_kind;
+
+constexpr const char* corpid = "wwtest";
+// Characters that must be percent-encoded to survive a query string.
+constexpr const char* secret = "s3cr+t/&=%x";
+
+class upstream_client_test : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { tls_ = new fake::tls_material(fake::generate_tls_material()); }
+  static void TearDownTestSuite() { delete tls_; }
+
+  void SetUp() override {
+    fake_ = std::make_unique<fake::fake_wecom>(fake::fake_options{.tls = *tls_});
+    fake_->add_app(corpid, secret);
+    ca_path_ = std::filesystem::temp_directory_path() /
+               ("upstream-client-test-ca-" + std::to_string(getpid()) + ".pem");
+    std::ofstream(ca_path_) << tls_->ca_pem;
+  }
+  void TearDown() override { std::filesystem::remove(ca_path_); }
+
+  upstream_config config_for(const std::string& base_url) const {
+    upstream_config config;
+    config.base_url = base_url;
+    const auto authority = base_url.substr(std::string("https://").size());
+    const auto colon = authority.rfind(':');
+    config.host = authority.substr(0, colon);
+    config.port = authority.substr(colon + 1);
+    config.ca_file = ca_path_;
+    config.timeout = 1000ms;
+    return config;
+  }
+
+  // Runs one fetch to completion; a hang fails the test instead of blocking it.
+  fetch_result fetch(const upstream_config& config) {
+    asio::io_context io;
+    upstream_client client(config);
+    std::optional<fetch_result> result;
+    asio::co_spawn(io, client.fetch_token(corpid, secret),
+                   [&](std::exception_ptr error, fetch_result fetched) {
+                     if (!error) result = std::move(fetched);
+                   });
+    io.run_for(10s);
+    if (!result) throw std::runtime_error("fetch did not complete");
+    return *result;
+  }
+
+  static const fetch_failure& failure(const fetch_result& result) {
+    return std::get<fetch_failure>(result);
+  }
+
+  static fake::tls_material* tls_;
+  std::unique_ptr<fake::fake_wecom> fake_;
+  std::filesystem::path ca_path_;
+};
+
+fake::tls_material* upstream_client_test::tls_ = nullptr;
+
+TEST_F(upstream_client_test, fetches_a_token_over_verified_tls) {
+  const auto before = clock::now();
+  const auto result = fetch(config_for(fake_->base_url()));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(result)) << failure(result).errmsg;
+  const auto& token = std::get<fetched_token>(result);
+  EXPECT_EQ(fake_->check(token.value), fake::token_status::valid);
+  EXPECT_EQ(token.expires_in, 7200s);
+  EXPECT_GE(token.sent_at, before);
+  EXPECT_GE(token.received_at, token.sent_at);
+  EXPECT_EQ(fake_->gettoken_calls(secret), 1) << "the percent-encoded secret arrived intact";
+}
+
+TEST_F(upstream_client_test, base_url_path_prefix_is_kept) {
+  auto config = config_for(fake_->base_url());
+  config.path_prefix = "/private/wecom";
+  const auto result = fetch(config);
+  EXPECT_TRUE(std::holds_alternative<fetched_token>(result));
+}
+
+TEST_F(upstream_client_test, an_untrusted_certificate_is_rejected_before_any_request) {
+  const auto other_ca = std::filesystem::temp_directory_path() /
+                        ("upstream-client-test-other-" + std::to_string(getpid()) + ".pem");
+  std::ofstream(other_ca) << fake::generate_tls_material().ca_pem;
+  auto config = config_for(fake_->base_url());
+  config.ca_file = other_ca;
+  const auto result = fetch(config);
+  std::filesystem::remove(other_ca);
+  EXPECT_NE(failure(result).errmsg.find("certificate rejected"), std::string::npos)
+      << failure(result).errmsg;
+  EXPECT_EQ(fake_->gettoken_calls(), 0);
+}
+
+TEST_F(upstream_client_test, a_certificate_for_another_host_is_rejected) {
+  fake::fake_wecom elsewhere(fake::fake_options{.host = "127.0.0.2", .tls = *tls_});
+  elsewhere.add_app(corpid, secret);
+  auto config = config_for("https://127.0.0.2:" + std::to_string(elsewhere.port()));
+  const auto result = fetch(config);
+  EXPECT_NE(failure(result).errmsg.find("certificate rejected"), std::string::npos)
+      << failure(result).errmsg;
+  EXPECT_EQ(elsewhere.gettoken_calls(), 0);
+}
+
+TEST_F(upstream_client_test, one_deadline_covers_the_whole_call) {
+  fake_->script_faults(secret, {fault{.kind = fault_kind::hang}});
+  const auto started = std::chrono::steady_clock::now();
+  const auto result = fetch(config_for(fake_->base_url()));
+  const auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_NE(failure(result).errmsg.find("did not answer within 1000 ms"), std::string::npos)
+      << failure(result).errmsg;
+  EXPECT_GE(took, 900ms);
+  EXPECT_LT(took, 3s);
+}
+
+TEST_F(upstream_client_test, failures_are_classified_and_never_carry_the_secret) {
+  const std::vector<fault> faults = {
+      fault{.kind = fault_kind::errcode, .errcode = 40013, .errmsg = "invalid corpid"},
+      fault{.kind = fault_kind::html},
+      fault{.kind = fault_kind::truncated_json},
+      fault{.kind = fault_kind::http_500},
+      fault{.kind = fault_kind::drop_connection},
+  };
+  fake_->script_faults(secret, faults);
+  std::vector<fetch_failure> failures;
+  for (std::size_t i = 0; i < faults.size(); ++i) {
+    failures.push_back(failure(fetch(config_for(fake_->base_url()))));
+  }
+  EXPECT_EQ(failures[0].errcode, 40013);
+  EXPECT_EQ(failures[0].kind, failure_class::configuration);
+  for (std::size_t i = 1; i < failures.size(); ++i) {
+    EXPECT_EQ(failures[i].errcode, local_failure_errcode) << failures[i].errmsg;
+    EXPECT_EQ(failures[i].kind, failure_class::transient);
+  }
+  EXPECT_NE(failures[3].errmsg.find("HTTP 500"), std::string::npos);
+  for (const auto& each : failures) {
+    EXPECT_EQ(each.errmsg.find("s3cr"), std::string::npos) << each.errmsg;
+    EXPECT_EQ(each.errmsg.find("gettoken?"), std::string::npos) << each.errmsg;
+  }
+  EXPECT_TRUE(std::holds_alternative<fetched_token>(fetch(config_for(fake_->base_url()))));
+}
+
+TEST_F(upstream_client_test, connection_refused_is_a_transient_failure) {
+  const auto port = fake_->port();
+  fake_.reset();  // nothing listens there now
+  const auto result = fetch(config_for("https://localhost:" + std::to_string(port)));
+  EXPECT_NE(failure(result).errmsg.find("connect failed"), std::string::npos)
+      << failure(result).errmsg;
+}
+
+TEST_F(upstream_client_test, a_ca_file_that_is_not_pem_is_a_config_error) {
+  const auto garbage = std::filesystem::temp_directory_path() /
+                       ("upstream-client-test-garbage-" + std::to_string(getpid()) + ".pem");
+  std::ofstream(garbage) << "not a certificate\n";
+  auto config = config_for(fake_->base_url());
+  config.ca_file = garbage;
+  try {
+    upstream_client client(config);
+    ADD_FAILURE() << "accepted a CA file that is not PEM";
+  } catch (const config_error& error) {
+    EXPECT_EQ(error.field(), "upstream.ca_file");
+  }
+  std::filesystem::remove(garbage);
+}
+
+}  // namespace
+}  // namespace token_broker
