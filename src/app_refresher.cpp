@@ -14,9 +14,9 @@ using std::chrono::steady_clock;
 // that the refresh's failure, not the caller's timeout, is what the caller reports.
 constexpr milliseconds wait_slack{100};
 
-std::int64_t unix_seconds(time_point at) {
-  return duration_cast<seconds>(at.time_since_epoch()).count();
-}
+// The refresher re-plans at least this often: a timer sleeps on CLOCK_MONOTONIC, which
+// stands still while the host is suspended, but token time (CLOCK_BOOTTIME) does not.
+constexpr milliseconds max_sleep{30000};
 
 std::int64_t milliseconds_between(time_point from, time_point to) {
   return duration_cast<milliseconds>(to - from).count();
@@ -62,10 +62,11 @@ asio::awaitable<void> app_refresher::run() {
   const auto self = shared_from_this();  // the coroutine keeps its refresher alive
 
   if (auto stored = co_await store_.load(app_.id)) {
-    const auto now = clock::now();
-    if (stored->expires_at > now &&
-        lifecycle_.adopt(token_from_expiry(std::move(stored->value), stored->expires_at, now),
-                         jitter_unit())) {
+    const auto wall_now = wall_clock::now();
+    if (stored->expires_at > wall_now &&
+        lifecycle_.adopt(
+            token_from_expiry(std::move(stored->value), stored->expires_at, clock::now(), wall_now),
+            jitter_unit())) {
       spdlog::info("app={} adopted stored token, expires_at={}", app_.id,
                    unix_seconds(stored->expires_at));
       publish();
@@ -76,20 +77,30 @@ asio::awaitable<void> app_refresher::run() {
     const auto now = clock::now();
     const auto attempt_at = lifecycle_.next_attempt_at();
     if (attempt_at > now) {
-      wake_.expires_after(attempt_at - now);
+      wake_.expires_after(std::min<clock::duration>(attempt_at - now, max_sleep));
       co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-      continue;  // woken early (invalidation, stop) or on time: plan again either way
+      continue;  // woken early (invalidation, waiter, stop) or on time: plan again
     }
 
     lifecycle_.attempt_started(now);
     publish();
-    const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
-    if (stopping_) break;
-    record(result, now);
-    if (std::holds_alternative<fetched_token>(result)) {
-      // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
-      const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
-      co_await store_.save(app_.id, latest);
+    try {
+      const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
+      if (stopping_) break;
+      record(result, now);
+      if (std::holds_alternative<fetched_token>(result)) {
+        // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
+        const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
+        co_await store_.save(app_.id, latest);
+      }
+    } catch (const std::exception& error) {
+      // A broken invariant in one refresh must not end this app's refreshing for good.
+      spdlog::error("app={} refresh failed unexpectedly: {}", app_.id, error.what());
+      if (lifecycle_.in_flight()) {
+        lifecycle_.attempt_failed(
+            fetch_failure{failure_class::transient, local_failure_errcode, "internal error"},
+            clock::now(), jitter_unit());
+      }
     }
     publish();
   }
@@ -106,8 +117,9 @@ void app_refresher::record(const fetch_result& result, time_point started_at) {
     spdlog::info(
         "app={} refresh ok: {} token, expires_at={} (in {}s), latency_ms={}, next_refresh_in_s={}",
         app_.id, held.value == previous ? "same (expiry kept)" : "new",
-        unix_seconds(held.expires_at), milliseconds_between(finished_at, held.expires_at) / 1000,
-        latency_ms, milliseconds_between(finished_at, lifecycle_.next_attempt_at()) / 1000);
+        unix_seconds(held.expires_at_wall),
+        milliseconds_between(finished_at, held.expires_at) / 1000, latency_ms,
+        milliseconds_between(finished_at, lifecycle_.next_attempt_at()) / 1000);
     return;
   }
 
@@ -115,10 +127,12 @@ void app_refresher::record(const fetch_result& result, time_point started_at) {
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
   spdlog::warn(
-      "app={} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
-      app_.id, failure.errcode, failure.errmsg, latency_ms,
+      "app={} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}", app_.id,
+      failure.errcode, failure.errmsg, latency_ms,
       milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
-      held ? "serving the held token until " + std::to_string(unix_seconds(held->serve_until))
+      held ? "serving the held token for " +
+                 std::to_string(milliseconds_between(finished_at, held->serve_until) / 1000) +
+                 " more seconds"
            : std::string("no valid token to serve"));
 }
 
@@ -126,8 +140,6 @@ void app_refresher::publish() {
   auto view = std::make_shared<app_view>();
   const auto now = clock::now();
   view->state = lifecycle_.state(now);
-  view->failure = lifecycle_.last_failure();
-  view->next_attempt_at = lifecycle_.next_attempt_at();
   // A revoked token is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
@@ -138,13 +150,16 @@ void app_refresher::publish() {
   waiters_.clear();
 }
 
+// The operations are named before the co_await: g++ 12 mishandles temporaries in its operand.
 asio::awaitable<token_outcome> app_refresher::wait_for_token() {
-  co_return co_await asio::co_spawn(strand_, wait_on_strand(), asio::use_awaitable);
+  auto operation = asio::co_spawn(strand_, wait_on_strand(), asio::use_awaitable);
+  co_return co_await std::move(operation);
 }
 
 asio::awaitable<token_outcome> app_refresher::invalidate(std::string value) {
-  co_return co_await asio::co_spawn(strand_, invalidate_on_strand(std::move(value)),
-                                    asio::use_awaitable);
+  auto operation =
+      asio::co_spawn(strand_, invalidate_on_strand(std::move(value)), asio::use_awaitable);
+  co_return co_await std::move(operation);
 }
 
 asio::awaitable<token_outcome> app_refresher::invalidate_on_strand(std::string value) {
@@ -162,12 +177,16 @@ asio::awaitable<token_outcome> app_refresher::wait_on_strand() {
     const auto now = clock::now();
     if (const token* held = lifecycle_.servable(now)) co_return token_outcome{*held, {}, {}};
     if (stopping_) co_return unavailable(now);
+    // An attempt that is due but not started means the refresher sleeps too long (a host that
+    // was suspended): wake it.
+    if (!lifecycle_.in_flight() && lifecycle_.next_attempt_at() <= now) wake_.cancel();
 
     // Wait only for a refresh that is under way or starts soon enough to finish in time.
-    const auto starts_in = lifecycle_.in_flight()
-                               ? milliseconds{0}
-                               : std::max(milliseconds{0}, duration_cast<milliseconds>(
-                                                               lifecycle_.next_attempt_at() - now));
+    const auto starts_in =
+        lifecycle_.in_flight()
+            ? milliseconds{0}
+            : std::max(milliseconds{0},
+                       duration_cast<milliseconds>(lifecycle_.next_attempt_at() - now));
     const auto steady_now = steady_clock::now();
     if (!deadline) {
       if (starts_in > wait_limit_) co_return unavailable(now);
@@ -178,14 +197,16 @@ asio::awaitable<token_outcome> app_refresher::wait_on_strand() {
 
     waiter.expires_at(*deadline);
     waiters_.push_back(&waiter);
-    const auto [error] = co_await waiter.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (!error) std::erase(waiters_, &waiter);  // woke at the deadline: still registered
+    // Woken by publish() (which unregisters every waiter) or by the deadline; either way
+    // this timer must not stay registered once this frame can be destroyed.
+    co_await waiter.async_wait(asio::as_tuple(asio::use_awaitable));
+    std::erase(waiters_, &waiter);
   }
 }
 
 token_outcome app_refresher::unavailable(time_point now) const {
-  const auto wait = std::max(seconds{1}, std::chrono::ceil<seconds>(lifecycle_.next_attempt_at() -
-                                                                    now));
+  const auto wait =
+      std::max(seconds{1}, std::chrono::ceil<seconds>(lifecycle_.next_attempt_at() - now));
   return token_outcome{std::nullopt, lifecycle_.last_failure(), wait};
 }
 

@@ -16,7 +16,9 @@ broker::broker(asio::any_io_executor executor, const config& settings,
   }
 }
 
-broker::~broker() { stop(); }
+broker::~broker() {
+  stop();
+}
 
 void broker::start() {
   for (const auto& app : apps_in_order_) app->start();
@@ -31,8 +33,7 @@ std::shared_ptr<app_refresher> broker::find(std::string_view app_id) const {
   return found == apps_by_id_.end() ? nullptr : found->second;
 }
 
-credential_match broker::match_credentials(std::string_view corpid,
-                                           std::string_view secret) const {
+credential_match broker::match_credentials(std::string_view corpid, std::string_view secret) const {
   const auto offered = sha256(secret);
   credential_match match;
   // Every app of the corpid is compared, matched or not, so timing tells nothing.

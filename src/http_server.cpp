@@ -1,9 +1,9 @@
 #include "token_broker/http_server.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
 #include <filesystem>
-#include <spdlog/spdlog.h>
 
 namespace token_broker {
 
@@ -27,7 +27,8 @@ namespace {
 using std::chrono::steady_clock;
 
 template <class Protocol>
-using stream_for = beast::basic_stream<Protocol, asio::any_io_executor, beast::unlimited_rate_policy>;
+using stream_for =
+    beast::basic_stream<Protocol, asio::any_io_executor, beast::unlimited_rate_policy>;
 
 // Counts something for exactly as long as it lives.
 class counted {
@@ -54,8 +55,7 @@ std::optional<response> answer_to_unreadable_request(const error_code& error) {
                           "request header too large");
   }
   if (error == http::error::body_limit) {
-    return error_response(http::status::payload_too_large, "bad_request",
-                          "request body too large");
+    return error_response(http::status::payload_too_large, "bad_request", "request body too large");
   }
   return error_response(http::status::bad_request, "bad_request",
                         "malformed HTTP request: " + error.message());
@@ -64,6 +64,7 @@ std::optional<response> answer_to_unreadable_request(const error_code& error) {
 template <class Protocol>
 asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
                                        std::shared_ptr<http_server::shared_state> state) {
+  const counted connection(state->connections);
   const auto& limits = state->limits;
   const auto as_tuple = asio::as_tuple(asio::use_awaitable);
   beast::flat_buffer buffer(limits.header_limit + limits.body_limit + 4096);
@@ -103,7 +104,6 @@ asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
   // Half-close rather than close, so the client reads the last answer before the FIN.
   error_code ignored;
   stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
-  --state->connections;
 }
 
 template <class Protocol>
@@ -111,7 +111,9 @@ class protocol_listener final : public http_server::listener {
  public:
   protocol_listener(asio::io_context& io, const typename Protocol::endpoint& endpoint,
                     std::shared_ptr<http_server::shared_state> state)
-      : io_(io), acceptor_(asio::make_strand(io)), retry_timer_(acceptor_.get_executor()),
+      : io_(io),
+        acceptor_(asio::make_strand(io)),
+        retry_timer_(acceptor_.get_executor()),
         state_(std::move(state)) {
     acceptor_.open(endpoint.protocol());
     if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) {
@@ -155,7 +157,6 @@ class protocol_listener final : public http_server::listener {
         error_code ignored;  // small answers: don't let Nagle hold them back
         socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       }
-      ++state_->connections;
       asio::co_spawn(connection_executor,
                      serve_connection<Protocol>(stream_for<Protocol>(std::move(socket)), state_),
                      asio::detached);
@@ -205,13 +206,17 @@ http_server::http_server(asio::io_context& io, const listen_address& where,
 
 http_server::~http_server() = default;
 
-void http_server::start() { listener_->start(); }
+void http_server::start() {
+  listener_->start();
+}
 
 void http_server::stop() {
   state_->stopping = true;
   listener_->stop();
 }
 
-std::size_t http_server::requests_in_flight() const { return state_->requests_in_flight; }
+std::size_t http_server::requests_in_flight() const {
+  return state_->requests_in_flight;
+}
 
 }  // namespace token_broker

@@ -72,29 +72,30 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, 
   io.stop();
 }
 
-asio::awaitable<void> handle_signals(asio::io_context& io, http_server& server, broker& apps) {
-  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+// Keeps handling signals until the io_context stops, so a repeated Ctrl-C during the drain
+// is absorbed instead of killing the process.
+asio::awaitable<void> handle_signals(asio::signal_set& signals, asio::io_context& io,
+                                     http_server& server, broker& apps) {
+  bool stopping = false;
   for (;;) {
     const int signal = co_await signals.async_wait(asio::use_awaitable);
     if (signal == SIGHUP) {
-      spdlog::warn("SIGHUP: configuration reload is not supported by this build; "
-                   "the running configuration stays in force");
+      spdlog::warn(
+          "SIGHUP: configuration reload is not supported by this build; "
+          "the running configuration stays in force");
       continue;
     }
+    if (stopping) continue;
+    stopping = true;
     spdlog::info("{}: stopping", signal == SIGINT ? "SIGINT" : "SIGTERM");
-    co_await drain_and_stop(io, server, apps);
-    co_return;
+    asio::co_spawn(io, drain_and_stop(io, server, apps), asio::detached);
   }
 }
 
 int run(const config& settings) {
-  if (settings.redis) {
-    spdlog::critical("redis: this build keeps tokens in memory only; remove the \"redis\" "
-                     "section or use a build with Redis support");
-    return exit_bad_config;
-  }
-
   asio::io_context io(static_cast<int>(settings.threads));
+  // Installed before the port opens, so a SIGTERM at any moment is a clean stop.
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   broker apps(io.get_executor(), settings, std::make_unique<memory_token_store>());
   request_handler handler(apps, client_auth(settings.clients));
   std::optional<http_server> server;
@@ -109,7 +110,7 @@ int run(const config& settings) {
 
   apps.start();
   server->start();
-  asio::co_spawn(io, handle_signals(io, *server, apps), asio::detached);
+  asio::co_spawn(io, handle_signals(signals, io, *server, apps), asio::detached);
   spdlog::info("token-broker {} listening on {} with {} apps, {} threads", TOKEN_BROKER_VERSION,
                settings.listen.to_string(), settings.apps.size(), settings.threads);
 
@@ -139,6 +140,11 @@ int main(int argc, char** argv) {
     settings = load_config(parsed->config_path);
     // The CA bundle must parse as PEM too, which only the TLS context can tell.
     const upstream_client probe(settings->upstream);
+    if (settings->redis) {
+      throw config_error("redis",
+                         "not supported by this build, which keeps tokens in memory only; "
+                         "remove the section");
+    }
   } catch (const config_error& error) {
     std::cerr << "token-broker: invalid config " << parsed->config_path << ": " << error.what()
               << '\n';

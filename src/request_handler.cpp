@@ -1,7 +1,8 @@
 #include "token_broker/request_handler.hpp"
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
 
 namespace token_broker {
 namespace {
@@ -78,7 +79,8 @@ asio::awaitable<response> request_handler::dispatch(const route& call, const req
 asio::awaitable<response> request_handler::app_token(app_refresher& app) {
   // The hot path: one atomic load, no lock, no wait.
   const auto now = clock::now();
-  if (const token* current = app.view()->servable(now)) {
+  const auto view = app.view();  // keeps the token alive while it is answered
+  if (const token* current = view->servable(now)) {
     co_return token_response(app.app().id, *current, now);
   }
   const auto outcome = co_await app.wait_for_token();
@@ -93,8 +95,8 @@ asio::awaitable<response> request_handler::invalidate(app_refresher& app, std::s
     co_return error_response(http::status::bad_request, "bad_request",
                              R"(the body must be {"access_token":"<the rejected token>"})");
   }
-  auto reported_token = reported->get<std::string>();
-  const auto outcome = co_await app.invalidate(std::move(reported_token));
+  auto operation = app.invalidate(reported->get<std::string>());
+  const auto outcome = co_await std::move(operation);
   if (outcome.current) co_return token_response(app.app().id, *outcome.current, clock::now());
   co_return unavailable_response(app.app().id, outcome);
 }
@@ -115,7 +117,8 @@ asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
       break;
   }
   const auto now = clock::now();
-  if (const token* current = match.app->view()->servable(now)) {
+  const auto view = match.app->view();  // keeps the token alive while it is answered
+  if (const token* current = view->servable(now)) {
     co_return wecom_token_response(*current, now);
   }
   const auto outcome = co_await match.app->wait_for_token();
@@ -135,9 +138,7 @@ response request_handler::list_apps(const client_config* client) const {
         {"app", app->app().id},
         {"corpid", app->app().corpid},
         {"state", to_string(view->state_at(now))},
-        {"expires_at", current ? nlohmann::ordered_json(std::chrono::floor<std::chrono::seconds>(
-                                                    current->expires_at.time_since_epoch())
-                                                    .count())
+        {"expires_at", current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
                                : nlohmann::ordered_json(nullptr)},
     });
   }

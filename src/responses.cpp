@@ -11,10 +11,6 @@ std::int64_t seconds_left(const token& current, time_point now) {
   return std::chrono::floor<std::chrono::seconds>(current.expires_at - now).count();
 }
 
-std::int64_t unix_seconds(time_point at) {
-  return std::chrono::floor<std::chrono::seconds>(at.time_since_epoch()).count();
-}
-
 }  // namespace
 
 response json_response(http::status status, std::string body) {
@@ -28,17 +24,19 @@ response json_response(http::status status, std::string body) {
 }
 
 response error_response(http::status status, std::string_view code, std::string_view message) {
-  return json_response(status, nlohmann::ordered_json{{"error", code}, {"message", message}}.dump());
+  return json_response(status,
+                       nlohmann::ordered_json{{"error", code}, {"message", message}}.dump());
 }
 
 response token_response(std::string_view app_id, const token& current, time_point now) {
-  return json_response(http::status::ok, nlohmann::ordered_json{
-                                             {"app", app_id},
-                                             {"access_token", current.value},
-                                             {"expires_in", seconds_left(current, now)},
-                                             {"expires_at", unix_seconds(current.expires_at)},
-                                         }
-                                             .dump());
+  return json_response(http::status::ok,
+                       nlohmann::ordered_json{
+                           {"app", app_id},
+                           {"access_token", current.value},
+                           {"expires_in", seconds_left(current, now)},
+                           {"expires_at", unix_seconds(current.expires_at_wall)},
+                       }
+                           .dump());
 }
 
 response unavailable_response(std::string_view app_id, const token_outcome& outcome) {
@@ -56,13 +54,14 @@ response unavailable_response(std::string_view app_id, const token_outcome& outc
 }
 
 response wecom_token_response(const token& current, time_point now) {
-  return json_response(http::status::ok, nlohmann::ordered_json{
-                                             {"errcode", 0},
-                                             {"errmsg", "ok"},
-                                             {"access_token", current.value},
-                                             {"expires_in", seconds_left(current, now)},
-                                         }
-                                             .dump());
+  return json_response(http::status::ok,
+                       nlohmann::ordered_json{
+                           {"errcode", 0},
+                           {"errmsg", "ok"},
+                           {"access_token", current.value},
+                           {"expires_in", seconds_left(current, now)},
+                       }
+                           .dump());
 }
 
 response wecom_error_response(int errcode, std::string_view errmsg) {

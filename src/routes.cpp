@@ -58,13 +58,14 @@ route match_gettoken(std::string_view query) {
 route match_route(http::verb method, std::string_view target) {
   const auto question = target.find('?');
   const auto path = target.substr(0, question);
-  const auto query = question == std::string_view::npos ? std::string_view{}
-                                                         : target.substr(question + 1);
+  const auto query =
+      question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
 
   if (path == "/cgi-bin/gettoken") {
     return only(method, http::verb::get, match_gettoken(query), "GET");
   }
-  if (path == "/healthz") return only(method, http::verb::get, {.call = route::kind::healthz}, "GET");
+  if (path == "/healthz")
+    return only(method, http::verb::get, {.call = route::kind::healthz}, "GET");
   if (path == "/readyz") return only(method, http::verb::get, {.call = route::kind::readyz}, "GET");
   if (path == "/v1/apps") {
     return only(method, http::verb::get, {.call = route::kind::list_apps}, "GET");

@@ -45,26 +45,34 @@ token token_from_fetch(const fetched_token& fetched) {
       .expires_at = expires_at,
       .serve_until = expires_at - serve_margin(fetched.expires_in),
       .replaceable_at = fetched.received_at + fetched.expires_in,
+      .expires_at_wall = fetched.sent_at_wall + fetched.expires_in,
   };
 }
 
-token token_from_expiry(std::string value, time_point expires_at, time_point now) {
-  const auto lifetime = std::chrono::duration_cast<milliseconds>(expires_at - now);
+token token_from_expiry(std::string value, wall_time_point expires_at, time_point now,
+                        wall_time_point wall_now) {
+  const auto expires = from_wall_clock(expires_at, now, wall_now);
+  const auto lifetime = std::chrono::duration_cast<milliseconds>(expires - now);
   return token{
       .value = std::move(value),
       .issued_at = now,
-      .expires_at = expires_at,
-      .serve_until = expires_at - serve_margin(std::max(lifetime, milliseconds{0})),
-      .replaceable_at = expires_at,
+      .expires_at = expires,
+      .serve_until = expires - serve_margin(std::max(lifetime, milliseconds{0})),
+      .replaceable_at = expires,
+      .expires_at_wall = expires_at,
   };
 }
 
 std::string_view to_string(app_state state) {
   switch (state) {
-    case app_state::fresh: return "fresh";
-    case app_state::refreshing: return "refreshing";
-    case app_state::failing: return "failing";
-    case app_state::unknown: break;
+    case app_state::fresh:
+      return "fresh";
+    case app_state::refreshing:
+      return "refreshing";
+    case app_state::failing:
+      return "failing";
+    case app_state::unknown:
+      break;
   }
   return "unknown";
 }
@@ -113,6 +121,7 @@ void token_lifecycle::attempt_succeeded(const fetched_token& fetched, double jit
   if (token_->expires_at > answer_latest) {
     token_->expires_at = fetched_token.expires_at;
     token_->serve_until = fetched_token.serve_until;
+    token_->expires_at_wall = fetched_token.expires_at_wall;
   }
   token_->replaceable_at = std::min(token_->replaceable_at, answer_latest);
 

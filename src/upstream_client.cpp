@@ -47,8 +47,8 @@ fetch_failure network_failure(std::string_view step, const error_code& error,
 
 upstream_client::upstream_client(const upstream_config& config)
     : config_(config), tls_(asio::ssl::context::tls_client) {
-  host_header_ = config_.host.find(':') != std::string::npos ? "[" + config_.host + "]"
-                                                              : config_.host;
+  host_header_ =
+      config_.host.find(':') != std::string::npos ? "[" + config_.host + "]" : config_.host;
   if (config_.port != "443") host_header_ += ":" + config_.port;
 
   tls_.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
@@ -81,6 +81,7 @@ asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corp
   const auto executor = co_await asio::this_coro::executor;
   const auto deadline = steady_clock::now() + config_.timeout;
   const auto sent_at = clock::now();
+  const auto sent_at_wall = wall_clock::now();
   const auto on_error = asio::as_tuple(asio::use_awaitable);
 
   // Resolution is the one step beast's stream deadline does not cover; a timer cancels it.
@@ -114,11 +115,10 @@ asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corp
   if (handshake_error) {
     const long verify_result = SSL_get_verify_result(stream.native_handle());
     if (verify_result != X509_V_OK) {
-      co_return local_failure(
-          std::string("upstream TLS certificate rejected: ") +
-          X509_verify_cert_error_string(verify_result) +
-          (config_.ca_file ? " (checked against upstream.ca_file)"
-                           : " (checked against the system CA store)"));
+      co_return local_failure(std::string("upstream TLS certificate rejected: ") +
+                              X509_verify_cert_error_string(verify_result) +
+                              (config_.ca_file ? " (checked against upstream.ca_file)"
+                                               : " (checked against the system CA store)"));
     }
     co_return network_failure("TLS handshake", handshake_error, config_.timeout);
   }
@@ -148,7 +148,8 @@ asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corp
   auto answer = parse_gettoken_answer(parser.get().result_int(), parser.get().body());
   if (auto* failure = std::get_if<fetch_failure>(&answer)) co_return std::move(*failure);
   auto& token = std::get<token_answer>(answer);
-  co_return fetched_token{std::move(token.access_token), token.expires_in, sent_at, received_at};
+  co_return fetched_token{std::move(token.access_token), token.expires_in, sent_at, received_at,
+                          sent_at_wall};
 }
 
 }  // namespace token_broker

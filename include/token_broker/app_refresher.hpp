@@ -21,8 +21,6 @@ namespace token_broker {
 struct app_view {
   app_state state = app_state::unknown;
   std::optional<token> current;  // the held token unless revoked; check serve_until
-  std::optional<fetch_failure> failure;
-  time_point next_attempt_at{};
 
   const token* servable(time_point now) const {
     return current && now < current->serve_until ? &*current : nullptr;
@@ -75,7 +73,7 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   upstream_client& upstream_;
   token_store& store_;
   token_lifecycle lifecycle_;
-  asio::steady_timer wake_;                // the refresher's sleep; cancelled to re-plan
+  asio::steady_timer wake_;                   // the refresher's sleep; cancelled to re-plan
   std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
   std::mt19937_64 random_;
   bool stopping_ = false;

@@ -5,17 +5,16 @@
 #include <string>
 #include <variant>
 
-namespace token_broker {
+#include "token_broker/clock.hpp"
 
-// Wall-clock time: expiries are reported as Unix times and shared with other processes.
-using clock = std::chrono::system_clock;
-using time_point = clock::time_point;
+namespace token_broker {
 
 struct fetched_token {
   std::string value;
   std::chrono::seconds expires_in{0};
-  time_point sent_at;      // the request left
-  time_point received_at;  // the answer arrived
+  time_point sent_at;              // the request left
+  time_point received_at;          // the answer arrived
+  wall_time_point sent_at_wall{};  // the wall clock when the request left
 };
 
 // How a failure is retried (SPEC §1; the errcode classes).

@@ -15,7 +15,7 @@ namespace token_broker {
 
 struct server_limits {
   std::size_t max_connections = 10000;
-  std::chrono::milliseconds idle_timeout{60000};    // between requests on a keep-alive connection
+  std::chrono::milliseconds idle_timeout{60000};     // between requests on a keep-alive connection
   std::chrono::milliseconds request_timeout{10000};  // to read one request once it has begun
   std::uint32_t header_limit = 8 * 1024;
   std::uint64_t body_limit = 16 * 1024;

@@ -24,13 +24,18 @@ struct token {
   // Upstream may consider the token valid until as late as this (expires_at plus the
   // latency of the call that issued it); asking for a new one earlier can return it again.
   time_point replaceable_at;
+  // expires_at on the wall clock, fixed when the token arrived, so that every answer about
+  // one token gives the same Unix time.
+  wall_time_point expires_at_wall;
 };
 
 // Builds the token a successful fetch describes, on its own (no previous token considered).
 token token_from_fetch(const fetched_token& fetched);
-// Builds a token from a known value and expiry, seen at `now` (adopted from a store or
-// another replica: the latency of the call that issued it is unknown).
-token token_from_expiry(std::string value, time_point expires_at, time_point now);
+// Builds a token from a known value and wall-clock expiry, seen at `now` (= `wall_now`):
+// adopted from a store or another replica, so the latency of the call that issued it is
+// unknown.
+token token_from_expiry(std::string value, wall_time_point expires_at, time_point now,
+                        wall_time_point wall_now);
 
 enum class app_state { unknown, fresh, refreshing, failing };
 std::string_view to_string(app_state state);
@@ -74,7 +79,7 @@ class token_lifecycle {
   time_point revoked_at_{};
   bool in_flight_ = false;
   std::optional<time_point> last_attempt_started_;
-  time_point scheduled_at_ = time_point::min();  // before the floor
+  time_point scheduled_at_{};  // before the floor; the clock's epoch: due at once
   int consecutive_failures_ = 0;
   std::optional<fetch_failure> last_failure_;
 };

@@ -15,7 +15,7 @@ namespace token_broker {
 
 struct stored_token {
   std::string value;
-  time_point expires_at;
+  wall_time_point expires_at;  // wall clock: stores are shared with other processes
 };
 
 class token_store {

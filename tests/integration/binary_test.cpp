@@ -4,8 +4,8 @@
 #include <signal.h>
 
 #include <atomic>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "broker_process.hpp"
@@ -19,11 +19,11 @@ namespace token_broker::testing {
 namespace {
 
 using namespace std::chrono_literals;
-using nlohmann::json;
 using fake::expiry_behaviour;
 using fake::fault;
 using fake::fault_kind;
 using fake::token_status;
+using nlohmann::json;
 
 constexpr const char* corpid = "ww0123456789abcdef";
 
@@ -47,9 +47,22 @@ class binary_test : public ::testing::Test {
   }
 
   void TearDown() override {
-    // Whatever a test did, no secret may have reached the broker's output.
     for (const auto& broker : brokers_) {
+      // Every broker stops the way an operator stops it, cleanly, and its sanitizers (in the
+      // asan preset) report at exit.
+      if (broker->running()) {
+        EXPECT_EQ(broker->stop(SIGTERM, 5s), 0);
+      }
       const auto log = broker->log();
+      for (const auto* alarm : {"AddressSanitizer", "LeakSanitizer", "runtime error:"}) {
+        EXPECT_EQ(log.find(alarm), std::string::npos) << alarm;
+      }
+      // Whatever a test did, no secret may have reached the broker's output.
+      if (HasFailure()) {
+        constexpr std::size_t tail = 12000;
+        std::cout << "--- broker log (last " << tail << " bytes) ---\n"
+                  << log.substr(log.size() > tail ? log.size() - tail : 0) << "---\n";
+      }
       for (const auto& app : apps_) {
         EXPECT_EQ(log.find(app.secret), std::string::npos) << "secret of " << app.id << " logged";
       }
@@ -89,8 +102,8 @@ class binary_test : public ::testing::Test {
   }
 
   broker_process& start_broker(const json& config) {
-    const auto port = static_cast<std::uint16_t>(
-        std::stoi(config.at("listen").get<std::string>().substr(10)));
+    const auto port =
+        static_cast<std::uint16_t>(std::stoi(config.at("listen").get<std::string>().substr(10)));
     const auto path = scratch_.write("config-" + std::to_string(port) + ".json", config.dump(2));
     brokers_.push_back(std::make_unique<broker_process>(path, port));
     return *brokers_.back();
@@ -161,10 +174,9 @@ TEST_F(binary_test, concurrent_invalidations_of_one_token_cause_one_refresh) {
   const int calls_before = fake_->gettoken_calls(hr.secret);
 
   fake_->revoke_tokens(hr.secret);  // WeCom revokes early; 20 services notice at once
-  std::vector<http_exchange> reports(
-      20, {.method = "POST",
-           .target = "/v1/apps/hr/token/invalidate",
-           .body = json{{"access_token", revoked}}.dump()});
+  std::vector<http_exchange> reports(20, {.method = "POST",
+                                          .target = "/v1/apps/hr/token/invalidate",
+                                          .body = json{{"access_token", revoked}}.dump()});
   const auto answers = http_concurrently(broker.port(), reports);
 
   std::set<std::string> tokens;
@@ -184,8 +196,7 @@ TEST_F(binary_test, concurrent_invalidations_of_one_token_cause_one_refresh) {
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), calls_before + 1);
 }
 
-class lifetime_test : public binary_test,
-                      public ::testing::WithParamInterface<expiry_behaviour> {};
+class lifetime_test : public binary_test, public ::testing::WithParamInterface<expiry_behaviour> {};
 
 // 20 s of 6-second tokens under load: every token served is valid at WeCom, no request
 // fails, and upstream sees at most two calls per lifetime.
@@ -195,7 +206,8 @@ TEST_P(lifetime_test, every_served_token_is_valid_and_calls_stay_at_the_floor) {
   fake_->set_behaviour(GetParam());
   fake_->set_lifetime(lifetime);
   const auto hr = add_app("hr");
-  const auto& broker = start_broker(make_config(free_port(), {{"refresh", {{"min_interval_s", 1}}}}));
+  const auto& broker =
+      start_broker(make_config(free_port(), {{"refresh", {{"min_interval_s", 1}}}}));
   ASSERT_EQ(await_token(broker, "hr", 5s).status, 200u);
   const int calls_at_start = fake_->gettoken_calls(hr.secret);
   const auto started = std::chrono::steady_clock::now();
@@ -206,9 +218,9 @@ TEST_P(lifetime_test, every_served_token_is_valid_and_calls_stay_at_the_floor) {
     clients.emplace_back([&, client] {
       // One client in four uses the WeCom drop-in route, as an unmodified SDK would.
       const bool dropin = client == 0;
-      const std::string target = dropin ? "/cgi-bin/gettoken?corpid=" + std::string(corpid) +
-                                              "&corpsecret=" + hr.secret
-                                        : "/v1/apps/hr/token";
+      const std::string target =
+          dropin ? "/cgi-bin/gettoken?corpid=" + std::string(corpid) + "&corpsecret=" + hr.secret
+                 : "/v1/apps/hr/token";
       while (std::chrono::steady_clock::now() - started < duration) {
         const auto answer = http_get(broker.port(), target);
         if (answer.status != 200 || json::parse(answer.body).value("errcode", 0) != 0) {
@@ -247,9 +259,12 @@ INSTANTIATE_TEST_SUITE_P(behaviours, lifetime_test,
                                            expiry_behaviour::new_token_each_call),
                          [](const auto& test) {
                            switch (test.param) {
-                             case expiry_behaviour::same_token_keeps_expiry: return "a_same_token_full_expires_in";
-                             case expiry_behaviour::same_token_seconds_left: return "b_same_token_seconds_left";
-                             case expiry_behaviour::new_token_each_call: break;
+                             case expiry_behaviour::same_token_keeps_expiry:
+                               return "a_same_token_full_expires_in";
+                             case expiry_behaviour::same_token_seconds_left:
+                               return "b_same_token_seconds_left";
+                             case expiry_behaviour::new_token_each_call:
+                               break;
                            }
                            return "c_new_token_each_call";
                          });
@@ -300,10 +315,10 @@ TEST_F(binary_test, every_fault_script_recovers) {
 TEST_F(binary_test, failing_upstream_without_a_token_answers_503_with_wecoms_reason) {
   const auto hr = add_app("hr");
   fake_->script_faults(hr.secret, std::vector<fault>(50, fault{.kind = fault_kind::errcode,
-                                                              .errcode = 40091,
-                                                              .errmsg = "secret invalid"}));
-  const auto& broker = start_broker(make_config(
-      free_port(), {{"refresh", {{"retry_min_ms", 500}, {"retry_max_ms", 30000}}}}));
+                                                               .errcode = 40091,
+                                                               .errmsg = "secret invalid"}));
+  const auto& broker = start_broker(
+      make_config(free_port(), {{"refresh", {{"retry_min_ms", 500}, {"retry_max_ms", 30000}}}}));
   std::this_thread::sleep_for(300ms);  // the first call has failed by now
 
   const auto answer = get_token(broker, "hr");
@@ -327,35 +342,40 @@ TEST_F(binary_test, failing_upstream_without_a_token_answers_503_with_wecoms_rea
 }
 
 TEST_F(binary_test, static_stability_serves_the_held_token_until_expiry_then_503) {
-  fake_->set_lifetime(3s);
+  fake_->set_lifetime(4s);
   const auto hr = add_app("hr");
   const auto& broker = start_broker();
   const auto first = await_token(broker, "hr", 5s);
   ASSERT_EQ(first.status, 200u);
+  // From now on every refresh fails (the first one is due at half the lifetime).
   fake_->script_faults(hr.secret, std::vector<fault>(1000, fault{.kind = fault_kind::http_500}));
 
   const auto held = token_of(first);
-  const auto expires_at = json::parse(first.body)["expires_at"].get<std::int64_t>();
-  for (;;) {
-    const auto answer = get_token(broker, "hr");
-    if (answer.status != 200) {
-      EXPECT_EQ(answer.status, 503u);
-      EXPECT_GE(clock::now().time_since_epoch(), std::chrono::seconds{expires_at} - 1s);
-      EXPECT_EQ(json::parse(answer.body)["errcode"], -1);
-      EXPECT_TRUE(answer.headers.contains("retry-after"));
-      break;
-    }
+  const std::chrono::seconds expires_at{json::parse(first.body)["expires_at"].get<std::int64_t>()};
+  const auto give_up_at = std::chrono::steady_clock::now() + 10s;
+  http_answer answer;
+  while (std::chrono::steady_clock::now() < give_up_at) {
+    answer = get_token(broker, "hr");
+    if (answer.status != 200) break;
     EXPECT_EQ(token_of(answer), held);
     EXPECT_EQ(fake_->check(held), token_status::valid) << "handed out past its expiry";
-    std::this_thread::sleep_for(50ms);
+    std::this_thread::sleep_for(20ms);
   }
+  // The held token was served through the failures until just before its expiry (the serve
+  // margin of a 4 s token is 0.4 s; expires_at is rounded down to the second).
+  const auto unavailable_at = wall_clock::now().time_since_epoch();
+  ASSERT_EQ(answer.status, 503u) << answer.body;
+  EXPECT_GE(unavailable_at, expires_at - 500ms);
+  EXPECT_EQ(json::parse(answer.body)["errcode"], -1);
+  EXPECT_TRUE(answer.headers.contains("retry-after"));
+  EXPECT_GE(fake_->gettoken_calls(hr.secret), 2) << "the failing refreshes were attempted";
 }
 
 TEST_F(binary_test, wrong_ca_fails_with_a_clear_log_line) {
   add_app("hr");
   const auto other_ca = scratch_.write("other-ca.pem", fake::generate_tls_material().ca_pem);
-  auto& broker = start_broker(
-      make_config(free_port(), {{"upstream", {{"ca_file", other_ca.string()}}}}));
+  auto& broker =
+      start_broker(make_config(free_port(), {{"upstream", {{"ca_file", other_ca.string()}}}}));
   const auto answer = get_token(broker, "hr");
   EXPECT_EQ(answer.status, 503u);
   EXPECT_NE(json::parse(answer.body)["errmsg"].get<std::string>().find("certificate"),
@@ -374,7 +394,7 @@ TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
   EXPECT_EQ(body["app"], "hr");
   EXPECT_GT(body["expires_in"].get<int>(), 7000);
   EXPECT_NEAR(body["expires_at"].get<double>(),
-              std::chrono::duration<double>(clock::now().time_since_epoch()).count() +
+              std::chrono::duration<double>(wall_clock::now().time_since_epoch()).count() +
                   body["expires_in"].get<double>(),
               2.0);
   EXPECT_EQ(token.headers.at("cache-control"), "no-store");
@@ -395,9 +415,9 @@ TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
   EXPECT_EQ(json::parse(unknown.body)["error"], "unknown_app");
   EXPECT_EQ(unknown.headers.at("cache-control"), "no-store");
 
-  const auto bad_body = http_call(broker.port(), {.method = "POST",
-                                                  .target = "/v1/apps/hr/token/invalidate",
-                                                  .body = "{not json"});
+  const auto bad_body =
+      http_call(broker.port(),
+                {.method = "POST", .target = "/v1/apps/hr/token/invalidate", .body = "{not json"});
   EXPECT_EQ(bad_body.status, 400u);
   EXPECT_EQ(json::parse(bad_body.body)["error"], "bad_request");
   EXPECT_EQ(http_call(broker.port(), {.method = "DELETE", .target = "/v1/apps/hr/token"}).status,
@@ -405,7 +425,8 @@ TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
 
   // The drop-in answers exactly like WeCom, from the cache.
   const std::string gettoken = "/cgi-bin/gettoken?corpid=" + std::string(corpid);
-  const auto dropin = json::parse(http_get(broker.port(), gettoken + "&corpsecret=" + hr.secret).body);
+  const auto dropin =
+      json::parse(http_get(broker.port(), gettoken + "&corpsecret=" + hr.secret).body);
   EXPECT_EQ(dropin.size(), 4u);
   EXPECT_EQ(dropin["errcode"], 0);
   EXPECT_EQ(dropin["errmsg"], "ok");
@@ -413,9 +434,10 @@ TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
   EXPECT_GT(dropin["expires_in"].get<int>(), 7000);
   EXPECT_EQ(json::parse(http_get(broker.port(), gettoken + "&corpsecret=wrong").body)["errcode"],
             40001);
-  EXPECT_EQ(json::parse(http_get(broker.port(), "/cgi-bin/gettoken?corpid=nope&corpsecret=x")
-                            .body)["errcode"],
-            40013);
+  EXPECT_EQ(
+      json::parse(
+          http_get(broker.port(), "/cgi-bin/gettoken?corpid=nope&corpsecret=x").body)["errcode"],
+      40013);
   EXPECT_EQ(json::parse(http_get(broker.port(), "/cgi-bin/gettoken?corpsecret=x").body)["errcode"],
             41002);
   EXPECT_EQ(json::parse(http_get(broker.port(), gettoken).body)["errcode"], 41004);
@@ -481,7 +503,8 @@ TEST_F(binary_test, abuse_on_the_http_port_does_not_stop_normal_requests) {
   std::vector<asio::ip::tcp::socket> half_open;
   for (int i = 0; i < 200; ++i) {
     half_open.push_back(connect());
-    asio::write(half_open.back(), asio::buffer(std::string("GET /v1/apps/hr/token HTTP/1.1\r\nHo")));
+    asio::write(half_open.back(),
+                asio::buffer(std::string("GET /v1/apps/hr/token HTTP/1.1\r\nHo")));
   }
   EXPECT_NE(send_and_read("\x01\x02 junk junk\r\n\r\n").find("400 Bad Request"), std::string::npos);
   // A TLS ClientHello (record header, handshake type 1) sent to the plain HTTP port.
@@ -489,8 +512,8 @@ TEST_F(binary_test, abuse_on_the_http_port_does_not_stop_normal_requests) {
                           std::string(160, 'x'))
                 .find("400 Bad Request"),
             std::string::npos);
-  const auto huge_header = "GET /healthz HTTP/1.1\r\nX-Big: " + std::string(200 * 1024, 'a') +
-                           "\r\n\r\n";
+  const auto huge_header =
+      "GET /healthz HTTP/1.1\r\nX-Big: " + std::string(200 * 1024, 'a') + "\r\n\r\n";
   auto huge = connect();
   error_code ignored;
   asio::write(huge, asio::buffer(huge_header), ignored);  // may be cut off by the broker: fine

@@ -89,7 +89,8 @@ command_result run_broker_command(const std::vector<std::string>& arguments) {
 }
 
 broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port)
-    : port_(port), log_path_(config_path.parent_path() / ("broker-" + std::to_string(port) + ".log")) {
+    : port_(port),
+      log_path_(config_path.parent_path() / ("broker-" + std::to_string(port) + ".log")) {
   pid_ = spawn({"--config", config_path.string()}, log_path_);
   const auto give_up_at = std::chrono::steady_clock::now() + 10s;
   while (std::chrono::steady_clock::now() < give_up_at) {
@@ -132,6 +133,8 @@ int broker_process::stop(int signal, std::chrono::milliseconds limit) {
   return -1;
 }
 
-std::string broker_process::log() const { return read_file(log_path_); }
+std::string broker_process::log() const {
+  return read_file(log_path_);
+}
 
 }  // namespace token_broker::testing

@@ -23,8 +23,8 @@ asio::awaitable<void> exchange_once(std::uint16_t port, const http_exchange& exc
     co_return;
   }
 
-  http::request<http::string_body> request{http::string_to_verb(exchange.method),
-                                           exchange.target, 11};
+  http::request<http::string_body> request{http::string_to_verb(exchange.method), exchange.target,
+                                           11};
   request.set(http::field::host, "127.0.0.1");
   for (const auto& [name, value] : exchange.headers) request.set(name, value);
   request.body() = exchange.body;
@@ -41,7 +41,8 @@ asio::awaitable<void> exchange_once(std::uint16_t port, const http_exchange& exc
   http::response_parser<http::string_body> parser;
   parser.body_limit(1024 * 1024);
   auto [read_error, read] = co_await http::async_read(stream, buffer, parser, as_tuple);
-  answer.took = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started);
+  answer.took =
+      std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started);
   if (read_error) {
     answer.error = "read: " + read_error.message();
     co_return;

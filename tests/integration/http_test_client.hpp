@@ -21,7 +21,7 @@ struct http_answer {
   unsigned status = 0;  // 0: no answer (connection failed, reset or timed out)
   std::string body;
   std::map<std::string, std::string> headers;  // lower-case names
-  std::string error;                            // why there was no answer
+  std::string error;                           // why there was no answer
   std::chrono::milliseconds took{0};
 };
 
@@ -32,6 +32,7 @@ http_answer http_get(std::uint16_t port, const std::string& target);
 // Sends every exchange at once, each on its own connection, and returns the answers in order.
 std::vector<http_answer> http_concurrently(std::uint16_t port,
                                            const std::vector<http_exchange>& exchanges,
-                                           std::chrono::milliseconds timeout = std::chrono::seconds{20});
+                                           std::chrono::milliseconds timeout = std::chrono::seconds{
+                                               20});
 
 }  // namespace token_broker::testing

@@ -37,9 +37,9 @@ TEST(routes, listing_and_probes) {
 }
 
 TEST(routes, unknown_paths) {
-  for (const auto* target : {"/", "/v1", "/v1/apps/", "/v1/apps//token", "/v1/apps/hr",
-                             "/v1/apps/hr/token/extra", "/v1/apps/hr/tokens", "/cgi-bin/other",
-                             "/metrics2", "*"}) {
+  for (const auto* target :
+       {"/", "/v1", "/v1/apps/", "/v1/apps//token", "/v1/apps/hr", "/v1/apps/hr/token/extra",
+        "/v1/apps/hr/tokens", "/cgi-bin/other", "/metrics2", "*"}) {
     EXPECT_EQ(match_route(http::verb::get, target).call, kind::not_found) << target;
   }
 }

@@ -14,8 +14,8 @@ constexpr double no_jitter = 0.0;
 constexpr double full_jitter = 0.999999;
 
 refresh_config policy() {
-  return refresh_config{.ahead = 300s, .jitter = 30s, .retry_min = 500ms, .retry_max = 60s,
-                        .min_interval = 5s};
+  return refresh_config{
+      .ahead = 300s, .jitter = 30s, .retry_min = 500ms, .retry_max = 60s, .min_interval = 5s};
 }
 
 // The same, without the min_interval floor, for rules the floor would mask.
@@ -236,8 +236,8 @@ TEST_F(token_lifecycle_test, backoff_stays_between_retry_min_and_retry_max) {
 }
 
 TEST_F(token_lifecycle_test, throttling_backs_off_harder_than_a_transient_failure) {
-  token_lifecycle transient(refresh_config{.retry_min = 500ms, .retry_max = 60s,
-                                           .min_interval = 0s});
+  token_lifecycle transient(
+      refresh_config{.retry_min = 500ms, .retry_max = 60s, .min_interval = 0s});
   token_lifecycle throttled = transient;
   transient.attempt_started(t0_);
   transient.attempt_failed(wecom_error(-1), t0_, no_jitter);
@@ -299,11 +299,15 @@ TEST_F(token_lifecycle_test, min_interval_floors_every_call) {
 }
 
 TEST_F(token_lifecycle_test, adopts_only_a_token_that_outlives_the_held_one) {
-  const auto stored = token_from_expiry("S", t0_ + 3600s, t0_);
+  const auto wall_t0 = wall_time_point{} + std::chrono::hours{24 * 365 * 56};
+  const auto stored = token_from_expiry("S", wall_t0 + 3600s, t0_, wall_t0);
+  EXPECT_EQ(stored.expires_at, t0_ + 3600s);
+  EXPECT_EQ(stored.expires_at_wall, wall_t0 + 3600s);
   EXPECT_TRUE(lifecycle_.adopt(stored, no_jitter));
   EXPECT_EQ(lifecycle_.servable(t0_)->value, "S");
   EXPECT_EQ(lifecycle_.next_attempt_at(), t0_ + 3600s - 300s);
-  EXPECT_FALSE(lifecycle_.adopt(token_from_expiry("older", t0_ + 100s, t0_), no_jitter));
+  EXPECT_FALSE(
+      lifecycle_.adopt(token_from_expiry("older", wall_t0 + 100s, t0_, wall_t0), no_jitter));
   EXPECT_EQ(lifecycle_.servable(t0_)->value, "S");
 }
 

@@ -63,8 +63,7 @@ INSTANTIATE_TEST_SUITE_P(
         garbage_case{"http_404", 404, "not found"},
         garbage_case{"html", 200, "<html><body>502 Bad Gateway</body></html>"},
         garbage_case{"truncated", 200, R"({"errcode":0,"errmsg":"ok","access_tok)"},
-        garbage_case{"empty", 200, ""},
-        garbage_case{"array", 200, "[1,2]"},
+        garbage_case{"empty", 200, ""}, garbage_case{"array", 200, "[1,2]"},
         garbage_case{"errcode_missing", 200, R"({"access_token":"T","expires_in":7200})"},
         garbage_case{"errcode_string", 200, R"({"errcode":"0")" + valid_tail},
         garbage_case{"token_missing", 200, R"({"errcode":0,"errmsg":"ok","expires_in":7200})"},
@@ -89,9 +88,9 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& test) { return std::string(test.param.name); });
 
 TEST(upstream_answer, token_of_512_bytes_is_accepted) {
-  const auto parsed = parse_gettoken_answer(
-      200, R"({"errcode":0,"errmsg":"ok","access_token":")" + std::string(512, 'a') +
-               R"(","expires_in":7200})");
+  const auto parsed =
+      parse_gettoken_answer(200, R"({"errcode":0,"errmsg":"ok","access_token":")" +
+                                     std::string(512, 'a') + R"(","expires_in":7200})");
   EXPECT_TRUE(std::holds_alternative<token_answer>(parsed));
 }
 
