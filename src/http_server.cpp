@@ -61,6 +61,24 @@ std::optional<response> answer_to_unreadable_request(const error_code& error) {
                         "malformed HTTP request: " + error.message());
 }
 
+// Closing a socket with unread input resets the connection, and the reset can destroy the
+// answer before the client reads it. So after answering a request it would not read (too
+// large, malformed), half-close and discard what the client still sends, briefly and boundedly.
+template <class Protocol>
+asio::awaitable<void> drain_before_close(stream_for<Protocol>& stream) {
+  constexpr std::size_t drain_limit = 1024 * 1024;
+  error_code ignored;
+  stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  stream.expires_after(std::chrono::seconds{1});
+  std::array<char, 16 * 1024> discard{};
+  for (std::size_t drained = 0; drained < drain_limit;) {
+    auto [error, read] =
+        co_await stream.async_read_some(asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
+    if (error) break;
+    drained += read;
+  }
+}
+
 template <class Protocol>
 asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
                                        std::shared_ptr<http_server::shared_state> state) {
@@ -89,6 +107,7 @@ asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
       if (auto answer = answer_to_unreadable_request(read_error)) {
         answer->keep_alive(false);
         co_await http::async_write(stream, *answer, as_tuple);
+        co_await drain_before_close(stream);
       }
       break;
     }
