@@ -7,6 +7,7 @@ packages=(
   g++ cmake make pkg-config
   libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev
   libgtest-dev libgmock-dev
+  libhiredis-dev redis-server
   curl ca-certificates
 )
 

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace token_broker {
 namespace {
 
@@ -17,6 +19,12 @@ constexpr milliseconds wait_slack{100};
 // The refresher re-plans at least this often: a timer sleeps on CLOCK_MONOTONIC, which
 // stands still while the host is suspended, but token time (CLOCK_BOOTTIME) does not.
 constexpr milliseconds max_sleep{30000};
+
+// With a shared store, a replica looks at it this often even when no event arrives (events
+// are lost while the subscription reconnects), and while another replica holds the refresh
+// lock it looks this often for that replica's token.
+constexpr milliseconds store_poll{5000};
+constexpr milliseconds follow_poll{200};
 
 std::int64_t milliseconds_between(time_point from, time_point to) {
   return duration_cast<milliseconds>(to - from).count();
@@ -61,49 +69,123 @@ void app_refresher::stop() {
 asio::awaitable<void> app_refresher::run() {
   const auto self = shared_from_this();  // the coroutine keeps its refresher alive
 
-  if (auto stored = co_await store_.load(app_.id)) {
-    const auto wall_now = wall_clock::now();
-    if (stored->expires_at > wall_now &&
-        lifecycle_.adopt(
-            token_from_expiry(std::move(stored->value), stored->expires_at, clock::now(), wall_now),
-            jitter_unit())) {
-      spdlog::info("app={} adopted stored token, expires_at={}", app_.id,
-                   unix_seconds(stored->expires_at));
-      publish();
-    }
-  }
-
+  co_await store_.settle();
+  co_await sync_with_store();  // a token with time left in the store is adopted, not fetched
   while (!stopping_) {
     const auto now = clock::now();
     const auto attempt_at = lifecycle_.next_attempt_at();
     if (attempt_at > now) {
-      wake_.expires_after(std::min<clock::duration>(attempt_at - now, max_sleep));
+      auto sleep = std::min<clock::duration>(attempt_at - now, max_sleep);
+      if (store_.shared()) sleep = std::min<clock::duration>(sleep, store_poll);
+      wake_.expires_after(sleep);
       co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-      continue;  // woken early (invalidation, waiter, stop) or on time: plan again
+      // Woken early (invalidation, waiter, another replica's token, stop) or on time.
+      if (store_.shared() && !stopping_) co_await sync_with_store();
+      continue;
     }
-
-    lifecycle_.attempt_started(now);
-    publish();
-    try {
-      const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
-      if (stopping_) break;
-      record(result, now);
-      if (std::holds_alternative<fetched_token>(result)) {
-        // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
-        const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
-        co_await store_.save(app_.id, latest);
-      }
-    } catch (const std::exception& error) {
-      // A broken invariant in one refresh must not end this app's refreshing for good.
-      spdlog::error("app={} refresh failed unexpectedly: {}", app_.id, error.what());
-      if (lifecycle_.in_flight()) {
-        lifecycle_.attempt_failed(
-            fetch_failure{failure_class::transient, local_failure_errcode, "internal error"},
-            clock::now(), jitter_unit());
-      }
-    }
+    co_await refresh();
     publish();
   }
+}
+
+// One due refresh. With a shared store the replicas first agree on who calls upstream; the
+// others adopt the caller's token.
+asio::awaitable<void> app_refresher::refresh() {
+  lifecycle_.attempt_pending();
+  publish();
+  while (!stopping_) {
+    const auto answer = co_await store_.request_refresh(app_.id, lifecycle_.revoked());
+    const bool granted = answer.permit == refresh_permit::granted;
+    if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
+      if (granted) co_await store_.release_refresh(app_.id, milliseconds{0});
+      lifecycle_.attempt_withdrawn(std::nullopt);
+      co_return;
+    }
+    switch (answer.permit) {
+      case refresh_permit::granted:
+        co_await call_upstream(true);
+        co_return;
+      case refresh_permit::unavailable:
+        co_await call_upstream(false);
+        co_return;
+      case refresh_permit::cooling_down:
+        spdlog::info("app={} another replica's gettoken asks for a pause of {} ms; following it",
+                     app_.id, answer.wait.count());
+        lifecycle_.attempt_withdrawn(clock::now() + answer.wait);
+        co_return;
+      case refresh_permit::busy:
+        // Another replica is calling upstream: its token comes with its event (or the next
+        // look); if it dies, its lease runs out and this replica is granted the call.
+        wake_.expires_after(std::clamp(answer.wait, milliseconds{1}, follow_poll));
+        co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+        break;
+    }
+  }
+  lifecycle_.attempt_withdrawn(std::nullopt);
+}
+
+asio::awaitable<void> app_refresher::call_upstream(bool holds_permit) {
+  const auto started_at = clock::now();
+  lifecycle_.attempt_started(started_at);
+  const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
+  try {
+    const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
+    if (stopping_) co_return;
+    record(result, started_at);
+    const bool fetched = std::holds_alternative<fetched_token>(result);
+    if (fetched) co_await save_held();
+    if (holds_permit) {
+      // A new token speaks for itself: the others adopt it. After a failure, or the same
+      // token back, the other replicas wait as long as this one would before asking again.
+      const bool new_token = fetched && lifecycle_.held()->value != previous;
+      const auto cool_down =
+          new_token ? milliseconds{0}
+                    : duration_cast<milliseconds>(lifecycle_.next_attempt_at() - clock::now());
+      co_await store_.release_refresh(app_.id, cool_down);
+    }
+  } catch (const std::exception& error) {
+    // A broken invariant in one refresh must not end this app's refreshing for good.
+    spdlog::error("app={} refresh failed unexpectedly: {}", app_.id, error.what());
+    if (lifecycle_.in_flight()) {
+      lifecycle_.attempt_failed(
+          fetch_failure{failure_class::transient, local_failure_errcode, "internal error"},
+          clock::now(), jitter_unit());
+    }
+  }
+}
+
+asio::awaitable<void> app_refresher::save_held() {
+  // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
+  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
+  const auto outcome = co_await store_.save(app_.id, latest);
+  store_behind_ = outcome == save_outcome::unavailable;
+  if (outcome == save_outcome::newer_kept) {
+    spdlog::info("app={} the store holds a newer token than this refresh brought; adopting it",
+                 app_.id);
+    if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
+  }
+}
+
+// Catches the store up with a token fetched while it was unreachable (it keeps a newer one
+// another replica wrote meanwhile), then adopts whatever newer token the store holds.
+asio::awaitable<void> app_refresher::sync_with_store() {
+  if (store_behind_ && lifecycle_.servable(clock::now())) co_await save_held();
+  if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
+}
+
+bool app_refresher::adopt_stored(const stored_token& stored) {
+  const auto wall_now = wall_clock::now();
+  if (stored.expires_at <= wall_now) return false;
+  auto candidate = token_from_expiry(stored.value, stored.expires_at, clock::now(), wall_now);
+  if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
+  spdlog::info("app={} adopted the store's token, expires_at={}", app_.id,
+               unix_seconds(stored.expires_at));
+  publish();
+  return true;
+}
+
+void app_refresher::store_changed() {
+  asio::post(strand_, [self = shared_from_this()] { self->wake_.cancel(); });
 }
 
 void app_refresher::record(const fetch_result& result, time_point started_at) {

@@ -22,10 +22,18 @@ broker::~broker() {
 
 void broker::start() {
   for (const auto& app : apps_in_order_) app->start();
+  store_->start([this](const std::string& app_id) {
+    if (app_id.empty()) {
+      for (const auto& app : apps_in_order_) app->store_changed();
+    } else if (const auto app = find(app_id)) {
+      app->store_changed();
+    }
+  });
 }
 
 void broker::stop() {
   for (const auto& app : apps_in_order_) app->stop();
+  store_->stop();
 }
 
 std::shared_ptr<app_refresher> broker::find(std::string_view app_id) const {

@@ -364,11 +364,13 @@ refresh_config read_refresh(const json& value) {
 }
 
 // Never quotes the URL back: it may hold the Redis password.
-void check_redis_url(std::string_view url) {
+void split_redis_url(redis_config& redis) {
   const config_error malformed("redis.url", std::string(redis_url_rule));
+  std::string_view url = redis.url;
   if (url.starts_with("unix://")) {
     const auto path = url.substr(std::string_view("unix://").size());
     if (path.size() < 2 || !path.starts_with('/')) throw malformed;
+    redis.unix_path = std::string(path);
     return;
   }
   if (!url.starts_with("redis://")) throw malformed;
@@ -376,16 +378,18 @@ void check_redis_url(std::string_view url) {
   // The last '@' ends the password, which may itself hold '@', ':' or '/'.
   if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
     if (at < 2 || !rest.starts_with(':')) throw malformed;
+    redis.password = std::string(rest.substr(1, at - 1));
     rest.remove_prefix(at + 1);
   }
   const auto slash = rest.find('/');
   const auto endpoint = parse_authority(rest.substr(0, slash));
   if (!endpoint || !endpoint->port) throw malformed;
+  redis.host = endpoint->host;
+  redis.port = *endpoint->port;
   if (slash == std::string_view::npos || slash + 1 == rest.size()) return;
   const auto database = rest.substr(slash + 1);
-  unsigned number = 0;
   const auto [stop, error] =
-      std::from_chars(database.data(), database.data() + database.size(), number);
+      std::from_chars(database.data(), database.data() + database.size(), redis.database);
   if (error != std::errc{} || stop != database.data() + database.size()) throw malformed;
 }
 
@@ -395,7 +399,7 @@ std::optional<redis_config> read_redis(const json& value) {
   reject_unknown_keys(value, "redis", {"url", "key_prefix"});
   redis_config redis;
   redis.url = read_string(required_member(value, "redis", "url"), "redis.url", redis_url_rule);
-  check_redis_url(redis.url);
+  split_redis_url(redis);
   if (const auto* prefix = find_member(value, "key_prefix")) {
     const std::string reason =
         "must be a string of at most " + std::to_string(max_key_prefix_length) + " characters";

@@ -13,6 +13,7 @@
 #include "token_broker/config.hpp"
 #include "token_broker/http_server.hpp"
 #include "token_broker/logging.hpp"
+#include "token_broker/redis_token_store.hpp"
 #include "token_broker/request_handler.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -96,7 +97,14 @@ int run(const config& settings) {
   asio::io_context io(static_cast<int>(settings.threads));
   // Installed before the port opens, so a SIGTERM at any moment is a clean stop.
   asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
-  broker apps(io.get_executor(), settings, std::make_unique<memory_token_store>());
+  std::unique_ptr<token_store> store;
+  if (settings.redis) {
+    store = std::make_unique<redis_token_store>(io.get_executor(), *settings.redis,
+                                                settings.upstream.timeout);
+  } else {
+    store = std::make_unique<memory_token_store>();
+  }
+  broker apps(io.get_executor(), settings, std::move(store));
   request_handler handler(apps, client_auth(settings.clients));
   std::optional<http_server> server;
   try {
@@ -140,11 +148,6 @@ int main(int argc, char** argv) {
     settings = load_config(parsed->config_path);
     // The CA bundle must parse as PEM too, which only the TLS context can tell.
     const upstream_client probe(settings->upstream);
-    if (settings->redis) {
-      throw config_error("redis",
-                         "not supported by this build, which keeps tokens in memory only; "
-                         "remove the section");
-    }
   } catch (const config_error& error) {
     std::cerr << "token-broker: invalid config " << parsed->config_path << ": " << error.what()
               << '\n';

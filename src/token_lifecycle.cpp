@@ -14,6 +14,15 @@ milliseconds serve_margin(milliseconds lifetime) {
   return std::min<milliseconds>(std::chrono::seconds{1}, lifetime / 10);
 }
 
+// A token from elsewhere carries no latency of the call that issued it, and upstream counts
+// its expiry from when it answered: asking before this much past the expiry may bring it
+// back once more (upstream behaviours a and b).
+constexpr milliseconds adopted_latency_allowance{1000};
+
+// Expiries that went through a store (wall-clock milliseconds) come back this close to the
+// original; only a larger difference is news.
+constexpr milliseconds expiry_rounding{100};
+
 milliseconds scaled(milliseconds span, double unit) {
   return milliseconds{static_cast<milliseconds::rep>(static_cast<double>(span.count()) * unit)};
 }
@@ -58,7 +67,7 @@ token token_from_expiry(std::string value, wall_time_point expires_at, time_poin
       .issued_at = now,
       .expires_at = expires,
       .serve_until = expires - serve_margin(std::max(lifetime, milliseconds{0})),
-      .replaceable_at = expires,
+      .replaceable_at = expires + adopted_latency_allowance,
       .expires_at_wall = expires_at,
   };
 }
@@ -146,9 +155,24 @@ void token_lifecycle::attempt_failed(fetch_failure failure, time_point now, doub
   last_failure_ = std::move(failure);
 }
 
+void token_lifecycle::attempt_withdrawn(std::optional<time_point> retry_at) {
+  in_flight_ = false;
+  if (retry_at) scheduled_at_ = std::max(scheduled_at_, *retry_at);
+}
+
 bool token_lifecycle::adopt(const token& candidate, double jitter_unit) {
+  if (token_ && candidate.value == token_->value) {
+    // Someone who saw this token too may know it ends sooner (behaviour b); nobody can know
+    // that it ends later than its first answer said.
+    if (revoked_ || candidate.expires_at >= token_->expires_at - expiry_rounding) return false;
+    token_->expires_at = candidate.expires_at;
+    token_->serve_until = std::min(token_->serve_until, candidate.serve_until);
+    token_->replaceable_at = std::min(token_->replaceable_at, candidate.replaceable_at);
+    token_->expires_at_wall = candidate.expires_at_wall;
+    scheduled_at_ = std::min(scheduled_at_, token_->replaceable_at);
+    return true;
+  }
   if (token_ && !revoked_ && candidate.expires_at <= token_->expires_at) return false;
-  if (revoked_ && token_ && candidate.value == token_->value) return false;
   token_ = candidate;
   revoked_ = false;
   consecutive_failures_ = 0;

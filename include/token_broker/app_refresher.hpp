@@ -56,9 +56,16 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::awaitable<token_outcome> wait_for_token();
   // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
   asio::awaitable<token_outcome> invalidate(std::string value);
+  // The shared store may hold a newer token (another replica's event, Redis back): look now.
+  void store_changed();
 
  private:
   asio::awaitable<void> run();
+  asio::awaitable<void> refresh();
+  asio::awaitable<void> call_upstream(bool holds_permit);
+  asio::awaitable<void> save_held();
+  asio::awaitable<void> sync_with_store();
+  bool adopt_stored(const stored_token& stored);
   void record(const fetch_result& result, time_point started_at);
   asio::awaitable<token_outcome> wait_on_strand();
   asio::awaitable<token_outcome> invalidate_on_strand(std::string value);
@@ -76,6 +83,7 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::steady_timer wake_;                   // the refresher's sleep; cancelled to re-plan
   std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
   std::mt19937_64 random_;
+  bool store_behind_ = false;  // the store missed the held token (it was unreachable)
   bool stopping_ = false;
 
   std::atomic<std::shared_ptr<const app_view>> view_;

@@ -35,8 +35,14 @@ struct refresh_config {
 };
 
 struct redis_config {
-  std::string url;
+  std::string url;  // never log it: it may hold the password
   std::string key_prefix = "wecom:";
+  // url split up: either host and port, or unix_path.
+  std::string host;
+  std::uint16_t port = 6379;
+  std::string unix_path;
+  std::string password;  // "" = no AUTH. Never log it.
+  unsigned database = 0;
 };
 
 enum class secret_source { inline_value, environment, file };

@@ -56,18 +56,27 @@ class token_lifecycle {
   // Why the last attempt failed; empty once an attempt succeeds.
   const std::optional<fetch_failure>& last_failure() const { return last_failure_; }
 
+  // Replicas are agreeing on who calls upstream: callers wait as for a call in flight, but
+  // no call has started (the min_interval floor does not count from here).
+  void attempt_pending() { in_flight_ = true; }
   void attempt_started(time_point now);
+  // The pending attempt ends without a call of ours: another replica's token was adopted, or
+  // another replica asks that nobody calls before `retry_at`.
+  void attempt_withdrawn(std::optional<time_point> retry_at);
   void attempt_succeeded(const fetched_token& fetched, double jitter_unit);
   void attempt_failed(fetch_failure failure, time_point now, double jitter_unit);
 
   // Takes a token from elsewhere (a store, another replica) when it outlives the one held.
-  // True when adopted.
+  // For the token held, learns only that it ends sooner (never later). True when it changed
+  // what is held.
   bool adopt(const token& candidate, double jitter_unit);
 
   // A caller saw upstream reject `value`. True when `value` is the held token: it is no
   // longer served, and a new one is fetched as soon as the floor allows. Reports of a token
   // already replaced return false and change nothing.
   bool invalidate(std::string_view value, time_point now);
+  // The held token was reported dead and not yet replaced.
+  bool revoked() const { return token_ && revoked_; }
 
  private:
   void schedule_refresh_of_held(double jitter_unit);

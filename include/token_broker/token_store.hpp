@@ -1,15 +1,17 @@
-// Where tokens live beyond the process: the store behind the in-memory cache. With no
-// "redis" in the config it is memory_token_store, which keeps tokens across app restarts
-// within the process (a reloaded app adopts its token instead of calling upstream).
+// Where tokens live beyond one refresher, and how replicas agree on who calls upstream.
+// Without "redis" in the config it is memory_token_store: one process, nobody to agree with.
+// With it, redis_token_store: readers GET the key, replicas share one refresh.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 
 #include "token_broker/asio.hpp"
-#include "token_broker/fetch_result.hpp"
+#include "token_broker/clock.hpp"
 
 namespace token_broker {
 
@@ -18,16 +20,61 @@ struct stored_token {
   wall_time_point expires_at;  // wall clock: stores are shared with other processes
 };
 
+enum class save_outcome {
+  written,      // the store holds this token now
+  newer_kept,   // the store holds a newer token (a later expiry), which was kept
+  unavailable,  // the store could not be reached; try again later
+};
+
+// Who may call upstream for an app now.
+enum class refresh_permit {
+  granted,       // this process: call upstream, then release_refresh()
+  busy,          // another replica is calling: wait for its token (or for its lease to end)
+  cooling_down,  // another replica's call failed or brought back the same token: call after `wait`
+  unavailable,   // the store cannot be reached: decide alone
+};
+
+struct refresh_permit_answer {
+  refresh_permit permit = refresh_permit::unavailable;
+  std::chrono::milliseconds wait{0};
+  std::optional<stored_token> stored;  // the store's token when asked, if any
+};
+
 class token_store {
  public:
   virtual ~token_store() = default;
-  // The token stored for `app_id`, if any (callers check its expiry).
+
+  // Starts the store's own activity (connections). `changed` is called with an app id when
+  // the store may hold a newer token for it, and with "" when that may be true of every app
+  // (the store is reachable again).
+  virtual void start(std::function<void(const std::string& app_id)> changed) { (void)changed; }
+  virtual void stop() {}
+
+  // True when other processes write it too, so it is worth watching for their tokens.
+  virtual bool shared() const = 0;
+  // Returns once the store is reachable, or has had a fair chance to become so at start-up:
+  // deciding before then would call upstream for a token the store already holds.
+  virtual asio::awaitable<void> settle() { co_return; }
+  // The token stored for `app_id`; nullopt when there is none or the store is unreachable.
   virtual asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) = 0;
-  virtual asio::awaitable<void> save(const std::string& app_id, const stored_token& token) = 0;
+  // Stores `token` unless the store holds a newer one. The same token's expiry only ever
+  // moves earlier.
+  virtual asio::awaitable<save_outcome> save(const std::string& app_id,
+                                             const stored_token& token) = 0;
+  // Asks to call upstream for `app_id`. `forced` (an invalidation) ignores another replica's
+  // cool-down: the report says the held token is dead.
+  virtual asio::awaitable<refresh_permit_answer> request_refresh(const std::string& app_id,
+                                                                 bool forced) = 0;
+  // Ends a granted refresh. A positive `cool_down` tells the other replicas not to call
+  // upstream for that long (a failure's backoff, or until a returned token can be replaced).
+  virtual asio::awaitable<void> release_refresh(const std::string& app_id,
+                                                std::chrono::milliseconds cool_down) = 0;
 };
 
 class memory_token_store final : public token_store {
  public:
+  bool shared() const override { return false; }
+
   asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) override {
     const std::lock_guard lock(mutex_);
     const auto found = tokens_.find(app_id);
@@ -35,9 +82,18 @@ class memory_token_store final : public token_store {
     co_return found->second;
   }
 
-  asio::awaitable<void> save(const std::string& app_id, const stored_token& token) override {
+  asio::awaitable<save_outcome> save(const std::string& app_id,
+                                     const stored_token& token) override {
     const std::lock_guard lock(mutex_);
     tokens_.insert_or_assign(app_id, token);
+    co_return save_outcome::written;
+  }
+
+  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool) override {
+    co_return refresh_permit_answer{.permit = refresh_permit::granted};
+  }
+
+  asio::awaitable<void> release_refresh(const std::string&, std::chrono::milliseconds) override {
     co_return;
   }
 

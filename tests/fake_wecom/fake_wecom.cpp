@@ -179,6 +179,13 @@ class wecom_model {
     return status_of(access_token, system_clock::now());
   }
 
+  std::optional<system_clock::time_point> expires_at(const std::string& access_token) const {
+    const std::scoped_lock lock(mutex_);
+    const auto found = tokens_.find(access_token);
+    if (found == tokens_.end()) return std::nullopt;
+    return found->second.expires_at;
+  }
+
   gettoken_outcome gettoken(const query_parameters& parameters) {
     const auto corpid = parameter(parameters, "corpid");
     const auto secret = parameter(parameters, "corpsecret");
@@ -491,6 +498,11 @@ int fake_wecom::gettoken_calls() const {
 
 token_status fake_wecom::check(const std::string& access_token) const {
   return state_->model.check(access_token);
+}
+
+std::optional<std::chrono::system_clock::time_point> fake_wecom::expires_at(
+    const std::string& access_token) const {
+  return state_->model.expires_at(access_token);
 }
 
 std::string to_string(token_status status) {

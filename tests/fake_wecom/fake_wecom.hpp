@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,10 @@ class fake_wecom {
   int gettoken_calls(const std::string& secret) const;  // every call, faulty ones included
   int gettoken_calls() const;                           // all secrets
   token_status check(const std::string& access_token) const;
+  // The expiry `access_token` was issued with, which no later same-token answer moves; none
+  // for a token this fake never issued.
+  std::optional<std::chrono::system_clock::time_point> expires_at(
+      const std::string& access_token) const;
 
  private:
   struct state;

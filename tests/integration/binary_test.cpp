@@ -8,9 +8,7 @@
 #include <set>
 #include <thread>
 
-#include "broker_process.hpp"
-#include "fake_wecom.hpp"
-#include "http_test_client.hpp"
+#include "broker_fixture.hpp"
 #include "token_broker/asio.hpp"
 #include "token_broker/fetch_result.hpp"
 #include "token_broker/secret_digest.hpp"
@@ -25,118 +23,7 @@ using fake::fault_kind;
 using fake::token_status;
 using nlohmann::json;
 
-constexpr const char* corpid = "ww0123456789abcdef";
-
-struct app_spec {
-  std::string id;
-  std::string secret;
-};
-
-std::string token_of(const http_answer& answer) {
-  return json::parse(answer.body).at("access_token").get<std::string>();
-}
-
-class binary_test : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { tls_ = new fake::tls_material(fake::generate_tls_material()); }
-  static void TearDownTestSuite() { delete tls_; }
-
-  void SetUp() override {
-    fake_ = std::make_unique<fake::fake_wecom>(fake::fake_options{.tls = *tls_});
-    ca_file_ = scratch_.write("ca.pem", tls_->ca_pem);
-  }
-
-  void TearDown() override {
-    for (const auto& broker : brokers_) {
-      // Every broker stops the way an operator stops it, cleanly, and its sanitizers (in the
-      // asan preset) report at exit.
-      if (broker->running()) {
-        EXPECT_EQ(broker->stop(SIGTERM, 5s), 0);
-      }
-      const auto log = broker->log();
-      for (const auto* alarm : {"AddressSanitizer", "LeakSanitizer", "runtime error:"}) {
-        EXPECT_EQ(log.find(alarm), std::string::npos) << alarm;
-      }
-      // Whatever a test did, no secret may have reached the broker's output.
-      if (HasFailure()) {
-        constexpr std::size_t tail = 12000;
-        std::cout << "--- broker log (last " << tail << " bytes) ---\n"
-                  << log.substr(log.size() > tail ? log.size() - tail : 0) << "---\n";
-      }
-      for (const auto& app : apps_) {
-        EXPECT_EQ(log.find(app.secret), std::string::npos) << "secret of " << app.id << " logged";
-      }
-      EXPECT_EQ(log.find("corpsecret"), std::string::npos) << "gettoken URL logged";
-    }
-  }
-
-  // Registers an app with the fake and returns its spec; the secret is unique per test.
-  app_spec add_app(const std::string& id) {
-    app_spec app{id, "S3cret-" + id + "-" + std::to_string(free_port())};
-    fake_->add_app(corpid, app.secret);
-    apps_.push_back(app);
-    return app;
-  }
-
-  // A config for the broker on `port` with every registered app; `changes` is merged in.
-  json make_config(std::uint16_t port, const json& changes = json::object()) const {
-    json config = {
-        {"listen", "127.0.0.1:" + std::to_string(port)},
-        {"threads", 2},
-        {"log_level", "trace"},
-        {"upstream",
-         {{"base_url", fake_->base_url()}, {"ca_file", ca_file_.string()}, {"timeout_ms", 2000}}},
-        {"refresh",
-         {{"ahead_s", 300},
-          {"jitter_s", 0},
-          {"retry_min_ms", 100},
-          {"retry_max_ms", 1000},
-          {"min_interval_s", 0}}},
-        {"apps", json::object()},
-    };
-    for (const auto& app : apps_) {
-      config["apps"][app.id] = {{"corpid", corpid}, {"secret", app.secret}};
-    }
-    config.merge_patch(changes);
-    return config;
-  }
-
-  broker_process& start_broker(const json& config) {
-    const auto port =
-        static_cast<std::uint16_t>(std::stoi(config.at("listen").get<std::string>().substr(10)));
-    const auto path = scratch_.write("config-" + std::to_string(port) + ".json", config.dump(2));
-    brokers_.push_back(std::make_unique<broker_process>(path, port));
-    return *brokers_.back();
-  }
-
-  broker_process& start_broker() { return start_broker(make_config(free_port())); }
-
-  http_answer get_token(const broker_process& broker, const std::string& app) {
-    return http_get(broker.port(), "/v1/apps/" + app + "/token");
-  }
-
-  // Polls until the app's token is served or `limit` passes.
-  http_answer await_token(const broker_process& broker, const std::string& app,
-                          std::chrono::milliseconds limit) {
-    const auto give_up_at = std::chrono::steady_clock::now() + limit;
-    http_answer answer;
-    while (std::chrono::steady_clock::now() < give_up_at) {
-      answer = get_token(broker, app);
-      if (answer.status == 200) break;
-      std::this_thread::sleep_for(50ms);
-    }
-    return answer;
-  }
-
-  static fake::tls_material* tls_;
-  scratch_directory scratch_;
-  std::unique_ptr<fake::fake_wecom> fake_;
-  std::filesystem::path ca_file_;
-  std::vector<app_spec> apps_;
-  std::vector<std::unique_ptr<broker_process>> brokers_;
-};
-
-fake::tls_material* binary_test::tls_ = nullptr;
+class binary_test : public broker_fixture {};
 
 TEST_F(binary_test, cold_concurrent_requests_share_one_gettoken_per_app) {
   const auto hr = add_app("hr");

@@ -52,6 +52,17 @@ int decode_status(int status) {
   return -1;
 }
 
+// A broker restarted on the same port gets a log of its own, so the first one's output is
+// still there to be checked at the end of the test.
+std::filesystem::path unused_log_path(const std::filesystem::path& directory, std::uint16_t port) {
+  for (int restart = 0;; ++restart) {
+    std::string name = "broker-" + std::to_string(port);
+    if (restart > 0) name.append("-").append(std::to_string(restart));
+    auto path = directory / name.append(".log");
+    if (!std::filesystem::exists(path)) return path;
+  }
+}
+
 }  // namespace
 
 std::uint16_t free_port() {
@@ -89,8 +100,7 @@ command_result run_broker_command(const std::vector<std::string>& arguments) {
 }
 
 broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port)
-    : port_(port),
-      log_path_(config_path.parent_path() / ("broker-" + std::to_string(port) + ".log")) {
+    : port_(port), log_path_(unused_log_path(config_path.parent_path(), port)) {
   pid_ = spawn({"--config", config_path.string()}, log_path_);
   const auto give_up_at = std::chrono::steady_clock::now() + 10s;
   while (std::chrono::steady_clock::now() < give_up_at) {

@@ -326,11 +326,28 @@ TEST(config, splits_base_url) {
   }
 }
 
-TEST(config, accepts_redis_url_shapes) {
-  for (const char* url :
-       {"redis://127.0.0.1:6379", "redis://redis.internal:6380/", "redis://[::1]:6379/15",
-        "redis://:hunter2@h:6379/0", "redis://:p@ss:w/rd@h:6379", "unix:///run/redis/redis.sock"}) {
-    EXPECT_NO_THROW(parse_config(with("/redis/url", json_string(url)))) << url;
+TEST(config, splits_redis_url_shapes) {
+  struct expected {
+    const char* url;
+    const char* host;
+    std::uint16_t port;
+    const char* unix_path;
+    const char* password;
+    unsigned database;
+  };
+  for (const auto& shape : std::vector<expected>{
+           {"redis://127.0.0.1:6379", "127.0.0.1", 6379, "", "", 0},
+           {"redis://redis.internal:6380/", "redis.internal", 6380, "", "", 0},
+           {"redis://[::1]:6379/15", "::1", 6379, "", "", 15},
+           {"redis://:hunter2@h:6379/0", "h", 6379, "", "hunter2", 0},
+           {"redis://:p@ss:w/rd@h:6379", "h", 6379, "", "p@ss:w/rd", 0},
+           {"unix:///run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", 0}}) {
+    const auto redis = parse_config(with("/redis/url", json_string(shape.url))).redis.value();
+    EXPECT_EQ(redis.host, shape.host) << shape.url;
+    EXPECT_EQ(redis.port, shape.port) << shape.url;
+    EXPECT_EQ(redis.unix_path, shape.unix_path) << shape.url;
+    EXPECT_EQ(redis.password, shape.password) << shape.url;
+    EXPECT_EQ(redis.database, shape.database) << shape.url;
   }
 }
 

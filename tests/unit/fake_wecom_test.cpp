@@ -207,6 +207,22 @@ TEST(fake_wecom, same_token_keeps_expiry_repeats_full_lifetime_until_the_token_e
   EXPECT_EQ(third["expires_in"], 2);
 }
 
+TEST(fake_wecom, expires_at_is_the_issued_expiry_whatever_later_answers_claim) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry, 60s);
+  const auto before = std::chrono::system_clock::now();
+  const auto token = gettoken(*fake, secret_a)["access_token"].get<std::string>();
+  const auto after = std::chrono::system_clock::now();
+  const auto issued_expiry = fake->expires_at(token);
+  ASSERT_TRUE(issued_expiry.has_value());
+  EXPECT_GE(*issued_expiry, before + 60s);
+  EXPECT_LE(*issued_expiry, after + 60s);
+
+  std::this_thread::sleep_for(1100ms);
+  EXPECT_EQ(gettoken(*fake, secret_a)["expires_in"], 60);  // the answer claims a full lifetime
+  EXPECT_EQ(fake->expires_at(token), issued_expiry);
+  EXPECT_FALSE(fake->expires_at("never-issued").has_value());
+}
+
 TEST(fake_wecom, same_token_seconds_left_answers_whole_seconds_remaining) {
   const auto fake = start_fake(expiry_behaviour::same_token_seconds_left, 2s);
   const auto first = gettoken(*fake, secret_a);

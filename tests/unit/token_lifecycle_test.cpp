@@ -311,5 +311,49 @@ TEST_F(token_lifecycle_test, adopts_only_a_token_that_outlives_the_held_one) {
   EXPECT_EQ(lifecycle_.servable(t0_)->value, "S");
 }
 
+TEST_F(token_lifecycle_test, adopting_the_held_token_only_ever_shortens_its_expiry) {
+  const auto wall_t0 = wall_time_point{} + std::chrono::hours{24 * 365 * 56};
+  ASSERT_TRUE(lifecycle_.adopt(token_from_expiry("S", wall_t0 + 3600s, t0_, wall_t0), no_jitter));
+  EXPECT_FALSE(
+      lifecycle_.adopt(token_from_expiry("S", wall_t0 + 7200s, t0_, wall_t0), no_jitter));
+  EXPECT_EQ(lifecycle_.held()->expires_at, t0_ + 3600s);
+  // Another replica learned from upstream that it ends sooner (behaviour b).
+  EXPECT_TRUE(lifecycle_.adopt(token_from_expiry("S", wall_t0 + 600s, t0_, wall_t0), no_jitter));
+  EXPECT_EQ(lifecycle_.held()->expires_at, t0_ + 600s);
+  EXPECT_EQ(lifecycle_.held()->expires_at_wall, wall_t0 + 600s);
+  EXPECT_LE(lifecycle_.held()->serve_until, t0_ + 600s - 1s);
+  // Asked again no later than when upstream can issue its successor.
+  EXPECT_LE(lifecycle_.next_attempt_at(), lifecycle_.held()->replaceable_at);
+  EXPECT_LE(lifecycle_.held()->replaceable_at, t0_ + 601s);
+}
+
+TEST_F(token_lifecycle_test, a_revoked_token_is_not_adopted_back_but_its_replacement_is) {
+  const auto wall_t0 = wall_time_point{} + std::chrono::hours{24 * 365 * 56};
+  succeed(t0_, answer("T", 7200s, t0_));
+  ASSERT_TRUE(lifecycle_.invalidate("T", t0_ + 60s));
+  EXPECT_TRUE(lifecycle_.revoked());
+  EXPECT_FALSE(lifecycle_.adopt(token_from_expiry("T", wall_t0 + 7200s, t0_ + 60s, wall_t0),
+                                no_jitter));
+  EXPECT_TRUE(lifecycle_.adopt(token_from_expiry("T2", wall_t0 + 7100s, t0_ + 60s, wall_t0),
+                               no_jitter));
+  EXPECT_FALSE(lifecycle_.revoked());
+  EXPECT_EQ(lifecycle_.servable(t0_ + 60s)->value, "T2");
+}
+
+TEST_F(token_lifecycle_test, a_pending_attempt_makes_callers_wait_without_counting_as_a_call) {
+  succeed(t0_, answer("A", 7200s, t0_));
+  const auto due = lifecycle_.next_attempt_at();
+  lifecycle_.attempt_pending();
+  EXPECT_TRUE(lifecycle_.in_flight());
+  EXPECT_EQ(lifecycle_.state(due), app_state::refreshing);
+  // Another replica cools down for 30 s: no call before then, and no floor from this attempt.
+  lifecycle_.attempt_withdrawn(due + 30s);
+  EXPECT_FALSE(lifecycle_.in_flight());
+  EXPECT_EQ(lifecycle_.next_attempt_at(), due + 30s);
+  lifecycle_.attempt_pending();
+  lifecycle_.attempt_withdrawn(std::nullopt);
+  EXPECT_EQ(lifecycle_.next_attempt_at(), due + 30s);
+}
+
 }  // namespace
 }  // namespace token_broker

@@ -1,0 +1,54 @@
+// The token store in Redis (SPEC §5), shared by every replica and read by other services:
+//   {prefix}access_token:{app}  the raw token, PEXPIREAT its known expiry
+//   {prefix}events              pub/sub: {"app":…,"event":"refreshed","expires_at":…} per change
+//   {prefix}lock:{app}          the replica calling upstream now (SET NX PX, leased)
+//   {prefix}cooldown:{app}      after a failed or same-token call: no replica calls before it ends
+// Each decision that reads and writes is one Lua script, so replicas never race between them.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "token_broker/config.hpp"
+#include "token_broker/redis_connection.hpp"
+#include "token_broker/token_store.hpp"
+
+namespace token_broker {
+
+class redis_token_store final : public token_store {
+ public:
+  // `upstream_timeout` sizes the lock's lease: a holder that dies loses it after that plus a
+  // margin, and a live holder always finishes (or gives up) inside it.
+  redis_token_store(asio::any_io_executor executor, const redis_config& settings,
+                    std::chrono::milliseconds upstream_timeout);
+
+  void start(std::function<void(const std::string& app_id)> changed) override;
+  void stop() override;
+  // Connected (and authenticated) to Redis now.
+  bool up() const { return commands_->up(); }
+
+  bool shared() const override { return true; }
+  asio::awaitable<void> settle() override;
+  asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) override;
+  asio::awaitable<save_outcome> save(const std::string& app_id, const stored_token& token) override;
+  asio::awaitable<refresh_permit_answer> request_refresh(const std::string& app_id,
+                                                         bool forced) override;
+  asio::awaitable<void> release_refresh(const std::string& app_id,
+                                        std::chrono::milliseconds cool_down) override;
+
+ private:
+  std::string key(std::string_view kind, const std::string& app_id) const;
+  asio::awaitable<std::optional<redis_reply>> evaluate(std::string_view script,
+                                                       std::vector<std::string> keys,
+                                                       std::vector<std::string> arguments);
+
+  std::string prefix_;
+  std::string owner_;  // "<hostname>:<pid>:<random>", the lock's value
+  std::chrono::milliseconds lease_;
+  std::shared_ptr<redis_connection> commands_;
+  std::shared_ptr<redis_connection> events_;
+  std::function<void(const std::string&)> changed_;
+};
+
+}  // namespace token_broker

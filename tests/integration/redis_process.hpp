@@ -1,0 +1,40 @@
+// A redis-server the test owns, as a child process, for the tests that take Redis away and
+// bring it back (the shared fixture server must stay up for everyone else).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace token_broker::testing {
+
+class redis_process {
+ public:
+  // Starts redis-server on 127.0.0.1:`port`, nothing persisted, its output in
+  // `directory`/redis-PORT.log; `extra_arguments` (e.g. {"--requirepass", "pw"}) are appended.
+  // Waits until it answers; throws std::runtime_error (with the log) if it does not in 5 s.
+  redis_process(std::uint16_t port, std::filesystem::path directory,
+                std::vector<std::string> extra_arguments = {});
+  ~redis_process();  // stops it if running
+  redis_process(const redis_process&) = delete;
+  redis_process& operator=(const redis_process&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  // Starts it again, on the same port, empty: a Redis that restarted without persistence.
+  void start();
+  // SIGTERM and wait for the exit (SIGKILL after 5 s).
+  void stop();
+  bool running() const { return pid_ > 0; }
+  std::string log() const;
+
+ private:
+  std::uint16_t port_;
+  std::filesystem::path directory_;
+  std::vector<std::string> extra_arguments_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace token_broker::testing
