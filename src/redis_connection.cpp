@@ -303,7 +303,7 @@ void redis_connection::attach(redisAsyncContext* context) {
   context_ = context;
   ++generation_;
   connected_ = false;
-  want_read_ = reading_ = want_write_ = writing_ = false;
+  read_watch_ = write_watch_ = {};
   socket_.emplace(strand_, context->c.fd);
   context->data = this;
   context->ev.data = this;
@@ -340,30 +340,21 @@ std::string redis_connection::redacted(std::string text) const {
   return text;
 }
 
-void redis_connection::arm_read() {
-  if (reading_ || !socket_) return;
-  reading_ = true;
-  socket_->async_wait(asio::posix::stream_descriptor::wait_read,
-                      [self = shared_from_this(), generation = generation_](auto error) {
-                        if (generation != self->generation_) return;
-                        self->reading_ = false;
-                        if (error || !self->want_read_) return;
-                        redisAsyncHandleRead(self->context_);
-                        if (generation == self->generation_ && self->want_read_) self->arm_read();
-                      });
-}
-
-void redis_connection::arm_write() {
-  if (writing_ || !socket_) return;
-  writing_ = true;
-  socket_->async_wait(asio::posix::stream_descriptor::wait_write,
-                      [self = shared_from_this(), generation = generation_](auto error) {
-                        if (generation != self->generation_) return;
-                        self->writing_ = false;
-                        if (error || !self->want_write_) return;
-                        redisAsyncHandleWrite(self->context_);
-                        if (generation == self->generation_ && self->want_write_) self->arm_write();
-                      });
+// Waits for the socket to be ready in `direction` and lets hiredis act, for as long as
+// hiredis wants that direction watched (its add/del hooks set `wanted`).
+void redis_connection::watch(socket_watch& state,
+                             asio::posix::stream_descriptor::wait_type direction,
+                             void (*handle)(redisAsyncContext*)) {
+  if (state.waiting || !socket_) return;
+  state.waiting = true;
+  socket_->async_wait(direction, [self = shared_from_this(), generation = generation_, &state,
+                                  direction, handle](auto error) {
+    if (generation != self->generation_) return;  // that connection is gone, and `state` reset
+    state.waiting = false;
+    if (error || !state.wanted) return;
+    handle(self->context_);
+    if (generation == self->generation_ && state.wanted) self->watch(state, direction, handle);
+  });
 }
 
 void redis_connection::on_connect(const redisAsyncContext* context, int status) {
@@ -410,22 +401,23 @@ void redis_connection::on_message(redisAsyncContext* context, void* reply, void*
 
 void redis_connection::add_read(void* data) {
   auto* self = static_cast<redis_connection*>(data);
-  self->want_read_ = true;
-  self->arm_read();
+  self->read_watch_.wanted = true;
+  self->watch(self->read_watch_, asio::posix::stream_descriptor::wait_read, &redisAsyncHandleRead);
 }
 
 void redis_connection::del_read(void* data) {
-  static_cast<redis_connection*>(data)->want_read_ = false;
+  static_cast<redis_connection*>(data)->read_watch_.wanted = false;
 }
 
 void redis_connection::add_write(void* data) {
   auto* self = static_cast<redis_connection*>(data);
-  self->want_write_ = true;
-  self->arm_write();
+  self->write_watch_.wanted = true;
+  self->watch(self->write_watch_, asio::posix::stream_descriptor::wait_write,
+              &redisAsyncHandleWrite);
 }
 
 void redis_connection::del_write(void* data) {
-  static_cast<redis_connection*>(data)->want_write_ = false;
+  static_cast<redis_connection*>(data)->write_watch_.wanted = false;
 }
 
 // hiredis is done with the context and closes its socket itself: stop watching the fd and

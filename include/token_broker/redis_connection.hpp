@@ -88,8 +88,12 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   void notify() { state_changed_.cancel(); }
   std::string endpoint() const;
   std::string redacted(std::string text) const;
-  void arm_read();
-  void arm_write();
+  struct socket_watch {
+    bool wanted = false;   // hiredis asked for this direction
+    bool waiting = false;  // an async_wait is outstanding
+  };
+  void watch(socket_watch& state, asio::posix::stream_descriptor::wait_type direction,
+             void (*handle)(redisAsyncContext*));
 
   // hiredis calls these; `data` is the connection.
   static void on_connect(const redisAsyncContext* context, int status);
@@ -115,7 +119,7 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   std::optional<asio::posix::stream_descriptor> socket_;
   std::uint64_t generation_ = 0;  // one per connection: late socket waits of older ones do nothing
   bool connected_ = false;
-  bool want_read_ = false, reading_ = false, want_write_ = false, writing_ = false;
+  socket_watch read_watch_, write_watch_;
   std::string last_error_;
   asio::steady_timer state_changed_;  // run() sleeps on it; notify() wakes it
   bool stopping_ = false;
