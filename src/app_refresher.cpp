@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "token_broker/logging.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -46,16 +48,7 @@ app_refresher::app_refresher(asio::any_io_executor executor, app_config app,
       view_(std::make_shared<const app_view>()) {}
 
 void app_refresher::start() {
-  asio::co_spawn(strand_, run(), [id = app_.id](std::exception_ptr failure) {
-    // The loop handles every expected failure itself; reaching here is a broken invariant.
-    if (failure) {
-      try {
-        std::rethrow_exception(failure);
-      } catch (const std::exception& error) {
-        spdlog::critical("app={} refresher stopped: {}", id, error.what());
-      }
-    }
-  });
+  asio::co_spawn(strand_, run(), log_unexpected_end("app=" + app_.id + " refresher"));
 }
 
 void app_refresher::stop() {

@@ -6,6 +6,8 @@
 
 #include <random>
 
+#include "token_broker/logging.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -105,14 +107,7 @@ void redis_connection::on_up(std::function<void()> handler) {
 }
 
 void redis_connection::start() {
-  asio::co_spawn(strand_, run(), [role = role_](std::exception_ptr failure) {
-    if (!failure) return;
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& error) {
-      spdlog::critical("redis {} connection stopped: {}", role, error.what());
-    }
-  });
+  asio::co_spawn(strand_, run(), log_unexpected_end("redis " + role_ + " connection"));
 }
 
 void redis_connection::stop() {

@@ -145,6 +145,15 @@ class redis_test : public broker_fixture {
     return false;
   }
 
+  // Waits for the broker's first "hr" token and for it to reach the Redis on `redis_port`.
+  void await_first_token_in_redis(const broker_process& broker, std::uint16_t redis_port,
+                                  http_answer& first) {
+    first = await_token(broker, "hr", 5s);
+    ASSERT_EQ(first.status, 200u) << first.error << first.body;
+    redis_client redis(redis_port);
+    ASSERT_TRUE(await_value(redis, token_key("hr"), token_of(first), 3s));
+  }
+
   // Reads the app's token key and checks that Redis never promises more than WeCom: the key
   // has an expiry, and it is no later than the fake's true expiry of the token it holds.
   // Returns the token, or nothing if the key is absent.
@@ -446,12 +455,8 @@ TEST_F(redis_test, a_redis_outage_does_not_stop_serving_and_redis_catches_up_whe
   redis_process redis_server(free_port(), scratch_.path());
   const auto& broker = start_broker(
       redis_config(redis_url(redis_server.port()), {{"refresh", {{"min_interval_s", 1}}}}));
-  const auto first = await_token(broker, "hr", 5s);
-  ASSERT_EQ(first.status, 200u) << first.error << first.body;
-  {
-    redis_client redis(redis_server.port());
-    ASSERT_TRUE(await_value(redis, token_key("hr"), token_of(first), 3s));
-  }
+  http_answer first;
+  ASSERT_NO_FATAL_FAILURE(await_first_token_in_redis(broker, redis_server.port(), first));
 
   redis_server.stop();
   const int calls_before = fake_->gettoken_calls(hr.secret);
@@ -503,12 +508,8 @@ TEST_F(redis_test, a_returning_redis_keeps_a_newer_token_written_meanwhile) {
   redis_process redis_server(free_port(), scratch_.path());
   const auto& broker = start_broker(
       redis_config(redis_url(redis_server.port()), {{"refresh", {{"min_interval_s", 1}}}}));
-  const auto first = await_token(broker, "hr", 5s);
-  ASSERT_EQ(first.status, 200u) << first.error << first.body;
-  {
-    redis_client redis(redis_server.port());
-    ASSERT_TRUE(await_value(redis, token_key("hr"), token_of(first), 3s));
-  }
+  http_answer first;
+  ASSERT_NO_FATAL_FAILURE(await_first_token_in_redis(broker, redis_server.port(), first));
 
   // The broker refreshes while Redis is away, so it has a token Redis has not seen.
   redis_server.stop();
