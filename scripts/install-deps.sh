@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev
   libhiredis-dev redis-server
   curl ca-certificates
+  systemd procps
 )
 
 missing=()

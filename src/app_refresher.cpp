@@ -36,7 +36,7 @@ std::int64_t milliseconds_between(time_point from, time_point to) {
 
 app_refresher::app_refresher(asio::any_io_executor executor, app_config app,
                              const refresh_config& refresh, milliseconds wait_limit,
-                             upstream_client& upstream, token_store& store)
+                             shared_upstream& upstream, token_store& store, origin how)
     : strand_(asio::make_strand(executor)),
       app_(std::move(app)),
       wait_limit_(wait_limit),
@@ -45,6 +45,7 @@ app_refresher::app_refresher(asio::any_io_executor executor, app_config app,
       lifecycle_(refresh),
       wake_(strand_),
       random_(std::random_device{}()),
+      ignore_store_(how == origin::credentials_changed),
       view_(std::make_shared<const app_view>()) {}
 
 void app_refresher::start() {
@@ -56,6 +57,13 @@ void app_refresher::stop() {
     self->stopping_ = true;
     self->wake_.cancel();
     self->publish();
+  });
+}
+
+void app_refresher::apply(const refresh_config& refresh, milliseconds wait_limit) {
+  asio::post(strand_, [self = shared_from_this(), refresh, wait_limit] {
+    self->lifecycle_.set_policy(refresh);
+    self->wait_limit_ = wait_limit;
   });
 }
 
@@ -87,7 +95,9 @@ asio::awaitable<void> app_refresher::refresh() {
   lifecycle_.attempt_pending();
   publish();
   while (!stopping_) {
-    const auto answer = co_await store_.request_refresh(app_.id, lifecycle_.revoked());
+    // New credentials call at once, as an invalidation does, past other replicas' cool-down.
+    const bool forced = lifecycle_.revoked() || ignore_store_;
+    const auto answer = co_await store_.request_refresh(app_.id, forced);
     const bool granted = answer.permit == refresh_permit::granted;
     if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
       if (granted) co_await store_.release_refresh(app_.id, milliseconds{0});
@@ -122,10 +132,12 @@ asio::awaitable<void> app_refresher::call_upstream(bool holds_permit) {
   lifecycle_.attempt_started(started_at);
   const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
   try {
-    const auto result = co_await upstream_.fetch_token(app_.corpid, app_.secret);
+    const auto upstream = upstream_.load();  // a reload may replace it while the call runs
+    const auto result = co_await upstream->fetch_token(app_.corpid, app_.secret);
     if (stopping_) co_return;
     record(result, started_at);
     const bool fetched = std::holds_alternative<fetched_token>(result);
+    if (fetched) ignore_store_ = false;
     if (fetched) co_await save_held();
     if (holds_permit) {
       // A new token speaks for itself: the others adopt it. After a failure, or the same
@@ -168,7 +180,7 @@ asio::awaitable<void> app_refresher::sync_with_store() {
 
 bool app_refresher::adopt_stored(const stored_token& stored) {
   const auto wall_now = wall_clock::now();
-  if (stored.expires_at <= wall_now) return false;
+  if (ignore_store_ || stored.expires_at <= wall_now) return false;
   auto candidate = token_from_expiry(stored.value, stored.expires_at, clock::now(), wall_now);
   if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
   spdlog::info("app={} adopted the store's token, expires_at={}", app_.id,
@@ -186,6 +198,7 @@ void app_refresher::record(const fetch_result& result, time_point started_at) {
   const auto latency_ms = milliseconds_between(started_at, finished_at);
 
   if (const auto* fetched = std::get_if<fetched_token>(&result)) {
+    upstream_results_.record_ok();
     const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
     lifecycle_.attempt_succeeded(*fetched, jitter_unit());
     const token& held = *lifecycle_.held();
@@ -199,6 +212,7 @@ void app_refresher::record(const fetch_result& result, time_point started_at) {
   }
 
   const auto& failure = std::get<fetch_failure>(result);
+  upstream_results_.record_failure(failure.errcode);
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
   spdlog::warn(

@@ -4,56 +4,116 @@
 
 namespace token_broker {
 
+std::shared_ptr<app_refresher> app_set::find(std::string_view app_id) const {
+  const auto found = by_id_.find(app_id);
+  return found == by_id_.end() ? nullptr : found->second;
+}
+
+credential_match app_set::match_credentials(std::string_view corpid,
+                                            std::string_view secret) const {
+  const auto offered = sha256(secret);
+  credential_match match;
+  // Every app of the corpid is compared, matched or not, so timing tells nothing.
+  for (std::size_t i = 0; i < in_order_.size(); ++i) {
+    if (in_order_[i]->app().corpid != corpid) continue;
+    if (digests_equal(secret_digests_[i], offered) && !match.app) {
+      match = {credential_match::result::matched, in_order_[i]};
+    } else if (!match.app) {
+      match.outcome = credential_match::result::wrong_secret;
+    }
+  }
+  return match;
+}
+
+void app_set::add(std::shared_ptr<app_refresher> app) {
+  secret_digests_.push_back(sha256(app->app().secret));
+  by_id_.emplace(app->app().id, app);
+  in_order_.push_back(std::move(app));
+}
+
 broker::broker(asio::any_io_executor executor, const config& settings,
                std::unique_ptr<token_store> store)
-    : store_(std::move(store)), upstream_(settings.upstream) {
+    : executor_(std::move(executor)),
+      store_(std::move(store)),
+      refresh_(settings.refresh),
+      upstream_settings_(settings.upstream),
+      upstream_(std::make_shared<upstream_client>(settings.upstream)) {
+  auto apps = std::make_shared<app_set>();
   for (const auto& app : settings.apps) {
-    auto refresher = std::make_shared<app_refresher>(executor, app, settings.refresh,
-                                                     settings.upstream.timeout, upstream_, *store_);
-    apps_by_id_.emplace(app.id, refresher);
-    apps_in_order_.push_back(std::move(refresher));
-    secret_digests_.push_back(sha256(app.secret));
+    apps->add(make_refresher(app, app_refresher::origin::configured));
   }
+  apps_.store(std::move(apps));
 }
 
 broker::~broker() {
   stop();
 }
 
+std::shared_ptr<app_refresher> broker::make_refresher(const app_config& app,
+                                                      app_refresher::origin how) {
+  // The refresher keeps references to upstream_ and *store_, which outlive it: stop() ends
+  // every refresher before the broker goes.
+  return std::make_shared<app_refresher>(executor_, app, refresh_, upstream_settings_.timeout,
+                                         upstream_, *store_, how);
+}
+
 void broker::start() {
-  for (const auto& app : apps_in_order_) app->start();
+  for (const auto& app : apps()->in_order()) app->start();
   store_->start([this](const std::string& app_id) {
+    const auto current = apps();
     if (app_id.empty()) {
-      for (const auto& app : apps_in_order_) app->store_changed();
-    } else if (const auto app = find(app_id)) {
+      for (const auto& app : current->in_order()) app->store_changed();
+    } else if (const auto app = current->find(app_id)) {
       app->store_changed();
     }
   });
 }
 
 void broker::stop() {
-  for (const auto& app : apps_in_order_) app->stop();
+  for (const auto& app : apps()->in_order()) app->stop();
   store_->stop();
 }
 
-std::shared_ptr<app_refresher> broker::find(std::string_view app_id) const {
-  const auto found = apps_by_id_.find(app_id);
-  return found == apps_by_id_.end() ? nullptr : found->second;
-}
-
-credential_match broker::match_credentials(std::string_view corpid, std::string_view secret) const {
-  const auto offered = sha256(secret);
-  credential_match match;
-  // Every app of the corpid is compared, matched or not, so timing tells nothing.
-  for (std::size_t i = 0; i < apps_in_order_.size(); ++i) {
-    if (apps_in_order_[i]->app().corpid != corpid) continue;
-    if (digests_equal(secret_digests_[i], offered) && !match.app) {
-      match = {credential_match::result::matched, apps_in_order_[i]};
-    } else if (!match.app) {
-      match.outcome = credential_match::result::wrong_secret;
-    }
+reload_summary broker::reload(const config& next) {
+  refresh_ = next.refresh;
+  if (next.upstream != upstream_settings_) {
+    upstream_settings_ = next.upstream;
+    upstream_.store(std::make_shared<upstream_client>(next.upstream));
   }
-  return match;
+
+  const auto previous = apps();
+  auto updated = std::make_shared<app_set>();
+  std::vector<std::shared_ptr<app_refresher>> starting, stopping;
+  reload_summary summary;
+  for (const auto& app : next.apps) {
+    auto existing = previous->find(app.id);
+    if (existing && existing->app().corpid == app.corpid && existing->app().secret == app.secret) {
+      existing->apply(refresh_, upstream_settings_.timeout);
+      updated->add(std::move(existing));
+      ++summary.kept;
+      continue;
+    }
+    auto refresher = make_refresher(app, existing ? app_refresher::origin::credentials_changed
+                                                  : app_refresher::origin::configured);
+    if (existing) {
+      summary.credentials_changed.push_back(app.id);
+      stopping.push_back(std::move(existing));
+    } else {
+      summary.added.push_back(app.id);
+    }
+    updated->add(refresher);
+    starting.push_back(std::move(refresher));
+  }
+  for (const auto& app : previous->in_order()) {
+    if (updated->find(app->app().id)) continue;
+    summary.removed.push_back(app->app().id);
+    stopping.push_back(app);
+  }
+
+  apps_.store(std::move(updated), std::memory_order_release);
+  for (const auto& app : starting) app->start();
+  for (const auto& app : stopping) app->stop();
+  return summary;
 }
 
 }  // namespace token_broker

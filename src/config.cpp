@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -645,6 +646,24 @@ config parse_config(std::string_view text) {
 
 config load_config(const std::filesystem::path& path) {
   return parse_config(read_file(path, ""));
+}
+
+std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
+                                                  const config& settings) {
+  const auto inline_app =
+      std::find_if(settings.apps.begin(), settings.apps.end(),
+                   [](const app_config& app) { return app.source == secret_source::inline_value; });
+  if (inline_app == settings.apps.end()) return std::nullopt;
+  std::error_code error;
+  const auto permissions = std::filesystem::status(path, error).permissions();
+  using std::filesystem::perms;
+  if (error || (permissions & (perms::group_all | perms::others_all)) == perms::none) {
+    return std::nullopt;
+  }
+  return fmt::format(
+      "{} holds an inline secret (apps.{}.secret) and is readable by group or others "
+      "(mode {:04o}); chmod 600 it, or move the secret to secret_file or secret_env",
+      path.string(), inline_app->id, static_cast<unsigned>(permissions) & 0777U);
 }
 
 }  // namespace token_broker

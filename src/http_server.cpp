@@ -42,25 +42,6 @@ class counted {
   std::atomic<std::size_t>& count_;
 };
 
-// What a request that could not be parsed gets before its connection closes.
-std::optional<response> answer_to_unreadable_request(const error_code& error) {
-  if (error.category() != http::make_error_code(http::error::bad_target).category()) {
-    return std::nullopt;  // the connection failed or timed out: nobody to answer
-  }
-  if (error == http::error::end_of_stream || error == http::error::partial_message) {
-    return std::nullopt;  // the client went away
-  }
-  if (error == http::error::header_limit) {
-    return error_response(http::status::request_header_fields_too_large, "bad_request",
-                          "request header too large");
-  }
-  if (error == http::error::body_limit) {
-    return error_response(http::status::payload_too_large, "bad_request", "request body too large");
-  }
-  return error_response(http::status::bad_request, "bad_request",
-                        "malformed HTTP request: " + error.message());
-}
-
 // Closing a socket with unread input resets the connection, and the reset can destroy the
 // answer before the client reads it. So after answering a request it would not read (too
 // large, malformed), half-close and discard what the client still sends, briefly and boundedly.
@@ -104,7 +85,7 @@ asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
     stream.expires_after(limits.request_timeout);
     auto [read_error, read] = co_await http::async_read(stream, buffer, parser, as_tuple);
     if (read_error) {
-      if (auto answer = answer_to_unreadable_request(read_error)) {
+      if (auto answer = state->handler.answer_unreadable(read_error)) {
         answer->keep_alive(false);
         co_await http::async_write(stream, *answer, as_tuple);
         co_await drain_before_close(stream);

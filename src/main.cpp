@@ -1,8 +1,11 @@
 // token-broker: wiring only. Parses the command line, loads the config, runs the broker and
-// the HTTP server on `threads` io threads, and stops cleanly on SIGTERM/SIGINT.
+// the HTTP server on `threads` io threads, reloads on SIGHUP, stops cleanly on SIGTERM/SIGINT,
+// and tells systemd about all of it.
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <iostream>
+#include <iterator>
 #include <optional>
 #include <string_view>
 #include <thread>
@@ -15,6 +18,8 @@
 #include "token_broker/logging.hpp"
 #include "token_broker/redis_token_store.hpp"
 #include "token_broker/request_handler.hpp"
+#include "token_broker/secret_digest.hpp"
+#include "token_broker/systemd_notify.hpp"
 #include "token_broker/upstream_client.hpp"
 
 namespace {
@@ -23,6 +28,7 @@ using namespace token_broker;
 
 constexpr std::string_view usage =
     "usage: token-broker --config FILE [--check]\n"
+    "       token-broker --hash-key < key     (prints the key_sha256 for a client's key)\n"
     "       token-broker --version\n";
 
 // Exit codes: 0 clean stop or valid config, 1 runtime failure, 2 bad usage or bad config.
@@ -32,10 +38,14 @@ constexpr int exit_bad_config = 2;
 // In-flight requests get this long to finish after SIGTERM; the whole stop stays within 5 s.
 constexpr std::chrono::milliseconds drain_limit{4000};
 
+// A client key shorter than this is guessable; --hash-key says so.
+constexpr std::size_t recommended_key_length = 32;
+
 struct options {
   std::string config_path;
   bool check_only = false;
   bool version = false;
+  bool hash_key = false;
 };
 
 std::optional<options> parse_options(int argc, char** argv) {
@@ -46,6 +56,8 @@ std::optional<options> parse_options(int argc, char** argv) {
       parsed.check_only = true;
     } else if (argument == "--version") {
       parsed.version = true;
+    } else if (argument == "--hash-key") {
+      parsed.hash_key = true;
     } else if (argument == "--config" && i + 1 < argc) {
       parsed.config_path = argv[++i];
     } else if (argument.starts_with("--config=")) {
@@ -54,8 +66,75 @@ std::optional<options> parse_options(int argc, char** argv) {
       return std::nullopt;
     }
   }
-  if (!parsed.version && parsed.config_path.empty()) return std::nullopt;
+  if (!parsed.version && !parsed.hash_key && parsed.config_path.empty()) return std::nullopt;
   return parsed;
+}
+
+// Reads a client key on stdin (so it stays out of shell history and `ps`) and prints the
+// key_sha256 the config wants.
+int hash_key() {
+  std::string key(std::istreambuf_iterator<char>(std::cin), {});
+  if (key.ends_with("\r\n")) {
+    key.resize(key.size() - 2);
+  } else if (key.ends_with('\n')) {
+    key.pop_back();
+  }
+  if (key.empty()) {
+    std::cerr << "token-broker --hash-key: no key on standard input\n";
+    return exit_bad_config;
+  }
+  if (key.size() < recommended_key_length) {
+    std::cerr << "token-broker --hash-key: warning: keys shorter than " << recommended_key_length
+              << " characters can be guessed; make one with: head -c 32 /dev/urandom | base64\n";
+  }
+  const auto digest = sha256(key);
+  std::cout << fmt::format("{:02x}", fmt::join(digest, "")) << '\n';
+  return 0;
+}
+
+void warn_if_inline_secret_exposed(const std::string& path, const config& settings) {
+  if (const auto warning = inline_secret_exposure(path, settings)) spdlog::warn("{}", *warning);
+}
+
+// SIGHUP: the apps, clients, upstream and refresh settings and the log level of a valid new
+// config take effect; listen, threads and redis are bound at start and need a restart.
+void reload(const std::string& path, config& running, broker& apps, request_handler& handler) {
+  config next;
+  try {
+    next = load_config(path);
+    const upstream_client probe(next.upstream);  // the CA bundle must parse too
+    if (next.clients.empty() && !running.listen.is_local()) {
+      throw config_error("clients", "required while listening on " + running.listen.to_string() +
+                                        " (the API would be open to the network)");
+    }
+  } catch (const config_error& error) {
+    spdlog::error("reload: {} is invalid; the running configuration stays in force: {}", path,
+                  error.what());
+    return;
+  }
+  const auto needs_restart = [](std::string_view field) {
+    spdlog::warn("reload: {} changed; that takes a restart, the running value stays", field);
+  };
+  if (next.listen.to_string() != running.listen.to_string()) needs_restart("listen");
+  if (next.threads != running.threads) needs_restart("threads");
+  const auto redis_identity = [](const std::optional<redis_config>& redis) {
+    return redis ? redis->url + '\n' + redis->key_prefix : std::string();
+  };
+  if (redis_identity(next.redis) != redis_identity(running.redis)) needs_restart("redis");
+  next.listen = running.listen;
+  next.threads = running.threads;
+  next.redis = running.redis;
+
+  warn_if_inline_secret_exposed(path, next);
+  spdlog::set_level(spdlog::level::from_str(next.log_level));
+  handler.set_clients(next.clients);
+  const auto summary = apps.reload(next);
+  spdlog::info(
+      "reload: {} applied: {} apps kept with their tokens, added [{}], removed [{}], new "
+      "credentials [{}], {} clients",
+      path, summary.kept, fmt::join(summary.added, ","), fmt::join(summary.removed, ","),
+      fmt::join(summary.credentials_changed, ","), next.clients.size());
+  running = std::move(next);
 }
 
 asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, broker& apps) {
@@ -73,27 +152,39 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, 
   io.stop();
 }
 
+struct daemon_parts {
+  asio::io_context& io;
+  const std::string& config_path;
+  config& running;
+  broker& apps;
+  request_handler& handler;
+  http_server& server;
+  const systemd_notifier& systemd;
+};
+
 // Keeps handling signals until the io_context stops, so a repeated Ctrl-C during the drain
 // is absorbed instead of killing the process.
-asio::awaitable<void> handle_signals(asio::signal_set& signals, asio::io_context& io,
-                                     http_server& server, broker& apps) {
+asio::awaitable<void> handle_signals(asio::signal_set& signals, daemon_parts parts) {
   bool stopping = false;
   for (;;) {
     const int signal = co_await signals.async_wait(asio::use_awaitable);
+    if (stopping) continue;
     if (signal == SIGHUP) {
-      spdlog::warn(
-          "SIGHUP: configuration reload is not supported by this build; "
-          "the running configuration stays in force");
+      spdlog::info("SIGHUP: reloading {}", parts.config_path);
+      parts.systemd.notify("RELOADING=1");
+      reload(parts.config_path, parts.running, parts.apps, parts.handler);
+      parts.systemd.notify("READY=1");
       continue;
     }
-    if (stopping) continue;
     stopping = true;
     spdlog::info("{}: stopping", signal == SIGINT ? "SIGINT" : "SIGTERM");
-    asio::co_spawn(io, drain_and_stop(io, server, apps), asio::detached);
+    parts.systemd.notify("STOPPING=1");
+    asio::co_spawn(parts.io, drain_and_stop(parts.io, parts.server, parts.apps), asio::detached);
   }
 }
 
-int run(const config& settings) {
+int run(const std::string& config_path, config settings) {
+  const systemd_notifier systemd;  // outlives the io_context and the watchdog on it
   asio::io_context io(static_cast<int>(settings.threads));
   // Installed before the port opens, so a SIGTERM at any moment is a clean stop.
   asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
@@ -105,7 +196,7 @@ int run(const config& settings) {
     store = std::make_unique<memory_token_store>();
   }
   broker apps(io.get_executor(), settings, std::move(store));
-  request_handler handler(apps, client_auth(settings.clients));
+  request_handler handler(apps, settings.clients);
   std::optional<http_server> server;
   try {
     server.emplace(io, settings.listen, handler,
@@ -118,9 +209,13 @@ int run(const config& settings) {
 
   apps.start();
   server->start();
-  asio::co_spawn(io, handle_signals(signals, io, *server, apps), asio::detached);
+  asio::co_spawn(
+      io, handle_signals(signals, {io, config_path, settings, apps, handler, *server, systemd}),
+      asio::detached);
   spdlog::info("token-broker {} listening on {} with {} apps, {} threads", TOKEN_BROKER_VERSION,
                settings.listen.to_string(), settings.apps.size(), settings.threads);
+  systemd.notify("READY=1");
+  asio::co_spawn(io, systemd.feed_watchdog(), log_unexpected_end("systemd watchdog"));
 
   std::vector<std::jthread> workers;
   for (unsigned i = 1; i < settings.threads; ++i) workers.emplace_back([&io] { io.run(); });
@@ -142,6 +237,7 @@ int main(int argc, char** argv) {
     std::cout << "token-broker " << TOKEN_BROKER_VERSION << '\n';
     return 0;
   }
+  if (parsed->hash_key) return hash_key();
 
   std::optional<config> settings;
   try {
@@ -154,14 +250,18 @@ int main(int argc, char** argv) {
     return exit_bad_config;
   }
   if (parsed->check_only) {
+    if (const auto warning = inline_secret_exposure(parsed->config_path, *settings)) {
+      std::cerr << "token-broker: warning: " << *warning << '\n';
+    }
     std::cout << "config ok: " << settings->apps.size() << " apps, listen "
               << settings->listen.to_string() << '\n';
     return 0;
   }
 
   init_logging(settings->log_level);
+  warn_if_inline_secret_exposed(parsed->config_path, *settings);
   try {
-    return run(*settings);
+    return run(parsed->config_path, std::move(*settings));
   } catch (const std::exception& error) {
     spdlog::critical("fatal: {}", error.what());
     return exit_failure;

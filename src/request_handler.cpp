@@ -13,25 +13,74 @@ fetch_failure failure_or_busy(const token_outcome& outcome) {
   return outcome.failure.value_or(fetch_failure{failure_class::transient, -1, "system busy"});
 }
 
+route_label label_of(route::kind call) {
+  switch (call) {
+    case route::kind::app_token:
+      return route_label::token;
+    case route::kind::invalidate_token:
+      return route_label::invalidate;
+    case route::kind::list_apps:
+      return route_label::apps;
+    case route::kind::wecom_gettoken:
+      return route_label::gettoken;
+    case route::kind::healthz:
+      return route_label::healthz;
+    case route::kind::readyz:
+      return route_label::readyz;
+    case route::kind::metrics:
+      return route_label::metrics;
+    case route::kind::not_found:
+    case route::kind::method_not_allowed:
+    case route::kind::bad_request:
+      break;
+  }
+  return route_label::other;
+}
+
 }  // namespace
 
 asio::awaitable<response> request_handler::handle(const request& incoming) {
+  const auto started_at = std::chrono::steady_clock::now();
   const auto call = match_route(incoming.method(), incoming.target());
+  std::optional<response> answer;
   try {
-    co_return co_await dispatch(call, incoming);
+    answer = co_await dispatch(call, incoming);
   } catch (const std::exception& error) {
     // Never the target: for /cgi-bin/gettoken it holds the app secret.
     spdlog::error("request failed unexpectedly: {}", error.what());
+    answer = error_response(http::status::internal_server_error, "internal",
+                            "the broker failed to answer; see its log");
   }
-  co_return error_response(http::status::internal_server_error, "internal",
-                           "the broker failed to answer; see its log");
+  metrics_.record(label_of(call.call), answer->result_int(),
+                  std::chrono::steady_clock::now() - started_at);
+  co_return std::move(*answer);
+}
+
+std::optional<response> request_handler::answer_unreadable(const error_code& error) {
+  if (error.category() != http::make_error_code(http::error::bad_target).category()) {
+    return std::nullopt;  // the connection failed or timed out: nobody to answer
+  }
+  if (error == http::error::end_of_stream || error == http::error::partial_message) {
+    return std::nullopt;  // the client went away
+  }
+  auto answer =
+      error == http::error::header_limit
+          ? error_response(http::status::request_header_fields_too_large, "bad_request",
+                           "request header too large")
+      : error == http::error::body_limit
+          ? error_response(http::status::payload_too_large, "bad_request", "request body too large")
+          : error_response(http::status::bad_request, "bad_request",
+                           "malformed HTTP request: " + error.message());
+  metrics_.record(route_label::malformed, answer.result_int(), std::chrono::nanoseconds{0});
+  return answer;
 }
 
 asio::awaitable<response> request_handler::dispatch(const route& call, const request& incoming) {
   using kind = route::kind;
+  const auto auth = auth_.load(std::memory_order_acquire);
   const client_config* client = nullptr;
-  if (call.needs_client_key() && !auth_.open()) {
-    client = auth_.identify(incoming[http::field::authorization]);
+  if (call.needs_client_key() && !auth->open()) {
+    client = auth->identify(incoming[http::field::authorization]);
     if (!client) {
       auto answer = error_response(http::status::unauthorized, "unauthorized",
                                    "an Authorization: Bearer <key> header with a valid key "
@@ -44,9 +93,9 @@ asio::awaitable<response> request_handler::dispatch(const route& call, const req
   switch (call.call) {
     case kind::app_token:
     case kind::invalidate_token: {
-      const auto app = apps_.find(call.app);
+      const auto app = apps_.apps()->find(call.app);
       if (!app) co_return error_response(http::status::not_found, "unknown_app", "no such app");
-      if (!auth_.may_read(client, call.app)) {
+      if (!auth->may_read(client, call.app)) {
         co_return error_response(http::status::forbidden, "forbidden",
                                  "this client may not read app " + call.app);
       }
@@ -54,13 +103,19 @@ asio::awaitable<response> request_handler::dispatch(const route& call, const req
       co_return co_await invalidate(*app, incoming.body());
     }
     case kind::list_apps:
-      co_return list_apps(client);
+      co_return list_apps(*auth, client);
     case kind::wecom_gettoken:
       co_return co_await wecom_gettoken(call);
     case kind::healthz:
       co_return json_response(http::status::ok, R"({"status":"ok"})");
     case kind::readyz:
       co_return readiness();
+    case kind::metrics: {
+      auto answer = json_response(http::status::ok,
+                                  render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
+      answer.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      co_return answer;
+    }
     case kind::method_not_allowed: {
       auto answer = error_response(http::status::method_not_allowed, "method_not_allowed",
                                    "use " + std::string(call.allow));
@@ -107,7 +162,7 @@ asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
   if (!call.corpsecret || call.corpsecret->empty()) {
     co_return wecom_error_response(41004, "corpsecret missing");
   }
-  const auto match = apps_.match_credentials(*call.corpid, *call.corpsecret);
+  const auto match = apps_.apps()->match_credentials(*call.corpid, *call.corpsecret);
   switch (match.outcome) {
     case credential_match::result::unknown_corpid:
       co_return wecom_error_response(40013, "invalid corpid");
@@ -127,11 +182,11 @@ asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
   co_return wecom_error_response(failure.errcode, failure.errmsg);
 }
 
-response request_handler::list_apps(const client_config* client) const {
+response request_handler::list_apps(const client_auth& auth, const client_config* client) const {
   const auto now = clock::now();
   auto listing = nlohmann::ordered_json::array();
-  for (const auto& app : apps_.apps()) {
-    if (!auth_.may_read(client, app->app().id)) continue;
+  for (const auto& app : apps_.apps()->in_order()) {
+    if (!auth.may_read(client, app->app().id)) continue;
     const auto view = app->view();
     const token* current = view->servable(now);
     listing.push_back({
@@ -148,7 +203,7 @@ response request_handler::list_apps(const client_config* client) const {
 response request_handler::readiness() const {
   const auto now = clock::now();
   auto failing = nlohmann::ordered_json::array();
-  for (const auto& app : apps_.apps()) {
+  for (const auto& app : apps_.apps()->in_order()) {
     if (!app->view()->servable(now)) failing.push_back(app->app().id);
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");

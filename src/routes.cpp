@@ -67,6 +67,9 @@ route match_route(http::verb method, std::string_view target) {
   if (path == "/healthz")
     return only(method, http::verb::get, {.call = route::kind::healthz}, "GET");
   if (path == "/readyz") return only(method, http::verb::get, {.call = route::kind::readyz}, "GET");
+  if (path == "/metrics") {
+    return only(method, http::verb::get, {.call = route::kind::metrics}, "GET");
+  }
   if (path == "/v1/apps") {
     return only(method, http::verb::get, {.call = route::kind::list_apps}, "GET");
   }

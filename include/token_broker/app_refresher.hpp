@@ -11,6 +11,7 @@
 
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
+#include "token_broker/metrics.hpp"
 #include "token_broker/token_lifecycle.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
@@ -41,16 +42,24 @@ struct token_outcome {
 
 class app_refresher : public std::enable_shared_from_this<app_refresher> {
  public:
+  // How a refresher begins: as at start (a token with time left in the store is adopted),
+  // or with credentials a reload changed (the store's token came from the old ones, so the
+  // first token is fetched with the new ones, proving they work).
+  enum class origin { configured, credentials_changed };
+
   // `wait_limit` bounds how long a caller waits for a refresh (upstream.timeout_ms).
   app_refresher(asio::any_io_executor executor, app_config app, const refresh_config& refresh,
-                std::chrono::milliseconds wait_limit, upstream_client& upstream,
-                token_store& store);
+                std::chrono::milliseconds wait_limit, shared_upstream& upstream, token_store& store,
+                origin how = origin::configured);
 
   const app_config& app() const { return app_; }
   std::shared_ptr<const app_view> view() const { return view_.load(std::memory_order_acquire); }
+  const upstream_metrics& upstream_results() const { return upstream_results_; }
 
   void start();
   void stop();
+  // A reload's refresh settings and wait limit, for the decisions still to come.
+  void apply(const refresh_config& refresh, std::chrono::milliseconds wait_limit);
 
   // The token, waiting for an in-flight or imminent refresh if there is no valid one.
   asio::awaitable<token_outcome> wait_for_token();
@@ -77,15 +86,17 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::strand<asio::any_io_executor> strand_;
   app_config app_;
   std::chrono::milliseconds wait_limit_;
-  upstream_client& upstream_;
+  shared_upstream& upstream_;
   token_store& store_;
   token_lifecycle lifecycle_;
   asio::steady_timer wake_;                   // the refresher's sleep; cancelled to re-plan
   std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
   std::mt19937_64 random_;
   bool store_behind_ = false;  // the store missed the held token (it was unreachable)
+  bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool stopping_ = false;
 
+  upstream_metrics upstream_results_;  // any thread
   std::atomic<std::shared_ptr<const app_view>> view_;
 };
 

@@ -1,8 +1,11 @@
-// The set of configured apps and their refreshers: what the HTTP side asks for tokens.
+// The configured apps and their refreshers: what the HTTP side asks for tokens. The set of
+// apps is immutable and replaced whole by a reload, so a request sees one config, old or new.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,6 +24,27 @@ struct credential_match {
   std::shared_ptr<app_refresher> app;
 };
 
+class app_set {
+ public:
+  std::shared_ptr<app_refresher> find(std::string_view app_id) const;
+  const std::vector<std::shared_ptr<app_refresher>>& in_order() const { return in_order_; }
+  // Compares the secret's digest with every app of that corpid, in constant time.
+  credential_match match_credentials(std::string_view corpid, std::string_view secret) const;
+
+  void add(std::shared_ptr<app_refresher> app);
+
+ private:
+  std::vector<std::shared_ptr<app_refresher>> in_order_;
+  std::map<std::string, std::shared_ptr<app_refresher>, std::less<>> by_id_;
+  std::vector<sha256_digest> secret_digests_;  // parallel to in_order_
+};
+
+// What a reload changed, by app id.
+struct reload_summary {
+  std::vector<std::string> added, removed, credentials_changed;
+  std::size_t kept = 0;
+};
+
 class broker {
  public:
   broker(asio::any_io_executor executor, const config& settings,
@@ -32,17 +56,24 @@ class broker {
   void start();
   void stop();
 
-  std::shared_ptr<app_refresher> find(std::string_view app_id) const;
-  const std::vector<std::shared_ptr<app_refresher>>& apps() const { return apps_in_order_; }
-  // Compares the secret's digest with every app of that corpid, in constant time.
-  credential_match match_credentials(std::string_view corpid, std::string_view secret) const;
+  std::shared_ptr<const app_set> apps() const { return apps_.load(std::memory_order_acquire); }
+  // Whether the shared store is reachable; empty without one.
+  std::optional<bool> store_up() const { return store_->up(); }
+
+  // Applies a new config's apps, refresh and upstream settings (SPEC §2 SIGHUP): added apps
+  // start, removed ones stop, apps with a new corpid or secret start over with it, and the
+  // others keep their tokens. Call from one thread at a time, after start().
+  reload_summary reload(const config& next);
 
  private:
+  std::shared_ptr<app_refresher> make_refresher(const app_config& app, app_refresher::origin how);
+
+  asio::any_io_executor executor_;
   std::unique_ptr<token_store> store_;
-  upstream_client upstream_;
-  std::vector<std::shared_ptr<app_refresher>> apps_in_order_;
-  std::map<std::string, std::shared_ptr<app_refresher>, std::less<>> apps_by_id_;
-  std::vector<sha256_digest> secret_digests_;  // parallel to apps_in_order_
+  refresh_config refresh_;
+  upstream_config upstream_settings_;
+  shared_upstream upstream_;
+  std::atomic<std::shared_ptr<const app_set>> apps_;
 };
 
 }  // namespace token_broker

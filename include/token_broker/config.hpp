@@ -24,6 +24,8 @@ struct upstream_config {
   std::string path_prefix;
   std::optional<std::filesystem::path> ca_file;
   std::chrono::milliseconds timeout{5000};
+
+  bool operator==(const upstream_config&) const = default;
 };
 
 struct refresh_config {
@@ -32,6 +34,8 @@ struct refresh_config {
   std::chrono::milliseconds retry_min{500};
   std::chrono::milliseconds retry_max{60000};
   std::chrono::seconds min_interval{5};
+
+  bool operator==(const refresh_config&) const = default;
 };
 
 struct redis_config {
@@ -98,5 +102,10 @@ config parse_config(std::string_view text);
 
 // Reads `path` and calls parse_config. An unreadable file is a config_error with field "".
 config load_config(const std::filesystem::path& path);
+
+// A warning when the config file at `path` holds an inline secret and group or others may read
+// it; nothing otherwise. Names the field, never the secret.
+std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
+                                                  const config& settings);
 
 }  // namespace token_broker

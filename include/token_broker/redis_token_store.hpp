@@ -26,7 +26,7 @@ class redis_token_store final : public token_store {
   void start(std::function<void(const std::string& app_id)> changed) override;
   void stop() override;
   // Connected (and authenticated) to Redis now.
-  bool up() const { return commands_->up(); }
+  std::optional<bool> up() const override { return commands_->up(); }
 
   bool shared() const override { return true; }
   asio::awaitable<void> settle() override;

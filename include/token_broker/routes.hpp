@@ -17,6 +17,7 @@ struct route {
     wecom_gettoken,    // GET  /cgi-bin/gettoken?corpid=…&corpsecret=…
     healthz,           // GET  /healthz
     readyz,            // GET  /readyz
+    metrics,           // GET  /metrics
     not_found,
     method_not_allowed,
     bad_request,  // a target that cannot be decoded

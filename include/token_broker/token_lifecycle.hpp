@@ -43,6 +43,8 @@ std::string_view to_string(app_state state);
 class token_lifecycle {
  public:
   explicit token_lifecycle(const refresh_config& policy) : policy_(policy) {}
+  // New settings (a reload) count from the next decision; the plan already made stands.
+  void set_policy(const refresh_config& policy) { policy_ = policy; }
 
   // The token callers may be given at `now`, or nullptr.
   const token* servable(time_point now) const;

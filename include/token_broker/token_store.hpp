@@ -52,6 +52,8 @@ class token_store {
 
   // True when other processes write it too, so it is worth watching for their tokens.
   virtual bool shared() const = 0;
+  // Whether the store is reachable now; empty for a store that cannot be down (memory).
+  virtual std::optional<bool> up() const { return std::nullopt; }
   // Returns once the store is reachable, or has had a fair chance to become so at start-up:
   // deciding before then would call upstream for a token the store already holds.
   virtual asio::awaitable<void> settle() { co_return; }

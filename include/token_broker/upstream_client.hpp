@@ -1,6 +1,8 @@
 // Calls WeCom's gettoken over verified TLS, under one deadline for the whole call.
 #pragma once
 
+#include <atomic>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -27,5 +29,9 @@ class upstream_client {
   std::string host_header_;
   asio::ssl::context tls_;
 };
+
+// The client in force: a reload with new upstream settings replaces it, and a call in flight
+// keeps the one it began with.
+using shared_upstream = std::atomic<std::shared_ptr<upstream_client>>;
 
 }  // namespace token_broker

@@ -11,7 +11,6 @@
 #include "broker_fixture.hpp"
 #include "token_broker/asio.hpp"
 #include "token_broker/fetch_result.hpp"
-#include "token_broker/secret_digest.hpp"
 
 namespace token_broker::testing {
 namespace {
@@ -343,19 +342,10 @@ TEST_F(binary_test, api_answers_have_the_contracts_shapes) {
 TEST_F(binary_test, client_keys_guard_the_v1_api) {
   add_app("hr");
   add_app("crm");
-  const auto key_hash = [](const std::string& key) {
-    std::string hex;
-    for (const unsigned char byte : sha256(key)) {
-      static constexpr char digits[] = "0123456789abcdef";
-      hex += digits[byte >> 4];
-      hex += digits[byte & 0xf];
-    }
-    return hex;
-  };
   const auto& broker = start_broker(make_config(
       free_port(), {{"clients",
-                     {{"billing", {{"key_sha256", key_hash("billing-key")}, {"apps", {"hr"}}}},
-                      {"admin", {{"key_sha256", key_hash("admin-key")}, {"apps", {"*"}}}}}}}));
+                     {{"billing", {{"key_sha256", hex_sha256("billing-key")}, {"apps", {"hr"}}}},
+                      {"admin", {{"key_sha256", hex_sha256("admin-key")}, {"apps", {"*"}}}}}}}));
   const auto as = [&](const std::string& key, const std::string& target) {
     return http_call(broker.port(),
                      {.target = target, .headers = {{"Authorization", "Bearer " + key}}});
@@ -412,9 +402,10 @@ TEST_F(binary_test, abuse_on_the_http_port_does_not_stop_normal_requests) {
       "GET /healthz HTTP/1.1\r\nX-Big: " + std::string(200 * 1024, 'a') + "\r\n\r\n";
   EXPECT_NE(send_and_read(huge_header).find("431 Request Header Fields Too Large"),
             std::string::npos);
-  const auto huge_body = "POST /v1/apps/hr/token/invalidate HTTP/1.1\r\nHost: x\r\n"
-                         "Content-Length: 20480\r\n\r\n" +
-                         std::string(20480, '{');
+  const auto huge_body =
+      "POST /v1/apps/hr/token/invalidate HTTP/1.1\r\nHost: x\r\n"
+      "Content-Length: 20480\r\n\r\n" +
+      std::string(20480, '{');
   EXPECT_NE(send_and_read(huge_body).find("413 Payload Too Large"), std::string::npos);
 
   const auto answer = get_token(broker, "hr");

@@ -5,6 +5,8 @@
 #include <iostream>
 #include <thread>
 
+#include "token_broker/secret_digest.hpp"
+
 namespace token_broker::testing {
 namespace {
 
@@ -25,6 +27,22 @@ std::string token_of(const http_answer& answer) {
 
 std::int64_t expires_at_of(const http_answer& answer) {
   return json::parse(answer.body).at("expires_at").get<std::int64_t>();
+}
+
+std::string hex_sha256(const std::string& key) {
+  std::string hex;
+  for (const unsigned char byte : sha256(key)) {
+    static constexpr char digits[] = "0123456789abcdef";
+    hex += digits[byte >> 4];
+    hex += digits[byte & 0xf];
+  }
+  return hex;
+}
+
+double metric_sample(const std::string& page, const std::string& series) {
+  const auto at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(page.substr(at + series.size() + 2));
 }
 
 void broker_fixture::SetUp() {
@@ -102,6 +120,26 @@ broker_process& broker_fixture::start_broker(const json& config) {
 
 broker_process& broker_fixture::start_broker() {
   return start_broker(make_config(free_port()));
+}
+
+void broker_fixture::reload_broker(broker_process& broker, const json& config) {
+  const auto reloads_logged = [&] {
+    const auto log = broker.log();
+    std::size_t count = 0;
+    for (auto at = log.find("reload: "); at != std::string::npos;
+         at = log.find("reload: ", at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+  scratch_.write("config-" + std::to_string(broker.port()) + ".json", config.dump(2));
+  const auto before = reloads_logged();
+  broker.send(SIGHUP);
+  const auto give_up_at = std::chrono::steady_clock::now() + 5s;
+  while (reloads_logged() == before) {
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up_at) << "no reload logged";
+    std::this_thread::sleep_for(20ms);
+  }
 }
 
 http_answer broker_fixture::get_token(const broker_process& broker, const std::string& app) {

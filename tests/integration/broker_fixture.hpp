@@ -28,6 +28,10 @@ struct app_spec {
 
 std::string token_of(const http_answer& answer);
 std::int64_t expires_at_of(const http_answer& answer);  // Unix seconds
+// What a client entry's key_sha256 holds for `key`.
+std::string hex_sha256(const std::string& key);
+// The value of one sample on a /metrics page, or -1 when the series is not there.
+double metric_sample(const std::string& page, const std::string& series);
 
 class broker_fixture : public ::testing::Test {
  protected:
@@ -49,6 +53,10 @@ class broker_fixture : public ::testing::Test {
   broker_process& start_broker();
 
   http_answer get_token(const broker_process& broker, const std::string& app);
+  // Rewrites the broker's config file and sends SIGHUP; returns once the reload is logged
+  // (applied or refused).
+  void reload_broker(broker_process& broker, const nlohmann::json& config);
+
   // Polls until the app's token is served or `limit` passes.
   http_answer await_token(const broker_process& broker, const std::string& app,
                           std::chrono::milliseconds limit);

@@ -26,8 +26,10 @@ std::string read_file(const std::filesystem::path& path) {
   return content.str();
 }
 
-// fork + exec with stdout and stderr going to `log_path`.
-pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::path& log_path) {
+// fork + exec with stdout and stderr going to `log_path`, and stdin from `input_path` (or
+// /dev/null).
+pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::path& log_path,
+            const std::filesystem::path& input_path = "/dev/null") {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(TOKEN_BROKER_BINARY));
   for (const auto& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
@@ -37,7 +39,9 @@ pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::pa
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (log < 0) _exit(127);
+    const int input = open(input_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (log < 0 || input < 0) _exit(127);
+    dup2(input, STDIN_FILENO);
     dup2(log, STDOUT_FILENO);
     dup2(log, STDERR_FILENO);
     execv(TOKEN_BROKER_BINARY, argv.data());
@@ -90,10 +94,11 @@ std::filesystem::path scratch_directory::write(const std::string& name,
   return file;
 }
 
-command_result run_broker_command(const std::vector<std::string>& arguments) {
+command_result run_broker_command(const std::vector<std::string>& arguments,
+                                  const std::string& input) {
   const scratch_directory scratch;
   const auto log_path = scratch.path() / "output";
-  const pid_t pid = spawn(arguments, log_path);
+  const pid_t pid = spawn(arguments, log_path, scratch.write("input", input));
   int status = 0;
   waitpid(pid, &status, 0);
   return command_result{decode_status(status), read_file(log_path)};
@@ -141,6 +146,10 @@ int broker_process::stop(int signal, std::chrono::milliseconds limit) {
   waitpid(pid_, &status, 0);
   pid_ = -1;
   return -1;
+}
+
+void broker_process::send(int signal) const {
+  if (pid_ > 0) kill(pid_, signal);
 }
 
 std::string broker_process::log() const {

@@ -34,8 +34,10 @@ struct command_result {
   std::string output;  // stdout and stderr together
 };
 
-// Runs the broker binary with `arguments` to completion (for --check, --version).
-command_result run_broker_command(const std::vector<std::string>& arguments);
+// Runs the broker binary with `arguments` to completion (for --check, --version, --hash-key),
+// with `input` on its stdin.
+command_result run_broker_command(const std::vector<std::string>& arguments,
+                                  const std::string& input = {});
 
 class broker_process {
  public:
@@ -52,6 +54,7 @@ class broker_process {
   // be killed, or 128+N if a signal ended it.
   int stop(int signal, std::chrono::milliseconds limit);
   bool running();
+  void send(int signal) const;
   std::string log() const;
 
  private:

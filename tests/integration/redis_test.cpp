@@ -581,6 +581,41 @@ TEST_F(redis_test, a_broker_with_redis_unreachable_from_the_start_serves_from_me
   EXPECT_GE(fake_->gettoken_calls(hr.secret), 2) << "no refresh without Redis";
 }
 
+// A secret rotated at one replica by SIGHUP: that replica fetches with the new secret at once
+// instead of adopting the token in Redis (which the old secret brought), and the replica not
+// yet reloaded adopts the new token from Redis.
+TEST_F(redis_test, a_secret_rotated_by_reload_is_used_at_once_and_shared_through_redis) {
+  const auto hr = add_app("hr");
+  const auto replicas = start_replicas(2);
+  const auto old_token = token_of(await_token(*replicas[0], "hr", 5s));
+  ASSERT_EQ(token_of(await_token(*replicas[1], "hr", 5s)), old_token);
+  const auto scraped = http_get(replicas[0]->port(), "/metrics");
+  EXPECT_EQ(metric_sample(scraped.body, "token_broker_redis_up"), 1);
+
+  const std::string new_secret = hr.secret + "-rotated";
+  fake_->add_app(corpid, new_secret);
+  forbid_in_logs(new_secret, "the rotated secret");
+  auto rotated = redis_config(redis_url(fixture_port_));
+  rotated["listen"] = "127.0.0.1:" + std::to_string(replicas[0]->port());
+  rotated["apps"]["hr"]["secret"] = new_secret;
+  reload_broker(*replicas[0], rotated);
+
+  const auto after = await_token(*replicas[0], "hr", 5s);
+  ASSERT_EQ(after.status, 200u) << after.error << after.body;
+  const auto new_token = token_of(after);
+  EXPECT_NE(new_token, old_token);
+  EXPECT_EQ(fake_->gettoken_calls(new_secret), 1);
+  EXPECT_TRUE(await_value(*redis_, token_key("hr"), new_token, 3s));
+  bool adopted = false;
+  for (int i = 0; i < 100 && !adopted; ++i) {
+    adopted = token_of(get_token(*replicas[1], "hr")) == new_token;
+    if (!adopted) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(adopted) << "the replica not reloaded kept the old token";
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1) << "the old secret was not used again";
+  EXPECT_EQ(fake_->gettoken_calls(new_secret), 1);
+}
+
 TEST_F(redis_test, a_password_and_a_database_in_the_url_are_used_and_the_password_never_logged) {
   const auto hr = add_app("hr");
   const std::string password = "Redis-Pw-" + std::to_string(free_port()) + "-q7";

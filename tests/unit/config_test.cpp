@@ -11,10 +11,13 @@
 #include <sstream>
 #include <thread>
 
+#include "scoped_env.hpp"
+
 namespace token_broker {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::scoped_env;
 
 // Every secret-like value in these tests contains this marker; no error message may.
 constexpr std::string_view secret_marker = "hunter2";
@@ -79,30 +82,6 @@ class temp_directory {
 
  private:
   std::filesystem::path path_;
-};
-
-// Sets an environment variable (or unsets it, for nullptr) and restores it afterwards.
-class scoped_env {
- public:
-  scoped_env(std::string name, const char* value) : name_(std::move(name)) {
-    if (const char* old = std::getenv(name_.c_str())) previous_ = old;
-    set(value);
-  }
-  ~scoped_env() { set(previous_ ? previous_->c_str() : nullptr); }
-  scoped_env(const scoped_env&) = delete;
-  scoped_env& operator=(const scoped_env&) = delete;
-
- private:
-  void set(const char* value) {
-    if (value) {
-      ::setenv(name_.c_str(), value, 1);
-    } else {
-      ::unsetenv(name_.c_str());
-    }
-  }
-
-  std::string name_;
-  std::optional<std::string> previous_;
 };
 
 config_error error_of(std::string_view text) {

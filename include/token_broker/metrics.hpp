@@ -1,0 +1,74 @@
+// What GET /metrics counts (SPEC §6): requests by route and status, the request-duration
+// histogram, and each app's upstream results. Counting is a relaxed atomic add, because it
+// happens on the hot path; rendering to Prometheus text happens only when scraped.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace token_broker {
+
+// The `route` label: a fixed set, never the raw target (which may hold a secret).
+enum class route_label : std::uint8_t {
+  token,
+  invalidate,
+  apps,
+  gettoken,
+  healthz,
+  readyz,
+  metrics,
+  other,      // unknown paths, wrong methods
+  malformed,  // requests that could not be parsed at all
+};
+
+class request_metrics {
+ public:
+  void record(route_label route, unsigned status, std::chrono::nanoseconds duration);
+  // token_broker_requests_total and token_broker_request_duration_seconds.
+  void render(std::string& out) const;
+
+ private:
+  // Every status the API answers with; anything else is counted as code="other".
+  static constexpr std::array<unsigned, 10> statuses = {200, 400, 401, 403, 404,
+                                                        405, 413, 431, 500, 503};
+  static constexpr std::size_t route_count = static_cast<std::size_t>(route_label::malformed) + 1;
+  // Upper bounds in seconds: a hot-path answer takes microseconds, a cold one an upstream call.
+  static constexpr std::array<double, 14> bucket_bounds = {
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
+
+  std::array<std::array<std::atomic<std::uint64_t>, statuses.size() + 1>, route_count> requests_{};
+  std::array<std::atomic<std::uint64_t>, bucket_bounds.size() + 1> buckets_{};  // not cumulative
+  std::atomic<std::uint64_t> duration_sum_ns_{0};
+};
+
+// One app's gettoken results. Failures are rare, so they take a lock; successes do not.
+class upstream_metrics {
+ public:
+  void record_ok() { ok_.fetch_add(1, std::memory_order_relaxed); }
+  void record_failure(int errcode);
+
+  std::uint64_t ok() const { return ok_.load(std::memory_order_relaxed); }
+  // errcode → count
+  std::map<int, std::uint64_t> failures() const;
+
+ private:
+  std::atomic<std::uint64_t> ok_{0};
+  mutable std::mutex mutex_;
+  std::map<int, std::uint64_t> failures_;
+};
+
+class app_set;
+
+// The whole GET /metrics page. `redis_up` is empty when no Redis is configured (then the
+// gauge is left out rather than reporting a Redis that does not exist as down).
+std::string render_metrics(const request_metrics& requests, const app_set& apps,
+                           std::optional<bool> redis_up);
+
+}  // namespace token_broker
