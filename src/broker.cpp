@@ -58,7 +58,9 @@ std::shared_ptr<app_refresher> broker::make_refresher(const app_config& app,
 }
 
 void broker::start() {
-  for (const auto& app : apps()->in_order()) app->start();
+  // Each loop holds the set it walks: a reload may replace apps_ meanwhile.
+  const auto configured = apps();
+  for (const auto& app : configured->in_order()) app->start();
   store_->start([this](const std::string& app_id) {
     const auto current = apps();
     if (app_id.empty()) {
@@ -70,7 +72,8 @@ void broker::start() {
 }
 
 void broker::stop() {
-  for (const auto& app : apps()->in_order()) app->stop();
+  const auto configured = apps();
+  for (const auto& app : configured->in_order()) app->stop();
   store_->stop();
 }
 

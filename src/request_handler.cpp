@@ -185,7 +185,8 @@ asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
 response request_handler::list_apps(const client_auth& auth, const client_config* client) const {
   const auto now = clock::now();
   auto listing = nlohmann::ordered_json::array();
-  for (const auto& app : apps_.apps()->in_order()) {
+  const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
+  for (const auto& app : apps->in_order()) {
     if (!auth.may_read(client, app->app().id)) continue;
     const auto view = app->view();
     const token* current = view->servable(now);
@@ -203,7 +204,8 @@ response request_handler::list_apps(const client_auth& auth, const client_config
 response request_handler::readiness() const {
   const auto now = clock::now();
   auto failing = nlohmann::ordered_json::array();
-  for (const auto& app : apps_.apps()->in_order()) {
+  const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
+  for (const auto& app : apps->in_order()) {
     if (!app->view()->servable(now)) failing.push_back(app->app().id);
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
