@@ -222,7 +222,7 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   const scoped_env env("WECOM_HR_SECRET", "hunter2-hr");
   text = replace_all(text, "<your corpid>", "ww0123456789abcdef");
   text = replace_all(text, "<the ops app secret>", "hunter2-ops");
-  text = replace_all(text, "/run/credentials/token-broker/crm", crm_secret.string());
+  text = replace_all(text, "/run/credentials/token-broker.service/crm", crm_secret.string());
   text = replace_all(text, "<hex sha256 of billing's bearer key>", key_a);
   text = replace_all(text, "<hex sha256 of admin's bearer key>", key_b);
 
