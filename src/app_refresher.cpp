@@ -201,6 +201,7 @@ void app_refresher::record(const fetch_result& result, time_point started_at) {
     upstream_results_.record_ok();
     const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
     lifecycle_.attempt_succeeded(*fetched, jitter_unit());
+    publish();  // served from now on, while the store is still being told
     const token& held = *lifecycle_.held();
     spdlog::info(
         "app={} refresh ok: {} token, expires_at={} (in {}s), latency_ms={}, next_refresh_in_s={}",
@@ -232,8 +233,9 @@ void app_refresher::publish() {
   // A revoked token is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
+    view->answers = prepare_token_answers(app_.id, *held);
   }
-  view_.store(std::move(view), std::memory_order_release);
+  view_.store(std::move(view));
 
   for (auto* waiter : waiters_) waiter->cancel();
   waiters_.clear();
@@ -264,7 +266,8 @@ asio::awaitable<token_outcome> app_refresher::wait_on_strand() {
   std::optional<steady_clock::time_point> deadline;
   for (;;) {
     const auto now = clock::now();
-    if (const token* held = lifecycle_.servable(now)) co_return token_outcome{*held, {}, {}};
+    // Every change of the held token is published, so the view has what the lifecycle has.
+    if (auto view = view_.load(); view->servable(now)) co_return token_outcome{std::move(view)};
     if (stopping_) co_return unavailable(now);
     // An attempt that is due but not started means the refresher sleeps too long (a host that
     // was suspended): wake it.
@@ -296,7 +299,7 @@ asio::awaitable<token_outcome> app_refresher::wait_on_strand() {
 token_outcome app_refresher::unavailable(time_point now) const {
   const auto wait =
       std::max(seconds{1}, std::chrono::ceil<seconds>(lifecycle_.next_attempt_at() - now));
-  return token_outcome{std::nullopt, lifecycle_.last_failure(), wait};
+  return token_outcome{nullptr, lifecycle_.last_failure(), wait};
 }
 
 }  // namespace token_broker

@@ -4,7 +4,7 @@
 
 namespace token_broker {
 
-std::shared_ptr<app_refresher> app_set::find(std::string_view app_id) const {
+app_refresher* app_set::find(std::string_view app_id) const {
   const auto found = by_id_.find(app_id);
   return found == by_id_.end() ? nullptr : found->second;
 }
@@ -13,11 +13,12 @@ credential_match app_set::match_credentials(std::string_view corpid,
                                             std::string_view secret) const {
   const auto offered = sha256(secret);
   credential_match match;
+  const auto apps_of_corpid = by_corpid_.find(corpid);
+  if (apps_of_corpid == by_corpid_.end()) return match;
   // Every app of the corpid is compared, matched or not, so timing tells nothing.
-  for (std::size_t i = 0; i < in_order_.size(); ++i) {
-    if (in_order_[i]->app().corpid != corpid) continue;
+  for (const auto i : apps_of_corpid->second) {
     if (digests_equal(secret_digests_[i], offered) && !match.app) {
-      match = {credential_match::result::matched, in_order_[i]};
+      match = {credential_match::result::matched, in_order_[i].get()};
     } else if (!match.app) {
       match.outcome = credential_match::result::wrong_secret;
     }
@@ -27,7 +28,8 @@ credential_match app_set::match_credentials(std::string_view corpid,
 
 void app_set::add(std::shared_ptr<app_refresher> app) {
   secret_digests_.push_back(sha256(app->app().secret));
-  by_id_.emplace(app->app().id, app);
+  by_id_.emplace(app->app().id, app.get());
+  by_corpid_[app->app().corpid].push_back(in_order_.size());
   in_order_.push_back(std::move(app));
 }
 
@@ -65,7 +67,7 @@ void broker::start() {
     const auto current = apps();
     if (app_id.empty()) {
       for (const auto& app : current->in_order()) app->store_changed();
-    } else if (const auto app = current->find(app_id)) {
+    } else if (auto* app = current->find(app_id)) {
       app->store_changed();
     }
   });
@@ -89,10 +91,10 @@ reload_summary broker::reload(const config& next) {
   std::vector<std::shared_ptr<app_refresher>> starting, stopping;
   reload_summary summary;
   for (const auto& app : next.apps) {
-    auto existing = previous->find(app.id);
+    auto* existing = previous->find(app.id);
     if (existing && existing->app().corpid == app.corpid && existing->app().secret == app.secret) {
       existing->apply(refresh_, upstream_settings_.timeout);
-      updated->add(std::move(existing));
+      updated->add(existing->shared_from_this());
       ++summary.kept;
       continue;
     }
@@ -100,7 +102,7 @@ reload_summary broker::reload(const config& next) {
                                                   : app_refresher::origin::configured);
     if (existing) {
       summary.credentials_changed.push_back(app.id);
-      stopping.push_back(std::move(existing));
+      stopping.push_back(existing->shared_from_this());
     } else {
       summary.added.push_back(app.id);
     }
@@ -113,7 +115,7 @@ reload_summary broker::reload(const config& next) {
     stopping.push_back(app);
   }
 
-  apps_.store(std::move(updated), std::memory_order_release);
+  apps_.store(std::move(updated));
   for (const auto& app : starting) app->start();
   for (const auto& app : stopping) app->stop();
   return summary;

@@ -26,9 +26,10 @@ namespace {
 
 using std::chrono::steady_clock;
 
+// A connection's executor is its worker's io_context itself: no strand, no type erasure.
 template <class Protocol>
-using stream_for =
-    beast::basic_stream<Protocol, asio::any_io_executor, beast::unlimited_rate_policy>;
+using socket_for =
+    typename Protocol::socket::template rebind_executor<asio::io_context::executor_type>::other;
 
 // Counts something for exactly as long as it lives.
 class counted {
@@ -42,76 +43,176 @@ class counted {
   std::atomic<std::size_t>& count_;
 };
 
+// A connection's socket and the deadline its current phase must meet. Arming a timer for
+// every read and write cost a timer-queue insert and cancel per request, the largest cost
+// the profile showed once answers were prepared. Here a phase only moves the deadline; one
+// timer per connection wakes at most every `tick` (the shortest timeout) or at the deadline,
+// and closes the socket once the deadline has passed, which fails the read or write pending.
+template <class Protocol>
+class connection {
+ public:
+  connection(socket_for<Protocol> socket, std::chrono::milliseconds tick)
+      : socket_(std::move(socket)), timer_(socket_.get_executor()), tick_(tick) {}
+
+  socket_for<Protocol>& socket() { return socket_; }
+
+  // Moves the deadline. The timer wakes within `tick`, so a deadline at least `tick` away
+  // needs nothing more.
+  void expires_after(std::chrono::milliseconds timeout) {
+    deadline_ = steady_clock::now() + timeout;
+    if (timeout < tick_) timer_.cancel();  // wake now and plan for the nearer deadline
+  }
+  // While the request is being answered: a cold app may wait for upstream.
+  void no_deadline() { deadline_ = steady_clock::time_point::max(); }
+
+  asio::awaitable<void> enforce_deadlines() {
+    while (!finished_) {
+      const auto now = steady_clock::now();
+      if (now >= deadline_) {
+        error_code ignored;
+        socket_.close(ignored);
+        break;
+      }
+      timer_.expires_at(std::min(deadline_, now + tick_));
+      co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  }
+
+  void finish() {
+    finished_ = true;
+    timer_.cancel();
+  }
+
+ private:
+  socket_for<Protocol> socket_;
+  asio::basic_waitable_timer<steady_clock, asio::wait_traits<steady_clock>,
+                             asio::io_context::executor_type>
+      timer_;
+  std::chrono::milliseconds tick_;
+  steady_clock::time_point deadline_ = steady_clock::time_point::max();
+  bool finished_ = false;
+};
+
 // Closing a socket with unread input resets the connection, and the reset can destroy the
 // answer before the client reads it. So after answering a request it would not read (too
 // large, malformed), half-close and discard what the client still sends, briefly and boundedly.
 template <class Protocol>
-asio::awaitable<void> drain_before_close(stream_for<Protocol>& stream) {
+asio::awaitable<void> drain_before_close(connection<Protocol>& client) {
   constexpr std::size_t drain_limit = 1024 * 1024;
   error_code ignored;
-  stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
-  stream.expires_after(std::chrono::seconds{1});
+  client.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  client.expires_after(std::chrono::seconds{1});
   std::array<char, 16 * 1024> discard{};
   for (std::size_t drained = 0; drained < drain_limit;) {
-    auto [error, read] =
-        co_await stream.async_read_some(asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
+    auto [error, read] = co_await client.socket().async_read_some(
+        asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
     if (error) break;
     drained += read;
   }
 }
 
+// Sends at once what the socket takes, as nginx does, and waits for the reactor only for what
+// a full socket buffer leaves. An async_write would complete through the worker's queue even
+// when the socket took everything, behind every other connection's handlers.
+template <class Protocol, class Buffers>
+asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& buffers) {
+  error_code error;
+  const auto sent = socket.write_some(buffers, error);  // the socket is non-blocking
+  if (!error && sent == asio::buffer_size(buffers)) co_return error;
+  if (error && error != asio::error::would_block) co_return error;
+  beast::buffers_suffix<Buffers> rest(buffers);
+  rest.consume(sent);
+  auto [async_error, written] =
+      co_await asio::async_write(socket, rest, asio::as_tuple(asio::use_awaitable));
+  co_return async_error;
+}
+
+// A token answer goes out as its prepared bytes in one gathered write; anything else through
+// Beast's serializer.
 template <class Protocol>
-asio::awaitable<void> serve_connection(stream_for<Protocol> stream,
-                                       std::shared_ptr<http_server::shared_state> state) {
-  const counted connection(state->connections);
-  const auto& limits = state->limits;
+asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing, bool keep_alive) {
   const auto as_tuple = asio::as_tuple(asio::use_awaitable);
+  if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
+    const token_answer_bytes bytes(*prepared, keep_alive);
+    co_return co_await send<Protocol>(socket, bytes.buffers());
+  }
+  auto& other = std::get<response>(outgoing);
+  other.keep_alive(keep_alive);
+  auto [error, written] = co_await http::async_write(socket, other, as_tuple);
+  co_return error;
+}
+
+template <class Protocol>
+asio::awaitable<void> serve_requests(connection<Protocol>& client,
+                                     http_server::shared_state& state) {
+  const auto& limits = state.limits;
+  const auto as_tuple = asio::as_tuple(asio::use_awaitable);
+  auto& socket = client.socket();
+  error_code ignored;
+  socket.non_blocking(true, ignored);  // for send(): writes that cannot complete say so
   beast::flat_buffer buffer(limits.header_limit + limits.body_limit + 4096);
 
   for (;;) {
     if (buffer.size() == 0) {
       // Idle between requests: the next one must begin within idle_timeout.
-      stream.expires_after(limits.idle_timeout);
-      auto [error, read] = co_await stream.async_read_some(buffer.prepare(1024), as_tuple);
+      client.expires_after(limits.idle_timeout);
+      auto [error, read] = co_await socket.async_read_some(buffer.prepare(1024), as_tuple);
       if (error) break;
       buffer.commit(read);
     }
 
-    // Once a request has begun it must arrive whole within request_timeout, however slowly
-    // its bytes trickle in (slowloris).
     http::request_parser<http::string_body> parser;
     parser.header_limit(limits.header_limit);
     parser.body_limit(limits.body_limit);
-    stream.expires_after(limits.request_timeout);
-    auto [read_error, read] = co_await http::async_read(stream, buffer, parser, as_tuple);
+    parser.eager(true);
+    // Usually the whole request came with the first read: parse it here. http::async_read
+    // would too, but complete through the worker's queue, behind every other connection.
+    error_code read_error;
+    buffer.consume(parser.put(buffer.data(), read_error));
+    if (read_error == http::error::need_more || (!read_error && !parser.is_done())) {
+      // Once a request has begun it must arrive whole within request_timeout, however
+      // slowly its bytes trickle in (slowloris).
+      client.expires_after(limits.request_timeout);
+      auto [error, read] = co_await http::async_read(socket, buffer, parser, as_tuple);
+      read_error = error;
+    }
     if (read_error) {
-      if (auto answer = state->handler.answer_unreadable(read_error)) {
-        answer->keep_alive(false);
-        co_await http::async_write(stream, *answer, as_tuple);
-        co_await drain_before_close(stream);
+      if (auto refusal = state.handler.answer_unreadable(read_error)) {
+        refusal->keep_alive(false);
+        co_await http::async_write(socket, *refusal, as_tuple);
+        co_await drain_before_close(client);
       }
       break;
     }
 
-    const counted in_flight(state->requests_in_flight);
-    auto answer = co_await state->handler.handle(parser.get());
-    answer.keep_alive(parser.get().keep_alive() && !state->stopping);
-    stream.expires_after(limits.request_timeout);
-    auto [write_error, written] = co_await http::async_write(stream, answer, as_tuple);
-    if (write_error || !answer.keep_alive()) break;
+    const counted in_flight(state.requests_in_flight);
+    client.no_deadline();
+    auto outgoing = co_await state.handler.handle(parser.get());
+    const bool keep_alive = parser.get().keep_alive() && !state.stopping;
+    client.expires_after(limits.request_timeout);
+    const auto write_error = co_await write<Protocol>(socket, outgoing, keep_alive);
+    if (write_error || !keep_alive) break;
   }
 
   // Half-close rather than close, so the client reads the last answer before the FIN.
-  error_code ignored;
-  stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  socket.shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+template <class Protocol>
+asio::awaitable<void> serve_connection(std::shared_ptr<connection<Protocol>> client,
+                                       std::shared_ptr<http_server::shared_state> state) {
+  const counted open(state->connections);
+  co_await serve_requests(*client, *state);
+  client->finish();
 }
 
 template <class Protocol>
 class protocol_listener final : public http_server::listener {
  public:
-  protocol_listener(asio::io_context& io, const typename Protocol::endpoint& endpoint,
+  protocol_listener(asio::io_context& io, worker_pool& workers,
+                    const typename Protocol::endpoint& endpoint,
                     std::shared_ptr<http_server::shared_state> state)
-      : io_(io),
+      : workers_(workers),
         acceptor_(asio::make_strand(io)),
         retry_timer_(acceptor_.get_executor()),
         state_(std::move(state)) {
@@ -137,9 +238,9 @@ class protocol_listener final : public http_server::listener {
   asio::awaitable<void> accept_loop() {
     const auto as_tuple = asio::as_tuple(asio::use_awaitable);
     while (!state_->stopping) {
-      // Each connection gets a strand of its own: the io threads share the connections.
-      asio::any_io_executor connection_executor = asio::make_strand(io_);
-      auto [error, socket] = co_await acceptor_.async_accept(connection_executor, as_tuple);
+      // The connection lives on one worker from now on.
+      auto& worker = workers_.next();
+      auto [error, socket] = co_await acceptor_.async_accept(worker, as_tuple);
       if (state_->stopping || error == asio::error::operation_aborted) break;
       if (error) {
         // Out of file descriptors, most likely: shed load for a moment instead of spinning.
@@ -157,9 +258,12 @@ class protocol_listener final : public http_server::listener {
         error_code ignored;  // small answers: don't let Nagle hold them back
         socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       }
-      asio::co_spawn(connection_executor,
-                     serve_connection<Protocol>(stream_for<Protocol>(std::move(socket)), state_),
-                     asio::detached);
+      // Both coroutines share the connection; each runs on the worker's one thread.
+      const auto tick = std::min(state_->limits.idle_timeout, state_->limits.request_timeout);
+      auto client = std::make_shared<connection<Protocol>>(std::move(socket), tick);
+      asio::co_spawn(
+          worker, [client]() { return client->enforce_deadlines(); }, asio::detached);
+      asio::co_spawn(worker, serve_connection(std::move(client), state_), asio::detached);
     }
   }
 
@@ -171,7 +275,7 @@ class protocol_listener final : public http_server::listener {
     spdlog::warn(format, std::forward<Args>(args)...);
   }
 
-  asio::io_context& io_;
+  worker_pool& workers_;
   typename Protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   std::shared_ptr<http_server::shared_state> state_;
@@ -189,22 +293,25 @@ std::size_t connection_cap_from_fd_limit() {
 }
 
 http_server::http_server(asio::io_context& io, const listen_address& where,
-                         request_handler& handler, server_limits limits)
-    : state_(std::make_shared<shared_state>(handler, limits)) {
+                         request_handler& handler, server_limits limits, unsigned workers)
+    : state_(std::make_shared<shared_state>(handler, limits)), workers_(workers) {
   if (where.type == listen_address::kind::unix_socket) {
     // A socket file left by a previous run would make bind fail; anything else is kept.
     if (std::filesystem::is_socket(std::filesystem::symlink_status(where.path))) {
       std::filesystem::remove(where.path);
     }
     listener_ = std::make_unique<protocol_listener<asio::local::stream_protocol>>(
-        io, asio::local::stream_protocol::endpoint(where.path), state_);
+        io, workers_, asio::local::stream_protocol::endpoint(where.path), state_);
   } else {
     listener_ = std::make_unique<protocol_listener<asio::ip::tcp>>(
-        io, asio::ip::tcp::endpoint(asio::ip::make_address(where.host), where.port), state_);
+        io, workers_, asio::ip::tcp::endpoint(asio::ip::make_address(where.host), where.port),
+        state_);
   }
 }
 
-http_server::~http_server() = default;
+http_server::~http_server() {
+  workers_.stop();  // before the listener and the state their connections use
+}
 
 void http_server::start() {
   listener_->start();
@@ -213,6 +320,10 @@ void http_server::start() {
 void http_server::stop() {
   state_->stopping = true;
   listener_->stop();
+}
+
+void http_server::stop_workers() {
+  workers_.stop();
 }
 
 std::size_t http_server::requests_in_flight() const {

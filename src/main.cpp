@@ -1,6 +1,6 @@
 // token-broker: wiring only. Parses the command line, loads the config, runs the broker and
-// the HTTP server on `threads` io threads, reloads on SIGHUP, stops cleanly on SIGTERM/SIGINT,
-// and tells systemd about all of it.
+// the HTTP server (with `threads` workers), reloads on SIGHUP, stops cleanly on SIGTERM and
+// SIGINT, and tells systemd about all of it.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -8,7 +8,6 @@
 #include <iterator>
 #include <optional>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 #include "token_broker/asio.hpp"
@@ -149,6 +148,7 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, 
     spdlog::warn("stopping with {} requests still in flight", server.requests_in_flight());
   }
   apps.stop();
+  server.stop_workers();
   io.stop();
 }
 
@@ -185,7 +185,9 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, daemon_parts par
 
 int run(const std::string& config_path, config settings) {
   const systemd_notifier systemd;  // outlives the io_context and the watchdog on it
-  asio::io_context io(static_cast<int>(settings.threads));
+  // The control loop: refreshers, upstream calls, Redis, signals, accepting. The HTTP
+  // workers (`threads` of them) run loops of their own.
+  asio::io_context io(1);
   // Installed before the port opens, so a SIGTERM at any moment is a clean stop.
   asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   std::unique_ptr<token_store> store;
@@ -200,7 +202,8 @@ int run(const std::string& config_path, config settings) {
   std::optional<http_server> server;
   try {
     server.emplace(io, settings.listen, handler,
-                   server_limits{.max_connections = connection_cap_from_fd_limit()});
+                   server_limits{.max_connections = connection_cap_from_fd_limit()},
+                   settings.threads);
   } catch (const boost::system::system_error& error) {
     spdlog::critical("cannot listen on {}: {}", settings.listen.to_string(),
                      error.code().message());
@@ -217,10 +220,8 @@ int run(const std::string& config_path, config settings) {
   systemd.notify("READY=1");
   asio::co_spawn(io, systemd.feed_watchdog(), log_unexpected_end("systemd watchdog"));
 
-  std::vector<std::jthread> workers;
-  for (unsigned i = 1; i < settings.threads; ++i) workers.emplace_back([&io] { io.run(); });
   io.run();
-  workers.clear();  // joins
+  server.reset();  // the workers end before what their connections use
   spdlog::info("stopped");
   return 0;
 }

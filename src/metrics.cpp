@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "token_broker/broker.hpp"
 
@@ -20,20 +21,35 @@ constexpr std::array<std::string_view, 9> route_names = {"token",    "invalidate
 
 }  // namespace
 
+request_metrics::shard& request_metrics::this_threads_shard() {
+  static std::atomic<std::size_t> threads_seen{0};
+  thread_local const std::size_t drawn = threads_seen.fetch_add(1, std::memory_order_relaxed);
+  return shards_[drawn % shard_count];
+}
+
 void request_metrics::record(route_label route, unsigned status,
                              std::chrono::nanoseconds duration) {
+  auto& mine = this_threads_shard();
   const auto status_slot = static_cast<std::size_t>(
       std::find(statuses.begin(), statuses.end(), status) - statuses.begin());
-  requests_[static_cast<std::size_t>(route)][status_slot].fetch_add(1, std::memory_order_relaxed);
+  mine.requests[static_cast<std::size_t>(route)][status_slot].fetch_add(1,
+                                                                        std::memory_order_relaxed);
 
   const double seconds = std::chrono::duration<double>(duration).count();
   const auto bucket = static_cast<std::size_t>(
       std::lower_bound(bucket_bounds.begin(), bucket_bounds.end(), seconds) -
       bucket_bounds.begin());
-  buckets_[bucket].fetch_add(1, std::memory_order_relaxed);
-  duration_sum_ns_.fetch_add(
+  mine.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+  mine.duration_sum_ns.fetch_add(
       static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration.count())),
       std::memory_order_relaxed);
+}
+
+std::uint64_t request_metrics::sum(
+    const std::function<const std::atomic<std::uint64_t>&(const shard&)>& counter) const {
+  std::uint64_t total = 0;
+  for (const auto& each : shards_) total += counter(each).load(std::memory_order_relaxed);
+  return total;
 }
 
 void request_metrics::render(std::string& out) const {
@@ -41,7 +57,8 @@ void request_metrics::render(std::string& out) const {
                        "HTTP requests answered, by route and status code.");
   for (std::size_t route = 0; route < route_count; ++route) {
     for (std::size_t slot = 0; slot <= statuses.size(); ++slot) {
-      const auto count = requests_[route][slot].load(std::memory_order_relaxed);
+      const auto count =
+          sum([&](const shard& each) -> auto& { return each.requests[route][slot]; });
       if (count == 0) continue;
       const std::string code = slot < statuses.size() ? std::to_string(statuses[slot]) : "other";
       fmt::format_to(std::back_inserter(out),
@@ -53,20 +70,19 @@ void request_metrics::render(std::string& out) const {
   append_metric_header(out, "token_broker_request_duration_seconds", "histogram",
                        "Time from a parsed request to its answer being ready.");
   std::uint64_t cumulative = 0;
-  for (std::size_t i = 0; i < bucket_bounds.size(); ++i) {
-    cumulative += buckets_[i].load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i <= bucket_bounds.size(); ++i) {
+    cumulative += sum([&](const shard& each) -> auto& { return each.buckets[i]; });
+    if (i == bucket_bounds.size()) break;
     fmt::format_to(std::back_inserter(out),
                    "token_broker_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
                    bucket_bounds[i], cumulative);
   }
-  cumulative += buckets_.back().load(std::memory_order_relaxed);
+  const auto sum_ns = sum([](const shard& each) -> auto& { return each.duration_sum_ns; });
   fmt::format_to(std::back_inserter(out),
                  "token_broker_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n"
                  "token_broker_request_duration_seconds_sum {}\n"
                  "token_broker_request_duration_seconds_count {}\n",
-                 cumulative,
-                 static_cast<double>(duration_sum_ns_.load(std::memory_order_relaxed)) / 1e9,
-                 cumulative);
+                 cumulative, static_cast<double>(sum_ns) / 1e9, cumulative);
 }
 
 void upstream_metrics::record_failure(int errcode) {

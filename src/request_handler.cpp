@@ -3,9 +3,40 @@
 #include <spdlog/spdlog.h>
 
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 namespace token_broker {
 namespace {
+
+// What this worker thread last read of a handler's shared state (published.hpp). Only this
+// thread touches it; nothing read through it may be used across a co_await, since another
+// request on the same worker may move it on meanwhile.
+struct worker_reads {
+  const request_handler* handler = nullptr;
+  published<client_auth>::reader auth;
+  published<app_set>::reader apps;
+  const app_set* views_of = nullptr;  // the set whose apps `views` holds
+  std::unordered_map<const app_refresher*, published<app_view>::reader> views;
+
+  const app_set& current_apps(const broker& source) {
+    const auto& set = apps.current(source.published_apps());
+    if (set.get() != views_of) {
+      views.clear();  // their apps may be gone with the old set
+      views_of = set.get();
+    }
+    return *set;
+  }
+  const std::shared_ptr<const app_view>& current_view(const app_refresher& app) {
+    return views[&app].current(app.published_view());
+  }
+};
+
+thread_local worker_reads this_worker;
+
+worker_reads& reads_of(const request_handler* handler) {
+  if (this_worker.handler != handler) this_worker = worker_reads{.handler = handler};
+  return this_worker;
+}
 
 // WeCom answers a gettoken it cannot serve with -1 "system busy"; so do we when upstream
 // gave no reason of its own.
@@ -39,21 +70,21 @@ route_label label_of(route::kind call) {
 
 }  // namespace
 
-asio::awaitable<response> request_handler::handle(const request& incoming) {
+asio::awaitable<answer> request_handler::handle(const request& incoming) {
   const auto started_at = std::chrono::steady_clock::now();
   const auto call = match_route(incoming.method(), incoming.target());
-  std::optional<response> answer;
+  std::optional<answer> outgoing;
   try {
-    answer = co_await dispatch(call, incoming);
+    outgoing = co_await dispatch(call, incoming);
   } catch (const std::exception& error) {
     // Never the target: for /cgi-bin/gettoken it holds the app secret.
     spdlog::error("request failed unexpectedly: {}", error.what());
-    answer = error_response(http::status::internal_server_error, "internal",
-                            "the broker failed to answer; see its log");
+    outgoing = error_response(http::status::internal_server_error, "internal",
+                              "the broker failed to answer; see its log");
   }
-  metrics_.record(label_of(call.call), answer->result_int(),
+  metrics_.record(label_of(call.call), status_of(*outgoing),
                   std::chrono::steady_clock::now() - started_at);
-  co_return std::move(*answer);
+  co_return std::move(*outgoing);
 }
 
 std::optional<response> request_handler::answer_unreadable(const error_code& error) {
@@ -63,7 +94,7 @@ std::optional<response> request_handler::answer_unreadable(const error_code& err
   if (error == http::error::end_of_stream || error == http::error::partial_message) {
     return std::nullopt;  // the client went away
   }
-  auto answer =
+  auto refusal =
       error == http::error::header_limit
           ? error_response(http::status::request_header_fields_too_large, "bad_request",
                            "request header too large")
@@ -71,35 +102,42 @@ std::optional<response> request_handler::answer_unreadable(const error_code& err
           ? error_response(http::status::payload_too_large, "bad_request", "request body too large")
           : error_response(http::status::bad_request, "bad_request",
                            "malformed HTTP request: " + error.message());
-  metrics_.record(route_label::malformed, answer.result_int(), std::chrono::nanoseconds{0});
-  return answer;
+  metrics_.record(route_label::malformed, refusal.result_int(), std::chrono::nanoseconds{0});
+  return refusal;
 }
 
-asio::awaitable<response> request_handler::dispatch(const route& call, const request& incoming) {
+request_handler::~request_handler() {
+  reads_of(nullptr);  // drops this thread's copies (a test may make a new handler here)
+}
+
+asio::awaitable<answer> request_handler::dispatch(const route& call, const request& incoming) {
   using kind = route::kind;
-  const auto auth = auth_.load(std::memory_order_acquire);
+  auto& reads = reads_of(this);
+  const auto& auth = reads.auth.current(auth_);
   const client_config* client = nullptr;
   if (call.needs_client_key() && !auth->open()) {
     client = auth->identify(incoming[http::field::authorization]);
     if (!client) {
-      auto answer = error_response(http::status::unauthorized, "unauthorized",
-                                   "an Authorization: Bearer <key> header with a valid key "
-                                   "is required");
-      answer.set(http::field::www_authenticate, "Bearer");
-      co_return answer;
+      auto refusal = error_response(http::status::unauthorized, "unauthorized",
+                                    "an Authorization: Bearer <key> header with a valid key "
+                                    "is required");
+      refusal.set(http::field::www_authenticate, "Bearer");
+      co_return refusal;
     }
   }
 
   switch (call.call) {
     case kind::app_token:
     case kind::invalidate_token: {
-      const auto app = apps_.apps()->find(call.app);
+      auto* app = reads.current_apps(apps_).find(call.app);
       if (!app) co_return error_response(http::status::not_found, "unknown_app", "no such app");
       if (!auth->may_read(client, call.app)) {
         co_return error_response(http::status::forbidden, "forbidden",
                                  "this client may not read app " + call.app);
       }
-      if (call.call == kind::app_token) co_return co_await app_token(*app);
+      if (call.call == kind::app_token) {
+        co_return co_await app_token(*app, reads.current_view(*app));
+      }
       co_return co_await invalidate(*app, incoming.body());
     }
     case kind::list_apps:
@@ -111,16 +149,16 @@ asio::awaitable<response> request_handler::dispatch(const route& call, const req
     case kind::readyz:
       co_return readiness();
     case kind::metrics: {
-      auto answer = json_response(http::status::ok,
-                                  render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
-      answer.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      co_return answer;
+      auto page = json_response(http::status::ok,
+                                render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
+      page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      co_return page;
     }
     case kind::method_not_allowed: {
-      auto answer = error_response(http::status::method_not_allowed, "method_not_allowed",
-                                   "use " + std::string(call.allow));
-      answer.set(http::field::allow, call.allow);
-      co_return answer;
+      auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
+                                    "use " + std::string(call.allow));
+      refusal.set(http::field::allow, call.allow);
+      co_return refusal;
     }
     case kind::bad_request:
       co_return error_response(http::status::bad_request, "bad_request",
@@ -131,38 +169,40 @@ asio::awaitable<response> request_handler::dispatch(const route& call, const req
   co_return error_response(http::status::not_found, "not_found", "no such endpoint");
 }
 
-asio::awaitable<response> request_handler::app_token(app_refresher& app) {
-  // The hot path: one atomic load, no lock, no wait.
+// `app` and `seen` come through this worker's reads: good until the first co_await.
+asio::awaitable<answer> request_handler::app_token(app_refresher& app,
+                                                   const std::shared_ptr<const app_view>& seen) {
+  // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
   const auto now = clock::now();
-  const auto view = app.view();  // keeps the token alive while it is answered
-  if (const token* current = view->servable(now)) {
-    co_return token_response(app.app().id, *current, now);
-  }
-  const auto outcome = co_await app.wait_for_token();
-  if (outcome.current) co_return token_response(app.app().id, *outcome.current, clock::now());
+  if (seen->servable(now)) co_return our_token_answer(seen, now);
+  const auto keep = app.shared_from_this();  // a reload may drop it while this waits
+  auto outcome = co_await app.wait_for_token();
+  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
   co_return unavailable_response(app.app().id, outcome);
 }
 
-asio::awaitable<response> request_handler::invalidate(app_refresher& app, std::string_view body) {
+asio::awaitable<answer> request_handler::invalidate(app_refresher& app, std::string_view body) {
   const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   const auto reported = json.is_object() ? json.find("access_token") : json.end();
   if (!json.is_object() || reported == json.end() || !reported->is_string()) {
     co_return error_response(http::status::bad_request, "bad_request",
                              R"(the body must be {"access_token":"<the rejected token>"})");
   }
+  const auto keep = app.shared_from_this();  // a reload may drop it while this waits
   auto operation = app.invalidate(reported->get<std::string>());
-  const auto outcome = co_await std::move(operation);
-  if (outcome.current) co_return token_response(app.app().id, *outcome.current, clock::now());
+  auto outcome = co_await std::move(operation);
+  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
   co_return unavailable_response(app.app().id, outcome);
 }
 
-asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
+asio::awaitable<answer> request_handler::wecom_gettoken(const route& call) {
   // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
   if (!call.corpid || call.corpid->empty()) co_return wecom_error_response(41002, "corpid missing");
   if (!call.corpsecret || call.corpsecret->empty()) {
     co_return wecom_error_response(41004, "corpsecret missing");
   }
-  const auto match = apps_.apps()->match_credentials(*call.corpid, *call.corpsecret);
+  auto& reads = reads_of(this);
+  const auto match = reads.current_apps(apps_).match_credentials(*call.corpid, *call.corpsecret);
   switch (match.outcome) {
     case credential_match::result::unknown_corpid:
       co_return wecom_error_response(40013, "invalid corpid");
@@ -172,12 +212,12 @@ asio::awaitable<response> request_handler::wecom_gettoken(const route& call) {
       break;
   }
   const auto now = clock::now();
-  const auto view = match.app->view();  // keeps the token alive while it is answered
-  if (const token* current = view->servable(now)) {
-    co_return wecom_token_response(*current, now);
+  if (const auto& seen = reads.current_view(*match.app); seen->servable(now)) {
+    co_return wecom_token_answer(seen, now);
   }
-  const auto outcome = co_await match.app->wait_for_token();
-  if (outcome.current) co_return wecom_token_response(*outcome.current, clock::now());
+  const auto keep = match.app->shared_from_this();  // a reload may drop it while this waits
+  auto outcome = co_await match.app->wait_for_token();
+  if (outcome.view) co_return wecom_token_answer(std::move(outcome.view), clock::now());
   const auto failure = failure_or_busy(outcome);
   co_return wecom_error_response(failure.errcode, failure.errmsg);
 }

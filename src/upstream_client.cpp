@@ -45,8 +45,8 @@ fetch_failure network_failure(std::string_view step, const error_code& error,
 
 }  // namespace
 
-upstream_client::upstream_client(const upstream_config& config)
-    : config_(config), tls_(asio::ssl::context::tls_client) {
+upstream_client::upstream_client(const upstream_config& config, std::size_t max_concurrent_calls)
+    : config_(config), tls_(asio::ssl::context::tls_client), calls_(max_concurrent_calls) {
   host_header_ =
       config_.host.find(':') != std::string::npos ? "[" + config_.host + "]" : config_.host;
   if (config_.port != "443") host_header_ += ":" + config_.port;
@@ -79,10 +79,16 @@ std::string upstream_client::gettoken_target(std::string_view corpid,
 asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corpid,
                                                            std::string_view secret) {
   const auto executor = co_await asio::this_coro::executor;
+  const auto on_error = asio::as_tuple(asio::use_awaitable);
+
+  // A slot first, held until this coroutine ends (the connection is closed). The line always
+  // moves, since every call in flight ends by its own deadline; and the wait in it is not
+  // upstream's time, so the deadline starts with the slot. (Callers waiting for a token
+  // have their own bound, upstream.timeout_ms, in app_refresher.)
+  const auto slot = co_await calls_.acquire();
   const auto deadline = steady_clock::now() + config_.timeout;
   const auto sent_at = clock::now();
   const auto sent_at_wall = wall_clock::now();
-  const auto on_error = asio::as_tuple(asio::use_awaitable);
 
   // Resolution is the one step beast's stream deadline does not cover; a timer cancels it.
   // The timer's handler may run after this coroutine is gone, hence the weak_ptr.

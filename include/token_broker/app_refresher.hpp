@@ -12,6 +12,8 @@
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
 #include "token_broker/metrics.hpp"
+#include "token_broker/published.hpp"
+#include "token_broker/token_answer.hpp"
 #include "token_broker/token_lifecycle.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
@@ -21,7 +23,8 @@ namespace token_broker {
 // What any thread may read about one app without taking a lock; replaced whole on change.
 struct app_view {
   app_state state = app_state::unknown;
-  std::optional<token> current;  // the held token unless revoked; check serve_until
+  std::optional<token> current;    // the held token unless revoked; check serve_until
+  prepared_token_answers answers;  // current's 200 answers, when there is a current
 
   const token* servable(time_point now) const {
     return current && now < current->serve_until ? &*current : nullptr;
@@ -35,7 +38,7 @@ struct app_view {
 // The answer to someone who needs the token: the token, or why there is none and when
 // to come back.
 struct token_outcome {
-  std::optional<token> current;
+  std::shared_ptr<const app_view> view;  // with a servable token, or null
   std::optional<fetch_failure> failure;  // the last upstream failure, if that is the reason
   std::chrono::seconds retry_after{1};
 };
@@ -53,7 +56,9 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
                 origin how = origin::configured);
 
   const app_config& app() const { return app_; }
-  std::shared_ptr<const app_view> view() const { return view_.load(std::memory_order_acquire); }
+  std::shared_ptr<const app_view> view() const { return view_.load(); }
+  // For the hot path: read through a published<app_view>::reader.
+  const published<app_view>& published_view() const { return view_; }
   const upstream_metrics& upstream_results() const { return upstream_results_; }
 
   void start();
@@ -91,13 +96,13 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   token_lifecycle lifecycle_;
   asio::steady_timer wake_;                   // the refresher's sleep; cancelled to re-plan
   std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
-  std::mt19937_64 random_;
+  std::minstd_rand random_;    // jitter needs spread, not quality: 8 bytes, not mt19937_64's 2.5 KB
   bool store_behind_ = false;  // the store missed the held token (it was unreachable)
   bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool stopping_ = false;
 
   upstream_metrics upstream_results_;  // any thread
-  std::atomic<std::shared_ptr<const app_view>> view_;
+  published<app_view> view_;
 };
 
 }  // namespace token_broker

@@ -13,6 +13,7 @@
 #include "token_broker/app_refresher.hpp"
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
+#include "token_broker/published.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -21,12 +22,13 @@ namespace token_broker {
 // The outcome of WeCom-style credentials (corpid + corpsecret) checked against the config.
 struct credential_match {
   enum class result { unknown_corpid, wrong_secret, matched } outcome = result::unknown_corpid;
-  std::shared_ptr<app_refresher> app;
+  app_refresher* app = nullptr;  // lives as long as the set it came from
 };
 
 class app_set {
  public:
-  std::shared_ptr<app_refresher> find(std::string_view app_id) const;
+  // Null when absent; lives as long as the set does.
+  app_refresher* find(std::string_view app_id) const;
   const std::vector<std::shared_ptr<app_refresher>>& in_order() const { return in_order_; }
   // Compares the secret's digest with every app of that corpid, in constant time.
   credential_match match_credentials(std::string_view corpid, std::string_view secret) const;
@@ -35,8 +37,9 @@ class app_set {
 
  private:
   std::vector<std::shared_ptr<app_refresher>> in_order_;
-  std::map<std::string, std::shared_ptr<app_refresher>, std::less<>> by_id_;
-  std::vector<sha256_digest> secret_digests_;  // parallel to in_order_
+  std::map<std::string, app_refresher*, std::less<>> by_id_;
+  std::vector<sha256_digest> secret_digests_;                               // parallel to in_order_
+  std::map<std::string, std::vector<std::size_t>, std::less<>> by_corpid_;  // into in_order_
 };
 
 // What a reload changed, by app id.
@@ -56,7 +59,9 @@ class broker {
   void start();
   void stop();
 
-  std::shared_ptr<const app_set> apps() const { return apps_.load(std::memory_order_acquire); }
+  std::shared_ptr<const app_set> apps() const { return apps_.load(); }
+  // For the hot path: read through a published<app_set>::reader.
+  const published<app_set>& published_apps() const { return apps_; }
   // Whether the shared store is reachable; empty without one.
   std::optional<bool> store_up() const { return store_->up(); }
 
@@ -73,7 +78,7 @@ class broker {
   refresh_config refresh_;
   upstream_config upstream_settings_;
   shared_upstream upstream_;
-  std::atomic<std::shared_ptr<const app_set>> apps_;
+  published<app_set> apps_{std::make_shared<const app_set>()};
 };
 
 }  // namespace token_broker

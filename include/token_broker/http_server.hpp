@@ -1,6 +1,6 @@
-// The HTTP/1.1 API server: one accept loop, one coroutine per connection, keep-alive, and
-// the limits that keep it answering under abuse (header and body caps, read deadlines
-// against slowloris, an idle timeout, a connection cap).
+// The HTTP/1.1 API server: one accept loop handing connections to the workers in turn, one
+// coroutine per connection, keep-alive, and the limits that keep it answering under abuse
+// (header and body caps, read deadlines against slowloris, an idle timeout, a connection cap).
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include "token_broker/asio.hpp"
 #include "token_broker/listen_address.hpp"
 #include "token_broker/request_handler.hpp"
+#include "token_broker/worker_pool.hpp"
 
 namespace token_broker {
 
@@ -26,16 +27,19 @@ std::size_t connection_cap_from_fd_limit();
 
 class http_server {
  public:
-  // Binds and listens; throws boost::system::system_error when it cannot.
+  // Binds and listens (accepting on `io`), and starts `workers` threads that serve the
+  // connections; throws boost::system::system_error when it cannot listen.
   http_server(asio::io_context& io, const listen_address& where, request_handler& handler,
-              server_limits limits);
-  ~http_server();
+              server_limits limits, unsigned workers);
+  ~http_server();  // stops the workers first
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;
 
   void start();
   // Stops accepting. Connections finish the request they are on and then close.
   void stop();
+  // Ends the workers; connections still open are dropped.
+  void stop_workers();
   std::size_t requests_in_flight() const;
 
   // Defined in http_server.cpp only.
@@ -44,6 +48,7 @@ class http_server {
 
  private:
   std::shared_ptr<shared_state> state_;
+  worker_pool workers_;
   std::unique_ptr<listener> listener_;
 };
 

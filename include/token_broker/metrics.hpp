@@ -1,12 +1,14 @@
 // What GET /metrics counts (SPEC §6): requests by route and status, the request-duration
 // histogram, and each app's upstream results. Counting is a relaxed atomic add, because it
-// happens on the hot path; rendering to Prometheus text happens only when scraped.
+// happens on the hot path, into a shard of the counting thread's own so that workers never
+// write the same cache line; rendering to Prometheus text sums the shards when scraped.
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -43,9 +45,18 @@ class request_metrics {
   static constexpr std::array<double, 14> bucket_bounds = {
       0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
 
-  std::array<std::array<std::atomic<std::uint64_t>, statuses.size() + 1>, route_count> requests_{};
-  std::array<std::atomic<std::uint64_t>, bucket_bounds.size() + 1> buckets_{};  // not cumulative
-  std::atomic<std::uint64_t> duration_sum_ns_{0};
+  struct alignas(64) shard {
+    std::array<std::array<std::atomic<std::uint64_t>, statuses.size() + 1>, route_count> requests{};
+    std::array<std::atomic<std::uint64_t>, bucket_bounds.size() + 1> buckets{};  // not cumulative
+    std::atomic<std::uint64_t> duration_sum_ns{0};
+  };
+  // More threads than shards share some; a thread keeps the shard it first drew.
+  static constexpr std::size_t shard_count = 8;
+  shard& this_threads_shard();
+  std::uint64_t sum(
+      const std::function<const std::atomic<std::uint64_t>&(const shard&)>& counter) const;
+
+  std::array<shard, shard_count> shards_{};
 };
 
 // One app's gettoken results. Failures are rare, so they take a lock; successes do not.

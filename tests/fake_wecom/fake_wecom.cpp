@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -174,6 +175,35 @@ class wecom_model {
     return total_calls_;
   }
 
+  // A gettoken request read and not yet answered (or dropped): concurrency as upstream sees it.
+  void call_began() {
+    const std::scoped_lock lock(mutex_);
+    max_in_flight_ = std::max(max_in_flight_, ++in_flight_);
+  }
+  void call_ended() {
+    const std::scoped_lock lock(mutex_);
+    --in_flight_;
+  }
+  int max_concurrent_calls() const {
+    const std::scoped_lock lock(mutex_);
+    return max_in_flight_;
+  }
+
+  std::map<std::string, int> calls_by_corpid() const {
+    const std::scoped_lock lock(mutex_);
+    return calls_by_corpid_;
+  }
+
+  // GET /fake/stats: corpids are not secret; secrets stay out.
+  std::string stats_json() const {
+    const std::scoped_lock lock(mutex_);
+    nlohmann::ordered_json body;
+    body["gettoken_calls"] = total_calls_;
+    body["by_corpid"] = calls_by_corpid_;
+    body["max_concurrent_gettoken_calls"] = max_in_flight_;
+    return body.dump();
+  }
+
   token_status check(const std::string& access_token) const {
     const std::scoped_lock lock(mutex_);
     return status_of(access_token, system_clock::now());
@@ -193,6 +223,7 @@ class wecom_model {
     const std::scoped_lock lock(mutex_);
 
     ++total_calls_;
+    if (corpid) ++calls_by_corpid_[*corpid];
     if (secret) ++secrets_[*secret].calls;
     if (!corpid || corpid->empty()) return {wecom_json(41002, "corpid missing"), std::nullopt};
     if (!secret || secret->empty()) return {wecom_json(41004, "corpsecret missing"), std::nullopt};
@@ -287,13 +318,17 @@ class wecom_model {
   std::map<std::string, std::set<std::string>> secrets_by_corpid_;
   std::map<std::string, secret_record> secrets_;
   std::map<std::string, issued_token> tokens_;  // every token ever issued, by value
+  std::map<std::string, int> calls_by_corpid_;
   int total_calls_ = 0;
+  int in_flight_ = 0;
+  int max_in_flight_ = 0;
 };
 
 // What the connection does with one request.
 struct reply {
   enum class action { answer, drop_connection, hang };
   action what = action::answer;
+  bool gettoken = false;  // counts as a gettoken call in flight until answered or dropped
   std::chrono::milliseconds delay{0};
   response answer;
 };
@@ -325,7 +360,8 @@ reply gettoken_reply(gettoken_outcome outcome) {
   return {.what = reply::action::drop_connection};
 }
 
-reply route(wecom_model& model, const http::request<http::string_body>& request) {
+reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
+            const http::request<http::string_body>& request) {
   const std::string_view target = request.target();
   const auto question_mark = target.find('?');
   const auto path = target.substr(0, question_mark);
@@ -336,7 +372,13 @@ reply route(wecom_model& model, const http::request<http::string_body>& request)
   // Matched on the ending so a base_url with a path prefix (a private deployment behind a
   // gateway) reaches the same routes.
   if (request.method() == http::verb::get && path.ends_with("/cgi-bin/gettoken")) {
-    return gettoken_reply(model.gettoken(parameters));
+    auto next = gettoken_reply(model.gettoken(parameters));
+    next.gettoken = true;
+    next.delay += answer_delay;
+    return next;
+  }
+  if (request.method() == http::verb::get && path == "/fake/stats") {
+    return {.answer = json_response(model.stats_json())};
   }
   if (request.method() == http::verb::get && path.ends_with("/cgi-bin/user/get")) {
     return {.answer = json_response(model.api_answer(parameter(parameters, "access_token")))};
@@ -356,7 +398,8 @@ asio::awaitable<void> hang_until_peer_leaves(tls_stream& stream) {
   }
 }
 
-asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model) {
+asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
+                                       std::chrono::milliseconds answer_delay) {
   const auto on_error = asio::as_tuple(asio::use_awaitable);
   auto& transport = beast::get_lowest_layer(stream);
 
@@ -376,7 +419,15 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model) {
     if (read_error) co_return;  // peer gone, timed out, or not HTTP: just close
     const auto& request = parser.get();
 
-    reply next = route(model, request);
+    reply next = route(model, answer_delay, request);
+    // In flight from here until this iteration ends: answered, dropped or hung up on.
+    struct in_flight_call {
+      wecom_model* model;
+      ~in_flight_call() {
+        if (model) model->call_ended();
+      }
+    } const counted{next.gettoken ? &model : nullptr};
+    if (next.gettoken) model.call_began();
     if (next.what == reply::action::drop_connection) co_return;  // the socket closes unanswered
     if (next.what == reply::action::hang) {
       co_await hang_until_peer_leaves(stream);
@@ -401,14 +452,16 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model) {
 }
 
 asio::awaitable<void> accept_connections(tcp::acceptor& acceptor, asio::ssl::context& tls,
-                                         wecom_model& model) {
+                                         wecom_model& model,
+                                         std::chrono::milliseconds answer_delay) {
   const auto on_error = asio::as_tuple(asio::use_awaitable);
   for (;;) {
     auto [error, socket] = co_await acceptor.async_accept(on_error);
     if (!acceptor.is_open() || error == asio::error::operation_aborted) co_return;
     if (error) continue;  // one failed accept (the peer reset early) must not stop the fake
     asio::co_spawn(acceptor.get_executor(),
-                   serve_connection(tls_stream(std::move(socket), tls), model), asio::detached);
+                   serve_connection(tls_stream(std::move(socket), tls), model, answer_delay),
+                   asio::detached);
   }
 }
 
@@ -428,7 +481,9 @@ asio::ssl::context server_tls_context(const tls_material& material) {
 // uses are still alive.
 struct fake_wecom::state {
   explicit state(const fake_options& options)
-      : model(options.behaviour, options.lifetime), tls(server_tls_context(options.tls)) {
+      : model(options.behaviour, options.lifetime),
+        tls(server_tls_context(options.tls)),
+        answer_delay(options.answer_delay) {
     const tcp::endpoint endpoint(asio::ip::make_address(options.host), options.port);
     acceptor.open(endpoint.protocol());
     acceptor.set_option(asio::socket_base::reuse_address(true));
@@ -439,6 +494,7 @@ struct fake_wecom::state {
 
   wecom_model model;
   asio::ssl::context tls;
+  std::chrono::milliseconds answer_delay;
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   std::uint16_t port = 0;
@@ -446,8 +502,10 @@ struct fake_wecom::state {
 };
 
 fake_wecom::fake_wecom(fake_options options) : state_(std::make_unique<state>(options)) {
-  asio::co_spawn(state_->io, accept_connections(state_->acceptor, state_->tls, state_->model),
-                 asio::detached);
+  asio::co_spawn(
+      state_->io,
+      accept_connections(state_->acceptor, state_->tls, state_->model, state_->answer_delay),
+      asio::detached);
   state_->thread = std::thread([&io = state_->io] { io.run(); });
 }
 
@@ -494,6 +552,14 @@ int fake_wecom::gettoken_calls(const std::string& secret) const {
 
 int fake_wecom::gettoken_calls() const {
   return state_->model.calls();
+}
+
+int fake_wecom::max_concurrent_gettoken_calls() const {
+  return state_->model.max_concurrent_calls();
+}
+
+std::map<std::string, int> fake_wecom::gettoken_calls_by_corpid() const {
+  return state_->model.calls_by_corpid();
 }
 
 token_status fake_wecom::check(const std::string& access_token) const {

@@ -2,7 +2,8 @@
 //
 // It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
 // survive, follows a per-call script of faults, counts calls, and answers whether a token is
-// still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid).
+// still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid). `GET /fake/stats`
+// reports the call counts for scripts (the benchmark): never a secret.
 #pragma once
 
 #include <chrono>
@@ -47,6 +48,9 @@ struct fake_options {
   std::uint16_t port = 0;  // 0: any free port
   expiry_behaviour behaviour = expiry_behaviour::new_token_each_call;
   std::chrono::seconds lifetime{7200};
+  // Every gettoken answer is sent this long after its request (a slow upstream), on top of
+  // any scripted delay; the token is issued when the request arrives.
+  std::chrono::milliseconds answer_delay{0};
   tls_material tls;  // the server's certificate and key (and the CA that signed it)
 };
 
@@ -74,6 +78,10 @@ class fake_wecom {
 
   int gettoken_calls(const std::string& secret) const;  // every call, faulty ones included
   int gettoken_calls() const;                           // all secrets
+  // The most gettoken calls ever in flight at once (request read, answer not yet sent).
+  int max_concurrent_gettoken_calls() const;
+  // Every call that named a corpid, by that corpid (unknown ones included).
+  std::map<std::string, int> gettoken_calls_by_corpid() const;
   token_status check(const std::string& access_token) const;
   // The expiry `access_token` was issued with, which no later same-token answer moves; none
   // for a token this fake never issued.

@@ -1,7 +1,12 @@
 // fake-wecom: the fake of WeCom as a process, for the demo and for scripts.
 //
 //   fake-wecom [--port N] [--ca-out FILE] [--port-file FILE] [--behaviour same|remaining|new]
-//              [--lifetime SECONDS] [--app CORPID:SECRET]...
+//              [--lifetime SECONDS] [--delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
+//
+// --app-file reads one CORPID:SECRET per line (blank lines and #comments skipped), so a
+// benchmark can register thousands of apps without putting secrets on the command line.
+// GET /fake/stats answers {"gettoken_calls":N,"by_corpid":{"ww…":n,…},
+// "max_concurrent_gettoken_calls":M}.
 //
 // Runs until SIGINT or SIGTERM, then exits 0. Bad arguments exit 2.
 #include <cstdio>
@@ -15,11 +20,13 @@
 #include <vector>
 
 #include "fake_wecom.hpp"
+#include "parse_number.hpp"
 #include "token_broker/asio.hpp"
 
 namespace {
 
 namespace fake = token_broker::fake;
+using token_broker::parse_number;
 namespace asio = token_broker::asio;
 
 struct arguments {
@@ -28,34 +35,41 @@ struct arguments {
   std::optional<std::filesystem::path> port_file;
   fake::expiry_behaviour behaviour = fake::expiry_behaviour::same_token_keeps_expiry;
   std::chrono::seconds lifetime{7200};
+  std::chrono::milliseconds answer_delay{0};
   std::vector<std::pair<std::string, std::string>> apps;  // corpid, secret
 };
 
 constexpr const char* usage =
     "usage: fake-wecom [--port N] [--ca-out FILE] [--port-file FILE]\n"
-    "                  [--behaviour same|remaining|new] [--lifetime SECONDS]\n"
-    "                  [--app CORPID:SECRET]...\n";
-
-long parse_number(const std::string& flag, const std::string& text, long min, long max) {
-  std::size_t used = 0;
-  long value = 0;
-  try {
-    value = std::stol(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || value < min || value > max) {
-    throw std::invalid_argument(flag + ": expected a number from " + std::to_string(min) + " to " +
-                                std::to_string(max));
-  }
-  return value;
-}
+    "                  [--behaviour same|remaining|new] [--lifetime SECONDS] [--delay-ms N]\n"
+    "                  [--app CORPID:SECRET]... [--app-file FILE]\n";
 
 fake::expiry_behaviour parse_behaviour(const std::string& text) {
   if (text == "same") return fake::expiry_behaviour::same_token_keeps_expiry;
   if (text == "remaining") return fake::expiry_behaviour::same_token_seconds_left;
   if (text == "new") return fake::expiry_behaviour::new_token_each_call;
   throw std::invalid_argument("--behaviour: expected same, remaining or new");
+}
+
+std::pair<std::string, std::string> parse_app(const std::string& flag, const std::string& value) {
+  // Corpids have no colon; a secret might, so split at the first one.
+  const auto colon = value.find(':');
+  if (colon == 0 || colon == std::string::npos || colon + 1 == value.size()) {
+    throw std::invalid_argument(flag + ": expected CORPID:SECRET");
+  }
+  return {value.substr(0, colon), value.substr(colon + 1)};
+}
+
+void read_app_file(const std::string& path, arguments& parsed) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("--app-file: cannot read " + path);
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.front() == '#') continue;
+    // The line number, never the line: it holds a secret.
+    parsed.apps.push_back(parse_app("--app-file line " + std::to_string(number), line));
+  }
 }
 
 arguments parse_arguments(int argc, char** argv) {
@@ -74,13 +88,12 @@ arguments parse_arguments(int argc, char** argv) {
       parsed.behaviour = parse_behaviour(value);
     } else if (flag == "--lifetime") {
       parsed.lifetime = std::chrono::seconds{parse_number(flag, value, 1, 30L * 24 * 3600)};
+    } else if (flag == "--delay-ms") {
+      parsed.answer_delay = std::chrono::milliseconds{parse_number(flag, value, 0, 600000)};
     } else if (flag == "--app") {
-      // Corpids have no colon; a secret might, so split at the first one.
-      const auto colon = value.find(':');
-      if (colon == 0 || colon == std::string::npos || colon + 1 == value.size()) {
-        throw std::invalid_argument("--app: expected CORPID:SECRET");
-      }
-      parsed.apps.emplace_back(value.substr(0, colon), value.substr(colon + 1));
+      parsed.apps.push_back(parse_app(flag, value));
+    } else if (flag == "--app-file") {
+      read_app_file(value, parsed);
     } else {
       throw std::invalid_argument(flag + ": unknown flag");
     }
@@ -126,6 +139,7 @@ int main(int argc, char** argv) {
         .port = parsed.port,
         .behaviour = parsed.behaviour,
         .lifetime = parsed.lifetime,
+        .answer_delay = parsed.answer_delay,
         .tls = std::move(tls),
     });
     for (const auto& [corpid, secret] : parsed.apps) server.add_app(corpid, secret);

@@ -123,6 +123,65 @@ TEST_F(upstream_client_test, one_deadline_covers_the_whole_call) {
   EXPECT_LT(took, 3s);
 }
 
+TEST_F(upstream_client_test, concurrent_calls_never_exceed_the_cap) {
+  // Slow answers, so that calls pile up behind the cap instead of finishing one by one.
+  fake::fake_wecom slow(fake::fake_options{.answer_delay = 30ms, .tls = *tls_});
+  slow.add_app(corpid, secret);
+  auto config = config_for(slow.base_url());
+  config.timeout = 20s;  // room for the last in line, even under a sanitizer
+
+  constexpr int callers = 50;
+  asio::io_context io;
+  upstream_client client(config, 4);
+  int fetched = 0;
+  std::vector<std::string> failures;
+  for (int i = 0; i < callers; ++i) {
+    asio::co_spawn(io, client.fetch_token(corpid, secret),
+                   [&](std::exception_ptr error, fetch_result result) {
+                     if (error) {
+                       failures.push_back("exception");
+                     } else if (std::holds_alternative<fetched_token>(result)) {
+                       ++fetched;
+                     } else {
+                       failures.push_back(std::get<fetch_failure>(result).errmsg);
+                     }
+                   });
+  }
+  io.run_for(60s);
+  EXPECT_EQ(fetched, callers) << (failures.empty() ? "" : failures.front());
+  EXPECT_EQ(slow.gettoken_calls(), callers);
+  EXPECT_EQ(slow.max_concurrent_gettoken_calls(), 4) << "overlapping, up to the cap and no more";
+  EXPECT_EQ(client.calls().in_use(), 0u);
+}
+
+TEST_F(upstream_client_test, a_call_waits_in_line_for_a_slot_then_has_its_own_deadline) {
+  // One slot, taken by a call that upstream never answers: that call ends at its deadline,
+  // and the next one, which waited in line meanwhile, then reaches upstream and succeeds.
+  fake_->script_faults(secret, {fault{.kind = fault_kind::hang}});
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()), 1);
+  std::vector<fetch_result> results;
+  std::vector<std::chrono::steady_clock::duration> took;
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 2; ++i) {
+    asio::co_spawn(io, client.fetch_token(corpid, secret),
+                   [&](std::exception_ptr error, fetch_result result) {
+                     if (error) return;
+                     results.push_back(std::move(result));
+                     took.push_back(std::chrono::steady_clock::now() - started);
+                   });
+  }
+  io.run_for(10s);
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(failure(results[0]).kind, failure_class::transient) << "the hung call timed out";
+  EXPECT_GE(took[0], 900ms);
+  EXPECT_TRUE(std::holds_alternative<fetched_token>(results[1])) << "then the one in line ran";
+  EXPECT_GE(took[1], took[0]);
+  EXPECT_LT(took[1], 3s);
+  EXPECT_EQ(fake_->gettoken_calls(), 2);
+  EXPECT_EQ(client.calls().in_use(), 0u);
+}
+
 TEST_F(upstream_client_test, failures_are_classified_and_never_carry_the_secret) {
   const std::vector<fault> faults = {
       fault{.kind = fault_kind::errcode, .errcode = 40013, .errmsg = "invalid corpid"},

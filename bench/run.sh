@@ -1,0 +1,578 @@
+#!/usr/bin/env bash
+# The benchmark (issue 5): builds Release, then measures on this machine and prints one table.
+#
+#   1-2. GET /v1/apps/{app}/token (open, and with client auth) and /cgi-bin/gettoken with
+#        wrk, the broker against nginx serving the broker's exact answer as a static file:
+#        alternating runs, medians, the ratio broker/nginx. Servers and wrk on separate
+#        cores (half each), so that latency is the server's; and the token path once more
+#        as the issue's reference runs it, everything sharing every core (wrk -t2 -c64).
+#   3.   cold fan-in: 10,000 connections ask for an app the instant a reload adds it, while
+#        upstream answers after 200 ms: gettoken calls (must be 1) and time to the last answer.
+#   4.   resident memory with 1, 100, 1,000 and 10,000 configured apps.
+#   5.   gettoken calls per app under full load with 10 s tokens, against the policy's floor.
+#
+# Environment: BENCH_DURATION (wrk run length, default 10s), BENCH_ROUNDS (runs per side,
+# default 3), BENCH_FAN_IN (connections, default 10000), BENCH_LOAD_S (scenario 5's load,
+# default 30), BENCH_SKIP_BUILD=1 (measure the binaries already in build/release).
+# Run as root: it installs packages and raises the descriptor limit.
+# Exits 0 when every measurement ran, even if a target is missed (FAIL in the table); 1 when
+# something did not start or answered wrongly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${BENCH_DURATION:-10s}
+rounds=${BENCH_ROUNDS:-3}
+fan_in_connections=${BENCH_FAN_IN:-10000}
+load_seconds=${BENCH_LOAD_S:-30}
+cores=$(nproc)
+
+build=build/release
+broker_binary=$build/token-broker
+fake_binary=$build/tests/fake-wecom
+fan_in_binary=$build/bench/bench-fan-in
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+install_dependencies() {
+  scripts/install-deps.sh
+  local missing=()
+  for package in wrk nginx-light; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
+      missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  local as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  echo "installing: ${missing[*]}"
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  # The package starts a system nginx on port 80; the benchmark runs its own.
+  "${as_root[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
+}
+
+build_binaries() {
+  cmake --preset release >/dev/null
+  cmake --build --preset release --target token-broker fake-wecom bench-fan-in
+}
+
+work=$(mktemp -d)
+pids=()
+broken=()  # what went wrong, for the exit status
+
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+die() {
+  echo "bench: $*" >&2
+  exit 1
+}
+
+# A free loopback port below the ephemeral range, so no client socket takes it meanwhile.
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 12000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+  die "no free port found"
+}
+
+random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+
+# Stops one of our children and forgets its pid, so cleanup never signals a reused one.
+stop_process() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local kept=() pid
+  for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+}
+
+http_status() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+
+wait_for_status() {  # URL STATUS SECONDS
+  local deadline=$((SECONDS + $3))
+  while [ "$(http_status "$1")" != "$2" ]; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.1
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Placement: which cores the servers (broker or nginx) and wrk run on.
+#
+# isolated: the servers on the first half of the cores with one worker per core, wrk on the
+#   other half with one thread per core. Latency then measures the server: when wrk shares
+#   cores with a server that outruns it, its own threads take turns on a core and every
+#   request of the waiting thread pays for the turn (the faster the server, the more).
+# shared: no pinning, servers with one worker per core, wrk -t2 (the issue's reference).
+
+placement=shared
+server_threads=$cores
+client_threads=2
+server_pin=()
+client_pin=()
+
+set_placement() {
+  placement=$1
+  if [ "$placement" = isolated ] && [ "$cores" -ge 2 ]; then
+    server_threads=$((cores / 2))
+    client_threads=$((cores - server_threads))
+    server_pin=(taskset -c "0-$((server_threads - 1))")
+    client_pin=(taskset -c "$server_threads-$((cores - 1))")
+  else
+    server_threads=$cores
+    client_threads=2
+    server_pin=()
+    client_pin=()
+  fi
+}
+
+placement_note() {
+  if [ "$placement" = isolated ] && [ "$cores" -ge 2 ]; then
+    echo "servers on cores 0-$((server_threads - 1)) with $server_threads worker(s), wrk -t$client_threads -c64 on the rest"
+  else
+    echo "all sharing $cores cores: servers with $server_threads workers, wrk -t$client_threads -c64"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The fake of WeCom and the broker
+
+fake_port=""
+fake_pid=""
+
+# start_fake APP_FILE [fake-wecom flags…]: secrets come from the file, never the command line.
+start_fake() {
+  local app_file=$1
+  shift
+  rm -f "$work/fake.port"
+  "$fake_binary" --ca-out "$work/ca.pem" --port-file "$work/fake.port" --app-file "$app_file" \
+    "$@" >"$work/fake.log" 2>&1 &
+  fake_pid=$!
+  pids+=("$fake_pid")
+  for _ in $(seq 100); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
+  [ -s "$work/fake.port" ] || die "fake WeCom did not start: $(cat "$work/fake.log")"
+  fake_port=$(cat "$work/fake.port")
+}
+
+# The number of gettoken calls the fake saw for CORPID.
+fake_calls() {
+  curl -s --cacert "$work/ca.pem" "https://localhost:$fake_port/fake/stats" |
+    grep -o "\"$1\":[0-9]*" | cut -d: -f2 || echo 0
+}
+
+broker_port=""
+broker_pid=""
+
+# write_config FILE APPS_JSON [REFRESH_JSON [CLIENTS_JSON]]: written whole and then renamed,
+# so a reload never reads half a file. Inline secrets, so the file is private.
+write_config() {
+  local file=$1 apps=$2
+  local refresh=${3:-'{"jitter_s": 5}'} clients=${4:-}
+  (
+    umask 077
+    {
+      echo '{'
+      echo "  \"listen\": \"127.0.0.1:$broker_port\", \"threads\": $server_threads, \"log_level\": \"warn\","
+      echo "  \"upstream\": {\"base_url\": \"https://localhost:$fake_port\","
+      echo "               \"ca_file\": \"$work/ca.pem\", \"timeout_ms\": 60000},"
+      echo "  \"refresh\": $refresh,"
+      [ -n "$clients" ] && echo "  \"clients\": $clients,"
+      echo "  \"apps\": {"
+      cat "$apps"
+      echo '  }'
+      echo '}'
+    } >"$file.tmp"
+  )
+  mv "$file.tmp" "$file"
+}
+
+# start_broker CONFIG: returns once every app holds a token (/readyz 200).
+start_broker() {
+  "$broker_binary" --config "$1" --check >/dev/null 2>>"$work/broker.log" ||
+    die "the broker rejected its config: $(tail -1 "$work/broker.log")"
+  "${server_pin[@]}" "$broker_binary" --config "$1" 2>>"$work/broker.log" &
+  broker_pid=$!
+  pids+=("$broker_pid")
+  wait_for_status "http://127.0.0.1:$broker_port/readyz" 200 300 ||
+    die "the broker did not become ready: $(tail -3 "$work/broker.log")"
+}
+
+# app_entries COUNT PREFIX: JSON members "PREFIXi": {corpid, secret} for i in 0..COUNT-1 in
+# $work/PREFIX.json, and the fake's matching CORPID:SECRET lines in $work/PREFIX.apps. The
+# secret reaches awk through the environment, not its command line.
+app_entries() {
+  local count=$1 prefix=$2
+  (
+    umask 077
+    export BENCH_SECRET=$run_secret
+    awk -v n="$count" -v p="$prefix" 'BEGIN { s = ENVIRON["BENCH_SECRET"]
+      for (i = 0; i < n; i++)
+        printf "    \"%s%d\": {\"corpid\": \"ww%s%06d\", \"secret\": \"%s-%d\"}%s\n",
+               p, i, p, i, s, i, (i < n - 1 ? "," : "") }' >"$work/$prefix.json"
+    awk -v n="$count" -v p="$prefix" 'BEGIN { s = ENVIRON["BENCH_SECRET"]
+      for (i = 0; i < n; i++) printf "ww%s%06d:%s-%d\n", p, i, s, i }' >"$work/$prefix.apps"
+  )
+}
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+# wrk latencies come as 250.00us, 1.20ms or 1.01s: microseconds, as an integer.
+to_microseconds() {
+  awk -v value="$1" 'BEGIN {
+    number = value + 0; unit = value; sub(/^[0-9.]+/, "", unit)
+    if (unit == "us") factor = 1; else if (unit == "ms") factor = 1000; else if (unit == "s") factor = 1000000
+    else { print "?"; exit }
+    printf "%d\n", number * factor + 0.5 }'
+}
+
+# Failed requests in wrk's output: answers other than 2xx/3xx, and socket errors.
+wrk_errors() {
+  awk '/Non-2xx or 3xx responses:/ {n += $NF}
+       /Socket errors:/ {for (i = 4; i <= NF; i += 2) n += $i}
+       END {print n + 0}' <<<"$1"
+}
+
+# run_wrk URL SCRIPT: prints "requests_per_second p50_us p99_us errors". The script sets the
+# path and headers, which keeps secrets and keys out of the command line.
+run_wrk() {
+  local output
+  output=$("${client_pin[@]}" wrk -t"$client_threads" -c64 -d"$duration" --latency -s "$2" "$1")
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$output")
+  p50=$(to_microseconds "$(awk '$1 == "50%" {print $2}' <<<"$output")")
+  p99=$(to_microseconds "$(awk '$1 == "99%" {print $2}' <<<"$output")")
+  errors=$(wrk_errors "$output")
+  echo "$rps $p50 $p99 $errors"
+}
+
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# "low–high" of the runs: a wide spread means something else was using the cores.
+spread() { printf '%s\n' "$@" | sort -n | awk 'NR == 1 {low = $1} {high = $1} END {print low "–" high}'; }
+
+# wrk_script FILE PATH [AUTHORIZATION]
+wrk_script() {
+  (
+    umask 077
+    echo "wrk.path = \"$2\""
+    [ -n "${3:-}" ] && echo "wrk.headers[\"Authorization\"] = \"$3\""
+    true
+  ) >"$1"
+}
+
+nginx_port=""
+nginx_pid=""
+
+start_nginx() {
+  local dir=$work/nginx
+  mkdir -p "$dir/root" "$dir/temp"
+  cat >"$dir/nginx.conf" <<EOF
+# As a site would serve a small static JSON file, tuned for it: the reference to beat.
+worker_processes $server_threads;
+worker_rlimit_nofile $(ulimit -n);
+$([ "$(id -u)" -eq 0 ] && echo "user root;")  # the files sit in a private temp dir
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  types {}
+  default_type application/json;
+  etag off;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+  sendfile on;
+  open_file_cache max=64 inactive=1h;
+  client_body_temp_path $dir/temp/body;
+  proxy_temp_path $dir/temp/proxy;
+  fastcgi_temp_path $dir/temp/fastcgi;
+  uwsgi_temp_path $dir/temp/uwsgi;
+  scgi_temp_path $dir/temp/scgi;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $dir/root;
+    location / { add_header Cache-Control no-store; }
+  }
+}
+EOF
+  "${server_pin[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+}
+
+# serve_with_nginx PATH BODY_FILE: nginx ignores the query string when it serves a file.
+serve_with_nginx() {
+  local file=$work/nginx/root${1%%\?*}
+  mkdir -p "$(dirname "$file")"
+  cp "$2" "$file"
+  chmod 644 "$file"
+}
+
+rows=()  # the table, markdown
+add_row() { rows+=("| $1 | $2 | $3 | $4 | $5 |"); }
+
+# compare NAME PATH [AUTHORIZATION]: alternating wrk runs, broker first; one table row.
+compare() {
+  local name=$1 path=$2 authorization=${3:-}
+  local body=$work/body.$RANDOM script=$work/wrk.$RANDOM.lua
+  local curl_headers=()
+  [ -n "$authorization" ] && curl_headers=(-H "Authorization: $authorization")
+  # The broker's exact bytes, from the broker itself; the path may hold a secret, so it goes
+  # to curl through a config file rather than the command line.
+  printf 'url = "http://127.0.0.1:%s%s"\n' "$broker_port" "$path" >"$work/curl.conf"
+  [ "$(curl -s -K "$work/curl.conf" "${curl_headers[@]}" -o "$body" -w '%{http_code}')" = 200 ] ||
+    die "$name: the broker did not answer 200"
+  serve_with_nginx "$path" "$body"
+  cmp -s "$body" <(curl -s -K <(sed "s/:$broker_port/:$nginx_port/" "$work/curl.conf")) ||
+    die "$name: nginx does not serve the broker's bytes"
+  wrk_script "$script" "$path" "$authorization"
+
+  local broker_rps=() broker_p50=() broker_p99=() nginx_rps=() nginx_p50=() nginx_p99=()
+  local round side rps p50 p99 errors
+  for ((round = 1; round <= rounds; round++)); do
+    for side in broker nginx; do
+      local port=$broker_port
+      [ $side = nginx ] && port=$nginx_port
+      read -r rps p50 p99 errors < <(run_wrk "http://127.0.0.1:$port/" "$script")
+      if [ -z "$rps" ] || [ "$p50" = "?" ] || [ "$p99" = "?" ]; then
+        die "$name: wrk failed against $side"
+      fi
+      [ "$errors" = 0 ] || broken+=("$name: $side had $errors failed requests")
+      eval "${side}_rps+=($rps); ${side}_p50+=($p50); ${side}_p99+=($p99)"
+      echo "  $name round $round $side: $rps req/s, p50 ${p50} µs, p99 ${p99} µs"
+    done
+  done
+
+  local b_rps b_p50 b_p99 n_rps n_p50 n_p99 ratio verdict=FAIL
+  b_rps=$(median "${broker_rps[@]}") b_p50=$(median "${broker_p50[@]}")
+  b_p99=$(median "${broker_p99[@]}")
+  n_rps=$(median "${nginx_rps[@]}") n_p50=$(median "${nginx_p50[@]}")
+  n_p99=$(median "${nginx_p99[@]}")
+  ratio=$(awk -v b="$b_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", (n > 0 ? b / n : 0)}')
+  local throughput=FAIL tail=FAIL
+  awk -v r="$ratio" 'BEGIN {exit !(r >= 1.0)}' && throughput=PASS
+  [ "$b_p99" -le "$n_p99" ] && tail=PASS
+  verdict="throughput $throughput, p99 $tail"
+  [ "$throughput$tail" = PASSPASS ] && verdict=PASS
+  add_row "$name — $(placement_note) (median of $rounds × $duration)" \
+    "$b_rps req/s ($(spread "${broker_rps[@]}")), p50 $b_p50 µs, p99 $b_p99 µs" \
+    "nginx: $n_rps req/s ($(spread "${nginx_rps[@]}")), p50 $n_p50 µs, p99 $n_p99 µs" \
+    "≥ 1.0× nginx, p99 ≤ nginx: **${ratio}×**" "$verdict"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+# 1 and 2: the hot path, open and with client auth, and the drop-in, with servers and wrk on
+# separate cores; then the hot path again with everything sharing every core.
+scenario_throughput() {
+  echo "== 1-2. throughput against nginx"
+  cat >"$work/hr.json" <<EOF
+    "hr": {"corpid": "wwbenchhr", "secret": "$run_secret-hr"}
+EOF
+  printf 'wwbenchhr:%s-hr\n' "$run_secret" >"$work/hr.apps"
+  start_fake "$work/hr.apps"
+  broker_port=$(free_port)
+  nginx_port=$(free_port)
+  set_placement isolated
+  echo "  placement: $(placement_note)"
+  start_nginx
+
+  write_config "$work/open.json" "$work/hr.json"
+  start_broker "$work/open.json"
+  compare "GET /v1/apps/hr/token" /v1/apps/hr/token
+  compare "GET /cgi-bin/gettoken" "/cgi-bin/gettoken?corpid=wwbenchhr&corpsecret=$run_secret-hr"
+  stop_process "$broker_pid"
+
+  local key
+  key=$(random_hex 24)
+  write_config "$work/auth.json" "$work/hr.json" '{"jitter_s": 5}' \
+    "{\"bench\": {\"key_sha256\": \"$(printf %s "$key" | sha256sum | cut -d' ' -f1)\", \"apps\": [\"*\"]}}"
+  start_broker "$work/auth.json"
+  [ "$(http_status "http://127.0.0.1:$broker_port/v1/apps/hr/token")" = 401 ] ||
+    die "client auth is not on"
+  compare "GET /v1/apps/hr/token, client auth" /v1/apps/hr/token "Bearer $key"
+  stop_process "$broker_pid"
+  stop_process "$nginx_pid"
+
+  set_placement shared
+  echo "  placement: $(placement_note)"
+  start_nginx
+  write_config "$work/open.json" "$work/hr.json"
+  start_broker "$work/open.json"
+  compare "GET /v1/apps/hr/token" /v1/apps/hr/token
+  stop_process "$broker_pid"
+  stop_process "$nginx_pid"
+  stop_process "$fake_pid"
+}
+
+# 3: a reload adds "cold" while 10,000 connections wait to ask for it.
+scenario_fan_in() {
+  echo "== 3. cold fan-in, $fan_in_connections connections"
+  cat >"$work/hr.json" <<EOF
+    "hr": {"corpid": "wwbenchhr", "secret": "$run_secret-hr"}
+EOF
+  cat >"$work/hr-cold.json" <<EOF
+    "hr": {"corpid": "wwbenchhr", "secret": "$run_secret-hr"},
+    "cold": {"corpid": "wwbenchcold", "secret": "$run_secret-cold"}
+EOF
+  printf 'wwbenchhr:%s-hr\nwwbenchcold:%s-cold\n' "$run_secret" "$run_secret" >"$work/fan-in.apps"
+  start_fake "$work/fan-in.apps" --delay-ms 200
+  broker_port=$(free_port)
+  write_config "$work/fan-in.json" "$work/hr.json"
+  start_broker "$work/fan-in.json"
+
+  write_config "$work/fan-in.json" "$work/hr-cold.json"
+  local results
+  results=$("$fan_in_binary" --port "$broker_port" --connections "$fan_in_connections" \
+    --app cold --hup-pid "$broker_pid") || broken+=("fan-in: not every answer was a 200")
+  echo "$results"
+  local calls ok distinct reload_ms write_ms
+  calls=$(fake_calls wwbenchcold)
+  ok=$(sed -n 's/^answers_200=//p' <<<"$results")
+  distinct=$(sed -n 's/^distinct_tokens=//p' <<<"$results")
+  reload_ms=$(sed -n 's/^reload_to_last_answer_ms=//p' <<<"$results" | awk '{printf "%d", $1}')
+  write_ms=$(sed -n 's/^first_write_to_last_answer_ms=//p' <<<"$results" | awk '{printf "%d", $1}')
+  local verdict=FAIL
+  [ "$calls" = 1 ] && [ "$ok" = "$fan_in_connections" ] && [ "$distinct" = 1 ] && verdict=PASS
+  add_row "cold fan-in: $fan_in_connections connections, upstream answers after 200 ms" \
+    "gettoken calls: **$calls**; $ok × 200 with $distinct distinct token(s); last answer $reload_ms ms after SIGHUP, $write_ms ms after the first request" \
+    "" "1 gettoken, every answer 200" "$verdict"
+  stop_process "$broker_pid"
+  stop_process "$fake_pid"
+}
+
+# 4: VmRSS / VmHWM once every app holds a token.
+scenario_memory() {
+  echo "== 4. resident memory"
+  app_entries 10000 mem
+  start_fake "$work/mem.apps"
+  broker_port=$(free_port)
+  local count
+  for count in 1 100 1000 10000; do
+    head -n "$count" "$work/mem.json" | sed '$ s/,$//' >"$work/mem-$count.json"
+    write_config "$work/memory.json" "$work/mem-$count.json"
+    local started=$SECONDS
+    start_broker "$work/memory.json"
+    local ready_s=$((SECONDS - started))
+    sleep 1
+    local rss hwm
+    rss=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$broker_pid/status")
+    hwm=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$broker_pid/status")
+    echo "  $count apps: VmRSS $rss MB, VmHWM $hwm MB (ready after ${ready_s}s)"
+    local target="" verdict=""
+    if [ "$count" = 1000 ]; then
+      target="≤ 30 MB"
+      verdict=FAIL
+      awk -v r="$rss" 'BEGIN {exit !(r <= 30)}' && verdict=PASS
+    fi
+    add_row "resident memory, $count configured app(s)" "VmRSS **$rss MB**, VmHWM $hwm MB" "" \
+      "$target" "$verdict"
+    stop_process "$broker_pid"
+  done
+  stop_process "$fake_pid"
+}
+
+# 5: with 10 s tokens that are new on every call, the policy refreshes each app
+# min(ahead_s, lifetime/2) before its token's expiry, counted from when the call was sent:
+# once every lifetime − min(ahead_s, lifetime/2) seconds. No jitter, and a min_interval_s
+# below that period, so the count over a window is exact; load must add nothing.
+scenario_calls_under_load() {
+  local lifetime=10 ahead=2 apps=4
+  local period=$((lifetime - (ahead < lifetime / 2 ? ahead : lifetime / 2)))
+  echo "== 5. gettoken calls under load: $apps apps, ${lifetime}s tokens, ${load_seconds}s of load"
+  app_entries "$apps" load
+  start_fake "$work/load.apps" --behaviour new --lifetime "$lifetime"
+  broker_port=$(free_port)
+  write_config "$work/load-config.json" "$work/load.json" \
+    "{\"ahead_s\": $ahead, \"jitter_s\": 0, \"min_interval_s\": 1, \"retry_min_ms\": 500, \"retry_max_ms\": 5000}"
+  local started_ms ready_ms ended_ms
+  started_ms=$(date +%s%3N)
+  start_broker "$work/load-config.json"
+  ready_ms=$(date +%s%3N)
+
+  local i script=$work/rotate.lua
+  {
+    echo 'local paths = {'
+    for ((i = 0; i < apps; i++)); do echo "  \"/v1/apps/load$i/token\","; done
+    echo '}'
+    echo 'local requests, index = {}, 0'
+    echo 'init = function() for i, path in ipairs(paths) do requests[i] = wrk.format("GET", path) end end'
+    echo 'request = function() index = index % #requests + 1; return requests[index] end'
+  } >"$script"
+  local output errors
+  output=$(wrk -t2 -c64 -d"${load_seconds}s" -s "$script" "http://127.0.0.1:$broker_port/")
+  ended_ms=$(date +%s%3N)
+  errors=$(wrk_errors "$output")
+  [ "$errors" = 0 ] || broken+=("calls under load: $errors requests failed")
+  local rps
+  rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$output")
+
+  # The first call falls between the broker's start and its first /readyz 200; each later
+  # one a period after the one before (plus that call's latency, which only delays it).
+  local floor_low floor_high
+  floor_low=$((1 + (ended_ms - ready_ms) / (period * 1000)))
+  floor_high=$((1 + (ended_ms - started_ms) / (period * 1000)))
+  local counts=() verdict=PASS calls
+  for ((i = 0; i < apps; i++)); do
+    calls=$(fake_calls "$(printf 'wwload%06d' "$i")")
+    counts+=("$calls")
+    { [ "$calls" -ge "$floor_low" ] && [ "$calls" -le "$floor_high" ]; } || verdict=FAIL
+  done
+  local floor=$floor_high
+  [ "$floor_low" = "$floor_high" ] || floor="$floor_low–$floor_high"
+  echo "  calls per app: ${counts[*]}; the policy's floor: $floor (a call every ${period}s); load $rps req/s, $errors errors"
+  add_row "gettoken per app, ${load_seconds}s at full load ($rps req/s over $apps apps), ${lifetime}s tokens" \
+    "calls per app: **${counts[*]}**" "policy floor: $floor (one call per ${period}s)" \
+    "at the floor" "$verdict"
+  stop_process "$broker_pid"
+  stop_process "$fake_pid"
+}
+
+describe_machine() {
+  echo "Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $cores cores" \
+    "(nproc), $(awk '/^MemTotal:/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo) RAM," \
+    "Linux $(uname -r)"
+  echo "Tools: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)," \
+    "$("$broker_binary" --version 2>&1 | head -1)"
+  echo "wrk --latency on loopback, $duration per run; broker log_level warn, memory only;" \
+    "broker threads = nginx worker_processes = the cores the servers have; scenarios 3-5" \
+    "unpinned with threads = nproc"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+install_dependencies
+[ "${BENCH_SKIP_BUILD:-0}" = 1 ] || build_binaries
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((fan_in_connections + 1024)) ] ||
+  die "the descriptor limit ($(ulimit -n)) is too low for $fan_in_connections connections"
+run_secret=$(random_hex 16)  # made up for this run; never printed
+
+scenario_throughput
+scenario_fan_in
+scenario_memory
+scenario_calls_under_load
+
+echo
+describe_machine
+echo
+echo "| measurement | token-broker | reference | target | result |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+if [ ${#broken[@]} -gt 0 ]; then
+  echo
+  printf 'BROKEN RUN: %s\n' "${broken[@]}"
+  exit 1
+fi

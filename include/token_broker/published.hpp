@@ -1,0 +1,51 @@
+// A value one thread replaces now and then and every HTTP worker reads on every request.
+//
+// Loading a std::atomic<std::shared_ptr> takes a spin lock in libstdc++ and writes the cache
+// line every other reader reads; a worker preempted while holding it stalls the others. So a
+// reader keeps its own copy of the shared_ptr and loads the shared one only when the version,
+// a plain atomic integer that changes only on store, has moved.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace token_broker {
+
+template <class T>
+class published {
+ public:
+  explicit published(std::shared_ptr<const T> initial) : value_(std::move(initial)) {}
+
+  // Any thread. Stored before the version moves, so a reader that sees the new version
+  // loads the new value.
+  void store(std::shared_ptr<const T> next) {
+    value_.store(std::move(next), std::memory_order_release);
+    version_.fetch_add(1, std::memory_order_release);
+  }
+  // The locked load, for readers off the hot path.
+  std::shared_ptr<const T> load() const { return value_.load(std::memory_order_acquire); }
+
+  // One thread's copy: `current` costs one atomic load while nothing changed.
+  class reader {
+   public:
+    const std::shared_ptr<const T>& current(const published& source) {
+      const auto version = source.version_.load(std::memory_order_acquire);
+      if (!copy_ || version != version_) {
+        copy_ = source.load();
+        version_ = version;
+      }
+      return copy_;
+    }
+
+   private:
+    std::uint64_t version_ = 0;
+    std::shared_ptr<const T> copy_;
+  };
+
+ private:
+  std::atomic<std::shared_ptr<const T>> value_;
+  std::atomic<std::uint64_t> version_{0};
+};
+
+}  // namespace token_broker
