@@ -186,8 +186,13 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
     }
 
     const counted in_flight(state.requests_in_flight);
-    client.no_deadline();
-    auto outgoing = co_await state.handler.handle(parser.get());
+    auto decided = state.handler.answer_or_wait(parser.get());
+    if (auto* waiting = std::get_if<waiting_request>(&decided)) {
+      client.no_deadline();  // the wait is bounded by upstream.timeout_ms
+      auto operation = state.handler.answer_after_wait(std::move(*waiting));
+      decided = co_await std::move(operation);
+    }
+    auto& outgoing = std::get<answer>(decided);
     const bool keep_alive = parser.get().keep_alive() && !state.stopping;
     client.expires_after(limits.request_timeout);
     const auto write_error = co_await write<Protocol>(socket, outgoing, keep_alive);

@@ -70,21 +70,44 @@ route_label label_of(route::kind call) {
 
 }  // namespace
 
-asio::awaitable<answer> request_handler::handle(const request& incoming) {
+std::variant<answer, waiting_request> request_handler::answer_or_wait(const request& incoming) {
   const auto started_at = std::chrono::steady_clock::now();
   const auto call = match_route(incoming.method(), incoming.target());
+  auto decided = [&]() -> std::variant<answer, waiting_request> {
+    try {
+      return decide(call, incoming);
+    } catch (const std::exception& error) {
+      // Never the target: for /cgi-bin/gettoken it holds the app secret.
+      spdlog::error("request failed unexpectedly: {}", error.what());
+      return internal_error();
+    }
+  }();
+  if (auto* waiting = std::get_if<waiting_request>(&decided)) {
+    waiting->label = label_of(call.call);
+    waiting->started_at = started_at;
+  } else {
+    metrics_.record(label_of(call.call), status_of(std::get<answer>(decided)),
+                    std::chrono::steady_clock::now() - started_at);
+  }
+  return decided;
+}
+
+asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
   std::optional<answer> outgoing;
   try {
-    outgoing = co_await dispatch(call, incoming);
+    outgoing = co_await wait_and_answer(waiting);
   } catch (const std::exception& error) {
-    // Never the target: for /cgi-bin/gettoken it holds the app secret.
     spdlog::error("request failed unexpectedly: {}", error.what());
-    outgoing = error_response(http::status::internal_server_error, "internal",
-                              "the broker failed to answer; see its log");
+    outgoing = internal_error();
   }
-  metrics_.record(label_of(call.call), status_of(*outgoing),
-                  std::chrono::steady_clock::now() - started_at);
+  metrics_.record(waiting.label, status_of(*outgoing),
+                  std::chrono::steady_clock::now() - waiting.started_at);
   co_return std::move(*outgoing);
+}
+
+response request_handler::internal_error() {
+  return error_response(http::status::internal_server_error, "internal",
+                        "the broker failed to answer; see its log");
 }
 
 std::optional<response> request_handler::answer_unreadable(const error_code& error) {
@@ -110,7 +133,8 @@ request_handler::~request_handler() {
   reads_of(nullptr);  // drops this thread's copies (a test may make a new handler here)
 }
 
-asio::awaitable<answer> request_handler::dispatch(const route& call, const request& incoming) {
+std::variant<answer, waiting_request> request_handler::decide(const route& call,
+                                                              const request& incoming) {
   using kind = route::kind;
   auto& reads = reads_of(this);
   const auto& auth = reads.auth.current(auth_);
@@ -122,7 +146,7 @@ asio::awaitable<answer> request_handler::dispatch(const route& call, const reque
                                     "an Authorization: Bearer <key> header with a valid key "
                                     "is required");
       refusal.set(http::field::www_authenticate, "Bearer");
-      co_return refusal;
+      return refusal;
     }
   }
 
@@ -130,96 +154,97 @@ asio::awaitable<answer> request_handler::dispatch(const route& call, const reque
     case kind::app_token:
     case kind::invalidate_token: {
       auto* app = reads.current_apps(apps_).find(call.app);
-      if (!app) co_return error_response(http::status::not_found, "unknown_app", "no such app");
+      if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
       if (!auth->may_read(client, call.app)) {
-        co_return error_response(http::status::forbidden, "forbidden",
-                                 "this client may not read app " + call.app);
+        return error_response(http::status::forbidden, "forbidden",
+                              "this client may not read app " + call.app);
       }
-      if (call.call == kind::app_token) {
-        co_return co_await app_token(*app, reads.current_view(*app));
+      if (call.call == kind::invalidate_token) return invalidation(*app, incoming.body());
+      // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
+      const auto now = clock::now();
+      if (const auto& seen = reads.current_view(*app); seen->servable(now)) {
+        return our_token_answer(seen, now);
       }
-      co_return co_await invalidate(*app, incoming.body());
+      return waiting_request{.app = app->shared_from_this(), .then = waiting_request::our_token};
     }
     case kind::list_apps:
-      co_return list_apps(*auth, client);
+      return list_apps(*auth, client);
     case kind::wecom_gettoken:
-      co_return co_await wecom_gettoken(call);
+      return wecom_gettoken(call);
     case kind::healthz:
-      co_return json_response(http::status::ok, R"({"status":"ok"})");
+      return json_response(http::status::ok, R"({"status":"ok"})");
     case kind::readyz:
-      co_return readiness();
+      return readiness();
     case kind::metrics: {
       auto page = json_response(http::status::ok,
                                 render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
       page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      co_return page;
+      return page;
     }
     case kind::method_not_allowed: {
       auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
                                     "use " + std::string(call.allow));
       refusal.set(http::field::allow, call.allow);
-      co_return refusal;
+      return refusal;
     }
     case kind::bad_request:
-      co_return error_response(http::status::bad_request, "bad_request",
-                               "malformed percent-encoding in the query");
+      return error_response(http::status::bad_request, "bad_request",
+                            "malformed percent-encoding in the query");
     case kind::not_found:
       break;
   }
-  co_return error_response(http::status::not_found, "not_found", "no such endpoint");
+  return error_response(http::status::not_found, "not_found", "no such endpoint");
 }
 
-// `app` and `seen` come through this worker's reads: good until the first co_await.
-asio::awaitable<answer> request_handler::app_token(app_refresher& app,
-                                                   const std::shared_ptr<const app_view>& seen) {
-  // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
-  const auto now = clock::now();
-  if (seen->servable(now)) co_return our_token_answer(seen, now);
-  const auto keep = app.shared_from_this();  // a reload may drop it while this waits
-  auto outcome = co_await app.wait_for_token();
-  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
-  co_return unavailable_response(app.app().id, outcome);
-}
-
-asio::awaitable<answer> request_handler::invalidate(app_refresher& app, std::string_view body) {
+std::variant<answer, waiting_request> request_handler::invalidation(app_refresher& app,
+                                                                    std::string_view body) {
   const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   const auto reported = json.is_object() ? json.find("access_token") : json.end();
   if (!json.is_object() || reported == json.end() || !reported->is_string()) {
-    co_return error_response(http::status::bad_request, "bad_request",
-                             R"(the body must be {"access_token":"<the rejected token>"})");
+    return error_response(http::status::bad_request, "bad_request",
+                          R"(the body must be {"access_token":"<the rejected token>"})");
   }
-  const auto keep = app.shared_from_this();  // a reload may drop it while this waits
-  auto operation = app.invalidate(reported->get<std::string>());
-  auto outcome = co_await std::move(operation);
-  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
-  co_return unavailable_response(app.app().id, outcome);
+  return waiting_request{.app = app.shared_from_this(),
+                         .then = waiting_request::invalidation,
+                         .reported = reported->get<std::string>()};
 }
 
-asio::awaitable<answer> request_handler::wecom_gettoken(const route& call) {
+std::variant<answer, waiting_request> request_handler::wecom_gettoken(const route& call) {
   // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
-  if (!call.corpid || call.corpid->empty()) co_return wecom_error_response(41002, "corpid missing");
+  if (!call.corpid || call.corpid->empty()) return wecom_error_response(41002, "corpid missing");
   if (!call.corpsecret || call.corpsecret->empty()) {
-    co_return wecom_error_response(41004, "corpsecret missing");
+    return wecom_error_response(41004, "corpsecret missing");
   }
   auto& reads = reads_of(this);
   const auto match = reads.current_apps(apps_).match_credentials(*call.corpid, *call.corpsecret);
   switch (match.outcome) {
     case credential_match::result::unknown_corpid:
-      co_return wecom_error_response(40013, "invalid corpid");
+      return wecom_error_response(40013, "invalid corpid");
     case credential_match::result::wrong_secret:
-      co_return wecom_error_response(40001, "invalid secret");
+      return wecom_error_response(40001, "invalid secret");
     case credential_match::result::matched:
       break;
   }
   const auto now = clock::now();
   if (const auto& seen = reads.current_view(*match.app); seen->servable(now)) {
-    co_return wecom_token_answer(seen, now);
+    return wecom_token_answer(seen, now);
   }
-  const auto keep = match.app->shared_from_this();  // a reload may drop it while this waits
-  auto outcome = co_await match.app->wait_for_token();
-  if (outcome.view) co_return wecom_token_answer(std::move(outcome.view), clock::now());
-  const auto failure = failure_or_busy(outcome);
-  co_return wecom_error_response(failure.errcode, failure.errmsg);
+  return waiting_request{.app = match.app->shared_from_this(),
+                         .then = waiting_request::wecom_token};
+}
+
+asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
+  auto& app = *waiting.app;
+  auto operation = waiting.then == waiting_request::invalidation ? app.invalidate(waiting.reported)
+                                                                 : app.wait_for_token();
+  auto outcome = co_await std::move(operation);
+  if (waiting.then == waiting_request::wecom_token) {
+    if (outcome.view) co_return wecom_token_answer(std::move(outcome.view), clock::now());
+    const auto failure = failure_or_busy(outcome);
+    co_return wecom_error_response(failure.errcode, failure.errmsg);
+  }
+  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
+  co_return unavailable_response(app.app().id, outcome);
 }
 
 response request_handler::list_apps(const client_auth& auth, const client_config* client) const {

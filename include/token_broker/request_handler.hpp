@@ -17,15 +17,30 @@ namespace token_broker {
 
 using request = http::request<http::string_body>;
 
+// A request that must wait for an app's token (one it has none of, or an invalidation), and
+// which answer follows the wait.
+struct waiting_request {
+  std::shared_ptr<app_refresher> app;  // kept: a reload may drop it from the set meanwhile
+  enum { our_token, wecom_token, invalidation } then = our_token;
+  std::string reported;                    // invalidation: the token the caller saw rejected
+  route_label label = route_label::token;  // for the metrics
+  std::chrono::steady_clock::time_point started_at;
+};
+
 class request_handler {
  public:
   request_handler(const broker& apps, std::vector<client_config> clients)
       : apps_(apps), auth_(std::make_shared<const client_auth>(std::move(clients))) {}
   ~request_handler();
 
-  // Never throws: a failure inside becomes a 500 answer. Runs on the HTTP workers, each of
-  // which reads the clients, the app set and the tokens through a copy of its own.
-  asio::awaitable<answer> handle(const request& incoming);
+  // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
+  // through a copy of its own. Neither call throws: a failure inside becomes a 500 answer.
+  //
+  // The answer, at once and counted, for every request that needs no wait; for one that
+  // does, what it waits for: then co_await answer_after_wait. Most requests never enter a
+  // coroutine of the handler, so they allocate no coroutine frame.
+  std::variant<answer, waiting_request> answer_or_wait(const request& incoming);
+  asio::awaitable<answer> answer_after_wait(waiting_request waiting);
   // The answer to a request that could not be parsed (too large, malformed), or nothing when
   // there is nobody left to answer (the client went away, the read timed out).
   std::optional<response> answer_unreadable(const error_code& error);
@@ -36,11 +51,11 @@ class request_handler {
   }
 
  private:
-  asio::awaitable<answer> dispatch(const route& call, const request& incoming);
-  asio::awaitable<answer> app_token(app_refresher& app,
-                                    const std::shared_ptr<const app_view>& seen);
-  asio::awaitable<answer> invalidate(app_refresher& app, std::string_view body);
-  asio::awaitable<answer> wecom_gettoken(const route& call);
+  std::variant<answer, waiting_request> decide(const route& call, const request& incoming);
+  std::variant<answer, waiting_request> invalidation(app_refresher& app, std::string_view body);
+  std::variant<answer, waiting_request> wecom_gettoken(const route& call);
+  asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
+  static response internal_error();
   response list_apps(const client_auth& auth, const client_config* client) const;
   response readiness() const;
 
