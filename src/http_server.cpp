@@ -134,7 +134,8 @@ asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing
   const auto as_tuple = asio::as_tuple(asio::use_awaitable);
   if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
     const token_answer_bytes bytes(*prepared, keep_alive);
-    co_return co_await send<Protocol>(socket, bytes.buffers());
+    const auto buffers = bytes.buffers();  // named: g++ 12 mishandles temporaries here
+    co_return co_await send<Protocol>(socket, buffers);
   }
   auto& other = std::get<response>(outgoing);
   other.keep_alive(keep_alive);

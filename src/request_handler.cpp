@@ -95,7 +95,8 @@ std::variant<answer, waiting_request> request_handler::answer_or_wait(const requ
 asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
   std::optional<answer> outgoing;
   try {
-    outgoing = co_await wait_and_answer(waiting);
+    auto operation = wait_and_answer(waiting);  // named: g++ 12 mishandles temporaries here
+    outgoing = co_await std::move(operation);
   } catch (const std::exception& error) {
     spdlog::error("request failed unexpectedly: {}", error.what());
     outgoing = internal_error();
