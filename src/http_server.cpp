@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -219,6 +220,7 @@ class protocol_listener final : public http_server::listener {
                     const typename Protocol::endpoint& endpoint,
                     std::shared_ptr<http_server::shared_state> state)
       : workers_(workers),
+        protocol_(endpoint.protocol()),
         acceptor_(asio::make_strand(io)),
         retry_timer_(acceptor_.get_executor()),
         state_(std::move(state)) {
@@ -244,9 +246,7 @@ class protocol_listener final : public http_server::listener {
   asio::awaitable<void> accept_loop() {
     const auto as_tuple = asio::as_tuple(asio::use_awaitable);
     while (!state_->stopping) {
-      // The connection lives on one worker from now on.
-      auto& worker = workers_.next();
-      auto [error, socket] = co_await acceptor_.async_accept(worker, as_tuple);
+      auto [error, socket] = co_await acceptor_.async_accept(as_tuple);
       if (state_->stopping || error == asio::error::operation_aborted) break;
       if (error) {
         // Out of file descriptors, most likely: shed load for a moment instead of spinning.
@@ -264,9 +264,22 @@ class protocol_listener final : public http_server::listener {
         error_code ignored;  // small answers: don't let Nagle hold them back
         socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       }
+      // The connection lives on one worker from now on. Accepted here and handed over, so that
+      // no operation pending on this loop holds a socket of a worker's (which may be gone
+      // first at shutdown).
+      auto& worker = workers_.next();
+      error_code handover_error;
+      const auto descriptor = socket.release(handover_error);
+      if (handover_error) continue;  // the socket still owns it and closes it
+      socket_for<Protocol> handed_over(worker);
+      handed_over.assign(protocol_, descriptor, handover_error);
+      if (handover_error) {
+        ::close(descriptor);
+        continue;
+      }
       // Both coroutines share the connection; each runs on the worker's one thread.
       const auto tick = std::min(state_->limits.idle_timeout, state_->limits.request_timeout);
-      auto client = std::make_shared<connection<Protocol>>(std::move(socket), tick);
+      auto client = std::make_shared<connection<Protocol>>(std::move(handed_over), tick);
       asio::co_spawn(
           worker, [client]() { return client->enforce_deadlines(); }, asio::detached);
       asio::co_spawn(worker, serve_connection(std::move(client), state_), asio::detached);
@@ -282,6 +295,7 @@ class protocol_listener final : public http_server::listener {
   }
 
   worker_pool& workers_;
+  Protocol protocol_;
   typename Protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   std::shared_ptr<http_server::shared_state> state_;

@@ -38,11 +38,12 @@ class http_server_test : public ::testing::Test {
     control_ = std::thread([this] { io_.run(); });
   }
   void TearDown() override {
+    // As the daemon does: the control loop ends before the server goes.
     server_->stop();
-    server_.reset();
     work_.reset();
     io_.stop();
     control_.join();
+    server_.reset();
     std::filesystem::remove(socket_path_);
   }
 
