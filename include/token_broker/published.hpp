@@ -1,14 +1,20 @@
 // A value one thread replaces now and then and every HTTP worker reads on every request.
 //
-// Loading a std::atomic<std::shared_ptr> takes a spin lock in libstdc++ and writes the cache
-// line every other reader reads; a worker preempted while holding it stalls the others. So a
-// reader keeps its own copy of the shared_ptr and loads the shared one only when the version,
-// a plain atomic integer that changes only on store, has moved.
+// Loading a shared shared_ptr takes a lock and writes the cache line every other reader reads;
+// a worker preempted while holding it stalls the others. So a reader keeps its own copy of the
+// shared_ptr and loads the shared one only when the version, a plain atomic integer that
+// changes only on store, has moved.
+//
+// The shared one sits behind a mutex, not in a std::atomic<std::shared_ptr>: libstdc++ 12's
+// load releases that type's internal lock with a relaxed store, so a load and the next store
+// race on the raw pointer (ThreadSanitizer reports it, and the memory model agrees). The
+// mutex is taken only when the version moved, which costs the hot path nothing.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
 namespace token_broker {
 
@@ -20,11 +26,17 @@ class published {
   // Any thread. Stored before the version moves, so a reader that sees the new version
   // loads the new value.
   void store(std::shared_ptr<const T> next) {
-    value_.store(std::move(next), std::memory_order_release);
+    {
+      const std::lock_guard lock(mutex_);
+      value_.swap(next);
+    }
     version_.fetch_add(1, std::memory_order_release);
-  }
+  }  // the old value is released here, outside the lock
   // The locked load, for readers off the hot path.
-  std::shared_ptr<const T> load() const { return value_.load(std::memory_order_acquire); }
+  std::shared_ptr<const T> load() const {
+    const std::lock_guard lock(mutex_);
+    return value_;
+  }
 
   // One thread's copy: `current` costs one atomic load while nothing changed.
   class reader {
@@ -44,7 +56,8 @@ class published {
   };
 
  private:
-  std::atomic<std::shared_ptr<const T>> value_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<const T> value_;
   std::atomic<std::uint64_t> version_{0};
 };
 
