@@ -1,6 +1,7 @@
 #include "token_broker/http_server.hpp"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -52,8 +53,12 @@ class counted {
 template <class Protocol>
 class connection {
  public:
-  connection(socket_for<Protocol> socket, std::chrono::milliseconds tick)
-      : socket_(std::move(socket)), timer_(socket_.get_executor()), tick_(tick) {}
+  // Counted in `open_connections` from its accept to its end: the accept loop checks the
+  // cap against that count before the connection's first coroutine has even started.
+  connection(socket_for<Protocol> socket, std::chrono::milliseconds tick,
+             std::atomic<std::size_t>& open_connections)
+      : socket_(std::move(socket)), timer_(socket_.get_executor()), tick_(tick),
+        open_(open_connections) {}
 
   socket_for<Protocol>& socket() { return socket_; }
 
@@ -92,6 +97,7 @@ class connection {
   std::chrono::milliseconds tick_;
   steady_clock::time_point deadline_ = steady_clock::time_point::max();
   bool finished_ = false;
+  counted open_;
 };
 
 // Closing a socket with unread input resets the connection, and the reset can destroy the
@@ -208,7 +214,6 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
 template <class Protocol>
 asio::awaitable<void> serve_connection(std::shared_ptr<connection<Protocol>> client,
                                        std::shared_ptr<http_server::shared_state> state) {
-  const counted open(state->connections);
   co_await serve_requests(*client, *state);
   client->finish();
 }
@@ -230,6 +235,11 @@ class protocol_listener final : public http_server::listener {
     }
     acceptor_.bind(endpoint);
     acceptor_.listen(asio::socket_base::max_listen_connections);
+    acceptor_.non_blocking(true);  // shed_one() must never wait for a connection
+    reserve_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  ~protocol_listener() override {
+    if (reserve_ >= 0) ::close(reserve_);
   }
 
   void start() override { asio::co_spawn(acceptor_.get_executor(), accept_loop(), asio::detached); }
@@ -248,8 +258,12 @@ class protocol_listener final : public http_server::listener {
     while (!state_->stopping) {
       auto [error, socket] = co_await acceptor_.async_accept(as_tuple);
       if (state_->stopping || error == asio::error::operation_aborted) break;
+      if (error && out_of_descriptors(error) && shed_one()) {
+        log_rate_limited("out of file descriptors ({}); shedding new connections",
+                         error.message());
+        continue;
+      }
       if (error) {
-        // Out of file descriptors, most likely: shed load for a moment instead of spinning.
         log_rate_limited("accept failed: {}; pausing accepts for 100 ms", error.message());
         retry_timer_.expires_after(std::chrono::milliseconds{100});
         co_await retry_timer_.async_wait(as_tuple);
@@ -279,11 +293,28 @@ class protocol_listener final : public http_server::listener {
       }
       // Both coroutines share the connection; each runs on the worker's one thread.
       const auto tick = std::min(state_->limits.idle_timeout, state_->limits.request_timeout);
-      auto client = std::make_shared<connection<Protocol>>(std::move(handed_over), tick);
+      auto client =
+          std::make_shared<connection<Protocol>>(std::move(handed_over), tick, state_->connections);
       asio::co_spawn(
           worker, [client]() { return client->enforce_deadlines(); }, asio::detached);
       asio::co_spawn(worker, serve_connection(std::move(client), state_), asio::detached);
     }
+  }
+
+  static bool out_of_descriptors(const error_code& error) {
+    return error == asio::error::no_descriptors || error.value() == ENFILE;
+  }
+
+  // Out of descriptors, a connection cannot be accepted, only left in the listen queue, where
+  // its client waits with no answer. So one descriptor is kept in reserve and spent on taking
+  // the next connection and closing it at once: the client learns at once, and the queue moves.
+  bool shed_one() {
+    if (reserve_ < 0) return false;
+    ::close(reserve_);
+    error_code ignored;
+    acceptor_.accept(ignored);  // the socket closes as it goes out of scope
+    reserve_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return true;
   }
 
   template <class... Args>
@@ -299,6 +330,7 @@ class protocol_listener final : public http_server::listener {
   typename Protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   std::shared_ptr<http_server::shared_state> state_;
+  int reserve_ = -1;  // a descriptor to give up for shed_one()
   steady_clock::time_point last_warning_{};
 };
 
@@ -307,8 +339,9 @@ class protocol_listener final : public http_server::listener {
 std::size_t connection_cap_from_fd_limit() {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return 10000;
-  // Keep descriptors back for upstream calls, logs and the listener itself.
-  const auto usable = limit.rlim_cur > 256 ? limit.rlim_cur - 128 : limit.rlim_cur / 2;
+  // Keep descriptors back for upstream calls (up to 16 at once), Redis, the event loops, logs
+  // and the listener: 128, or three quarters of a limit too small for that.
+  const auto usable = limit.rlim_cur - std::min<rlim_t>(128, limit.rlim_cur * 3 / 4);
   return std::max<std::size_t>(1, std::min<std::size_t>(usable, 100000));
 }
 

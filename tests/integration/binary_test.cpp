@@ -416,6 +416,95 @@ TEST_F(binary_test, abuse_on_the_http_port_does_not_stop_normal_requests) {
   EXPECT_EQ(http_get(broker.port(), "/healthz").status, 200u);
 }
 
+TEST_F(binary_test, a_connection_flood_under_a_small_fd_limit_is_shed_while_keep_alive_is_served) {
+  add_app("hr");
+  // `ulimit -n 64`: the broker keeps a quarter of so small a limit for connections, 16.
+  const auto& broker = start_broker(make_config(free_port()), 64);
+  ASSERT_EQ(await_token(broker, "hr", 5s).status, 200u);
+
+  asio::io_context io;
+  const asio::ip::tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), broker.port());
+  // Runs what is pending on `io` for at most `limit`, then abandons it by closing `sockets`.
+  const auto run_at_most = [&](std::chrono::milliseconds limit, auto&... sockets) {
+    io.restart();
+    io.run_for(limit);
+    if (!io.stopped()) {
+      (sockets.close(), ...);
+      io.restart();
+      io.run();
+    }
+  };
+  struct keep_alive_client {
+    asio::ip::tcp::socket socket;
+    beast::flat_buffer buffer;
+  };
+  const auto ask = [&](keep_alive_client& client) {
+    http::request<http::empty_body> request(http::verb::get, "/v1/apps/hr/token", 11);
+    request.set(http::field::host, "localhost");
+    http::response<http::string_body> answer;
+    unsigned status = 0;
+    http::async_write(client.socket, request, [&](error_code error, std::size_t) {
+      if (error) return;
+      http::async_read(client.socket, client.buffer, answer, [&](error_code read_error, std::size_t) {
+        if (!read_error && answer.keep_alive()) status = answer.result_int();
+      });
+    });
+    run_at_most(5s, client.socket);
+    return status;
+  };
+
+  std::vector<keep_alive_client> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.push_back({asio::ip::tcp::socket(io), {}});
+    clients.back().socket.connect(endpoint);
+    ASSERT_EQ(ask(clients.back()), 200u);
+  }
+
+  // The flood: 300 connections that send nothing. The kernel completes them all (the listen
+  // backlog); the broker takes what fits under its cap and closes the rest at once.
+  constexpr int flood_size = 300;
+  asio::io_context flood_io;
+  std::vector<asio::ip::tcp::socket> flood;
+  for (int i = 0; i < flood_size; ++i) {
+    flood.emplace_back(flood_io).connect(endpoint);
+  }
+  std::vector<char> scratch(flood_size);
+  int shed = 0;
+  for (int i = 0; i < flood_size; ++i) {
+    flood[i].async_read_some(asio::buffer(&scratch[i], 1), [&](error_code error, std::size_t) {
+      if (error == asio::error::eof || error == asio::error::connection_reset) ++shed;
+    });
+  }
+  flood_io.run_for(2s);  // the reads of the connections the broker holds stay pending
+  const int held = flood_size - shed;
+  std::cout << "[ figures  ] flood of " << flood_size << ": " << held << " held, " << shed
+            << " shed at once\n";
+  EXPECT_LE(held, 16 - static_cast<int>(clients.size()));
+  EXPECT_GE(held, 1);
+  EXPECT_TRUE(broker.log().find("connection cap of 16 reached; refusing new connections") !=
+              std::string::npos)
+      << broker.log();
+
+  // The keep-alive clients are served throughout.
+  for (auto& client : clients) {
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(ask(client), 200u);
+  }
+
+  // The flood ends: new connections are served again.
+  for (auto& socket : flood) socket.close();
+  flood_io.restart();
+  flood_io.run();  // the aborted reads
+  http_answer after;
+  for (const auto give_up_at = std::chrono::steady_clock::now() + 3s;
+       std::chrono::steady_clock::now() < give_up_at;) {
+    after = get_token(broker, "hr");
+    if (after.status == 200) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(after.status, 200u);
+  for (auto& client : clients) EXPECT_EQ(ask(client), 200u);
+}
+
 TEST_F(binary_test, sigterm_finishes_in_flight_requests_and_exits_0_within_5s) {
   const auto hr = add_app("hr");
   fake_->script_faults(hr.secret, {fault{.kind = fault_kind::delay, .delay = 1500ms}});

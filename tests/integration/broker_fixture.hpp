@@ -49,7 +49,8 @@ class broker_fixture : public ::testing::Test {
   nlohmann::json make_config(std::uint16_t port,
                              const nlohmann::json& changes = nlohmann::json::object()) const;
 
-  broker_process& start_broker(const nlohmann::json& config);
+  broker_process& start_broker(const nlohmann::json& config,
+                               std::optional<unsigned> open_files = std::nullopt);
   broker_process& start_broker();
 
   http_answer get_token(const broker_process& broker, const std::string& app);

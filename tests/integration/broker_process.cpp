@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,10 +27,11 @@ std::string read_file(const std::filesystem::path& path) {
   return content.str();
 }
 
-// fork + exec with stdout and stderr going to `log_path`, and stdin from `input_path` (or
-// /dev/null).
+// fork + exec with stdout and stderr going to `log_path`, stdin from `input_path` (or
+// /dev/null) and, when given, at most `open_files` descriptors (like `ulimit -n`).
 pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::path& log_path,
-            const std::filesystem::path& input_path = "/dev/null") {
+            const std::filesystem::path& input_path = "/dev/null",
+            std::optional<unsigned> open_files = std::nullopt) {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(TOKEN_BROKER_BINARY));
   for (const auto& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
@@ -41,6 +43,10 @@ pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::pa
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     const int input = open(input_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (log < 0 || input < 0) _exit(127);
+    if (open_files) {
+      const rlimit limit{.rlim_cur = *open_files, .rlim_max = *open_files};
+      if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(127);
+    }
     dup2(input, STDIN_FILENO);
     dup2(log, STDOUT_FILENO);
     dup2(log, STDERR_FILENO);
@@ -104,9 +110,10 @@ command_result run_broker_command(const std::vector<std::string>& arguments,
   return command_result{decode_status(status), read_file(log_path)};
 }
 
-broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port)
+broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port,
+                               std::optional<unsigned> open_files)
     : port_(port), log_path_(unused_log_path(config_path.parent_path(), port)) {
-  pid_ = spawn({"--config", config_path.string()}, log_path_);
+  pid_ = spawn({"--config", config_path.string()}, log_path_, "/dev/null", open_files);
   const auto give_up_at = std::chrono::steady_clock::now() + 10s;
   while (std::chrono::steady_clock::now() < give_up_at) {
     if (!running()) throw std::runtime_error("token-broker exited at start:\n" + log());

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,9 +42,11 @@ command_result run_broker_command(const std::vector<std::string>& arguments,
 
 class broker_process {
  public:
-  // Starts the binary on `config_path` and waits until /healthz answers on `port`.
-  // Throws std::runtime_error (with the log) if it does not come up within 10 s.
-  broker_process(const std::filesystem::path& config_path, std::uint16_t port);
+  // Starts the binary on `config_path` and waits until /healthz answers on `port`; with
+  // `open_files`, under that limit of file descriptors. Throws std::runtime_error (with the
+  // log) if it does not come up within 10 s.
+  broker_process(const std::filesystem::path& config_path, std::uint16_t port,
+                 std::optional<unsigned> open_files = std::nullopt);
   ~broker_process();  // SIGKILL if still running
   broker_process(const broker_process&) = delete;
   broker_process& operator=(const broker_process&) = delete;

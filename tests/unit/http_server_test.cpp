@@ -1,9 +1,12 @@
 // The HTTP server's deadlines, in process with short limits: an idle keep-alive connection is
 // closed after idle_timeout, a request trickling in (slowloris) is cut off at request_timeout
-// however steadily its bytes arrive, and a client that keeps asking is never cut off.
+// however steadily its bytes arrive, and a client that keeps asking is never cut off. And a
+// process out of file descriptors sheds new connections instead of leaving them waiting.
 #include "token_broker/http_server.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -137,6 +140,68 @@ TEST_F(http_server_test, requests_sent_together_or_in_pieces_are_each_answered_i
   std::this_thread::sleep_for(50ms);
   asio::write(client, asio::buffer(std::string_view("lthz HTTP/1.1\r\n\r\n")));
   EXPECT_EQ(read_answer(client, answers), "HTTP/1.1 200 OK");
+}
+
+// Takes every free file descriptor of the process, under a limit lowered to just above the
+// ones in use, until destroyed.
+class descriptors_exhausted {
+ public:
+  descriptors_exhausted() {
+    getrlimit(RLIMIT_NOFILE, &saved_);
+    int highest = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+      highest = std::max(highest, std::stoi(entry.path().filename().string()));
+    }
+    const rlimit lowered{.rlim_cur = static_cast<rlim_t>(highest) + 1, .rlim_max = saved_.rlim_max};
+    setrlimit(RLIMIT_NOFILE, &lowered);
+    for (int held = ::open("/dev/null", O_RDONLY); held >= 0; held = ::open("/dev/null", O_RDONLY)) {
+      held_.push_back(held);
+    }
+  }
+  ~descriptors_exhausted() {
+    for (const int held : held_) ::close(held);
+    setrlimit(RLIMIT_NOFILE, &saved_);
+  }
+  descriptors_exhausted(const descriptors_exhausted&) = delete;
+  descriptors_exhausted& operator=(const descriptors_exhausted&) = delete;
+
+ private:
+  rlimit saved_{};
+  std::vector<int> held_;
+};
+
+TEST_F(http_server_test, out_of_descriptors_new_connections_are_shed_at_once_and_served_after) {
+  // A connection from before goes on being served (asked within the idle timeout).
+  auto kept = connect();
+  asio::streambuf kept_answers;
+  const auto ask_kept = [&] {
+    asio::write(kept, asio::buffer(std::string_view("GET /healthz HTTP/1.1\r\n\r\n")));
+    return read_answer(kept, kept_answers);
+  };
+  ASSERT_EQ(ask_kept(), "HTTP/1.1 200 OK");
+  // Opened first: connecting a socket takes no new descriptor, accepting one does.
+  std::vector<local::socket> clients;
+  for (int i = 0; i < 5; ++i) {
+    clients.emplace_back(client_io_).open();
+  }
+  {
+    const descriptors_exhausted exhausted;
+    EXPECT_EQ(ask_kept(), "HTTP/1.1 200 OK");
+    for (auto& client : clients) {
+      const auto started = steady_clock::now();
+      client.connect(local::endpoint(socket_path_.string()));
+      std::array<char, 16> discard{};
+      error_code error;
+      client.read_some(asio::buffer(discard), error);
+      EXPECT_TRUE(error == asio::error::eof || error == asio::error::connection_reset)
+          << error.message();
+      EXPECT_LT(steady_clock::now() - started, 2s) << "left waiting instead of shed";
+    }
+  }
+  auto after = connect();
+  asio::streambuf answers;
+  asio::write(after, asio::buffer(std::string_view("GET /healthz HTTP/1.1\r\n\r\n")));
+  EXPECT_EQ(read_answer(after, answers), "HTTP/1.1 200 OK");
 }
 
 }  // namespace
