@@ -24,7 +24,7 @@ bool is_plain_token(std::string_view value) {
 
 }  // namespace
 
-std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_status,
+std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
                                                                 std::string_view body) {
   if (http_status != 200) {
     return fetch_failure{failure_class::transient, local_failure_errcode,
@@ -61,7 +61,7 @@ std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_st
   const auto seconds = expires_in->get<std::int64_t>();
   if (seconds <= 0 || seconds > max_expires_in_s) return garbage("expires_in out of range");
 
-  return token_answer{std::move(value), std::chrono::seconds{seconds}};
+  return issued_token{std::move(value), std::chrono::seconds{seconds}};
 }
 
 }  // namespace token_broker
