@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "token_broker/upstream_answer.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -14,11 +16,28 @@ wall_time_point from_unix_milliseconds(long long count) {
   return wall_time_point(std::chrono::duration_cast<wall_clock::duration>(milliseconds{count}));
 }
 
-// {expiry_ms, token} at `offset` of a script's answer, if there.
+// Later than any token expires, and early enough that time points in nanoseconds, which end
+// in 2262, never overflow: 2100-01-01.
+constexpr long long latest_expiry_ms = 4'102'444'800'000;
+
+// No replica asks for a pause longer than a token lives (30 days at most: upstream_answer.cpp).
+// A longer one is a damaged reply, and unbounded it would overflow the refresher's clock sums.
+constexpr long long longest_wait_ms = 30LL * 24 * 3600 * 1000;
+
+// {expiry_ms, token} at `offset` of a script's answer, if there. The broker stores only plain
+// tokens with a real expiry; anything else in the key (another writer, a damaged reply) is no
+// token, rather than one the refresher could not publish (its answers are JSON) or whose
+// expiry overflows the clock.
 std::optional<stored_token> stored_at(const redis_reply& reply, std::size_t offset) {
   if (reply.elements.size() < offset + 2) return std::nullopt;
-  return stored_token{reply.elements[offset + 1].text,
-                      from_unix_milliseconds(reply.elements[offset].integer)};
+  const auto& expiry = reply.elements[offset];
+  const auto& value = reply.elements[offset + 1];
+  if (expiry.type != redis_reply::kind::integer || expiry.integer <= 0 ||
+      expiry.integer > latest_expiry_ms || value.type != redis_reply::kind::string ||
+      !is_plain_token(value.text)) {
+    return std::nullopt;
+  }
+  return stored_token{value.text, from_unix_milliseconds(expiry.integer)};
 }
 
 }  // namespace
@@ -84,7 +103,7 @@ refresh_permit_answer refresh_permit_from(const redis_reply& reply) {
       .permit = verdict == "granted" ? refresh_permit::granted
                 : verdict == "busy"  ? refresh_permit::busy
                                      : refresh_permit::cooling_down,
-      .wait = milliseconds{std::max(0LL, reply.elements[1].integer)},
+      .wait = milliseconds{std::clamp(reply.elements[1].integer, 0LL, longest_wait_ms)},
       .stored = stored_at(reply, 2),
   };
 }

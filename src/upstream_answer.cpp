@@ -39,13 +39,12 @@ std::string clipped(std::string text, std::size_t limit) {
   return text;
 }
 
-// Tokens go into JSON, HTTP headers and Redis as they are: printable ASCII only.
+}  // namespace
+
 bool is_plain_token(std::string_view value) {
   return !value.empty() && value.size() <= max_token_size &&
          std::all_of(value.begin(), value.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
-
-}  // namespace
 
 std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
                                                                 std::string_view body) {

@@ -22,6 +22,10 @@ struct issued_token {
 // Tokens are at most 512 bytes (SPEC §1).
 inline constexpr std::size_t max_token_size = 512;
 
+// A token the broker hands on: 1 to max_token_size bytes of printable ASCII, since tokens go
+// into JSON, HTTP headers and Redis as they are.
+bool is_plain_token(std::string_view value);
+
 std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
                                                                 std::string_view body);
 

@@ -1,11 +1,14 @@
 // What the fuzz targets (fuzz/) found, each input kept as a test of the function it broke.
 // The same inputs are seeds in fuzz/corpus/<target>/, named in each test.
 #include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
+#include "token_broker/redis_replies.hpp"
 #include "token_broker/upstream_answer.hpp"
 
 namespace token_broker {
@@ -49,6 +52,58 @@ TEST(fuzz_regression, errcode_beyond_int_is_not_success) {
 
   const auto negative = parse_gettoken_answer(200, R"({"errcode":-4294967296,"errmsg":"x"})");
   EXPECT_EQ(std::get<fetch_failure>(negative).errcode, local_failure_errcode);
+}
+
+// ---- Redis replies (fuzz_redis_reply) ----
+
+// `resp` as hiredis reads it off a connection: one reply, converted.
+redis_reply read_reply(std::string_view resp) {
+  const std::unique_ptr<redisReader, decltype(&redisReaderFree)> reader(redisReaderCreate(),
+                                                                        &redisReaderFree);
+  redisReaderFeed(reader.get(), resp.data(), resp.size());
+  void* raw = nullptr;
+  if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK || raw == nullptr) {
+    ADD_FAILURE() << "not one whole reply";
+    return {};
+  }
+  auto reply = from_hiredis(*static_cast<const redisReply*>(raw));
+  freeReplyObject(raw);
+  return reply;
+}
+
+TEST(fuzz_regression, stored_token_reads_as_written) {
+  const auto stored = loaded_token(read_reply("*2\r\n:1790000000000\r\n$9\r\nTOKEN-abc\r\n"));
+  ASSERT_TRUE(stored);
+  EXPECT_EQ(stored->value, "TOKEN-abc");
+  EXPECT_EQ(stored->expires_at.time_since_epoch(), 1790000000000ms);
+}
+
+// far-expiry.resp: the expiry in milliseconds overflowed when converted to the clock's
+// nanoseconds (UBSan: signed integer overflow).
+TEST(fuzz_regression, stored_expiry_beyond_the_clock_is_no_token) {
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:9223372036854775807\r\n$5\r\nTOKEN\r\n")));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:-1\r\n$5\r\nTOKEN\r\n")));
+  const auto permit = refresh_permit_from(
+      read_reply("*4\r\n$4\r\nbusy\r\n:0\r\n:9223372036854775807\r\n$1\r\nT\r\n"));
+  EXPECT_EQ(permit.permit, refresh_permit::busy);
+  EXPECT_FALSE(permit.stored);
+}
+
+// non-utf8-token.resp: a stored value the broker never writes (not a plain token) was
+// adopted, and publishing it threw from the JSON answers, ending the app's refresher.
+TEST(fuzz_regression, stored_value_that_is_no_plain_token_is_no_token) {
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n$7\r\nTOKEN\xff\xfe\r\n")));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n$0\r\n\r\n")));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n:5\r\n")));
+}
+
+// request-wait-huge.resp: a cool-down's wait beyond the clock's range overflowed the
+// refresher's plan, now + wait (UBSan: signed integer overflow).
+TEST(fuzz_regression, wait_is_capped_at_a_token_lifetime) {
+  const auto permit =
+      refresh_permit_from(read_reply("*2\r\n$12\r\ncooling_down\r\n:9223372036854775807\r\n"));
+  EXPECT_EQ(permit.permit, refresh_permit::cooling_down);
+  EXPECT_EQ(permit.wait, std::chrono::milliseconds{std::chrono::days{30}});
 }
 
 }  // namespace
