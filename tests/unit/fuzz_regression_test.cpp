@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "token_broker/config.hpp"
 #include "token_broker/redis_replies.hpp"
 #include "token_broker/upstream_answer.hpp"
 
@@ -104,6 +105,39 @@ TEST(fuzz_regression, wait_is_capped_at_a_token_lifetime) {
       refresh_permit_from(read_reply("*2\r\n$12\r\ncooling_down\r\n:9223372036854775807\r\n"));
   EXPECT_EQ(permit.permit, refresh_permit::cooling_down);
   EXPECT_EQ(permit.wait, std::chrono::milliseconds{std::chrono::days{30}});
+}
+
+// ---- the config file (fuzz_config) ----
+
+// The field a config is refused for, or "" when it parses.
+std::string refused_field(const std::string& text) {
+  try {
+    (void)parse_config(text);
+  } catch (const config_error& error) {
+    return error.field();
+  }
+  return "";
+}
+
+// host-with-nul.json, listen-with-nul.json: inet_pton reads a C string, so "[::1\u0000evil]"
+// passed as ::1 while the host kept the NUL and what follows, for the TLS name check and the
+// Host header to use.
+TEST(fuzz_regression, bracketed_host_with_nul_is_refused) {
+  const std::string app = R"("apps":{"hr":{"corpid":"ww1","secret":"s-1"}})";
+  EXPECT_EQ(refused_field(R"({"listen":"127.0.0.1:8080","upstream":{"base_url":)"
+                          R"("https://[::1\u0000evil]:8443"},)" +
+                          app + "}"),
+            "upstream.base_url");
+  EXPECT_EQ(refused_field(R"({"listen":"127.0.0.1:8080","redis":{"url":)"
+                          R"("redis://[::1\u0000x]:6379"},)" +
+                          app + "}"),
+            "redis.url");
+  EXPECT_EQ(refused_field(R"({"listen":"[::1\u0000junk]:8080",)" + app + "}"), "listen");
+  EXPECT_EQ(refused_field(R"({"listen":"127.0.0.1\u0000:8080",)" + app + "}"), "listen");
+  EXPECT_EQ(refused_field(R"({"listen":"[::1]:8080","upstream":{"base_url":"https://[::1]:8443"},)"
+                          R"("redis":{"url":"redis://[::1]:6379"},)" +
+                          app + "}"),
+            "");
 }
 
 }  // namespace
