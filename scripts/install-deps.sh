@@ -8,6 +8,7 @@ packages=(
   libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev
   libgtest-dev libgmock-dev
   libhiredis-dev redis-server
+  clang-14 libclang-rt-14-dev  # libFuzzer, for scripts/fuzz.sh
   curl ca-certificates
   systemd procps
 )

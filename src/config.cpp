@@ -248,6 +248,9 @@ bool is_hostname(std::string_view host) {
 }
 
 bool is_ipv6(std::string_view text) {
+  // inet_pton reads a C string: after a NUL ("[::1\u0000evil]") the rest would go unchecked
+  // into the host.
+  if (text.find('\0') != std::string_view::npos) return false;
   in6_addr address{};
   return inet_pton(AF_INET6, std::string(text).c_str(), &address) == 1;
 }

@@ -10,6 +10,10 @@
 namespace token_broker {
 
 struct http_server::shared_state {
+  // Spelt out for make_shared: clang 14 (the fuzzing build) lacks C++20's parenthesized
+  // aggregate initialization.
+  shared_state(request_handler& serving, server_limits bounds) : handler(serving), limits(bounds) {}
+
   request_handler& handler;
   server_limits limits;
   std::atomic<std::size_t> connections{0};
@@ -169,10 +173,8 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
       buffer.commit(read);
     }
 
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(limits.header_limit);
-    parser.body_limit(limits.body_limit);
-    parser.eager(true);
+    request_parser parser;
+    configure_request_parser(parser, limits);
     // Usually the whole request came with the first read: parse it here. http::async_read
     // would too, but complete through the worker's queue, behind every other connection.
     error_code read_error;
@@ -335,6 +337,12 @@ class protocol_listener final : public http_server::listener {
 };
 
 }  // namespace
+
+void configure_request_parser(request_parser& parser, const server_limits& limits) {
+  parser.header_limit(limits.header_limit);
+  parser.body_limit(limits.body_limit);
+  parser.eager(true);
+}
 
 std::size_t connection_cap_from_fd_limit() {
   rlimit limit{};

@@ -14,6 +14,8 @@ constexpr std::string_view unix_prefix = "unix:";
 // inet_pton accepts only plain literals (no names, no leading zeros in IPv4), and inet_ntop
 // gives the canonical spelling, so "[0:0::1]" and "[::1]" end up as the same host.
 std::optional<std::string> canonical_ip(int family, std::string_view text) {
+  // inet_pton reads a C string: a NUL would end the address early, the rest unchecked.
+  if (text.find('\0') != std::string_view::npos) return std::nullopt;
   const std::string literal(text);
   std::array<unsigned char, sizeof(in6_addr)> binary{};
   if (inet_pton(family, literal.c_str(), binary.data()) != 1) return std::nullopt;

@@ -35,36 +35,6 @@ class redis_category_impl final : public boost::system::error_category {
 };
 #pragma GCC diagnostic pop
 
-redis_reply convert(const redisReply& raw) {
-  redis_reply reply;
-  switch (raw.type) {
-    case REDIS_REPLY_STRING:
-      reply.type = redis_reply::kind::string;
-      reply.text.assign(raw.str, raw.len);
-      break;
-    case REDIS_REPLY_STATUS:
-      reply.type = redis_reply::kind::status;
-      reply.text.assign(raw.str, raw.len);
-      break;
-    case REDIS_REPLY_ERROR:
-      reply.type = redis_reply::kind::error;
-      reply.text.assign(raw.str, raw.len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      reply.type = redis_reply::kind::integer;
-      reply.integer = raw.integer;
-      break;
-    case REDIS_REPLY_ARRAY:
-      reply.type = redis_reply::kind::array;
-      for (std::size_t i = 0; i < raw.elements; ++i)
-        reply.elements.push_back(convert(*raw.element[i]));
-      break;
-    default:
-      break;  // nil
-  }
-  return reply;
-}
-
 }  // namespace
 
 const boost::system::error_category& redis_category() {
@@ -374,7 +344,7 @@ void redis_connection::on_reply(redisAsyncContext* context, void* reply, void* d
   if (pending.abandoned) return;
   pending.answered = true;
   if (reply) {
-    pending.reply = convert(*static_cast<const redisReply*>(reply));
+    pending.reply = from_hiredis(*static_cast<const redisReply*>(reply));
   } else {
     pending.error = make_error_code(redis_errc::connection_lost);
   }
@@ -386,12 +356,8 @@ void redis_connection::on_message(redisAsyncContext* context, void* reply, void*
   (void)context;
   auto* self = static_cast<redis_connection*>(data);
   if (!reply || !self->on_message_) return;  // no reply: the connection is going away
-  const auto message = convert(*static_cast<const redisReply*>(reply));
-  // ["message", channel, payload]; "subscribe" confirmations carry no payload.
-  if (message.type == redis_reply::kind::array && message.elements.size() == 3 &&
-      message.elements[0].text == "message") {
-    self->on_message_(message.elements[2].text);
-  }
+  const auto message = from_hiredis(*static_cast<const redisReply*>(reply));
+  if (const auto payload = message_payload(message)) self->on_message_(*payload);
 }
 
 void redis_connection::add_read(void* data) {

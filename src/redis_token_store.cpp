@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "token_broker/redis_replies.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -85,19 +87,8 @@ std::string make_owner_id() {
   return fmt::format("{}:{}:{:016x}", host.data(), getpid(), random());
 }
 
-wall_time_point from_unix_milliseconds(long long count) {
-  return wall_time_point(std::chrono::duration_cast<wall_clock::duration>(milliseconds{count}));
-}
-
 long long unix_milliseconds(wall_time_point at) {
   return std::chrono::duration_cast<milliseconds>(at.time_since_epoch()).count();
-}
-
-// {expiry_ms, token} at `offset` of a script's answer, if there.
-std::optional<stored_token> stored_at(const redis_reply& reply, std::size_t offset) {
-  if (reply.elements.size() < offset + 2) return std::nullopt;
-  return stored_token{reply.elements[offset + 1].text,
-                      from_unix_milliseconds(reply.elements[offset].integer)};
 }
 
 }  // namespace
@@ -116,10 +107,7 @@ void redis_token_store::start(std::function<void(const std::string& app_id)> cha
   commands_->on_up([this] { changed_(""); });
   events_->on_up([this] { changed_(""); });
   events_->subscribe(prefix_ + "events", [this](std::string_view payload) {
-    const auto event = nlohmann::json::parse(payload, nullptr, false);
-    if (event.is_object() && event.contains("app") && event["app"].is_string()) {
-      changed_(event["app"].get<std::string>());
-    }
+    if (const auto app = event_app(payload)) changed_(*app);
   });
   commands_->start();
   events_->start();
@@ -167,7 +155,7 @@ asio::awaitable<std::optional<stored_token>> redis_token_store::load(const std::
   std::vector<std::string> no_arguments;
   const auto reply = co_await evaluate(load_script, std::move(keys), std::move(no_arguments));
   if (!reply) co_return std::nullopt;
-  co_return stored_at(*reply, 0);
+  co_return loaded_token(*reply);
 }
 
 asio::awaitable<save_outcome> redis_token_store::save(const std::string& app_id,
@@ -181,7 +169,7 @@ asio::awaitable<save_outcome> redis_token_store::save(const std::string& app_id,
                                      std::to_string(unix_milliseconds(token.expires_at)), event};
   const auto reply = co_await evaluate(save_script, std::move(keys), std::move(arguments));
   if (!reply) co_return save_outcome::unavailable;
-  co_return reply->integer < 0 ? save_outcome::newer_kept : save_outcome::written;
+  co_return save_result(*reply);
 }
 
 asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(const std::string& app_id,
@@ -190,16 +178,8 @@ asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(const 
                                 key("access_token", app_id)};
   std::vector<std::string> arguments{owner_, std::to_string(lease_.count()), forced ? "1" : "0"};
   const auto reply = co_await evaluate(request_script, std::move(keys), std::move(arguments));
-  if (!reply || reply->elements.size() < 2) co_return refresh_permit_answer{};
-  const auto& verdict = reply->elements[0].text;
-  refresh_permit_answer answer{
-      .permit = verdict == "granted" ? refresh_permit::granted
-                : verdict == "busy"  ? refresh_permit::busy
-                                     : refresh_permit::cooling_down,
-      .wait = milliseconds{std::max(0LL, reply->elements[1].integer)},
-      .stored = stored_at(*reply, 2),
-  };
-  co_return answer;
+  if (!reply) co_return refresh_permit_answer{};
+  co_return refresh_permit_from(*reply);
 }
 
 asio::awaitable<void> redis_token_store::release_refresh(const std::string& app_id,

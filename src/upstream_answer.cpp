@@ -1,6 +1,8 @@
 #include "token_broker/upstream_answer.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace token_broker {
@@ -16,15 +18,35 @@ fetch_failure garbage(std::string what) {
                        "unusable gettoken answer: " + std::move(what)};
 }
 
-// Tokens go into JSON, HTTP headers and Redis as they are: printable ASCII only.
+// WeCom's errcodes are ints. A wider number would wrap in get<int>(): 4294967296 to 0, "ok".
+bool is_int(const nlohmann::json& value) {
+  if (value.is_number_unsigned()) {
+    return value.get<std::uint64_t>() <=
+           static_cast<std::uint64_t>(std::numeric_limits<int>::max());
+  }
+  if (!value.is_number_integer()) return false;
+  const auto number = value.get<std::int64_t>();
+  return number >= std::numeric_limits<int>::min() && number <= std::numeric_limits<int>::max();
+}
+
+// At most `limit` bytes, cut before a character rather than inside one: errmsg goes into JSON
+// answers, which refuse a broken UTF-8 sequence (the parser let only valid UTF-8 in).
+std::string clipped(std::string text, std::size_t limit) {
+  if (text.size() <= limit) return text;
+  auto end = limit;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  text.resize(end);
+  return text;
+}
+
+}  // namespace
+
 bool is_plain_token(std::string_view value) {
   return !value.empty() && value.size() <= max_token_size &&
          std::all_of(value.begin(), value.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
-}  // namespace
-
-std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_status,
+std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
                                                                 std::string_view body) {
   if (http_status != 200) {
     return fetch_failure{failure_class::transient, local_failure_errcode,
@@ -38,11 +60,12 @@ std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_st
   if (errcode == json.end() || !errcode->is_number_integer()) {
     return garbage("errcode missing or not an integer");
   }
+  if (!is_int(*errcode)) return garbage("errcode out of range");
   const int code = errcode->get<int>();
   if (code != 0) {
     std::string message;
     if (const auto errmsg = json.find("errmsg"); errmsg != json.end() && errmsg->is_string()) {
-      message = errmsg->get<std::string>().substr(0, max_errmsg_size);
+      message = clipped(errmsg->get<std::string>(), max_errmsg_size);
     }
     return fetch_failure{classify_errcode(code), code, std::move(message)};
   }
@@ -61,7 +84,7 @@ std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_st
   const auto seconds = expires_in->get<std::int64_t>();
   if (seconds <= 0 || seconds > max_expires_in_s) return garbage("expires_in out of range");
 
-  return token_answer{std::move(value), std::chrono::seconds{seconds}};
+  return issued_token{std::move(value), std::chrono::seconds{seconds}};
 }
 
 }  // namespace token_broker

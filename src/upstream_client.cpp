@@ -153,7 +153,7 @@ asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corp
 
   auto answer = parse_gettoken_answer(parser.get().result_int(), parser.get().body());
   if (auto* failure = std::get_if<fetch_failure>(&answer)) co_return std::move(*failure);
-  auto& token = std::get<token_answer>(answer);
+  auto& token = std::get<issued_token>(answer);
   co_return fetched_token{std::move(token.access_token), token.expires_in, sent_at, received_at,
                           sent_at_wall};
 }

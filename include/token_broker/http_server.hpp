@@ -22,6 +22,13 @@ struct server_limits {
   std::uint64_t body_limit = 16 * 1024;
 };
 
+using request_parser = http::request_parser<http::string_body>;
+
+// Sets up a parser for one request as the server reads every request: the header and body
+// caps, and eager, so that one put() also parses the body that came with the header. (The
+// HTTP fuzzer sets its parser up here too, so it fuzzes what the server runs.)
+void configure_request_parser(request_parser& parser, const server_limits& limits);
+
 // The default connection cap: what the process's file descriptor limit leaves room for.
 std::size_t connection_cap_from_fd_limit();
 

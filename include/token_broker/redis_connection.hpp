@@ -15,18 +15,11 @@
 
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
+#include "token_broker/redis_replies.hpp"
 
 struct redisAsyncContext;
 
 namespace token_broker {
-
-struct redis_reply {
-  enum class kind { nil, string, integer, array, status, error };
-  kind type = kind::nil;
-  std::string text;  // string, status and error replies
-  long long integer = 0;
-  std::vector<redis_reply> elements;
-};
 
 enum class redis_errc { not_connected = 1, timed_out, connection_lost };
 const boost::system::error_category& redis_category();

@@ -11,7 +11,10 @@
 
 namespace token_broker {
 
-struct token_answer {
+// Named apart from responses.hpp's token_answer (the API's answer): two classes of one name
+// in one namespace break the one-definition rule, and the linker may then pick either's
+// inline members (a destructor, say) for both.
+struct issued_token {
   std::string access_token;
   std::chrono::seconds expires_in{0};
 };
@@ -19,7 +22,11 @@ struct token_answer {
 // Tokens are at most 512 bytes (SPEC §1).
 inline constexpr std::size_t max_token_size = 512;
 
-std::variant<token_answer, fetch_failure> parse_gettoken_answer(unsigned http_status,
+// A token the broker hands on: 1 to max_token_size bytes of printable ASCII, since tokens go
+// into JSON, HTTP headers and Redis as they are.
+bool is_plain_token(std::string_view value);
+
+std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
                                                                 std::string_view body);
 
 }  // namespace token_broker

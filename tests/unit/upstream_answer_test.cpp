@@ -8,14 +8,14 @@ namespace {
 
 using namespace std::chrono_literals;
 
-const fetch_failure& failure_of(const std::variant<token_answer, fetch_failure>& parsed) {
+const fetch_failure& failure_of(const std::variant<issued_token, fetch_failure>& parsed) {
   return std::get<fetch_failure>(parsed);
 }
 
 TEST(upstream_answer, success) {
   const auto parsed = parse_gettoken_answer(
       200, R"({"errcode":0,"errmsg":"ok","access_token":"abc-DEF_123","expires_in":7200})");
-  const auto& answer = std::get<token_answer>(parsed);
+  const auto& answer = std::get<issued_token>(parsed);
   EXPECT_EQ(answer.access_token, "abc-DEF_123");
   EXPECT_EQ(answer.expires_in, 7200s);
 }
@@ -91,7 +91,7 @@ TEST(upstream_answer, token_of_512_bytes_is_accepted) {
   const auto parsed =
       parse_gettoken_answer(200, R"({"errcode":0,"errmsg":"ok","access_token":")" +
                                      std::string(512, 'a') + R"(","expires_in":7200})");
-  EXPECT_TRUE(std::holds_alternative<token_answer>(parsed));
+  EXPECT_TRUE(std::holds_alternative<issued_token>(parsed));
 }
 
 }  // namespace

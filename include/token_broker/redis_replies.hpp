@@ -1,0 +1,47 @@
+// What Redis answers, read as plain values: a hiredis reply converted, and the meaning of each
+// of redis_token_store's script answers and of a message on the events channel. Pure
+// functions with no connection behind them, so they are tested and fuzzed on their own.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "token_broker/token_store.hpp"
+
+struct redisReply;  // hiredis
+
+namespace token_broker {
+
+struct redis_reply {
+  enum class kind { nil, string, integer, array, status, error };
+  kind type = kind::nil;
+  std::string text;  // string, status and error replies
+  long long integer = 0;
+  std::vector<redis_reply> elements;
+};
+
+// A hiredis reply as a plain value. hiredis nests arrays at most 7 deep, which bounds the
+// recursion.
+redis_reply from_hiredis(const redisReply& raw);
+
+// The payload of a pub/sub message, ["message", channel, payload], viewed in `message`;
+// nullopt for anything else (a "subscribe" confirmation).
+std::optional<std::string_view> message_payload(const redis_reply& message);
+
+// The app an event on the events channel names ({"app":"hr","event":"refreshed",…});
+// nullopt for anything else.
+std::optional<std::string> event_app(std::string_view payload);
+
+// The load script's answer, {expiry_ms, token} or {}: the stored token, if any.
+std::optional<stored_token> loaded_token(const redis_reply& reply);
+
+// The save script's answer: 1 written, 0 nothing to change, -1 a newer token is stored.
+save_outcome save_result(const redis_reply& reply);
+
+// The request script's answer, {verdict, wait_ms[, expiry_ms, token]}; `unavailable` when it
+// is not that shape.
+refresh_permit_answer refresh_permit_from(const redis_reply& reply);
+
+}  // namespace token_broker
