@@ -165,7 +165,7 @@ asio::awaitable<void> app_refresher::save_held() {
   const auto outcome = co_await store_.save(app_.id, latest);
   store_behind_ = outcome == save_outcome::unavailable;
   if (outcome == save_outcome::newer_kept) {
-    spdlog::info("app={} the store holds a newer token than this refresh brought; adopting it",
+    spdlog::info("app={} the store holds a newer token than the one held here; adopting it",
                  app_.id);
     if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
   }
@@ -191,6 +191,15 @@ bool app_refresher::adopt_stored(const stored_token& stored) {
 
 void app_refresher::store_changed() {
   asio::post(strand_, [self = shared_from_this()] { self->wake_.cancel(); });
+}
+
+void app_refresher::store_returned() {
+  asio::post(strand_, [self = shared_from_this()] {
+    // A failed write is not the only way to fall behind: a restarted Redis lost the token
+    // even if nothing was written while it was away.
+    self->store_behind_ = true;
+    self->wake_.cancel();
+  });
 }
 
 void app_refresher::record(const fetch_result& result, time_point started_at) {
