@@ -111,11 +111,15 @@ asio::awaitable<void> app_refresher::refresh() {
       case refresh_permit::unavailable:
         co_await call_upstream(false);
         co_return;
-      case refresh_permit::cooling_down:
+      case refresh_permit::cooling_down: {
+        // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
+        // wait that millisecond out rather than ask again at once.
+        const auto pause = std::max(answer.wait, milliseconds{1});
         spdlog::info("app={} another replica's gettoken asks for a pause of {} ms; following it",
-                     app_.id, answer.wait.count());
-        lifecycle_.attempt_withdrawn(clock::now() + answer.wait);
+                     app_.id, pause.count());
+        lifecycle_.attempt_withdrawn(clock::now() + pause);
         co_return;
+      }
       case refresh_permit::busy:
         // Another replica is calling upstream: its token comes with its event (or the next
         // look); if it dies, its lease runs out and this replica is granted the call.
