@@ -111,11 +111,15 @@ asio::awaitable<void> app_refresher::refresh() {
       case refresh_permit::unavailable:
         co_await call_upstream(false);
         co_return;
-      case refresh_permit::cooling_down:
+      case refresh_permit::cooling_down: {
+        // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
+        // wait that millisecond out rather than ask again at once.
+        const auto pause = std::max(answer.wait, milliseconds{1});
         spdlog::info("app={} another replica's gettoken asks for a pause of {} ms; following it",
-                     app_.id, answer.wait.count());
-        lifecycle_.attempt_withdrawn(clock::now() + answer.wait);
+                     app_.id, pause.count());
+        lifecycle_.attempt_withdrawn(clock::now() + pause);
         co_return;
+      }
       case refresh_permit::busy:
         // Another replica is calling upstream: its token comes with its event (or the next
         // look); if it dies, its lease runs out and this replica is granted the call.
@@ -165,7 +169,7 @@ asio::awaitable<void> app_refresher::save_held() {
   const auto outcome = co_await store_.save(app_.id, latest);
   store_behind_ = outcome == save_outcome::unavailable;
   if (outcome == save_outcome::newer_kept) {
-    spdlog::info("app={} the store holds a newer token than this refresh brought; adopting it",
+    spdlog::info("app={} the store holds a newer token than the one held here; adopting it",
                  app_.id);
     if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
   }
@@ -191,6 +195,15 @@ bool app_refresher::adopt_stored(const stored_token& stored) {
 
 void app_refresher::store_changed() {
   asio::post(strand_, [self = shared_from_this()] { self->wake_.cancel(); });
+}
+
+void app_refresher::store_returned() {
+  asio::post(strand_, [self = shared_from_this()] {
+    // A failed write is not the only way to fall behind: a restarted Redis lost the token
+    // even if nothing was written while it was away.
+    self->store_behind_ = true;
+    self->wake_.cancel();
+  });
 }
 
 void app_refresher::record(const fetch_result& result, time_point started_at) {

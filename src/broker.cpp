@@ -66,7 +66,7 @@ void broker::start() {
   store_->start([this](const std::string& app_id) {
     const auto current = apps();
     if (app_id.empty()) {
-      for (const auto& app : current->in_order()) app->store_changed();
+      for (const auto& app : current->in_order()) app->store_returned();
     } else if (auto* app = current->find(app_id)) {
       app->store_changed();
     }

@@ -70,8 +70,11 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::awaitable<token_outcome> wait_for_token();
   // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
   asio::awaitable<token_outcome> invalidate(std::string value);
-  // The shared store may hold a newer token (another replica's event, Redis back): look now.
+  // The shared store may hold a newer token (another replica's event): look now.
   void store_changed();
+  // The store is reachable again and may have lost what it held (a Redis restarted without
+  // persistence): write the held token back, unless the store holds a newer one, and look.
+  void store_returned();
 
  private:
   asio::awaitable<void> run();

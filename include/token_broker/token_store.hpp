@@ -45,8 +45,8 @@ class token_store {
   virtual ~token_store() = default;
 
   // Starts the store's own activity (connections). `changed` is called with an app id when
-  // the store may hold a newer token for it, and with "" when that may be true of every app
-  // (the store is reachable again).
+  // the store may hold a newer token for it, and with "" when the store is reachable again:
+  // it may hold newer tokens for every app, or have lost what it held (a restart).
   virtual void start(std::function<void(const std::string& app_id)> changed) { (void)changed; }
   virtual void stop() {}
 

@@ -498,6 +498,29 @@ TEST_F(redis_test, a_redis_outage_does_not_stop_serving_and_redis_catches_up_whe
   expect_no_later_than_true_expiry(redis, "hr");
 }
 
+// Redis restarts empty (no persistence) while no refresh is due, so no write failed during
+// the outage: the broker still writes its token back as soon as it reconnects, not at its
+// next refresh (hours away with real tokens). Found by the fault soak.
+TEST_F(redis_test, a_redis_restarted_empty_gets_the_held_token_back_without_a_refresh) {
+  const auto hr = add_app("hr");  // 7200 s tokens: no refresh during this test
+  redis_process redis_server(free_port(), scratch_.path());
+  const auto& broker = start_broker(redis_config(redis_url(redis_server.port())));
+  http_answer first;
+  ASSERT_NO_FATAL_FAILURE(await_first_token_in_redis(broker, redis_server.port(), first));
+
+  redis_server.stop();
+  redis_server.start();
+  redis_client redis(redis_server.port());
+  const auto back_at = steady_clock::now();
+  const bool caught_up = await_value(redis, token_key("hr"), token_of(first), 5s);
+  std::cout << "[ figures  ] Redis restarted empty: " << (caught_up ? "token back after " : "")
+            << (caught_up ? std::to_string(elapsed_ms(back_at)) + " ms" : "no token in 5 s")
+            << "; gettoken calls: " << fake_->gettoken_calls(hr.secret) << "\n";
+  EXPECT_TRUE(caught_up) << "the broker did not write its token back to the returned Redis";
+  expect_no_later_than_true_expiry(redis, "hr");
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
+}
+
 // Catching up writes only if newer: a replica that refreshed while Redis was away must not
 // overwrite a token with a later expiry that another replica wrote meanwhile.
 TEST_F(redis_test, a_returning_redis_keeps_a_newer_token_written_meanwhile) {
