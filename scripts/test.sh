@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: builds the Release, ASan+UBSan and TSan presets and runs every test
-# (unit, and the real binary against the fake of WeCom) under each.
+# (unit, and the real binary against the fake of WeCom) under each; then each libFuzzer
+# target for FUZZ_SECONDS (60) and the fault soak for SOAK_SECONDS (180).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -21,3 +22,9 @@ for preset in release asan tsan; do
     exit 1
   fi
 done
+
+echo "=== fuzz: each target for ${FUZZ_SECONDS:-60} s"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+
+echo "=== fault soak: ${SOAK_SECONDS:-180} s"
+scripts/soak.sh "${SOAK_SECONDS:-180}"
