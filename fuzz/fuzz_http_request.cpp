@@ -190,20 +190,40 @@ void check_any(const seen_answer& seen) {
     finding("a client key in an answer");
 }
 
+// What a request asked for, as the route table reads it.
+struct asked_for {
+  std::string_view label;  // the endpoint's metric label; empty for no endpoint
+  std::string app;
+  std::optional<std::string> corpid, corpsecret;
+};
+
+asked_for read_request(const request& incoming) {
+  const auto matched =
+      match_route(request_handler::endpoints(), incoming.method(), incoming.target());
+  asked_for asked;
+  if (matched.outcome != route_match::result::matched) return asked;
+  asked.label = request_handler::endpoints()[matched.index].shape.label;
+  asked.app = matched.parameters["app"];
+  if (const auto query = query_parameters::parse(matched.query)) {
+    if (const auto* corpid = query->find("corpid")) asked.corpid = *corpid;
+    if (const auto* corpsecret = query->find("corpsecret")) asked.corpsecret = *corpsecret;
+  }
+  return asked;
+}
+
 // The token an answer may hold: the one its request asked for, when it was answered 200.
-const fuzz_app* entitled_app(const route& call, const seen_answer& seen) {
+const fuzz_app* entitled_app(const asked_for& call, const seen_answer& seen) {
   if (seen.status != 200) return nullptr;
   for (const auto& app : fuzz_apps) {
-    if (call.call == route::kind::app_token && call.app == app.id) return &app;
-    if (call.call == route::kind::wecom_gettoken && call.corpid == app.corpid &&
-        call.corpsecret == app.secret) {
+    if (call.label == "token" && call.app == app.id) return &app;
+    if (call.label == "gettoken" && call.corpid == app.corpid && call.corpsecret == app.secret) {
       return &app;
     }
   }
   return nullptr;
 }
 
-void check_answer(const route& call, const answer& outgoing) {
+void check_answer(const asked_for& call, const answer& outgoing) {
   const auto seen = look_at(outgoing);
   check_any(seen);
   const auto* entitled = entitled_app(call, seen);
@@ -221,7 +241,7 @@ void check_answer(const route& call, const answer& outgoing) {
 }
 
 void answer_request(const request& incoming) {
-  const auto call = match_route(incoming.method(), incoming.target());
+  const auto call = read_request(incoming);
   for (auto* handler : {state->guarded.get(), state->open.get()}) {
     auto decided = handler->answer_or_wait(incoming);
     // A waiting request's answer needs the io_context to run: not fuzzed here.

@@ -9,7 +9,7 @@ packages=(
   libgtest-dev libgmock-dev
   libhiredis-dev redis-server
   clang-14 libclang-rt-14-dev  # libFuzzer, for scripts/fuzz.sh
-  curl ca-certificates
+  curl ca-certificates faketime
   systemd procps
 )
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <stdexcept>
 
 #include "token_broker/broker.hpp"
 
@@ -15,11 +16,14 @@ void append_metric_header(std::string& out, std::string_view name, std::string_v
   fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
-constexpr std::array<std::string_view, 9> route_names = {"token",    "invalidate", "apps",
-                                                         "gettoken", "healthz",    "readyz",
-                                                         "metrics",  "other",      "malformed"};
-
 }  // namespace
+
+request_metrics::request_metrics(std::vector<std::string_view> table_labels)
+    : names_(std::move(table_labels)) {
+  names_.push_back("other");
+  names_.push_back("malformed");
+  if (names_.size() > max_routes) throw std::logic_error("more routes than request_metrics counts");
+}
 
 request_metrics::shard& request_metrics::this_threads_shard() {
   static std::atomic<std::size_t> threads_seen{0};
@@ -27,13 +31,12 @@ request_metrics::shard& request_metrics::this_threads_shard() {
   return shards_[drawn % shard_count];
 }
 
-void request_metrics::record(route_label route, unsigned status,
+void request_metrics::record(std::size_t route, unsigned status,
                              std::chrono::nanoseconds duration) {
   auto& mine = this_threads_shard();
   const auto status_slot = static_cast<std::size_t>(
       std::find(statuses.begin(), statuses.end(), status) - statuses.begin());
-  mine.requests[static_cast<std::size_t>(route)][status_slot].fetch_add(1,
-                                                                        std::memory_order_relaxed);
+  mine.requests[route][status_slot].fetch_add(1, std::memory_order_relaxed);
 
   const double seconds = std::chrono::duration<double>(duration).count();
   const auto bucket = static_cast<std::size_t>(
@@ -55,15 +58,15 @@ std::uint64_t request_metrics::sum(
 void request_metrics::render(std::string& out) const {
   append_metric_header(out, "token_broker_requests_total", "counter",
                        "HTTP requests answered, by route and status code.");
-  for (std::size_t route = 0; route < route_count; ++route) {
+  for (std::size_t route = 0; route < names_.size(); ++route) {
     for (std::size_t slot = 0; slot <= statuses.size(); ++slot) {
       const auto count =
           sum([&](const shard& each) -> auto& { return each.requests[route][slot]; });
       if (count == 0) continue;
       const std::string code = slot < statuses.size() ? std::to_string(statuses[slot]) : "other";
       fmt::format_to(std::back_inserter(out),
-                     "token_broker_requests_total{{route=\"{}\",code=\"{}\"}} {}\n",
-                     route_names[route], code, count);
+                     "token_broker_requests_total{{route=\"{}\",code=\"{}\"}} {}\n", names_[route],
+                     code, count);
     }
   }
 

@@ -44,38 +44,46 @@ fetch_failure failure_or_busy(const token_outcome& outcome) {
   return outcome.failure.value_or(fetch_failure{failure_class::transient, -1, "system busy"});
 }
 
-route_label label_of(route::kind call) {
-  switch (call) {
-    case route::kind::app_token:
-      return route_label::token;
-    case route::kind::invalidate_token:
-      return route_label::invalidate;
-    case route::kind::list_apps:
-      return route_label::apps;
-    case route::kind::wecom_gettoken:
-      return route_label::gettoken;
-    case route::kind::healthz:
-      return route_label::healthz;
-    case route::kind::readyz:
-      return route_label::readyz;
-    case route::kind::metrics:
-      return route_label::metrics;
-    case route::kind::not_found:
-    case route::kind::method_not_allowed:
-    case route::kind::bad_request:
-      break;
-  }
-  return route_label::other;
+}  // namespace
+
+std::span<const request_handler::endpoint> request_handler::endpoints() {
+  using enum http::verb;
+  static constexpr std::array<endpoint, 7> table{{
+      {{get, "/v1/apps/{app}/token", access::client, "token"}, &request_handler::app_token},
+      {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
+       &request_handler::invalidate_token},
+      {{get, "/v1/apps", access::client, "apps"}, &request_handler::list_apps},
+      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &request_handler::wecom_gettoken},
+      {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
+      {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
+      {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
+  }};
+  return table;
+}
+
+namespace {
+
+std::vector<std::string_view> table_labels() {
+  std::vector<std::string_view> labels;
+  for (const auto& each : request_handler::endpoints()) labels.push_back(each.shape.label);
+  return labels;
 }
 
 }  // namespace
 
+request_handler::request_handler(const broker& apps, std::vector<client_config> clients)
+    : apps_(apps),
+      auth_(std::make_shared<const client_auth>(std::move(clients))),
+      metrics_(table_labels()) {}
+
 std::variant<answer, waiting_request> request_handler::answer_or_wait(const request& incoming) {
   const auto started_at = std::chrono::steady_clock::now();
-  const auto call = match_route(incoming.method(), incoming.target());
+  const auto matched = match_route(endpoints(), incoming.method(), incoming.target());
+  const auto route =
+      matched.outcome == route_match::result::matched ? matched.index : metrics_.other();
   auto decided = [&]() -> std::variant<answer, waiting_request> {
     try {
-      return decide(call, incoming);
+      return decide(matched, incoming);
     } catch (const std::exception& error) {
       // Never the target: for /cgi-bin/gettoken it holds the app secret.
       spdlog::error("request failed unexpectedly: {}", error.what());
@@ -83,10 +91,10 @@ std::variant<answer, waiting_request> request_handler::answer_or_wait(const requ
     }
   }();
   if (auto* waiting = std::get_if<waiting_request>(&decided)) {
-    waiting->label = label_of(call.call);
+    waiting->route = route;
     waiting->started_at = started_at;
   } else {
-    metrics_.record(label_of(call.call), status_of(std::get<answer>(decided)),
+    metrics_.record(route, status_of(std::get<answer>(decided)),
                     std::chrono::steady_clock::now() - started_at);
   }
   return decided;
@@ -101,7 +109,7 @@ asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiti
     spdlog::error("request failed unexpectedly: {}", error.what());
     outgoing = internal_error();
   }
-  metrics_.record(waiting.label, status_of(*outgoing),
+  metrics_.record(waiting.route, status_of(*outgoing),
                   std::chrono::steady_clock::now() - waiting.started_at);
   co_return std::move(*outgoing);
 }
@@ -126,7 +134,7 @@ std::optional<response> request_handler::answer_unreadable(const error_code& err
           ? error_response(http::status::payload_too_large, "bad_request", "request body too large")
           : error_response(http::status::bad_request, "bad_request",
                            "malformed HTTP request: " + error.message());
-  metrics_.record(route_label::malformed, refusal.result_int(), std::chrono::nanoseconds{0});
+  metrics_.record(metrics_.malformed(), refusal.result_int(), std::chrono::nanoseconds{0});
   return refusal;
 }
 
@@ -134,13 +142,22 @@ request_handler::~request_handler() {
   reads_of(nullptr);  // drops this thread's copies (a test may make a new handler here)
 }
 
-std::variant<answer, waiting_request> request_handler::decide(const route& call,
+std::variant<answer, waiting_request> request_handler::decide(const route_match& matched,
                                                               const request& incoming) {
-  using kind = route::kind;
+  if (matched.outcome == route_match::result::method_not_allowed) {
+    auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
+                                  "use " + matched.allow);
+    refusal.set(http::field::allow, matched.allow);
+    return refusal;
+  }
+  if (matched.outcome == route_match::result::not_found) {
+    return error_response(http::status::not_found, "not_found", "no such endpoint");
+  }
+  const auto& entry = endpoints()[matched.index];
   auto& reads = reads_of(this);
   const auto& auth = reads.auth.current(auth_);
   const client_config* client = nullptr;
-  if (call.needs_client_key() && !auth->open()) {
+  if (entry.shape.who == access::client && !auth->open()) {
     client = auth->identify(incoming[http::field::authorization]);
     if (!client) {
       auto refusal = error_response(http::status::unauthorized, "unauthorized",
@@ -150,74 +167,54 @@ std::variant<answer, waiting_request> request_handler::decide(const route& call,
       return refusal;
     }
   }
-
-  switch (call.call) {
-    case kind::app_token:
-    case kind::invalidate_token: {
-      auto* app = reads.current_apps(apps_).find(call.app);
-      if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
-      if (!auth->may_read(client, call.app)) {
-        return error_response(http::status::forbidden, "forbidden",
-                              "this client may not read app " + call.app);
-      }
-      if (call.call == kind::invalidate_token) return invalidation(*app, incoming.body());
-      // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
-      const auto now = clock::now();
-      if (const auto& seen = reads.current_view(*app); seen->servable(now)) {
-        return our_token_answer(seen, now);
-      }
-      return waiting_request{.app = app->shared_from_this(), .then = waiting_request::our_token};
+  app_refresher* app = nullptr;
+  if (const auto app_id = matched.parameters["app"]; !app_id.empty()) {
+    app = reads.current_apps(apps_).find(app_id);
+    if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
+    if (!auth->may_read(client, app_id)) {
+      return error_response(http::status::forbidden, "forbidden",
+                            "this client may not read app " + std::string(app_id));
     }
-    case kind::list_apps:
-      return list_apps(*auth, client);
-    case kind::wecom_gettoken:
-      return wecom_gettoken(call);
-    case kind::healthz:
-      return json_response(http::status::ok, R"({"status":"ok"})");
-    case kind::readyz:
-      return readiness();
-    case kind::metrics: {
-      auto page = json_response(http::status::ok,
-                                render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
-      page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      return page;
-    }
-    case kind::method_not_allowed: {
-      auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
-                                    "use " + std::string(call.allow));
-      refusal.set(http::field::allow, call.allow);
-      return refusal;
-    }
-    case kind::bad_request:
-      return error_response(http::status::bad_request, "bad_request",
-                            "malformed percent-encoding in the query");
-    case kind::not_found:
-      break;
   }
-  return error_response(http::status::not_found, "not_found", "no such endpoint");
+  return (this->*entry.handle)(call{matched, incoming, *auth, client, app});
 }
 
-std::variant<answer, waiting_request> request_handler::invalidation(app_refresher& app,
-                                                                    std::string_view body) {
-  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+std::variant<answer, waiting_request> request_handler::app_token(const call& current) {
+  // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
+  const auto now = clock::now();
+  if (const auto& seen = reads_of(this).current_view(*current.app); seen->servable(now)) {
+    return our_token_answer(seen, now);
+  }
+  return waiting_request{.app = current.app->shared_from_this(),
+                         .then = waiting_request::our_token};
+}
+
+std::variant<answer, waiting_request> request_handler::invalidate_token(const call& current) {
+  const auto json =
+      nlohmann::json::parse(current.incoming.body(), nullptr, /*allow_exceptions=*/false);
   const auto reported = json.is_object() ? json.find("access_token") : json.end();
   if (!json.is_object() || reported == json.end() || !reported->is_string()) {
     return error_response(http::status::bad_request, "bad_request",
                           R"(the body must be {"access_token":"<the rejected token>"})");
   }
-  return waiting_request{.app = app.shared_from_this(),
+  return waiting_request{.app = current.app->shared_from_this(),
                          .then = waiting_request::invalidation,
                          .reported = reported->get<std::string>()};
 }
 
-std::variant<answer, waiting_request> request_handler::wecom_gettoken(const route& call) {
-  // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
-  if (!call.corpid || call.corpid->empty()) return wecom_error_response(41002, "corpid missing");
-  if (!call.corpsecret || call.corpsecret->empty()) {
-    return wecom_error_response(41004, "corpsecret missing");
+std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call& current) {
+  const auto query = query_parameters::parse(current.matched.query);
+  if (!query) {
+    return error_response(http::status::bad_request, "bad_request",
+                          "malformed percent-encoding in the query");
   }
+  // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
+  const auto* corpid = query->find("corpid");
+  const auto* corpsecret = query->find("corpsecret");
+  if (!corpid || corpid->empty()) return wecom_error_response(41002, "corpid missing");
+  if (!corpsecret || corpsecret->empty()) return wecom_error_response(41004, "corpsecret missing");
   auto& reads = reads_of(this);
-  const auto match = reads.current_apps(apps_).match_credentials(*call.corpid, *call.corpsecret);
+  const auto match = reads.current_apps(apps_).match_credentials(*corpid, *corpsecret);
   switch (match.outcome) {
     case credential_match::result::unknown_corpid:
       return wecom_error_response(40013, "invalid corpid");
@@ -234,6 +231,17 @@ std::variant<answer, waiting_request> request_handler::wecom_gettoken(const rout
                          .then = waiting_request::wecom_token};
 }
 
+std::variant<answer, waiting_request> request_handler::healthz(const call&) {
+  return json_response(http::status::ok, R"({"status":"ok"})");
+}
+
+std::variant<answer, waiting_request> request_handler::metrics(const call&) {
+  auto page =
+      json_response(http::status::ok, render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
+  page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+  return page;
+}
+
 asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
   auto& app = *waiting.app;
   auto operation = waiting.then == waiting_request::invalidation ? app.invalidate(waiting.reported)
@@ -248,12 +256,12 @@ asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& 
   co_return unavailable_response(app.app().id, outcome);
 }
 
-response request_handler::list_apps(const client_auth& auth, const client_config* client) const {
+std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {
   const auto now = clock::now();
   auto listing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!auth.may_read(client, app->app().id)) continue;
+    if (!asking.auth.may_read(asking.client, app->app().id)) continue;
     const auto view = app->view();
     const token* current = view->servable(now);
     listing.push_back({
@@ -267,7 +275,7 @@ response request_handler::list_apps(const client_auth& auth, const client_config
   return json_response(http::status::ok, listing.dump());
 }
 
-response request_handler::readiness() const {
+std::variant<answer, waiting_request> request_handler::readyz(const call&) {
   const auto now = clock::now();
   auto failing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile

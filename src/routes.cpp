@@ -3,8 +3,6 @@
 namespace token_broker {
 namespace {
 
-constexpr std::string_view apps_prefix = "/v1/apps/";
-
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -12,8 +10,6 @@ int hex_value(char c) {
   return -1;
 }
 
-// Percent-decoding of a query value. '+' stays '+': WeCom secrets may contain it, and SDKs
-// that encode spaces that way never send spaces here.
 std::optional<std::string> percent_decode(std::string_view text) {
   std::string out;
   out.reserve(text.size());
@@ -32,64 +28,62 @@ std::optional<std::string> percent_decode(std::string_view text) {
   return out;
 }
 
-route only(http::verb method, http::verb allowed, route match, std::string_view allow) {
-  if (method == allowed) return match;
-  return route{.call = route::kind::method_not_allowed, .allow = allow};
+}  // namespace
+
+std::string_view path_parameters::operator[](std::string_view name) const {
+  for (std::size_t i = 0; i < count_; ++i) {
+    if (items_[i].first == name) return items_[i].second;
+  }
+  return {};
 }
 
-route match_gettoken(std::string_view query) {
-  route match{.call = route::kind::wecom_gettoken};
+bool path_parameters::add(std::string_view name, std::string_view value) {
+  if (count_ == capacity) return false;
+  items_[count_++] = {name, value};
+  return true;
+}
+
+bool match_pattern(std::string_view pattern, std::string_view path, path_parameters& parameters) {
+  parameters.clear();
+  while (!pattern.empty()) {
+    const auto open = pattern.find('{');
+    const auto literal = pattern.substr(0, open);
+    if (!path.starts_with(literal)) return false;
+    path.remove_prefix(literal.size());
+    if (open == std::string_view::npos) return path.empty();
+
+    const auto close = pattern.find('}', open);
+    auto name = pattern.substr(open + 1, close - open - 1);
+    pattern.remove_prefix(close + 1);
+    const bool rest = name.ends_with('*');
+    if (rest) name.remove_suffix(1);
+    const auto end = rest ? path.size() : std::min(path.find('/'), path.size());
+    if (end == 0 || !parameters.add(name, path.substr(0, end))) return false;
+    path.remove_prefix(end);
+  }
+  return path.empty();
+}
+
+std::optional<query_parameters> query_parameters::parse(std::string_view query) {
+  query_parameters parsed;
   while (!query.empty()) {
     const auto end = query.find('&');
     const auto pair = query.substr(0, end);
     query = end == std::string_view::npos ? std::string_view{} : query.substr(end + 1);
     const auto equals = pair.find('=');
-    const auto key = pair.substr(0, equals);
+    auto key = percent_decode(pair.substr(0, equals));
     auto value = percent_decode(equals == std::string_view::npos ? "" : pair.substr(equals + 1));
-    if (!value) return route{.call = route::kind::bad_request};
-    if (key == "corpid") match.corpid = std::move(*value);
-    if (key == "corpsecret") match.corpsecret = std::move(*value);
+    if (!key || !value) return std::nullopt;
+    parsed.items_.emplace_back(std::move(*key), std::move(*value));
   }
-  return match;
+  return parsed;
 }
 
-}  // namespace
-
-route match_route(http::verb method, std::string_view target) {
-  const auto question = target.find('?');
-  const auto path = target.substr(0, question);
-  const auto query =
-      question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
-
-  if (path == "/cgi-bin/gettoken") {
-    return only(method, http::verb::get, match_gettoken(query), "GET");
+const std::string* query_parameters::find(std::string_view name) const {
+  for (const auto& [key, value] : items_) {
+    if (key == name) return &value;
   }
-  if (path == "/healthz")
-    return only(method, http::verb::get, {.call = route::kind::healthz}, "GET");
-  if (path == "/readyz") return only(method, http::verb::get, {.call = route::kind::readyz}, "GET");
-  if (path == "/metrics") {
-    return only(method, http::verb::get, {.call = route::kind::metrics}, "GET");
-  }
-  if (path == "/v1/apps") {
-    return only(method, http::verb::get, {.call = route::kind::list_apps}, "GET");
-  }
-  if (!path.starts_with(apps_prefix)) return {};
-
-  // /v1/apps/{app}/token[/invalidate]; the id is checked against the config later, so an
-  // unknown or malformed id is 404 unknown_app either way.
-  const auto rest = path.substr(apps_prefix.size());
-  const auto slash = rest.find('/');
-  if (slash == std::string_view::npos || slash == 0) return {};
-  const std::string app(rest.substr(0, slash));
-  const auto action = rest.substr(slash);
-  if (action == "/token") {
-    return only(method, http::verb::get, {.call = route::kind::app_token, .app = app}, "GET");
-  }
-  if (action == "/token/invalidate") {
-    return only(method, http::verb::post, {.call = route::kind::invalidate_token, .app = app},
-                "POST");
-  }
-  return {};
+  return nullptr;
 }
 
 }  // namespace token_broker

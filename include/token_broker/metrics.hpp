@@ -14,25 +14,22 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace token_broker {
 
-// The `route` label: a fixed set, never the raw target (which may hold a secret).
-enum class route_label : std::uint8_t {
-  token,
-  invalidate,
-  apps,
-  gettoken,
-  healthz,
-  readyz,
-  metrics,
-  other,      // unknown paths, wrong methods
-  malformed,  // requests that could not be parsed at all
-};
-
 class request_metrics {
  public:
-  void record(route_label route, unsigned status, std::chrono::nanoseconds duration);
+  // The `route` label values: the route table's labels (fixed text, never the raw target,
+  // which may hold a secret), then "other" (unknown paths, wrong methods) and "malformed"
+  // (requests that could not be parsed at all).
+  static constexpr std::size_t max_routes = 64;
+  explicit request_metrics(std::vector<std::string_view> table_labels);
+  std::size_t other() const { return names_.size() - 2; }
+  std::size_t malformed() const { return names_.size() - 1; }
+
+  // `route`: an index into the table's labels, or other() or malformed().
+  void record(std::size_t route, unsigned status, std::chrono::nanoseconds duration);
   // token_broker_requests_total and token_broker_request_duration_seconds.
   void render(std::string& out) const;
 
@@ -40,13 +37,12 @@ class request_metrics {
   // Every status the API answers with; anything else is counted as code="other".
   static constexpr std::array<unsigned, 10> statuses = {200, 400, 401, 403, 404,
                                                         405, 413, 431, 500, 503};
-  static constexpr std::size_t route_count = static_cast<std::size_t>(route_label::malformed) + 1;
   // Upper bounds in seconds: a hot-path answer takes microseconds, a cold one an upstream call.
   static constexpr std::array<double, 14> bucket_bounds = {
       0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
 
   struct alignas(64) shard {
-    std::array<std::array<std::atomic<std::uint64_t>, statuses.size() + 1>, route_count> requests{};
+    std::array<std::array<std::atomic<std::uint64_t>, statuses.size() + 1>, max_routes> requests{};
     std::array<std::atomic<std::uint64_t>, bucket_bounds.size() + 1> buckets{};  // not cumulative
     std::atomic<std::uint64_t> duration_sum_ns{0};
   };
@@ -56,6 +52,7 @@ class request_metrics {
   std::uint64_t sum(
       const std::function<const std::atomic<std::uint64_t>&(const shard&)>& counter) const;
 
+  std::vector<std::string_view> names_;
   std::array<shard, shard_count> shards_{};
 };
 

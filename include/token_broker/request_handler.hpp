@@ -1,9 +1,10 @@
-// Turns one HTTP request into its answer: routing, the one authentication point, the calls
-// of SPEC §4, and the request metrics.
+// Turns one HTTP request into its answer: the route table (every endpoint of SPEC §4 in one
+// line), the one authentication point, the handlers, and the request metrics.
 #pragma once
 
 #include <atomic>
 #include <memory>
+#include <span>
 
 #include "token_broker/asio.hpp"
 #include "token_broker/broker.hpp"
@@ -22,15 +23,30 @@ using request = http::request<http::string_body>;
 struct waiting_request {
   std::shared_ptr<app_refresher> app;  // kept: a reload may drop it from the set meanwhile
   enum { our_token, wecom_token, invalidation } then = our_token;
-  std::string reported;                    // invalidation: the token the caller saw rejected
-  route_label label = route_label::token;  // for the metrics
+  std::string reported;   // invalidation: the token the caller saw rejected
+  std::size_t route = 0;  // its route table entry, for the metrics
   std::chrono::steady_clock::time_point started_at;
 };
 
 class request_handler {
  public:
-  request_handler(const broker& apps, std::vector<client_config> clients)
-      : apps_(apps), auth_(std::make_shared<const client_auth>(std::move(clients))) {}
+  // What a handler is given: the matched route, the request, and who is calling.
+  struct call {
+    const route_match& matched;
+    const request& incoming;
+    const client_auth& auth;
+    const client_config* client;  // the authenticated client; nullptr on an open API
+    app_refresher* app;           // the path's {app}, checked against the config and the client
+  };
+  using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
+  struct endpoint {
+    route shape;
+    handler handle;
+  };
+  // The route table, in matching order.
+  static std::span<const endpoint> endpoints();
+
+  request_handler(const broker& apps, std::vector<client_config> clients);
   ~request_handler();
 
   // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
@@ -51,13 +67,18 @@ class request_handler {
   }
 
  private:
-  std::variant<answer, waiting_request> decide(const route& call, const request& incoming);
-  std::variant<answer, waiting_request> invalidation(app_refresher& app, std::string_view body);
-  std::variant<answer, waiting_request> wecom_gettoken(const route& call);
+  std::variant<answer, waiting_request> decide(const route_match& matched, const request& incoming);
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
   static response internal_error();
-  response list_apps(const client_auth& auth, const client_config* client) const;
-  response readiness() const;
+
+  // The handlers, one per endpoint.
+  std::variant<answer, waiting_request> app_token(const call& current);
+  std::variant<answer, waiting_request> invalidate_token(const call& current);
+  std::variant<answer, waiting_request> list_apps(const call& current);
+  std::variant<answer, waiting_request> wecom_gettoken(const call& current);
+  std::variant<answer, waiting_request> healthz(const call& current);
+  std::variant<answer, waiting_request> readyz(const call& current);
+  std::variant<answer, waiting_request> metrics(const call& current);
 
   const broker& apps_;
   published<client_auth> auth_;
