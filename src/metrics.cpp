@@ -107,7 +107,9 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
                  TOKEN_BROKER_VERSION);
   requests.render(out);
 
-  // App ids are [A-Za-z0-9_.-]: label values that need no escaping.
+  // App ids are [A-Za-z0-9_.-]: label values that need no escaping. `kind` (SPEC §6 v2) is the
+  // credential kind; every credential is an app's access_token until tickets and third-party
+  // credentials arrive.
   append_metric_header(out, "token_broker_upstream_requests_total", "counter",
                        "gettoken calls made by this process, by app and result.");
   for (const auto& app : apps.in_order()) {
@@ -115,8 +117,10 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
     std::uint64_t failed = 0;
     for (const auto& [errcode, count] : results.failures()) failed += count;
     fmt::format_to(std::back_inserter(out),
-                   "token_broker_upstream_requests_total{{app=\"{0}\",result=\"ok\"}} {1}\n"
-                   "token_broker_upstream_requests_total{{app=\"{0}\",result=\"error\"}} {2}\n",
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
+                   "\"ok\"}} {1}\n"
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
+                   "\"error\"}} {2}\n",
                    app->app().id, results.ok(), failed);
   }
   append_metric_header(out, "token_broker_refresh_failures_total", "counter",
@@ -125,7 +129,8 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
   for (const auto& app : apps.in_order()) {
     for (const auto& [errcode, count] : app->upstream_results().failures()) {
       fmt::format_to(std::back_inserter(out),
-                     "token_broker_refresh_failures_total{{app=\"{}\",errcode=\"{}\"}} {}\n",
+                     "token_broker_refresh_failures_total{{app=\"{}\",kind=\"access_token\","
+                     "errcode=\"{}\"}} {}\n",
                      app->app().id, errcode, count);
     }
   }
@@ -135,9 +140,10 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
   for (const auto& app : apps.in_order()) {
     const auto view = app->view();
     const token* current = view->servable(now);
-    fmt::format_to(std::back_inserter(out),
-                   "token_broker_token_expiry_timestamp_seconds{{app=\"{}\"}} {}\n", app->app().id,
-                   current ? unix_seconds(current->expires_at_wall) : 0);
+    fmt::format_to(
+        std::back_inserter(out),
+        "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"access_token\"}} {}\n",
+        app->app().id, current ? unix_seconds(current->expires_at_wall) : 0);
   }
   if (redis_up) {
     append_metric_header(out, "token_broker_redis_up", "gauge",

@@ -130,20 +130,40 @@ TEST_F(operations_test, metrics_count_requests_upstream_results_and_token_expiry
   EXPECT_GE(metric_sample(page, R"(token_broker_requests_total{route="token",code="200"})"), 10);
   EXPECT_EQ(metric_sample(page, R"(token_broker_requests_total{route="token",code="404"})"), 1);
   EXPECT_EQ(metric_sample(page, R"(token_broker_requests_total{route="other",code="405"})"), 1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_upstream_requests_total{app="hr",result="ok"})"),
-            1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_upstream_requests_total{app="crm",result="ok"})"),
-            1);
   EXPECT_EQ(
-      metric_sample(page, R"(token_broker_upstream_requests_total{app="crm",result="error"})"), 2);
+      metric_sample(
+          page,
+          R"(token_broker_upstream_requests_total{app="hr",kind="access_token",result="ok"})"),
+      1);
   EXPECT_EQ(
-      metric_sample(page, R"(token_broker_refresh_failures_total{app="crm",errcode="45033"})"), 1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_refresh_failures_total{app="crm",errcode="-1"})"),
-            1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_refresh_failures_total{app="hr",errcode="-1"})"),
-            -1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_token_expiry_timestamp_seconds{app="hr"})"),
-            static_cast<double>(expires_at_of(token)));
+      metric_sample(
+          page,
+          R"(token_broker_upstream_requests_total{app="crm",kind="access_token",result="ok"})"),
+      1);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_upstream_requests_total{app="crm",kind="access_token",result="error"})"),
+      2);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_refresh_failures_total{app="crm",kind="access_token",errcode="45033"})"),
+      1);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_refresh_failures_total{app="crm",kind="access_token",errcode="-1"})"),
+      1);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_refresh_failures_total{app="hr",kind="access_token",errcode="-1"})"),
+      -1);
+  EXPECT_EQ(
+      metric_sample(page,
+                    R"(token_broker_token_expiry_timestamp_seconds{app="hr",kind="access_token"})"),
+      static_cast<double>(expires_at_of(token)));
   EXPECT_EQ(page.find("token_broker_redis_up"), std::string::npos) << "no Redis configured";
 
   // The histogram is cumulative, its count is every request counted, and nothing is negative.
@@ -330,9 +350,11 @@ TEST_F(operations_test, no_secret_in_logs_answers_or_metrics_through_every_route
 
   const auto metrics = call({.target = "/metrics"});
   EXPECT_EQ(metric_sample(metrics.body, "token_broker_redis_up"), 0);
-  EXPECT_GE(metric_sample(metrics.body,
-                          R"(token_broker_refresh_failures_total{app="hr",errcode="40001"})"),
-            1);
+  EXPECT_GE(
+      metric_sample(
+          metrics.body,
+          R"(token_broker_refresh_failures_total{app="hr",kind="access_token",errcode="40001"})"),
+      1);
 
   const auto log = broker.log();
   EXPECT_NE(log.find("redis"), std::string::npos) << "the Redis failures were logged";
