@@ -1,0 +1,32 @@
+// What the broker holds: credentials, each a kind and a scope. The kind says which WeCom call
+// issues it (SPEC §1, §6 `kind`); the scope says whose it is: an app id for an app's
+// access_token, and for the kinds still to come a suite, a provider or "suite/corpid".
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace token_broker {
+
+enum class credential_kind : std::uint8_t {
+  access_token,  // an app's, from GET /cgi-bin/gettoken
+};
+
+// The name SPEC §5 and §6 use: the Redis key's first part, the `kind` label and event field.
+std::string_view to_string(credential_kind kind);
+
+struct credential_id {
+  credential_kind kind = credential_kind::access_token;
+  std::string scope;
+
+  auto operator<=>(const credential_id&) const = default;
+};
+
+// "access_token:hr": the Redis key after the prefix.
+std::string to_string(const credential_id& id);
+// How log lines name it: "app=hr" for an app's access_token.
+std::string log_name(const credential_id& id);
+
+}  // namespace token_broker

@@ -1,0 +1,92 @@
+// Every credential the broker holds, kept fresh by one scheduler: a queue of due refreshes
+// ordered by time and one timer, as a janitor walks its pools — not a coroutine, a timer and a
+// poll per credential, which does not reach a hundred thousand of them. The engine is also the
+// registry: credentials are added and removed at runtime (a reload, an authorized corp that
+// arrives by callback), each with its own source of values.
+//
+// Everything runs on one strand of the control loop. `Clock` is boot_clock in the daemon and a
+// simulated clock in tests.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "token_broker/asio.hpp"
+#include "token_broker/clock.hpp"
+#include "token_broker/config.hpp"
+#include "token_broker/credential.hpp"
+#include "token_broker/credentials/refresher.hpp"
+#include "token_broker/credentials/upstream_caller.hpp"
+#include "token_broker/token_store.hpp"
+
+namespace token_broker {
+
+template <class Clock>
+class basic_engine {
+ public:
+  using refresher = basic_refresher<Clock>;
+  using timer = asio::basic_waitable_timer<Clock>;
+
+  // `wait_limit` bounds how long a caller waits for a refresh (upstream.timeout_ms). The
+  // store must outlive the engine.
+  basic_engine(asio::any_io_executor executor, const refresh_config& refresh,
+               std::chrono::milliseconds wait_limit, std::shared_ptr<upstream_caller> upstream,
+               token_store& store);
+  basic_engine(const basic_engine&) = delete;
+  basic_engine& operator=(const basic_engine&) = delete;
+
+  // Any thread.
+  void start();
+  // Ends every refresh and answers every waiting caller (503); nothing is scheduled after.
+  void stop();
+  // Starts keeping `credential` fresh; one with the same id is ended and replaced.
+  void add(std::shared_ptr<refresher> credential);
+  void remove(credential_id id);
+  // A reload's settings, for the decisions still to come; `upstream` when it changed.
+  void apply(const refresh_config& refresh, std::chrono::milliseconds wait_limit,
+             std::shared_ptr<upstream_caller> upstream);
+  // The shared store may hold a newer value for `id` (another replica's event).
+  void store_changed(credential_id id);
+  // The store is reachable again and may have lost what it held (a Redis restarted without
+  // persistence): every credential writes its value back, unless the store holds a newer
+  // one, and looks.
+  void store_returned();
+
+  // The refreshers' side, on the strand.
+  const asio::strand<asio::any_io_executor>& strand() const { return strand_; }
+  const refresh_config& refresh_policy() const { return refresh_; }
+  std::chrono::milliseconds wait_limit() const { return wait_limit_; }
+  std::shared_ptr<upstream_caller> upstream() const { return upstream_; }
+  token_store& store() { return store_; }
+  bool stopping() const { return stopping_; }
+  std::shared_ptr<refresher> find(const credential_id& id) const;
+  // `credential`'s next attempt may have moved: plan it.
+  void plan(refresher& credential);
+  // The completion of a credential's task: an exception is logged, never silent.
+  std::function<void(std::exception_ptr)> log_failure(const refresher& credential) const;
+
+ private:
+  asio::awaitable<void> run();
+  void unqueue(refresher& credential);
+
+  asio::strand<asio::any_io_executor> strand_;
+  token_store& store_;
+  // Everything below is touched only on strand_.
+  refresh_config refresh_;
+  std::chrono::milliseconds wait_limit_;
+  std::shared_ptr<upstream_caller> upstream_;
+  std::map<credential_id, std::shared_ptr<refresher>> registry_;
+  std::set<std::pair<time_point, refresher*>> due_;  // one entry per idle credential
+  timer wake_;
+  time_point wake_at_{};
+  bool stopping_ = false;
+};
+
+using credential_engine = basic_engine<boot_clock>;
+
+}  // namespace token_broker

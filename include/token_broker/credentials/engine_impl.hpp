@@ -1,0 +1,171 @@
+// basic_engine's definitions, included where it is instantiated: src/credentials/ for the
+// daemon's clock, the simulated-time tests for theirs.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include "token_broker/credentials/engine.hpp"
+#include "token_broker/credentials/refresher_impl.hpp"
+
+namespace token_broker {
+namespace engine_detail {
+
+// The scheduler re-plans at least this often: a timer sleeps on CLOCK_MONOTONIC, which stands
+// still while the host is suspended, but credential time (CLOCK_BOOTTIME) does not.
+constexpr std::chrono::milliseconds max_sleep{30000};
+
+}  // namespace engine_detail
+
+template <class Clock>
+basic_engine<Clock>::basic_engine(asio::any_io_executor executor, const refresh_config& refresh,
+                                  std::chrono::milliseconds wait_limit,
+                                  std::shared_ptr<upstream_caller> upstream, token_store& store)
+    : strand_(asio::make_strand(std::move(executor))),
+      store_(store),
+      refresh_(refresh),
+      wait_limit_(wait_limit),
+      upstream_(std::move(upstream)),
+      wake_(strand_) {}
+
+template <class Clock>
+void basic_engine<Clock>::start() {
+  asio::co_spawn(strand_, run(), [](std::exception_ptr failure) {
+    if (!failure) return;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& error) {
+      spdlog::critical("the credential scheduler stopped: {}", error.what());
+    }
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::stop() {
+  asio::dispatch(strand_, [this] {
+    stopping_ = true;
+    wake_.cancel();
+    due_.clear();
+    for (auto& [id, credential] : registry_) {
+      credential->queued_at().reset();
+      credential->end();
+    }
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::add(std::shared_ptr<refresher> credential) {
+  asio::dispatch(strand_, [this, credential = std::move(credential)] {
+    if (stopping_) return;
+    auto& slot = registry_[credential->id()];
+    if (slot) {
+      unqueue(*slot);
+      slot->end();
+    }
+    slot = credential;
+    credential->begin();
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::remove(credential_id id) {
+  asio::dispatch(strand_, [this, id = std::move(id)] {
+    const auto found = registry_.find(id);
+    if (found == registry_.end()) return;
+    unqueue(*found->second);
+    found->second->end();
+    registry_.erase(found);
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::apply(const refresh_config& refresh,
+                                std::chrono::milliseconds wait_limit,
+                                std::shared_ptr<upstream_caller> upstream) {
+  asio::dispatch(strand_, [this, refresh, wait_limit, upstream = std::move(upstream)] {
+    refresh_ = refresh;
+    wait_limit_ = wait_limit;
+    if (upstream) upstream_ = upstream;
+    for (auto& [id, credential] : registry_) credential->apply(refresh);
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::store_changed(credential_id id) {
+  asio::dispatch(strand_, [this, id = std::move(id)] {
+    const auto credential = find(id);
+    if (!credential || stopping_) return;
+    asio::co_spawn(strand_, credential->sync_with_store(), log_failure(*credential));
+  });
+}
+
+template <class Clock>
+void basic_engine<Clock>::store_returned() {
+  asio::dispatch(strand_, [this] {
+    if (stopping_) return;
+    for (auto& [id, credential] : registry_) {
+      // A failed write is not the only way to fall behind: a restarted Redis lost the value
+      // even if nothing was written while it was away.
+      credential->mark_store_behind();
+      asio::co_spawn(strand_, credential->sync_with_store(), log_failure(*credential));
+    }
+  });
+}
+
+template <class Clock>
+std::shared_ptr<basic_refresher<Clock>> basic_engine<Clock>::find(const credential_id& id) const {
+  const auto found = registry_.find(id);
+  return found == registry_.end() ? nullptr : found->second;
+}
+
+template <class Clock>
+void basic_engine<Clock>::unqueue(refresher& credential) {
+  if (auto& queued = credential.queued_at()) {
+    due_.erase({*queued, &credential});
+    queued.reset();
+  }
+}
+
+template <class Clock>
+void basic_engine<Clock>::plan(refresher& credential) {
+  unqueue(credential);
+  if (stopping_ || credential.in_flight()) return;  // a refresh plans again when it ends
+  const auto at = credential.next_attempt_at();
+  due_.emplace(at, &credential);
+  credential.queued_at() = at;
+  if (at < wake_at_) wake_.cancel();  // the scheduler sleeps past it: wake it to re-plan
+}
+
+template <class Clock>
+std::function<void(std::exception_ptr)> basic_engine<Clock>::log_failure(
+    const refresher& credential) const {
+  return [name = log_name(credential.id())](std::exception_ptr failure) {
+    if (!failure) return;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& error) {
+      spdlog::error("{}: a task ended unexpectedly: {}", name, error.what());
+    }
+  };
+}
+
+template <class Clock>
+asio::awaitable<void> basic_engine<Clock>::run() {
+  while (!stopping_) {
+    const auto now = Clock::now();
+    while (!due_.empty() && due_.begin()->first <= now) {
+      auto* credential = due_.begin()->second;
+      due_.erase(due_.begin());
+      credential->queued_at().reset();
+      // The refresh holds its refresher: a removal meanwhile does not pull it away.
+      auto holder = credential->shared_from_this();
+      auto refreshing = [holder]() -> asio::awaitable<void> { co_await holder->refresh(); };
+      asio::co_spawn(strand_, std::move(refreshing), log_failure(*credential));
+    }
+    wake_at_ = std::min(due_.empty() ? time_point::max() : due_.begin()->first,
+                        now + engine_detail::max_sleep);
+    wake_.expires_at(wake_at_);
+    co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+}
+
+}  // namespace token_broker

@@ -1,0 +1,132 @@
+// One credential kept fresh: token_lifecycle's decisions carried out with a store, upstream and
+// time, and the lock-free view every HTTP worker reads on the hot path. A refresher has no task
+// of its own while idle: its engine starts a refresh when one is due, so a hundred thousand
+// credentials cost a hundred thousand small objects, not coroutines and timers.
+//
+// Everything runs on the engine's strand. `Clock` is boot_clock in the daemon and a simulated
+// clock in tests, which run hours of a credential's life in milliseconds.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "token_broker/asio.hpp"
+#include "token_broker/clock.hpp"
+#include "token_broker/credential.hpp"
+#include "token_broker/credentials/source.hpp"
+#include "token_broker/metrics.hpp"
+#include "token_broker/published.hpp"
+#include "token_broker/token_answer.hpp"
+#include "token_broker/token_lifecycle.hpp"
+#include "token_broker/token_store.hpp"
+
+namespace token_broker {
+
+// What any thread may read about one credential without taking a lock; replaced whole on
+// change.
+struct credential_view {
+  app_state state = app_state::unknown;
+  std::optional<token> current;    // the held value unless revoked; check serve_until
+  prepared_token_answers answers;  // current's 200 answers, when there is a current
+
+  const token* servable(time_point now) const {
+    return current && now < current->serve_until ? &*current : nullptr;
+  }
+  // The state as of `now`: a value can expire without anything being published.
+  app_state state_at(time_point now) const {
+    return state == app_state::fresh && !servable(now) ? app_state::unknown : state;
+  }
+};
+using app_view = credential_view;
+
+// The answer to someone who needs the credential: it, or why there is none and when to come
+// back.
+struct token_outcome {
+  std::shared_ptr<const credential_view> view;  // with a servable value, or null
+  std::optional<fetch_failure> failure;         // the last upstream failure, if that is why
+  std::chrono::seconds retry_after{1};
+};
+
+template <class Clock>
+class basic_engine;
+
+template <class Clock>
+class basic_refresher : public std::enable_shared_from_this<basic_refresher<Clock>> {
+ public:
+  using engine_type = basic_engine<Clock>;
+  using timer = asio::basic_waitable_timer<Clock>;
+
+  // How a refresher begins: as at start (a value with time left in the store is adopted), or
+  // with credentials a reload changed (the store's value came from the old ones, so the first
+  // value is fetched with the new ones, proving they work).
+  enum class origin { configured, credentials_changed };
+
+  // `label` names it in answers and metrics (an app id); `source` is how it is fetched.
+  basic_refresher(engine_type& engine, credential_id id, std::string label,
+                  std::unique_ptr<credential_source> source, origin how = origin::configured);
+
+  const credential_id& id() const { return id_; }
+  const std::string& label() const { return label_; }
+  const credential_source& source() const { return *source_; }
+  std::shared_ptr<const credential_view> view() const { return view_.load(); }
+  // For the hot path: read through a published<credential_view>::reader.
+  const published<credential_view>& published_view() const { return view_; }
+  const upstream_metrics& upstream_results() const { return upstream_results_; }
+
+  // Any thread. Every caller that waits is answered (503 once stopped).
+  asio::awaitable<token_outcome> wait_for_token();
+  // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
+  asio::awaitable<token_outcome> invalidate(std::string value);
+
+  // The engine's side, on its strand.
+  void begin();                      // adopt what the store holds, then plan the first refresh
+  asio::awaitable<void> refresh();   // a due refresh, started by the engine; plans the next
+  asio::awaitable<void> sync_with_store();
+  void mark_store_behind() { store_behind_ = true; }
+  void end();                        // stopped or removed: no more refreshes, waiters answered
+  void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
+  bool in_flight() const { return lifecycle_.in_flight(); }
+  time_point next_attempt_at() const { return lifecycle_.next_attempt_at(); }
+  // The engine's bookkeeping: where this refresher stands in its queue of due refreshes.
+  std::optional<time_point>& queued_at() { return queued_at_; }
+
+ private:
+  // The store's name for it. Its keys are per app until the store learns credential kinds.
+  const std::string& store_key() const { return id_.scope; }
+  asio::awaitable<void> negotiate_and_call();
+  asio::awaitable<void> call_upstream(const upstream_caller::slot& held, bool holds_permit);
+  asio::awaitable<fetch_result> fetch(const upstream_caller::slot& held);
+  asio::awaitable<void> save_held();
+  bool adopt_stored(const stored_token& stored);
+  void record(const fetch_result& result, time_point started_at);
+  asio::awaitable<token_outcome> wait_on_strand();
+  asio::awaitable<token_outcome> invalidate_on_strand(std::string value);
+  token_outcome unavailable(time_point now) const;
+  void publish();
+  double jitter_unit() { return std::uniform_real_distribution<double>(0.0, 1.0)(random_); }
+
+  engine_type& engine_;
+  const credential_id id_;
+  const std::string label_;
+  const std::unique_ptr<credential_source> source_;
+
+  // Everything below is touched only on the engine's strand.
+  token_lifecycle lifecycle_;
+  std::vector<timer*> waiters_;  // callers waiting for the next change
+  std::minstd_rand random_;      // jitter needs spread, not quality: 8 bytes, not 2.5 KB
+  std::optional<time_point> queued_at_;
+  bool store_behind_ = false;  // the store missed the held value (it was unreachable)
+  bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
+  bool ended_ = false;
+
+  upstream_metrics upstream_results_;  // any thread
+  published<credential_view> view_;
+};
+
+using credential_refresher = basic_refresher<boot_clock>;
+using app_refresher = credential_refresher;
+
+}  // namespace token_broker

@@ -1,0 +1,360 @@
+// basic_refresher's definitions, included where it is instantiated: src/credentials/ for the
+// daemon's clock, the simulated-time tests for theirs.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "token_broker/credentials/engine.hpp"
+#include "token_broker/credentials/refresher.hpp"
+
+namespace token_broker {
+namespace refresher_detail {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// A caller waiting for a refresh gives up this long after the refresh's own deadline, so
+// that the refresh's failure, not the caller's timeout, is what the caller reports.
+constexpr milliseconds wait_slack{100};
+
+// While another replica holds the refresh lock, look this often for its value.
+constexpr milliseconds follow_poll{200};
+
+inline std::int64_t milliseconds_between(time_point from, time_point to) {
+  return duration_cast<milliseconds>(to - from).count();
+}
+
+}  // namespace refresher_detail
+
+template <class Clock>
+basic_refresher<Clock>::basic_refresher(engine_type& engine, credential_id id, std::string label,
+                                        std::unique_ptr<credential_source> source, origin how)
+    : engine_(engine),
+      id_(std::move(id)),
+      label_(std::move(label)),
+      source_(std::move(source)),
+      lifecycle_(engine.refresh_policy()),
+      random_(std::random_device{}()),
+      ignore_store_(how == origin::credentials_changed),
+      view_(std::make_shared<const credential_view>()) {}
+
+template <class Clock>
+void basic_refresher<Clock>::begin() {
+  asio::co_spawn(
+      engine_.strand(),
+      [self = this->shared_from_this()]() -> asio::awaitable<void> {
+        co_await self->engine_.store().settle();
+        // A value with time left in the store is adopted, not fetched.
+        if (!self->ended_) co_await self->sync_with_store();
+        if (!self->ended_) self->publish();
+      },
+      engine_.log_failure(*this));
+}
+
+template <class Clock>
+void basic_refresher<Clock>::end() {
+  ended_ = true;
+  publish();  // answers every waiter: they find the refresher ended
+}
+
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::refresh() {
+  try {
+    co_await negotiate_and_call();
+  } catch (const std::exception& error) {
+    // A broken invariant in one refresh must not end this credential's refreshing for good.
+    spdlog::error("{} refresh failed unexpectedly: {}", log_name(id_), error.what());
+    if (lifecycle_.in_flight()) {
+      lifecycle_.attempt_failed(
+          fetch_failure{failure_class::transient, local_failure_errcode, "internal error"},
+          Clock::now(), jitter_unit());
+    }
+  }
+  publish();  // and so the next refresh is planned
+}
+
+// One due refresh. With a shared store the replicas first agree on who calls upstream; the
+// others adopt the caller's value. The upstream slot is taken first: the refresh lock's lease
+// then covers the call alone, never the wait in line for a slot, however long the backlog.
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
+  using namespace refresher_detail;
+  lifecycle_.attempt_pending();
+  publish();
+  auto& store = engine_.store();
+  timer follow(engine_.strand());
+  while (!ended_) {
+    const auto upstream = engine_.upstream();  // a reload may replace it meanwhile
+    auto reservation = upstream->reserve();
+    auto held = co_await std::move(reservation);
+    if (ended_) break;
+    // New credentials call at once, as an invalidation does, past other replicas' cool-down.
+    const bool forced = lifecycle_.revoked() || ignore_store_;
+    const auto answer = co_await store.request_refresh(store_key(), forced);
+    if (ended_) {
+      if (answer.permit == refresh_permit::granted) {
+        co_await store.release_refresh(store_key(), milliseconds{0});
+      }
+      break;
+    }
+    const bool granted = answer.permit == refresh_permit::granted;
+    if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
+      if (granted) co_await store.release_refresh(store_key(), milliseconds{0});
+      lifecycle_.attempt_withdrawn(std::nullopt);
+      co_return;
+    }
+    switch (answer.permit) {
+      case refresh_permit::granted:
+        co_await call_upstream(held, true);
+        co_return;
+      case refresh_permit::unavailable:
+        co_await call_upstream(held, false);
+        co_return;
+      case refresh_permit::cooling_down: {
+        // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
+        // wait that millisecond out rather than ask again at once.
+        const auto pause = std::max(answer.wait, milliseconds{1});
+        spdlog::info("{} another replica's call asks for a pause of {} ms; following it",
+                     log_name(id_), pause.count());
+        lifecycle_.attempt_withdrawn(Clock::now() + pause);
+        co_return;
+      }
+      case refresh_permit::busy:
+        break;
+    }
+    // Another replica is calling upstream: its value comes with its event (or the next look);
+    // if it dies, its lease runs out and this replica is granted the call. The slot is given
+    // back while following: this replica makes no call meanwhile.
+    held = upstream_caller::slot{};
+    follow.expires_after(std::clamp(answer.wait, milliseconds{1}, follow_poll));
+    co_await follow.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  lifecycle_.attempt_withdrawn(std::nullopt);
+}
+
+// The call, with the current value of the credential it depends on, if any. When upstream
+// rejects that value, it is reported to its refresher (compare-and-refresh, shared with every
+// other report) and the call is made once more with the value that replaces it.
+//
+// The dependency is waited for while this call holds its upstream slot: a stall, bounded by
+// the wait limit, is possible only if every slot is held by such a wait at once.
+template <class Clock>
+asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(const upstream_caller::slot& held) {
+  std::shared_ptr<basic_refresher> dependency;
+  std::string carried;
+  const auto unavailable_dependency = [](const token_outcome& outcome) {
+    return outcome.failure.value_or(
+        fetch_failure{failure_class::transient, local_failure_errcode, "no value to call with"});
+  };
+  if (const auto needed = source_->dependency()) {
+    dependency = engine_.find(*needed);
+    if (!dependency) {
+      co_return fetch_failure{failure_class::configuration, local_failure_errcode,
+                              to_string(*needed) + " is not configured"};
+    }
+    auto waiting = dependency->wait_for_token();
+    const auto outcome = co_await std::move(waiting);
+    if (!outcome.view) co_return unavailable_dependency(outcome);
+    carried = outcome.view->current->value;
+  }
+  const auto upstream = engine_.upstream();
+  for (bool retried = false;; retried = true) {
+    auto call = upstream->call(held, source_->request(carried));
+    const auto answer = co_await std::move(call);
+    if (const auto* failure = std::get_if<fetch_failure>(&answer)) co_return *failure;
+    auto result = source_->read(std::get<upstream_response>(answer));
+    const auto* failure = std::get_if<fetch_failure>(&result);
+    if (!dependency || retried || !failure || !rejects_access_token(failure->errcode)) {
+      co_return result;
+    }
+    spdlog::info("{} upstream rejected the {} it was called with (errcode {}); reporting it",
+                 log_name(id_), to_string(dependency->id().kind), failure->errcode);
+    auto reporting = dependency->invalidate(carried);
+    const auto outcome = co_await std::move(reporting);
+    if (!outcome.view) co_return unavailable_dependency(outcome);
+    carried = outcome.view->current->value;
+  }
+}
+
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::call_upstream(const upstream_caller::slot& held,
+                                                            bool holds_permit) {
+  using namespace refresher_detail;
+  const auto started_at = Clock::now();
+  lifecycle_.attempt_started(started_at);
+  const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
+  auto operation = fetch(held);
+  const auto result = co_await std::move(operation);
+  if (ended_) {
+    lifecycle_.attempt_withdrawn(std::nullopt);
+    if (holds_permit) co_await engine_.store().release_refresh(store_key(), milliseconds{0});
+    co_return;
+  }
+  record(result, started_at);
+  const bool fetched = std::holds_alternative<fetched_token>(result);
+  if (fetched) ignore_store_ = false;
+  if (fetched) co_await save_held();
+  if (holds_permit) {
+    // A new value speaks for itself: the others adopt it. After a failure, or the same value
+    // back, the other replicas wait as long as this one would before asking again.
+    const bool new_value = fetched && lifecycle_.held()->value != previous;
+    const auto cool_down =
+        new_value ? milliseconds{0}
+                  : duration_cast<milliseconds>(lifecycle_.next_attempt_at() - Clock::now());
+    co_await engine_.store().release_refresh(store_key(), cool_down);
+  }
+}
+
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::save_held() {
+  // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
+  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
+  const auto outcome = co_await engine_.store().save(store_key(), latest);
+  store_behind_ = outcome == save_outcome::unavailable;
+  if (outcome == save_outcome::newer_kept) {
+    spdlog::info("{} the store holds a newer value than the one held here; adopting it",
+                 log_name(id_));
+    if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+  }
+}
+
+// Catches the store up with a value fetched while it was unreachable (it keeps a newer one
+// another replica wrote meanwhile), then adopts whatever newer value the store holds.
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::sync_with_store() {
+  if (store_behind_ && lifecycle_.servable(Clock::now())) co_await save_held();
+  if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+  publish();
+}
+
+template <class Clock>
+bool basic_refresher<Clock>::adopt_stored(const stored_token& stored) {
+  const auto wall_now = wall_clock::now();
+  if (ignore_store_ || stored.expires_at <= wall_now) return false;
+  auto candidate = token_from_expiry(stored.value, stored.expires_at, Clock::now(), wall_now);
+  if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
+  spdlog::info("{} adopted the store's value, expires_at={}", log_name(id_),
+               unix_seconds(stored.expires_at));
+  publish();
+  return true;
+}
+
+template <class Clock>
+void basic_refresher<Clock>::record(const fetch_result& result, time_point started_at) {
+  using namespace refresher_detail;
+  const auto finished_at = Clock::now();
+  const auto latency_ms = milliseconds_between(started_at, finished_at);
+
+  if (const auto* fetched = std::get_if<fetched_token>(&result)) {
+    upstream_results_.record_ok();
+    const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
+    lifecycle_.attempt_succeeded(*fetched, jitter_unit());
+    publish();  // served from now on, while the store is still being told
+    const token& held = *lifecycle_.held();
+    spdlog::info(
+        "{} refresh ok: {} value, expires_at={} (in {}s), latency_ms={}, next_refresh_in_s={}",
+        log_name(id_), held.value == previous ? "same (expiry kept)" : "new",
+        unix_seconds(held.expires_at_wall),
+        milliseconds_between(finished_at, held.expires_at) / 1000, latency_ms,
+        milliseconds_between(finished_at, lifecycle_.next_attempt_at()) / 1000);
+    return;
+  }
+
+  const auto& failure = std::get<fetch_failure>(result);
+  upstream_results_.record_failure(failure.errcode);
+  lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
+  const token* held = lifecycle_.servable(finished_at);
+  spdlog::warn("{} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
+               log_name(id_), failure.errcode, failure.errmsg, latency_ms,
+               milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
+               held ? "serving the held value for " +
+                          std::to_string(milliseconds_between(finished_at, held->serve_until) /
+                                         1000) +
+                          " more seconds"
+                    : std::string("no valid value to serve"));
+}
+
+template <class Clock>
+void basic_refresher<Clock>::publish() {
+  auto view = std::make_shared<credential_view>();
+  const auto now = Clock::now();
+  view->state = lifecycle_.state(now);
+  // A revoked value is held (to recognise stale reports) but never published.
+  if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
+    view->current = *held;
+    view->answers = prepare_token_answers(label_, *held);
+  }
+  view_.store(std::move(view));
+
+  for (auto* waiter : waiters_) waiter->cancel();
+  waiters_.clear();
+  if (!ended_) engine_.plan(*this);
+}
+
+// The operations are named before the co_await: g++ 12 mishandles temporaries in its operand.
+template <class Clock>
+asio::awaitable<token_outcome> basic_refresher<Clock>::wait_for_token() {
+  auto operation = asio::co_spawn(engine_.strand(), wait_on_strand(), asio::use_awaitable);
+  co_return co_await std::move(operation);
+}
+
+template <class Clock>
+asio::awaitable<token_outcome> basic_refresher<Clock>::invalidate(std::string value) {
+  auto operation =
+      asio::co_spawn(engine_.strand(), invalidate_on_strand(std::move(value)), asio::use_awaitable);
+  co_return co_await std::move(operation);
+}
+
+template <class Clock>
+asio::awaitable<token_outcome> basic_refresher<Clock>::invalidate_on_strand(std::string value) {
+  if (!ended_ && lifecycle_.invalidate(value, Clock::now())) publish();  // due at once
+  co_return co_await wait_on_strand();
+}
+
+template <class Clock>
+asio::awaitable<token_outcome> basic_refresher<Clock>::wait_on_strand() {
+  using namespace refresher_detail;
+  const auto self = this->shared_from_this();  // a reload may drop it meanwhile
+  timer waiter(engine_.strand());
+  std::optional<time_point> deadline;
+  for (;;) {
+    const auto now = Clock::now();
+    // Every change of the held value is published, so the view has what the lifecycle has.
+    if (auto view = view_.load(); view->servable(now)) co_return token_outcome{std::move(view)};
+    if (ended_ || engine_.stopping()) co_return unavailable(now);
+
+    // Wait only for a refresh that is under way or starts soon enough to finish in time.
+    const auto wait_limit = engine_.wait_limit();
+    const auto starts_in =
+        lifecycle_.in_flight()
+            ? milliseconds{0}
+            : std::max(milliseconds{0},
+                       duration_cast<milliseconds>(lifecycle_.next_attempt_at() - now));
+    if (!deadline) {
+      if (starts_in > wait_limit) co_return unavailable(now);
+      deadline = now + starts_in + wait_limit + wait_slack;
+    } else if (now >= *deadline || now + starts_in >= *deadline) {
+      co_return unavailable(now);
+    }
+
+    waiter.expires_at(*deadline);
+    waiters_.push_back(&waiter);
+    // Woken by publish() (which unregisters every waiter) or by the deadline; either way
+    // this timer must not stay registered once this frame can be destroyed.
+    co_await waiter.async_wait(asio::as_tuple(asio::use_awaitable));
+    std::erase(waiters_, &waiter);
+  }
+}
+
+template <class Clock>
+token_outcome basic_refresher<Clock>::unavailable(time_point now) const {
+  const auto wait =
+      std::max(std::chrono::seconds{1},
+               std::chrono::ceil<std::chrono::seconds>(lifecycle_.next_attempt_at() - now));
+  return token_outcome{nullptr, lifecycle_.last_failure(), wait};
+}
+
+}  // namespace token_broker

@@ -1,0 +1,53 @@
+// How one credential is fetched from WeCom: the call and the reading of its answer. Everything
+// else — when to call, how often, which replica calls, what a failure means — is the
+// engine's, the same for every kind.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "token_broker/config.hpp"
+#include "token_broker/credential.hpp"
+#include "token_broker/fetch_result.hpp"
+#include "token_broker/upstream_client.hpp"
+
+namespace token_broker {
+
+class credential_source {
+ public:
+  virtual ~credential_source() = default;
+
+  // The credential whose current value the call carries (a JS-SDK ticket: its app's
+  // access_token), if any. When upstream answers that it rejects that value (40001, 40014,
+  // 42001), the engine reports it to its refresher and calls once more with the new one.
+  virtual std::optional<credential_id> dependency() const { return std::nullopt; }
+  // The call, given the dependency's current value ("" when there is no dependency). It
+  // holds secrets: never logged.
+  virtual upstream_request request(std::string_view dependency_value) const = 0;
+  // Upstream's answer read strictly: the credential, or why not.
+  virtual fetch_result read(const upstream_response& answer) const = 0;
+  // Whether this source fetches the same thing as `other` (a reload keeps a credential whose
+  // source did not change, with its value).
+  virtual bool same_as(const credential_source& other) const = 0;
+};
+
+// An app's access_token: GET /cgi-bin/gettoken?corpid=…&corpsecret=…
+class gettoken_source final : public credential_source {
+ public:
+  explicit gettoken_source(const app_config& app) : corpid_(app.corpid), secret_(app.secret) {}
+
+  upstream_request request(std::string_view dependency_value) const override;
+  fetch_result read(const upstream_response& answer) const override;
+  bool same_as(const credential_source& other) const override;
+
+ private:
+  std::string corpid_;
+  std::string secret_;
+};
+
+// Whether `errcode` says the access_token a call carried is not (or no longer) valid.
+bool rejects_access_token(int errcode);
+
+}  // namespace token_broker
