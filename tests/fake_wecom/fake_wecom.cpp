@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -24,7 +25,8 @@ using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 using response = http::response<http::string_body>;
 using query_parameters = std::map<std::string, std::string, std::less<>>;
 
-// A gettoken request is one line of headers and no body; more is a broken or hostile client.
+// A request is a few lines of headers and at most a small JSON body; more is a broken or
+// hostile client.
 constexpr std::uint32_t request_header_limit = 8 * 1024;
 constexpr std::uint64_t request_body_limit = 1024;
 // Deadlines so a client that stalls at any step cannot keep a connection (or a test) alive.
@@ -249,6 +251,30 @@ class wecom_model {
     return {token_answer(*secret, record, now), std::nullopt};
   }
 
+  // POST /cgi-bin/service/get_suite_token: the body is recorded as it came, and a body with
+  // the three fields (any values) gets a suite_access_token.
+  std::string suite_token(std::string body) {
+    const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+    const std::scoped_lock lock(mutex_);
+    suite_token_requests_.push_back(std::move(body));
+    for (const char* field : {"suite_id", "suite_secret", "suite_ticket"}) {
+      if (!json.is_object() || !json.contains(field) || !json[field].is_string()) {
+        return wecom_json(47001, "data format error");
+      }
+    }
+    nlohmann::ordered_json answer;
+    answer["errcode"] = 0;
+    answer["errmsg"] = "ok";
+    answer["suite_access_token"] = random_token();
+    answer["expires_in"] = 7200;
+    return answer.dump();
+  }
+
+  std::vector<std::string> suite_token_requests() const {
+    const std::scoped_lock lock(mutex_);
+    return suite_token_requests_;
+  }
+
   // WeCom's answer to an API call made with `access_token` (e.g. /cgi-bin/user/get).
   std::string api_answer(const std::optional<std::string>& access_token) const {
     if (!access_token || access_token->empty()) return wecom_json(41001, "access_token missing");
@@ -319,6 +345,7 @@ class wecom_model {
   std::map<std::string, secret_record> secrets_;
   std::map<std::string, issued_token> tokens_;  // every token ever issued, by value
   std::map<std::string, int> calls_by_corpid_;
+  std::vector<std::string> suite_token_requests_;
   int total_calls_ = 0;
   int in_flight_ = 0;
   int max_in_flight_ = 0;
@@ -377,6 +404,9 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
     next.delay += answer_delay;
     return next;
   }
+  if (request.method() == http::verb::post && path.ends_with("/cgi-bin/service/get_suite_token")) {
+    return {.answer = json_response(model.suite_token(request.body()))};
+  }
   if (request.method() == http::verb::get && path == "/fake/stats") {
     return {.answer = json_response(model.stats_json())};
   }
@@ -385,6 +415,13 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
   }
   return {.answer = make_response(http::status::not_found, "text/plain", "not found\n")};
 }
+
+// The connections being served, for counting handshakes and closing idle ones. Touched only
+// on the fake's thread, but for the count.
+struct connection_registry {
+  std::atomic<int> handshakes{0};
+  std::set<beast::tcp_stream*> idle;  // waiting for a request
+};
 
 // Holds a hung request until the peer gives up (or the fake is destroyed, which destroys
 // this coroutine). Anything the peer sends meanwhile is read and ignored.
@@ -399,7 +436,8 @@ asio::awaitable<void> hang_until_peer_leaves(tls_stream& stream) {
 }
 
 asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
-                                       std::chrono::milliseconds answer_delay) {
+                                       std::chrono::milliseconds answer_delay,
+                                       connection_registry& connections) {
   const auto on_error = asio::as_tuple(asio::use_awaitable);
   auto& transport = beast::get_lowest_layer(stream);
 
@@ -408,6 +446,7 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
       co_await stream.async_handshake(asio::ssl::stream_base::server, on_error);
   // A client that distrusts the certificate aborts here; nothing to answer.
   if (handshake_error) co_return;
+  connections.handshakes.fetch_add(1);
 
   beast::flat_buffer buffer;
   for (;;) {
@@ -415,8 +454,10 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
     parser.header_limit(request_header_limit);
     parser.body_limit(request_body_limit);
     transport.expires_after(idle_timeout);
+    connections.idle.insert(&transport);
     auto [read_error, read] = co_await http::async_read(stream, buffer, parser, on_error);
-    if (read_error) co_return;  // peer gone, timed out, or not HTTP: just close
+    connections.idle.erase(&transport);
+    if (read_error) co_return;  // peer gone, timed out, closed as idle, or not HTTP
     const auto& request = parser.get();
 
     reply next = route(model, answer_delay, request);
@@ -452,16 +493,17 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
 }
 
 asio::awaitable<void> accept_connections(tcp::acceptor& acceptor, asio::ssl::context& tls,
-                                         wecom_model& model,
-                                         std::chrono::milliseconds answer_delay) {
+                                         wecom_model& model, std::chrono::milliseconds answer_delay,
+                                         connection_registry& connections) {
   const auto on_error = asio::as_tuple(asio::use_awaitable);
   for (;;) {
     auto [error, socket] = co_await acceptor.async_accept(on_error);
     if (!acceptor.is_open() || error == asio::error::operation_aborted) co_return;
     if (error) continue;  // one failed accept (the peer reset early) must not stop the fake
-    asio::co_spawn(acceptor.get_executor(),
-                   serve_connection(tls_stream(std::move(socket), tls), model, answer_delay),
-                   asio::detached);
+    asio::co_spawn(
+        acceptor.get_executor(),
+        serve_connection(tls_stream(std::move(socket), tls), model, answer_delay, connections),
+        asio::detached);
   }
 }
 
@@ -495,6 +537,7 @@ struct fake_wecom::state {
   wecom_model model;
   asio::ssl::context tls;
   std::chrono::milliseconds answer_delay;
+  connection_registry connections;
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   std::uint16_t port = 0;
@@ -502,10 +545,10 @@ struct fake_wecom::state {
 };
 
 fake_wecom::fake_wecom(fake_options options) : state_(std::make_unique<state>(options)) {
-  asio::co_spawn(
-      state_->io,
-      accept_connections(state_->acceptor, state_->tls, state_->model, state_->answer_delay),
-      asio::detached);
+  asio::co_spawn(state_->io,
+                 accept_connections(state_->acceptor, state_->tls, state_->model,
+                                    state_->answer_delay, state_->connections),
+                 asio::detached);
   state_->thread = std::thread([&io = state_->io] { io.run(); });
 }
 
@@ -544,6 +587,24 @@ void fake_wecom::script_faults(const std::string& secret, std::vector<fault> fau
 
 void fake_wecom::revoke_tokens(const std::string& secret) {
   state_->model.revoke_tokens(secret);
+}
+
+int fake_wecom::tls_handshakes() const {
+  return state_->connections.handshakes.load();
+}
+
+void fake_wecom::close_idle_connections() {
+  std::promise<void> closed;
+  asio::post(state_->io, [&] {
+    // Each one's pending read ends (operation_aborted) and its coroutine returns later.
+    for (auto* transport : state_->connections.idle) transport->close();
+    closed.set_value();
+  });
+  closed.get_future().wait();
+}
+
+std::vector<std::string> fake_wecom::suite_token_requests() const {
+  return state_->model.suite_token_requests();
 }
 
 int fake_wecom::gettoken_calls(const std::string& secret) const {

@@ -1,4 +1,4 @@
-// A fake of WeCom's gettoken endpoint over real TLS, for tests and the demo.
+// A fake of WeCom's credential endpoints over real TLS, for tests and the demo.
 //
 // It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
 // survive, follows a per-call script of faults, counts calls, and answers whether a token is
@@ -75,6 +75,14 @@ class fake_wecom {
   // Revokes the token currently issued for `secret` (and any other live ones): WeCom's
   // early revocation. The next gettoken issues a new token.
   void revoke_tokens(const std::string& secret);
+
+  // TLS handshakes completed: connections that a client keeps alive are counted once.
+  int tls_handshakes() const;
+  // Closes every connection that waits for a request (a server's idle timeout), and returns
+  // once they are closed.
+  void close_idle_connections();
+  // The bodies POSTed to /cgi-bin/service/get_suite_token, in order.
+  std::vector<std::string> suite_token_requests() const;
 
   int gettoken_calls(const std::string& secret) const;  // every call, faulty ones included
   int gettoken_calls() const;                           // all secrets

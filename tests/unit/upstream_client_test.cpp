@@ -1,10 +1,12 @@
-// The HTTPS gettoken client against the fake of WeCom over real TLS: verification, the one
-// deadline, base_url prefixes, and classified failures that never carry the secret.
+// The HTTPS client against the fake of WeCom over real TLS: verification, the one deadline,
+// base_url prefixes, kept-alive connections, POSTs, and classified failures that never carry
+// the secret.
 #include "token_broker/upstream_client.hpp"
 
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "fake_wecom.hpp"
 
@@ -57,6 +59,20 @@ class upstream_client_test : public ::testing::Test {
     io.run_for(10s);
     if (!result) throw std::runtime_error("fetch did not complete");
     return *result;
+  }
+
+  // Runs `operation` to completion on `io`, which may hold work from earlier runs (idle
+  // connections hold none); a hang fails the test instead of blocking it.
+  template <typename T>
+  static T run(asio::io_context& io, asio::awaitable<T> operation) {
+    std::optional<T> result;
+    asio::co_spawn(io, std::move(operation), [&](std::exception_ptr error, T value) {
+      if (!error) result = std::move(value);
+    });
+    io.restart();
+    io.run_for(10s);
+    if (!result) throw std::runtime_error("call did not complete");
+    return std::move(*result);
   }
 
   static const fetch_failure& failure(const fetch_result& result) {
@@ -207,6 +223,107 @@ TEST_F(upstream_client_test, failures_are_classified_and_never_carry_the_secret)
     EXPECT_EQ(each.errmsg.find("gettoken?"), std::string::npos) << each.errmsg;
   }
   EXPECT_TRUE(std::holds_alternative<fetched_token>(fetch(config_for(fake_->base_url()))));
+}
+
+TEST_F(upstream_client_test, sequential_calls_share_one_kept_alive_connection) {
+  constexpr int calls = 20;
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  for (int i = 0; i < calls; ++i) {
+    const auto result = run(io, client.fetch_token(corpid, secret));
+    ASSERT_TRUE(std::holds_alternative<fetched_token>(result)) << failure(result).errmsg;
+  }
+  EXPECT_EQ(fake_->gettoken_calls(secret), calls);
+  EXPECT_EQ(client.tls_handshakes(), 1u);
+  EXPECT_EQ(fake_->tls_handshakes(), 1) << "upstream saw one connection";
+}
+
+TEST_F(upstream_client_test, a_connection_upstream_closed_while_idle_is_replaced) {
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+  fake_->close_idle_connections();  // a server's idle timeout
+  const auto result = run(io, client.fetch_token(corpid, secret));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(result)) << failure(result).errmsg;
+  EXPECT_EQ(fake_->gettoken_calls(secret), 2);
+  EXPECT_EQ(client.tls_handshakes(), 2u);
+  EXPECT_EQ(fake_->tls_handshakes(), 2);
+}
+
+TEST_F(upstream_client_test, a_reused_connection_lost_before_the_answer_is_retried_once) {
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+
+  // Upstream reads the request on the kept-alive connection and drops it: sent once more, on
+  // a new connection.
+  fake_->script_faults(secret, {fault{.kind = fault_kind::drop_connection}});
+  const auto retried = run(io, client.fetch_token(corpid, secret));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(retried)) << failure(retried).errmsg;
+  EXPECT_EQ(fake_->gettoken_calls(secret), 3);
+  EXPECT_EQ(client.tls_handshakes(), 2u);
+
+  // Once only: the new connection's failure is the call's.
+  fake_->script_faults(secret, {fault{.kind = fault_kind::drop_connection},
+                                fault{.kind = fault_kind::drop_connection}});
+  const auto dropped = run(io, client.fetch_token(corpid, secret));
+  ASSERT_TRUE(std::holds_alternative<fetch_failure>(dropped));
+  EXPECT_EQ(failure(dropped).kind, failure_class::transient);
+  EXPECT_NE(failure(dropped).errmsg.find("upstream answer failed"), std::string::npos)
+      << failure(dropped).errmsg;
+  EXPECT_EQ(fake_->gettoken_calls(secret), 5);
+  EXPECT_EQ(client.tls_handshakes(), 3u);
+}
+
+TEST_F(upstream_client_test, the_deadline_bounds_a_call_on_a_reused_connection) {
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+  fake_->script_faults(secret, {fault{.kind = fault_kind::hang}});
+  const auto started = std::chrono::steady_clock::now();
+  const auto result = run(io, client.fetch_token(corpid, secret));
+  const auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_NE(failure(result).errmsg.find("did not answer within 1000 ms"), std::string::npos)
+      << failure(result).errmsg;
+  EXPECT_GE(took, 900ms);
+  EXPECT_LT(took, 3s);
+  EXPECT_EQ(fake_->gettoken_calls(secret), 2) << "a timed-out request is not sent again";
+
+  // The timed-out connection is not reused: the next call opens one and succeeds.
+  EXPECT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+  EXPECT_EQ(client.tls_handshakes(), 2u);
+}
+
+TEST_F(upstream_client_test, a_post_carries_its_json_body_on_the_same_connection) {
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  ASSERT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+
+  const std::string body = R"({"suite_id":"wwsuite","suite_secret":"x","suite_ticket":"t"})";
+  const auto result =
+      run(io, client.call(upstream_request{.method = http::verb::post,
+                                           .target = "/cgi-bin/service/get_suite_token",
+                                           .json_body = body}));
+  ASSERT_TRUE(std::holds_alternative<upstream_response>(result))
+      << std::get<fetch_failure>(result).errmsg;
+  const auto& response = std::get<upstream_response>(result);
+  EXPECT_EQ(response.status, 200u);
+  const auto answer = nlohmann::json::parse(response.body);
+  EXPECT_EQ(answer["errcode"], 0) << response.body;
+  EXPECT_TRUE(answer["suite_access_token"].is_string()) << response.body;
+  EXPECT_EQ(fake_->suite_token_requests(), std::vector<std::string>{body});
+  EXPECT_EQ(client.tls_handshakes(), 1u);
+}
+
+TEST_F(upstream_client_test, any_status_is_returned_to_the_caller_of_a_generic_call) {
+  asio::io_context io;
+  upstream_client client(config_for(fake_->base_url()));
+  const auto result = run(io, client.call(upstream_request{.target = "/cgi-bin/no_such_api"}));
+  ASSERT_TRUE(std::holds_alternative<upstream_response>(result));
+  EXPECT_EQ(std::get<upstream_response>(result).status, 404u);
+  // A 404 is framed and complete: the connection stays for the next call.
+  EXPECT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
+  EXPECT_EQ(client.tls_handshakes(), 1u);
 }
 
 TEST_F(upstream_client_test, connection_refused_is_a_transient_failure) {
