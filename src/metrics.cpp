@@ -113,7 +113,7 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
   append_metric_header(out, "token_broker_upstream_requests_total", "counter",
                        "gettoken calls made by this process, by app and result.");
   for (const auto& app : apps.in_order()) {
-    const auto& results = app->upstream_results();
+    const auto& results = app.token->upstream_results();
     std::uint64_t failed = 0;
     for (const auto& [errcode, count] : results.failures()) failed += count;
     fmt::format_to(std::back_inserter(out),
@@ -121,29 +121,29 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
                    "\"ok\"}} {1}\n"
                    "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
                    "\"error\"}} {2}\n",
-                   app->app().id, results.ok(), failed);
+                   app.app.id, results.ok(), failed);
   }
   append_metric_header(out, "token_broker_refresh_failures_total", "counter",
                        "Failed gettoken calls by app and WeCom errcode (-1: network, TLS, HTTP "
                        "or an unreadable answer).");
   for (const auto& app : apps.in_order()) {
-    for (const auto& [errcode, count] : app->upstream_results().failures()) {
+    for (const auto& [errcode, count] : app.token->upstream_results().failures()) {
       fmt::format_to(std::back_inserter(out),
                      "token_broker_refresh_failures_total{{app=\"{}\",kind=\"access_token\","
                      "errcode=\"{}\"}} {}\n",
-                     app->app().id, errcode, count);
+                     app.app.id, errcode, count);
     }
   }
   append_metric_header(out, "token_broker_token_expiry_timestamp_seconds", "gauge",
                        "Unix time at which the app's servable token expires; 0 when it has none.");
   const auto now = clock::now();
   for (const auto& app : apps.in_order()) {
-    const auto view = app->view();
+    const auto view = app.token->view();
     const token* current = view->servable(now);
     fmt::format_to(
         std::back_inserter(out),
         "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"access_token\"}} {}\n",
-        app->app().id, current ? unix_seconds(current->expires_at_wall) : 0);
+        app.app.id, current ? unix_seconds(current->expires_at_wall) : 0);
   }
   if (redis_up) {
     append_metric_header(out, "token_broker_redis_up", "gauge",

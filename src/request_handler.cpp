@@ -16,7 +16,7 @@ struct worker_reads {
   published<client_auth>::reader auth;
   published<app_set>::reader apps;
   const app_set* views_of = nullptr;  // the set whose apps `views` holds
-  std::unordered_map<const app_refresher*, published<app_view>::reader> views;
+  std::unordered_map<const credential_refresher*, published<app_view>::reader> views;
 
   const app_set& current_apps(const broker& source) {
     const auto& set = apps.current(source.published_apps());
@@ -26,7 +26,7 @@ struct worker_reads {
     }
     return *set;
   }
-  const std::shared_ptr<const app_view>& current_view(const app_refresher& app) {
+  const std::shared_ptr<const app_view>& current_view(const credential_refresher& app) {
     return views[&app].current(app.published_view());
   }
 };
@@ -167,7 +167,7 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
       return refusal;
     }
   }
-  app_refresher* app = nullptr;
+  credential_refresher* app = nullptr;
   if (const auto app_id = matched.parameters["app"]; !app_id.empty()) {
     app = reads.current_apps(apps_).find(app_id);
     if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
@@ -253,7 +253,7 @@ asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& 
     co_return wecom_error_response(failure.errcode, failure.errmsg);
   }
   if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
-  co_return unavailable_response(app.app().id, outcome);
+  co_return unavailable_response(app.label(), outcome);
 }
 
 std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {
@@ -261,12 +261,12 @@ std::variant<answer, waiting_request> request_handler::list_apps(const call& ask
   auto listing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!asking.auth.may_read(asking.client, app->app().id)) continue;
-    const auto view = app->view();
+    if (!asking.auth.may_read(asking.client, app.app.id)) continue;
+    const auto view = app.token->view();
     const token* current = view->servable(now);
     listing.push_back({
-        {"app", app->app().id},
-        {"corpid", app->app().corpid},
+        {"app", app.app.id},
+        {"corpid", app.app.corpid},
         {"state", to_string(view->state_at(now))},
         {"expires_at", current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
                                : nlohmann::ordered_json(nullptr)},
@@ -280,7 +280,7 @@ std::variant<answer, waiting_request> request_handler::readyz(const call&) {
   auto failing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!app->view()->servable(now)) failing.push_back(app->app().id);
+    if (!app.token->view()->servable(now)) failing.push_back(app.app.id);
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
   return json_response(http::status::service_unavailable,

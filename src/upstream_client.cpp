@@ -4,6 +4,7 @@
 #include <openssl/x509.h>
 #include <poll.h>
 
+#include "token_broker/credentials/source.hpp"
 #include "token_broker/upstream_answer.hpp"
 
 namespace token_broker {
@@ -276,16 +277,10 @@ asio::awaitable<fetch_result> upstream_client::fetch_token(std::string_view corp
 asio::awaitable<fetch_result> upstream_client::fetch_token(const slot& held,
                                                            std::string_view corpid,
                                                            std::string_view secret) {
-  upstream_request request{.target = gettoken_target(corpid, secret)};
-  auto result = co_await call(held, std::move(request));
+  const gettoken_source source(corpid, secret);
+  auto result = co_await call(held, source.request(""));
   if (auto* failure = std::get_if<fetch_failure>(&result)) co_return std::move(*failure);
-  auto& response = std::get<upstream_response>(result);
-
-  auto answer = parse_gettoken_answer(response.status, response.body);
-  if (auto* failure = std::get_if<fetch_failure>(&answer)) co_return std::move(*failure);
-  auto& token = std::get<issued_token>(answer);
-  co_return fetched_token{std::move(token.access_token), token.expires_in, response.sent_at,
-                          response.received_at, response.sent_at_wall};
+  co_return source.read(std::get<upstream_response>(result));
 }
 
 }  // namespace token_broker

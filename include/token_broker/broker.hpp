@@ -1,8 +1,8 @@
-// The configured apps and their refreshers: what the HTTP side asks for tokens. The set of
-// apps is immutable and replaced whole by a reload, so a request sees one config, old or new.
+// The configured apps and the engine that keeps their credentials fresh: what the HTTP side
+// asks for tokens. The set of apps is immutable and replaced whole by a reload, so a request
+// sees one config, old or new.
 #pragma once
 
-#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -10,34 +10,41 @@
 #include <string_view>
 #include <vector>
 
-#include "token_broker/app_refresher.hpp"
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
+#include "token_broker/credentials/engine.hpp"
 #include "token_broker/published.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
 
 namespace token_broker {
 
+// One configured app and its access_token.
+struct app_entry {
+  app_config app;
+  std::shared_ptr<credential_refresher> token;
+};
+
 // The outcome of WeCom-style credentials (corpid + corpsecret) checked against the config.
 struct credential_match {
   enum class result { unknown_corpid, wrong_secret, matched } outcome = result::unknown_corpid;
-  app_refresher* app = nullptr;  // lives as long as the set it came from
+  credential_refresher* app = nullptr;  // lives as long as the set it came from
 };
 
 class app_set {
  public:
-  // Null when absent; lives as long as the set does.
-  app_refresher* find(std::string_view app_id) const;
-  const std::vector<std::shared_ptr<app_refresher>>& in_order() const { return in_order_; }
+  // The app's access_token, null when there is no such app; lives as long as the set does.
+  credential_refresher* find(std::string_view app_id) const;
+  const app_entry* entry(std::string_view app_id) const;
+  const std::vector<app_entry>& in_order() const { return in_order_; }
   // Compares the secret's digest with every app of that corpid, in constant time.
   credential_match match_credentials(std::string_view corpid, std::string_view secret) const;
 
-  void add(std::shared_ptr<app_refresher> app);
+  void add(app_entry app);
 
  private:
-  std::vector<std::shared_ptr<app_refresher>> in_order_;
-  std::map<std::string, app_refresher*, std::less<>> by_id_;
+  std::vector<app_entry> in_order_;
+  std::map<std::string, std::size_t, std::less<>> by_id_;                   // into in_order_
   std::vector<sha256_digest> secret_digests_;                               // parallel to in_order_
   std::map<std::string, std::vector<std::size_t>, std::less<>> by_corpid_;  // into in_order_
 };
@@ -57,6 +64,7 @@ class broker {
   broker& operator=(const broker&) = delete;
 
   void start();
+  // Ends every refresh and answers every waiting request (503).
   void stop();
 
   std::shared_ptr<const app_set> apps() const { return apps_.load(); }
@@ -71,13 +79,12 @@ class broker {
   reload_summary reload(const config& next);
 
  private:
-  std::shared_ptr<app_refresher> make_refresher(const app_config& app, app_refresher::origin how);
+  std::shared_ptr<credential_refresher> make_refresher(const app_config& app,
+                                                       credential_refresher::origin how);
 
-  asio::any_io_executor executor_;
   std::unique_ptr<token_store> store_;
-  refresh_config refresh_;
   upstream_config upstream_settings_;
-  shared_upstream upstream_;
+  credential_engine engine_;
   published<app_set> apps_{std::make_shared<const app_set>()};
 };
 

@@ -21,7 +21,7 @@ using request = http::request<http::string_body>;
 // A request that must wait for an app's token (one it has none of, or an invalidation), and
 // which answer follows the wait.
 struct waiting_request {
-  std::shared_ptr<app_refresher> app;  // kept: a reload may drop it from the set meanwhile
+  std::shared_ptr<credential_refresher> app;  // kept: a reload may drop it from the set meanwhile
   enum { our_token, wecom_token, invalidation } then = our_token;
   std::string reported;   // invalidation: the token the caller saw rejected
   std::size_t route = 0;  // its route table entry, for the metrics
@@ -36,7 +36,7 @@ class request_handler {
     const request& incoming;
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
-    app_refresher* app;           // the path's {app}, checked against the config and the client
+    credential_refresher* app;           // the path's {app}, checked against the config and the client
   };
   using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
   struct endpoint {

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <variant>
 
-#include "token_broker/app_refresher.hpp"
+#include "token_broker/credentials/refresher.hpp"
 #include "token_broker/asio.hpp"
 
 namespace token_broker {

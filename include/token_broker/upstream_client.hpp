@@ -43,7 +43,22 @@ using upstream_result = std::variant<upstream_response, fetch_failure>;
 // GET /cgi-bin/gettoken for `corpid` and `secret`, percent-encoded.
 std::string gettoken_target(std::string_view corpid, std::string_view secret);
 
-class upstream_client {
+// What the credential engine needs of upstream: a place in line, then a call. upstream_client
+// is the real one; the simulated-time tests put a simulated WeCom behind the same interface.
+class upstream_caller {
+ public:
+  // One of the slots that cap concurrent calls, held until destroyed. A call needs one.
+  using slot = call_limit::permit;
+  virtual ~upstream_caller() = default;
+
+  // Waits (first come, first served) for a slot. Take one before anything whose time counts
+  // against the call, like the refresh lock: the wait in line can be long.
+  virtual asio::awaitable<slot> reserve() = 0;
+  // One call, holding `held`. Never throws for network or upstream trouble.
+  virtual asio::awaitable<upstream_result> call(const slot& held, upstream_request request) = 0;
+};
+
+class upstream_client final : public upstream_caller {
  public:
   // At most this many calls (TLS connections) at once: enough to refresh thousands of apps
   // within minutes even at WeCom's latency, while a start with 10,000 apps opens 16
@@ -52,16 +67,12 @@ class upstream_client {
   // without the cap, 20 MB with it).
   static constexpr std::size_t default_max_concurrent_calls = 16;
 
-  // One of the max_concurrent_calls slots, held until destroyed. A call needs one.
-  using slot = call_limit::permit;
-
   // Throws config_error when upstream.ca_file is not a usable PEM bundle.
   explicit upstream_client(const upstream_config& config,
                            std::size_t max_concurrent_calls = default_max_concurrent_calls);
 
-  // Waits (first come, first served) for a slot of this client. Take one before anything
-  // whose time counts against the call, like the refresh lock: the wait in line can be long.
-  asio::awaitable<slot> reserve();
+  // One of max_concurrent_calls slots of this client.
+  asio::awaitable<slot> reserve() override;
 
   // One call on the calling coroutine's executor, holding `held` (from this client's
   // reserve()). upstream.timeout_ms bounds it whole: connect, TLS handshake, request and
@@ -73,7 +84,7 @@ class upstream_client {
   // once more on a new connection, within the same deadline. That may repeat a request
   // upstream had read: harmless for the credential calls this client makes, which hand out
   // the current credential again (or a new one, the old one living on).
-  asio::awaitable<upstream_result> call(const slot& held, upstream_request request);
+  asio::awaitable<upstream_result> call(const slot& held, upstream_request request) override;
   // The same, waiting for a slot first; the deadline starts once it has one.
   asio::awaitable<upstream_result> call(upstream_request request);
 
@@ -116,9 +127,5 @@ class upstream_client {
   // none is idle.
   std::vector<idle_connection> idle_;
 };
-
-// The client in force: a reload with new upstream settings replaces it, and a call in flight
-// keeps the one it began with.
-using shared_upstream = std::atomic<std::shared_ptr<upstream_client>>;
 
 }  // namespace token_broker

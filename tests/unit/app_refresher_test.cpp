@@ -1,11 +1,11 @@
-// The refresher's dealings with a shared store, against a scripted store (no Redis, no
-// upstream call made).
-#include "token_broker/app_refresher.hpp"
-
+// A refresher's dealings with a shared store, against a scripted store (no Redis, no upstream
+// call made).
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+
+#include "token_broker/credentials/engine.hpp"
 
 namespace token_broker {
 namespace {
@@ -42,14 +42,16 @@ TEST(app_refresher_test, a_cool_down_in_its_last_millisecond_is_waited_out_not_s
   const auto level = spdlog::get_level();
   spdlog::set_level(spdlog::level::off);  // one line per question otherwise
   asio::io_context io;
-  shared_upstream upstream(std::make_shared<upstream_client>(upstream_config{}));
   cooling_down_store store;
-  auto refresher = std::make_shared<app_refresher>(
-      io.get_executor(), app_config{.id = "hr", .corpid = "ww0123456789abcdef", .secret = "s"},
-      refresh_config{}, 1000ms, upstream, store);
-  refresher->start();
+  credential_engine engine(io.get_executor(), refresh_config{}, 1000ms,
+                           std::make_shared<upstream_client>(upstream_config{}), store);
+  engine.start();
+  const app_config app{.id = "hr", .corpid = "ww0123456789abcdef", .secret = "s"};
+  engine.add(std::make_shared<credential_refresher>(
+      engine, credential_id{credential_kind::access_token, app.id}, app.id,
+      std::make_unique<gettoken_source>(app.corpid, app.secret)));
   io.run_for(watched);
-  refresher->stop();
+  engine.stop();
   io.run_for(50ms);
   spdlog::set_level(level);
 

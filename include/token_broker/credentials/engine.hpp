@@ -21,8 +21,8 @@
 #include "token_broker/config.hpp"
 #include "token_broker/credential.hpp"
 #include "token_broker/credentials/refresher.hpp"
-#include "token_broker/credentials/upstream_caller.hpp"
 #include "token_broker/token_store.hpp"
+#include "token_broker/upstream_client.hpp"
 
 namespace token_broker {
 

@@ -78,8 +78,7 @@ void basic_engine<Clock>::remove(credential_id id) {
 }
 
 template <class Clock>
-void basic_engine<Clock>::apply(const refresh_config& refresh,
-                                std::chrono::milliseconds wait_limit,
+void basic_engine<Clock>::apply(const refresh_config& refresh, std::chrono::milliseconds wait_limit,
                                 std::shared_ptr<upstream_caller> upstream) {
   asio::dispatch(strand_, [this, refresh, wait_limit, upstream = std::move(upstream)] {
     refresh_ = refresh;

@@ -82,11 +82,11 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   asio::awaitable<token_outcome> invalidate(std::string value);
 
   // The engine's side, on its strand.
-  void begin();                      // adopt what the store holds, then plan the first refresh
-  asio::awaitable<void> refresh();   // a due refresh, started by the engine; plans the next
+  void begin();                     // adopt what the store holds, then plan the first refresh
+  asio::awaitable<void> refresh();  // a due refresh, started by the engine; plans the next
   asio::awaitable<void> sync_with_store();
   void mark_store_behind() { store_behind_ = true; }
-  void end();                        // stopped or removed: no more refreshes, waiters answered
+  void end();  // stopped or removed: no more refreshes, waiters answered
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
   bool in_flight() const { return lifecycle_.in_flight(); }
   time_point next_attempt_at() const { return lifecycle_.next_attempt_at(); }
@@ -127,6 +127,5 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
 };
 
 using credential_refresher = basic_refresher<boot_clock>;
-using app_refresher = credential_refresher;
 
 }  // namespace token_broker

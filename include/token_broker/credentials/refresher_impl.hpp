@@ -267,14 +267,14 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   upstream_results_.record_failure(failure.errcode);
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
-  spdlog::warn("{} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
-               log_name(id_), failure.errcode, failure.errmsg, latency_ms,
-               milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
-               held ? "serving the held value for " +
-                          std::to_string(milliseconds_between(finished_at, held->serve_until) /
-                                         1000) +
-                          " more seconds"
-                    : std::string("no valid value to serve"));
+  spdlog::warn(
+      "{} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
+      log_name(id_), failure.errcode, failure.errmsg, latency_ms,
+      milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
+      held ? "serving the held value for " +
+                 std::to_string(milliseconds_between(finished_at, held->serve_until) / 1000) +
+                 " more seconds"
+           : std::string("no valid value to serve"));
 }
 
 template <class Clock>

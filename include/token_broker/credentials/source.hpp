@@ -36,7 +36,8 @@ class credential_source {
 // An app's access_token: GET /cgi-bin/gettoken?corpid=…&corpsecret=…
 class gettoken_source final : public credential_source {
  public:
-  explicit gettoken_source(const app_config& app) : corpid_(app.corpid), secret_(app.secret) {}
+  gettoken_source(std::string_view corpid, std::string_view secret)
+      : corpid_(corpid), secret_(secret) {}
 
   upstream_request request(std::string_view dependency_value) const override;
   fetch_result read(const upstream_response& answer) const override;
