@@ -101,7 +101,10 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
       break;
     }
     const bool granted = answer.permit == refresh_permit::granted;
-    if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
+    if (answer.stored) adopt_stored(*answer.stored);
+    // Another replica was faster: its value arrived with this answer, or with its event while
+    // this refresh waited, and the next refresh is not due before it ends.
+    if (Clock::now() < lifecycle_.next_attempt_at()) {
       if (granted) co_await store.release_refresh(store_key(), milliseconds{0});
       lifecycle_.attempt_withdrawn(std::nullopt);
       co_return;

@@ -1,0 +1,357 @@
+// The credential engine on simulated time: hours of credentials' lives, with replicas sharing a
+// store, outages, backlogs, revocations and dependent credentials, each run in well under a
+// second and the same every run. Real Redis and the real binary are the integration tests'.
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "simulated_engine.hpp"
+#include "simulated_redis.hpp"
+#include "simulated_wecom.hpp"
+#include "token_broker/upstream_answer.hpp"
+
+namespace token_broker::simulation {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+std::string corpid_of(int app) {
+  return "ww" + std::to_string(app);
+}
+
+std::unique_ptr<credential_source> gettoken_for(int app) {
+  return std::make_unique<gettoken_source>(corpid_of(app), "secret");
+}
+
+// A JS-SDK-ticket-like credential: fetched with its app's access_token.
+class ticket_source final : public credential_source {
+ public:
+  explicit ticket_source(std::string app) : app_(std::move(app)) {}
+  std::optional<credential_id> dependency() const override {
+    return credential_id{credential_kind::access_token, app_};
+  }
+  upstream_request request(std::string_view access_token) const override {
+    return {.target = "/cgi-bin/get_jsapi_ticket?access_token=" + std::string(access_token)};
+  }
+  fetch_result read(const upstream_response& answer) const override {
+    const auto json = nlohmann::json::parse(answer.body);
+    const int errcode = json.at("errcode").get<int>();
+    if (errcode != 0) {
+      return fetch_failure{classify_errcode(errcode), errcode,
+                           json.at("errmsg").get<std::string>()};
+    }
+    return fetched_token{json.at("ticket").get<std::string>(),
+                         seconds{json.at("expires_in").get<int>()}, answer.sent_at,
+                         answer.received_at, answer.sent_at_wall};
+  }
+  bool same_as(const credential_source&) const override { return false; }
+
+ private:
+  std::string app_;
+};
+
+// One broker: its store connection, upstream client and engine, wired as broker.cpp wires them.
+struct replica {
+  replica(asio::io_context& io, std::unique_ptr<token_store> own_store, simulated_wecom& wecom,
+          const refresh_config& policy, milliseconds wait_limit, std::size_t slots = 16)
+      : store(std::move(own_store)),
+        engine(io.get_executor(), policy, wait_limit,
+               std::make_shared<simulated_upstream>(wecom, slots), *store) {}
+
+  void start(int apps) {
+    engine.start();
+    for (int app = 0; app < apps; ++app) {
+      auto refresher = std::make_shared<simulated_refresher>(
+          engine, credential_id{credential_kind::access_token, corpid_of(app)}, corpid_of(app),
+          gettoken_for(app));
+      tokens.push_back(refresher);
+      engine.add(std::move(refresher));
+    }
+    store->start([this](const std::string& key) {
+      if (key.empty()) {
+        engine.store_returned();
+      } else {
+        engine.store_changed({credential_kind::access_token, key});
+      }
+    });
+  }
+
+  // What the HTTP side would hand out for `app` now, or nullptr.
+  const token* served(int app) const {
+    view = tokens[app]->view();
+    return view->servable(simulated_clock::now());
+  }
+
+  std::unique_ptr<token_store> store;
+  simulated_engine engine;
+  std::vector<std::shared_ptr<simulated_refresher>> tokens;
+  mutable std::shared_ptr<const credential_view> view;
+};
+
+// Looks at what every replica would serve, every `every` of simulated time, as clients would.
+struct served_ledger {
+  int served = 0;
+  int rejected = 0;  // served, but upstream would reject it
+  int none = 0;      // nothing to serve at that moment
+};
+
+class engine_simulation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    simulated_clock::reset();
+    level_ = spdlog::get_level();
+    spdlog::set_level(std::getenv("SIM_LOG") ? spdlog::level::debug : spdlog::level::off);
+  }
+  void TearDown() override {
+    for (auto& each : replicas_) each->engine.stop();
+    run_for(io_, 1s);
+    spdlog::set_level(level_);
+  }
+
+  replica& add_replica(std::unique_ptr<token_store> store, simulated_wecom& wecom,
+                       const refresh_config& policy, milliseconds wait_limit = 5000ms,
+                       std::size_t slots = 16) {
+    replicas_.push_back(
+        std::make_unique<replica>(io_, std::move(store), wecom, policy, wait_limit, slots));
+    return *replicas_.back();
+  }
+
+  // Runs `span`, checking every `every` what each replica serves for each of `apps`.
+  served_ledger run_checking(simulated_wecom& wecom, int apps, simulated_clock::duration span,
+                             simulated_clock::duration every = 1s) {
+    served_ledger ledger;
+    const auto end = simulated_clock::now() + span;
+    while (simulated_clock::now() < end) {
+      run_for(io_, every);
+      for (const auto& each : replicas_) {
+        for (int app = 0; app < apps; ++app) {
+          const token* current = each->served(app);
+          if (!current) {
+            ++ledger.none;
+          } else if (!wecom.valid(corpid_of(app), current->value)) {
+            ++ledger.rejected;
+          } else {
+            ++ledger.served;
+          }
+        }
+      }
+    }
+    return ledger;
+  }
+
+  asio::io_context io_;
+  std::vector<std::unique_ptr<replica>> replicas_;
+  spdlog::level::level_enum level_{};
+};
+
+class behaviours : public engine_simulation, public ::testing::WithParamInterface<behaviour> {};
+
+// Six hours of two-hour tokens in each upstream behaviour: nothing served that upstream would
+// reject, and calls at the policy's floor (c: one per lifetime; a, b: the same token comes back
+// once before a new one can be had, so two).
+TEST_P(behaviours, hours_of_tokens_are_served_valid_at_the_call_floor) {
+  constexpr int apps = 10;
+  simulated_wecom wecom(GetParam(), 7200s, 50ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(apps);
+  run_for(io_, 1s);
+
+  const auto ledger = run_checking(wecom, apps, 6h);
+  EXPECT_EQ(ledger.rejected, 0);
+  // In (a) and (b) no new token exists before the old one expires: a second or two without.
+  EXPECT_LE(ledger.none, GetParam() == behaviour::new_token_each_call ? 0 : apps * 2 * 3);
+  EXPECT_GT(ledger.served, apps * 6 * 3600 * 99 / 100);
+  const int per_lifetime = GetParam() == behaviour::new_token_each_call ? 1 : 2;
+  for (int app = 0; app < apps; ++app) {
+    EXPECT_LE(wecom.calls(corpid_of(app)), 1 + per_lifetime * 3) << corpid_of(app);
+    EXPECT_GE(wecom.calls(corpid_of(app)), 1 + 3) << corpid_of(app);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(, behaviours,
+                         ::testing::Values(behaviour::same_token_full_expires_in,
+                                           behaviour::same_token_seconds_left,
+                                           behaviour::new_token_each_call));
+
+// Replicas on one store make one upstream call per refresh between them, never two at once.
+TEST_F(engine_simulation, three_replicas_make_one_call_per_refresh_between_them) {
+  constexpr int apps = 20;
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 200ms);
+  simulated_redis redis(io_);
+  for (int i = 0; i < 3; ++i) {
+    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), 7000ms),
+                wecom, refresh_config{});
+  }
+  for (auto& each : replicas_) each->start(apps);
+
+  const auto ledger = run_checking(wecom, apps, 6h);
+  EXPECT_EQ(ledger.rejected, 0);
+  EXPECT_LE(ledger.none, apps * 3) << "only the cold start";
+  EXPECT_EQ(wecom.overlapping_calls(), 0);
+  for (int app = 0; app < apps; ++app) EXPECT_LE(wecom.calls(corpid_of(app)), 4);
+  EXPECT_GE(wecom.calls(), apps * 4);
+}
+
+// Issue 13, defect 2: the lock's lease was taken before the wait for an upstream slot; with a
+// backlog longer than the lease, another replica called for the same credential too.
+TEST_F(engine_simulation, a_backlog_longer_than_the_lease_still_makes_one_call_per_credential) {
+  constexpr int apps = 48;
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 1500ms);
+  simulated_redis redis(io_);
+  constexpr auto timeout = 2500ms;
+  for (int i = 0; i < 3; ++i) {
+    add_replica(
+        std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), timeout + 2000ms),
+        wecom, refresh_config{}, timeout, 16);
+  }
+  for (auto& each : replicas_) each->start(apps);
+  run_for(io_, 30s);
+
+  EXPECT_EQ(wecom.calls(), apps);
+  EXPECT_EQ(wecom.overlapping_calls(), 0);
+  for (const auto& each : replicas_) {
+    for (int app = 0; app < apps; ++app) EXPECT_TRUE(each->served(app)) << corpid_of(app);
+  }
+}
+
+// Redis down for half an hour across the refresh: every replica keeps serving valid tokens,
+// refreshing alone, and Redis is caught up when it returns, though it lost everything.
+TEST_F(engine_simulation, a_store_outage_across_a_refresh_is_served_through_and_caught_up) {
+  constexpr int apps = 5;
+  simulated_wecom wecom(behaviour::new_token_each_call, 3600s, 100ms);
+  simulated_redis redis(io_);
+  for (int i = 0; i < 2; ++i) {
+    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), 7000ms),
+                wecom, refresh_config{});
+  }
+  for (auto& each : replicas_) each->start(apps);
+  run_for(io_, 1h - 15min);
+  redis.set_up(false);
+  auto ledger = run_checking(wecom, apps, 30min);
+  EXPECT_EQ(ledger.rejected, 0);
+  EXPECT_EQ(ledger.none, 0);
+  redis.set_up(true, /*lost_everything=*/true);
+  ledger = run_checking(wecom, apps, 1min);
+  EXPECT_EQ(ledger.rejected, 0);
+  EXPECT_EQ(ledger.none, 0);
+  for (int app = 0; app < apps; ++app) {
+    const auto stored = redis.token(corpid_of(app));
+    ASSERT_TRUE(stored) << corpid_of(app);
+    EXPECT_TRUE(wecom.valid(corpid_of(app), stored->value));
+  }
+}
+
+// A caller reports a revoked token: concurrent reports share one refresh, and a report of a
+// token already replaced costs nothing.
+TEST_F(engine_simulation, concurrent_reports_of_a_revoked_token_share_one_refresh) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(1);
+  run_for(io_, 1s);
+  const auto revoked = broker.served(0)->value;
+  run_for(io_, 10s);  // the min_interval floor is behind
+  wecom.revoke(corpid_of(0));
+
+  std::vector<token_outcome> outcomes(6);
+  for (std::size_t i = 0; i < outcomes.size(); ++i) {
+    asio::co_spawn(io_, broker.tokens[0]->invalidate(revoked),
+                   [&outcomes, i](std::exception_ptr, token_outcome outcome) {
+                     outcomes[i] = std::move(outcome);
+                   });
+  }
+  run_for(io_, 1s);
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 2);
+  for (const auto& outcome : outcomes) {
+    ASSERT_TRUE(outcome.view);
+    EXPECT_NE(outcome.view->current->value, revoked);
+    EXPECT_TRUE(wecom.valid(corpid_of(0), outcome.view->current->value));
+  }
+  token_outcome stale;
+  asio::co_spawn(io_, broker.tokens[0]->invalidate(revoked),
+                 [&stale](std::exception_ptr, token_outcome outcome) { stale = outcome; });
+  run_for(io_, 1s);
+  EXPECT_TRUE(stale.view);
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 2) << "a stale report calls nothing";
+}
+
+// A credential fetched with another's value: when upstream rejects that value, it is reported
+// (its refresher fetches a new one) and the call is made once more with the new one.
+TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_retries_once) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(1);
+  auto ticket = std::make_shared<simulated_refresher>(
+      broker.engine, credential_id{credential_kind::access_token, "ticket"}, "ticket",
+      std::make_unique<ticket_source>(corpid_of(0)));
+  broker.engine.add(ticket);
+  run_for(io_, 1s);
+  ASSERT_TRUE(ticket->view()->servable(simulated_clock::now()));
+  EXPECT_EQ(wecom.calls("ticket:" + corpid_of(0)), 1);
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 1);
+
+  run_for(io_, 10s);
+  wecom.revoke(corpid_of(0));  // the token the broker holds is dead, and it does not know
+  const auto old_ticket = ticket->view()->current->value;
+  token_outcome renewed;
+  asio::co_spawn(io_, ticket->invalidate(old_ticket),
+                 [&renewed](std::exception_ptr, token_outcome outcome) { renewed = outcome; });
+  run_for(io_, 2s);
+  ASSERT_TRUE(renewed.view);
+  EXPECT_NE(renewed.view->current->value, old_ticket);
+  EXPECT_EQ(wecom.calls("ticket:" + corpid_of(0)), 3) << "rejected once, then once more";
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 2) << "the rejected token was replaced once";
+  EXPECT_TRUE(wecom.valid(corpid_of(0), broker.served(0)->value));
+}
+
+// Issue 13, defect 5: stopping answers every caller waiting for a value at once (503 on the
+// HTTP side) and leaves nothing behind that could resume later.
+TEST_F(engine_simulation, stop_answers_every_waiting_caller_at_once) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 60s);  // upstream hangs
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(1);
+  std::vector<std::optional<token_outcome>> outcomes(5);
+  for (auto& slot : outcomes) {
+    asio::co_spawn(io_, broker.tokens[0]->wait_for_token(),
+                   [&slot](std::exception_ptr, token_outcome outcome) { slot = outcome; });
+  }
+  run_for(io_, 1s);
+  for (const auto& outcome : outcomes) EXPECT_FALSE(outcome) << "still waiting";
+
+  broker.engine.stop();
+  io_.restart();
+  io_.poll();  // no time passes
+  for (const auto& outcome : outcomes) {
+    ASSERT_TRUE(outcome) << "answered at once";
+    EXPECT_FALSE(outcome->view);
+  }
+}
+
+// The idle cost does not grow with the number of credentials: with 10,000 of them fresh, an
+// hour without a refresh due runs a handful of scheduler wake-ups, not one per credential.
+TEST_F(engine_simulation, idle_work_does_not_grow_with_the_number_of_credentials) {
+  constexpr int apps = 10000;
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 10ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(apps);
+  run_for(io_, 30s);
+  ASSERT_EQ(wecom.calls(), apps);
+
+  std::size_t handlers = 0;
+  const auto end = simulated_clock::now() + 1h;
+  while (simulated_clock::now() < end) {
+    io_.restart();
+    handlers += io_.poll();
+    simulated_clock::current += 100ms;
+  }
+  EXPECT_LE(handlers, 3600 / 30 + 10);
+  EXPECT_EQ(wecom.calls(), apps);
+}
+
+}  // namespace
+}  // namespace token_broker::simulation

@@ -1,0 +1,129 @@
+#include "simulated_redis.hpp"
+
+namespace token_broker::simulation {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A round trip: the answer comes from the loop, as a Redis reply does.
+asio::awaitable<void> round_trip() {
+  co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+}
+
+milliseconds left(time_point until) {
+  return std::max(milliseconds{0},
+                  std::chrono::duration_cast<milliseconds>(until - simulated_clock::now()));
+}
+
+wall_time_point on_wall_clock(time_point at) {
+  return wall_clock::now() +
+         std::chrono::duration_cast<wall_clock::duration>(at - simulated_clock::now());
+}
+
+time_point on_simulated_clock(wall_time_point at) {
+  return simulated_clock::now() +
+         std::chrono::duration_cast<simulated_clock::duration>(at - wall_clock::now());
+}
+
+}  // namespace
+
+void simulated_redis::set_up(bool up, bool lost_everything) {
+  up_ = up;
+  if (lost_everything) {
+    tokens_.clear();
+    locks_.clear();
+    cool_downs_.clear();
+  }
+  if (up) announce("");
+}
+
+std::optional<simulated_redis::entry> simulated_redis::token(const std::string& key) const {
+  const auto found = tokens_.find(key);
+  if (found == tokens_.end() || found->second.expires_at <= simulated_clock::now()) return {};
+  return found->second;
+}
+
+std::optional<stored_token> simulated_redis::load(const std::string& key) const {
+  const auto held = token(key);
+  if (!held) return std::nullopt;
+  return stored_token{held->value, on_wall_clock(held->expires_at)};
+}
+
+save_outcome simulated_redis::save(const std::string& key, const std::string& value,
+                                   time_point offered) {
+  ++commands_;
+  if (offered <= simulated_clock::now()) return save_outcome::written;
+  if (const auto held = token(key)) {
+    if (held->value == value && held->expires_at <= offered + milliseconds{1}) {
+      return save_outcome::written;
+    }
+    if (held->value != value && held->expires_at >= offered) return save_outcome::newer_kept;
+  }
+  tokens_[key] = entry{value, offered};
+  announce(key);
+  return save_outcome::written;
+}
+
+refresh_permit_answer simulated_redis::request(const std::string& key, const std::string& owner,
+                                               milliseconds lease, bool forced) {
+  ++commands_;
+  refresh_permit_answer answer{.permit = refresh_permit::granted};
+  const auto now = simulated_clock::now();
+  const auto cool_down = cool_downs_.find(key);
+  const auto lock = locks_.find(key);
+  if (!forced && cool_down != cool_downs_.end() && cool_down->second > now) {
+    answer = {.permit = refresh_permit::cooling_down, .wait = left(cool_down->second)};
+  } else if (lock != locks_.end() && lock->second.until > now) {
+    answer = {.permit = refresh_permit::busy, .wait = left(lock->second.until)};
+  } else {
+    locks_[key] = {owner, now + lease};
+  }
+  answer.stored = load(key);
+  return answer;
+}
+
+void simulated_redis::release(const std::string& key, const std::string& owner,
+                              milliseconds cool_down) {
+  ++commands_;
+  const auto lock = locks_.find(key);
+  if (lock == locks_.end() || lock->second.owner != owner ||
+      lock->second.until <= simulated_clock::now()) {
+    return;
+  }
+  locks_.erase(lock);
+  if (cool_down > milliseconds{0}) cool_downs_[key] = simulated_clock::now() + cool_down;
+}
+
+void simulated_redis::announce(const std::string& key) {
+  for (const auto& subscriber : subscribers_) {
+    asio::post(io_, [subscriber, key] { subscriber(key); });
+  }
+}
+
+asio::awaitable<std::optional<stored_token>> simulated_store::load(const std::string& key) {
+  co_await round_trip();
+  if (!redis_.up()) co_return std::nullopt;
+  co_return redis_.load(key);
+}
+
+asio::awaitable<save_outcome> simulated_store::save(const std::string& key,
+                                                    const stored_token& token) {
+  co_await round_trip();
+  if (!redis_.up()) co_return save_outcome::unavailable;
+  co_return redis_.save(key, token.value, on_simulated_clock(token.expires_at));
+}
+
+asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const std::string& key,
+                                                                        bool forced) {
+  co_await round_trip();
+  if (!redis_.up()) co_return refresh_permit_answer{};
+  co_return redis_.request(key, owner_, lease_, forced);
+}
+
+asio::awaitable<void> simulated_store::release_refresh(const std::string& key,
+                                                       milliseconds cool_down) {
+  co_await round_trip();
+  if (redis_.up()) redis_.release(key, owner_, cool_down);
+}
+
+}  // namespace token_broker::simulation

@@ -1,0 +1,86 @@
+// The shared store in simulated time: what the Lua scripts of redis_token_store decide, kept in
+// memory and shared by every simulated replica, with outages on demand. Each replica talks to
+// it through its own simulated_store, as each broker has its own Redis connection.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "simulated_clock.hpp"
+#include "token_broker/token_store.hpp"
+
+namespace token_broker::simulation {
+
+class simulated_redis {
+ public:
+  explicit simulated_redis(asio::io_context& io) : io_(io) {}
+
+  bool up() const { return up_; }
+  // Down: every command fails. Back up: it may have lost everything (a restart without
+  // persistence), and every subscriber hears that it is back.
+  void set_up(bool up, bool lost_everything = false);
+
+  struct entry {
+    std::string value;
+    time_point expires_at;
+  };
+  std::optional<entry> token(const std::string& key) const;
+
+  // The scripts' decisions (see redis_token_store.cpp), on simulated time.
+  std::optional<stored_token> load(const std::string& key) const;
+  save_outcome save(const std::string& key, const std::string& value, time_point expires_at);
+  refresh_permit_answer request(const std::string& key, const std::string& owner,
+                                std::chrono::milliseconds lease, bool forced);
+  void release(const std::string& key, const std::string& owner,
+               std::chrono::milliseconds cool_down);
+
+  void subscribe(std::function<void(const std::string&)> changed) {
+    subscribers_.push_back(std::move(changed));
+  }
+  int commands() const { return commands_; }
+
+ private:
+  struct lock_holder {
+    std::string owner;
+    time_point until;
+  };
+  void announce(const std::string& key);
+
+  asio::io_context& io_;
+  bool up_ = true;
+  std::map<std::string, entry> tokens_;
+  std::map<std::string, lock_holder> locks_;
+  std::map<std::string, time_point> cool_downs_;
+  std::vector<std::function<void(const std::string&)>> subscribers_;
+  int commands_ = 0;
+};
+
+// One replica's connection to the simulated Redis.
+class simulated_store final : public token_store {
+ public:
+  simulated_store(simulated_redis& redis, std::string owner, std::chrono::milliseconds lease)
+      : redis_(redis), owner_(std::move(owner)), lease_(lease) {}
+
+  void start(std::function<void(const std::string&)> changed) override {
+    redis_.subscribe(std::move(changed));
+  }
+  bool shared() const override { return true; }
+  std::optional<bool> up() const override { return redis_.up(); }
+  asio::awaitable<std::optional<stored_token>> load(const std::string& key) override;
+  asio::awaitable<save_outcome> save(const std::string& key, const stored_token& token) override;
+  asio::awaitable<refresh_permit_answer> request_refresh(const std::string& key,
+                                                         bool forced) override;
+  asio::awaitable<void> release_refresh(const std::string& key,
+                                        std::chrono::milliseconds cool_down) override;
+
+ private:
+  simulated_redis& redis_;
+  std::string owner_;
+  std::chrono::milliseconds lease_;
+};
+
+}  // namespace token_broker::simulation
