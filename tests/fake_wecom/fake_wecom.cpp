@@ -189,6 +189,16 @@ class wecom_model {
     return max_in_flight_;
   }
 
+  // A TLS handshake completed: one per connection, however many requests it then carries.
+  void handshake_completed() {
+    const std::scoped_lock lock(mutex_);
+    ++handshakes_;
+  }
+  int handshakes() const {
+    const std::scoped_lock lock(mutex_);
+    return handshakes_;
+  }
+
   std::map<std::string, int> calls_by_corpid() const {
     const std::scoped_lock lock(mutex_);
     return calls_by_corpid_;
@@ -201,6 +211,7 @@ class wecom_model {
     body["gettoken_calls"] = total_calls_;
     body["by_corpid"] = calls_by_corpid_;
     body["max_concurrent_gettoken_calls"] = max_in_flight_;
+    body["tls_handshakes"] = handshakes_;
     return body.dump();
   }
 
@@ -322,6 +333,7 @@ class wecom_model {
   int total_calls_ = 0;
   int in_flight_ = 0;
   int max_in_flight_ = 0;
+  int handshakes_ = 0;
 };
 
 // What the connection does with one request.
@@ -408,6 +420,7 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
       co_await stream.async_handshake(asio::ssl::stream_base::server, on_error);
   // A client that distrusts the certificate aborts here; nothing to answer.
   if (handshake_error) co_return;
+  model.handshake_completed();
 
   beast::flat_buffer buffer;
   for (;;) {
@@ -544,6 +557,10 @@ void fake_wecom::script_faults(const std::string& secret, std::vector<fault> fau
 
 void fake_wecom::revoke_tokens(const std::string& secret) {
   state_->model.revoke_tokens(secret);
+}
+
+int fake_wecom::tls_handshakes() const {
+  return state_->model.handshakes();
 }
 
 int fake_wecom::gettoken_calls(const std::string& secret) const {

@@ -3,7 +3,7 @@
 // It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
 // survive, follows a per-call script of faults, counts calls, and answers whether a token is
 // still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid). `GET /fake/stats`
-// reports the call counts for scripts (the benchmark): never a secret.
+// reports the call and TLS handshake counts for scripts (the benchmark): never a secret.
 #pragma once
 
 #include <chrono>
@@ -75,6 +75,9 @@ class fake_wecom {
   // Revokes the token currently issued for `secret` (and any other live ones): WeCom's
   // early revocation. The next gettoken issues a new token.
   void revoke_tokens(const std::string& secret);
+
+  // TLS handshakes completed: connections that a client keeps alive are counted once.
+  int tls_handshakes() const;
 
   int gettoken_calls(const std::string& secret) const;  // every call, faulty ones included
   int gettoken_calls() const;                           // all secrets
