@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 read -r -a counts <<<"${BENCH_SCALE_COUNTS:-1000 10000 100000}"
-window_s=${BENCH_SCALE_WINDOW_S:-30}
+window_s=${BENCH_SCALE_WINDOW_S:-30}  # spans many of the broker's periods (it polled Redis every 5 s)
 settle_s=${BENCH_SCALE_SETTLE_S:-5}
 ready_timeout_s=${BENCH_SCALE_READY_TIMEOUT_S:-600}
 cold_apps=${BENCH_SCALE_COLD_APPS:-10000}
@@ -78,6 +78,13 @@ free_port() {
 random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
+
+# Whether a child of ours still runs: kill -0 succeeds on a zombie too.
+alive() {
+  local state
+  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 
 # Stops one of our children and forgets its pid, so cleanup never signals a reused one.
 stop_process() {
@@ -193,7 +200,7 @@ http_status() { curl -s -o "${2:-/dev/null}" -w '%{http_code}' "$1" || true; }
 # ready_ms (from the start) and returns 0, or sets not_ready (why) and returns 1.
 ready_ms="" not_ready=""
 start_broker() {
-  "$broker_binary" --config "$1" --check >/dev/null 2>>"$work/broker.log" ||
+  "$broker_binary" --config "$1" --check >/dev/null 2>"$work/broker.log" ||
     die "the broker rejected its config: $(tail -1 "$work/broker.log")"
   local started
   started=$(now_ms)
@@ -202,9 +209,10 @@ start_broker() {
   pids+=("$broker_pid")
   local deadline=$((started + ready_timeout_s * 1000)) next_report=$((SECONDS + 30))
   while [ "$(http_status "http://127.0.0.1:$broker_port/readyz" "$work/readyz")" != 200 ]; do
-    if ! kill -0 "$broker_pid" 2>/dev/null; then
+    if ! alive "$broker_pid"; then
       wait "$broker_pid" && not_ready="exited (status 0)" || not_ready="exited (status $?)"
-      not_ready+=" after $((($(now_ms) - started + 500) / 1000)) s: $(tail -1 "$work/broker.log")"
+      not_ready+=" after $((($(now_ms) - started + 500) / 1000)) s"
+      [ -s "$work/broker.log" ] && not_ready+=": $(tail -1 "$work/broker.log")"
       broken+=("the broker $not_ready")
       return 1
     fi
