@@ -360,15 +360,18 @@ compare() {
   n_rps=$(median "${nginx_rps[@]}") n_p50=$(median "${nginx_p50[@]}")
   n_p99=$(median "${nginx_p99[@]}")
   ratio=$(awk -v b="$b_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", (n > 0 ? b / n : 0)}')
+  # The token endpoint must beat nginx by a margin (issue 13); the drop-in must match it.
+  local target_ratio=1.0
+  [[ $path == /v1/apps/*/token ]] && target_ratio=1.2
   local throughput=FAIL tail=FAIL
-  awk -v r="$ratio" 'BEGIN {exit !(r >= 1.0)}' && throughput=PASS
+  awk -v r="$ratio" -v target="$target_ratio" 'BEGIN {exit !(r >= target)}' && throughput=PASS
   [ "$b_p99" -le "$n_p99" ] && tail=PASS
   verdict="throughput $throughput, p99 $tail"
   [ "$throughput$tail" = PASSPASS ] && verdict=PASS
   add_row "$name — $(placement_note) (median of $rounds × $duration)" \
     "$b_rps req/s ($(spread "${broker_rps[@]}")), p50 $b_p50 µs, p99 $b_p99 µs" \
     "nginx: $n_rps req/s ($(spread "${nginx_rps[@]}")), p50 $n_p50 µs, p99 $n_p99 µs" \
-    "≥ 1.0× nginx, p99 ≤ nginx: **${ratio}×**" "$verdict"
+    "≥ ${target_ratio}× nginx, p99 ≤ nginx: **${ratio}×**" "$verdict"
 }
 
 # ---------------------------------------------------------------------------------------------

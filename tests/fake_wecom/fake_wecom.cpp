@@ -191,6 +191,16 @@ class wecom_model {
     return max_in_flight_;
   }
 
+  // A TLS handshake completed: one per connection, however many requests it then carries.
+  void handshake_completed() {
+    const std::scoped_lock lock(mutex_);
+    ++handshakes_;
+  }
+  int handshakes() const {
+    const std::scoped_lock lock(mutex_);
+    return handshakes_;
+  }
+
   std::map<std::string, int> calls_by_corpid() const {
     const std::scoped_lock lock(mutex_);
     return calls_by_corpid_;
@@ -203,6 +213,7 @@ class wecom_model {
     body["gettoken_calls"] = total_calls_;
     body["by_corpid"] = calls_by_corpid_;
     body["max_concurrent_gettoken_calls"] = max_in_flight_;
+    body["tls_handshakes"] = handshakes_;
     return body.dump();
   }
 
@@ -349,6 +360,7 @@ class wecom_model {
   int total_calls_ = 0;
   int in_flight_ = 0;
   int max_in_flight_ = 0;
+  int handshakes_ = 0;
 };
 
 // What the connection does with one request.
@@ -416,11 +428,10 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
   return {.answer = make_response(http::status::not_found, "text/plain", "not found\n")};
 }
 
-// The connections being served, for counting handshakes and closing idle ones. Touched only
-// on the fake's thread, but for the count.
+// The connections waiting for a request, for closing them as a server's idle timeout would.
+// Touched only on the fake's thread.
 struct connection_registry {
-  std::atomic<int> handshakes{0};
-  std::set<beast::tcp_stream*> idle;  // waiting for a request
+  std::set<beast::tcp_stream*> idle;
 };
 
 // Holds a hung request until the peer gives up (or the fake is destroyed, which destroys
@@ -446,7 +457,7 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
       co_await stream.async_handshake(asio::ssl::stream_base::server, on_error);
   // A client that distrusts the certificate aborts here; nothing to answer.
   if (handshake_error) co_return;
-  connections.handshakes.fetch_add(1);
+  model.handshake_completed();
 
   beast::flat_buffer buffer;
   for (;;) {
@@ -590,7 +601,7 @@ void fake_wecom::revoke_tokens(const std::string& secret) {
 }
 
 int fake_wecom::tls_handshakes() const {
-  return state_->connections.handshakes.load();
+  return state_->model.handshakes();
 }
 
 void fake_wecom::close_idle_connections() {

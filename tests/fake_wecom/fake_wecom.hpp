@@ -3,7 +3,7 @@
 // It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
 // survive, follows a per-call script of faults, counts calls, and answers whether a token is
 // still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid). `GET /fake/stats`
-// reports the call counts for scripts (the benchmark): never a secret.
+// reports the call and TLS handshake counts for scripts (the benchmark): never a secret.
 #pragma once
 
 #include <chrono>

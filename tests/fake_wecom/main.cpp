@@ -6,7 +6,7 @@
 // --app-file reads one CORPID:SECRET per line (blank lines and #comments skipped), so a
 // benchmark can register thousands of apps without putting secrets on the command line.
 // GET /fake/stats answers {"gettoken_calls":N,"by_corpid":{"ww…":n,…},
-// "max_concurrent_gettoken_calls":M}.
+// "max_concurrent_gettoken_calls":M,"tls_handshakes":H}; H counts its own request's handshake.
 //
 // Runs until SIGINT or SIGTERM, then exits 0. Bad arguments exit 2.
 #include <cstdio>

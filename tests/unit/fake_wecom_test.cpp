@@ -441,6 +441,23 @@ TEST(fake_wecom, keeps_a_connection_alive_across_requests) {
   EXPECT_EQ(fake->gettoken_calls(), 2);
 }
 
+TEST(fake_wecom, counts_tls_handshakes_once_per_connection) {
+  const auto fake = start_fake();
+  exchange(fake->port(),
+           {gettoken_target(corpid, secret_a), gettoken_target(corpid, secret_b)});  // one
+  gettoken(*fake, secret_a);                                                         // two
+  fetch(*fake, gettoken_target(corpid, secret_a),
+        client_options{.trusted_ca_pem = generate_tls_material().ca_pem});  // refused: none
+  EXPECT_EQ(fake->tls_handshakes(), 2);
+
+  // The stats request's own connection counts too: the third.
+  const auto stats = fetch(*fake, "/fake/stats");
+  ASSERT_EQ(stats.responses.size(), 1u);
+  const auto body = nlohmann::json::parse(stats.responses[0].body());
+  EXPECT_EQ(body["tls_handshakes"], 3);
+  EXPECT_EQ(body["gettoken_calls"], 3);
+}
+
 TEST(fake_wecom, answers_404_elsewhere) {
   const auto fake = start_fake();
   const auto result = fetch(*fake, "/cgi-bin/gettoken/extra?corpid=x");
