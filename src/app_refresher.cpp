@@ -4,8 +4,6 @@
 
 #include <algorithm>
 
-#include "token_broker/logging.hpp"
-
 namespace token_broker {
 namespace {
 
@@ -48,8 +46,9 @@ app_refresher::app_refresher(asio::any_io_executor executor, app_config app,
       ignore_store_(how == origin::credentials_changed),
       view_(std::make_shared<const app_view>()) {}
 
-void app_refresher::start() {
-  asio::co_spawn(strand_, run(), log_unexpected_end("app=" + app_.id + " refresher"));
+void app_refresher::start(supervisor& tasks) {
+  tasks.spawn(strand_, "refresher", "app=" + app_.id + " refresher",
+              [self = shared_from_this()] { return self->run(); }, {app_.secret});
 }
 
 void app_refresher::stop() {
@@ -70,6 +69,14 @@ void app_refresher::apply(const refresh_config& refresh, milliseconds wait_limit
 asio::awaitable<void> app_refresher::run() {
   const auto self = shared_from_this();  // the coroutine keeps its refresher alive
 
+  if (lifecycle_.in_flight()) {
+    // Restarted after an unexpected end in the middle of an attempt: that attempt failed, and
+    // its waiters learn so now rather than at their deadline.
+    lifecycle_.attempt_failed(
+        fetch_failure{failure_class::transient, local_failure_errcode, "internal error"},
+        clock::now(), jitter_unit());
+    publish();
+  }
   co_await store_.settle();
   co_await sync_with_store();  // a token with time left in the store is adopted, not fetched
   while (!stopping_) {

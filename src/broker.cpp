@@ -62,8 +62,8 @@ std::shared_ptr<app_refresher> broker::make_refresher(const app_config& app,
 void broker::start() {
   // Each loop holds the set it walks: a reload may replace apps_ meanwhile.
   const auto configured = apps();
-  for (const auto& app : configured->in_order()) app->start();
-  store_->start([this](const std::string& app_id) {
+  for (const auto& app : configured->in_order()) app->start(tasks_);
+  store_->start(tasks_, [this](const std::string& app_id) {
     const auto current = apps();
     if (app_id.empty()) {
       for (const auto& app : current->in_order()) app->store_returned();
@@ -116,7 +116,7 @@ reload_summary broker::reload(const config& next) {
   }
 
   apps_.store(std::move(updated));
-  for (const auto& app : starting) app->start();
+  for (const auto& app : starting) app->start(tasks_);
   for (const auto& app : stopping) app->stop();
   return summary;
 }

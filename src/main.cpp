@@ -19,6 +19,7 @@
 #include "token_broker/redis_token_store.hpp"
 #include "token_broker/request_handler.hpp"
 #include "token_broker/secret_digest.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/systemd_notify.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -235,15 +236,17 @@ int run(const std::string& config_path, config settings) {
     return exit_failure;
   }
 
+  auto& tasks = apps.tasks();
   apps.start();
-  server->start();
-  asio::co_spawn(
-      io, handle_signals(signals, {io, config_path, settings, apps, handler, *server, systemd}),
-      asio::detached);
+  server->start(tasks);
+  const daemon_parts parts{io, config_path, settings, apps, handler, *server, systemd};
+  tasks.spawn(io.get_executor(), "signals", "signal handler",
+              [&signals, parts] { return handle_signals(signals, parts); });
   spdlog::info("token-broker {} listening on {} with {} apps, {} threads", TOKEN_BROKER_VERSION,
                settings.listen.to_string(), settings.apps.size(), settings.threads);
   systemd.notify("READY=1");
-  asio::co_spawn(io, systemd.feed_watchdog(), log_unexpected_end("systemd watchdog"));
+  tasks.spawn(io.get_executor(), "watchdog", "systemd watchdog",
+              [&systemd] { return systemd.feed_watchdog(); });
 
   io.run();
   server.reset();  // the workers end before what their connections use

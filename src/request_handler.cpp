@@ -192,12 +192,13 @@ std::variant<answer, waiting_request> request_handler::decide(const route& call,
     case kind::wecom_gettoken:
       return wecom_gettoken(call);
     case kind::healthz:
-      return json_response(http::status::ok, R"({"status":"ok"})");
+      return health();
     case kind::readyz:
       return readiness();
     case kind::metrics: {
-      auto page = json_response(http::status::ok,
-                                render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
+      auto text = render_metrics(metrics_, *apps_.apps(), apps_.store_up());
+      apps_.tasks().render_metrics(text);
+      auto page = json_response(http::status::ok, std::move(text));
       page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
       return page;
     }
@@ -293,6 +294,14 @@ response request_handler::list_apps(const client_auth& auth, const client_config
     });
   }
   return json_response(http::status::ok, listing.dump());
+}
+
+// SPEC §4: 503 while a long-lived task is down, naming it.
+response request_handler::health() const {
+  const auto down = apps_.tasks().down();
+  if (down.empty()) return json_response(http::status::ok, R"({"status":"ok"})");
+  return json_response(http::status::service_unavailable,
+                       nlohmann::ordered_json{{"status", "down"}, {"down", down}}.dump());
 }
 
 response request_handler::readiness() const {

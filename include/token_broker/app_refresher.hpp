@@ -13,6 +13,7 @@
 #include "token_broker/config.hpp"
 #include "token_broker/metrics.hpp"
 #include "token_broker/published.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/token_answer.hpp"
 #include "token_broker/token_lifecycle.hpp"
 #include "token_broker/token_store.hpp"
@@ -61,7 +62,8 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   const published<app_view>& published_view() const { return view_; }
   const upstream_metrics& upstream_results() const { return upstream_results_; }
 
-  void start();
+  // Its refreshing, as a task of `tasks`: restarted should it ever end unexpectedly.
+  void start(supervisor& tasks);
   void stop();
   // A reload's refresh settings and wait limit, for the decisions still to come.
   void apply(const refresh_config& refresh, std::chrono::milliseconds wait_limit);

@@ -66,6 +66,7 @@ class request_handler {
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   static response internal_error();
   response list_apps(const client_auth& auth, const client_config* client) const;
+  response health() const;
   response readiness() const;
 
   const broker& apps_;
