@@ -64,11 +64,11 @@ std::shared_ptr<credential_refresher> broker::make_refresher(const app_config& a
 }
 
 void broker::start() {
-  engine_.start();
+  engine_.start(tasks_);
   // Each loop holds the set it walks: a reload may replace apps_ meanwhile.
   const auto configured = apps();
   for (const auto& app : configured->in_order()) engine_.add(app.token);
-  store_->start([this](const std::string& app_id) {
+  store_->start(tasks_, [this](const std::string& app_id) {
     if (app_id.empty()) {
       engine_.store_returned();
     } else {

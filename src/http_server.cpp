@@ -24,7 +24,7 @@ struct http_server::shared_state {
 class http_server::listener {
  public:
   virtual ~listener() = default;
-  virtual void start() = 0;
+  virtual void start(supervisor& tasks) = 0;
   virtual void stop() = 0;
 };
 
@@ -244,7 +244,10 @@ class protocol_listener final : public http_server::listener {
     if (reserve_ >= 0) ::close(reserve_);
   }
 
-  void start() override { asio::co_spawn(acceptor_.get_executor(), accept_loop(), asio::detached); }
+  void start(supervisor& tasks) override {
+    tasks.spawn(acceptor_.get_executor(), "listener", "http listener",
+                [this] { return accept_loop(); });
+  }
 
   void stop() override {
     asio::post(acceptor_.get_executor(), [this] {
@@ -374,8 +377,8 @@ http_server::~http_server() {
   workers_.stop();  // before the listener and the state their connections use
 }
 
-void http_server::start() {
-  listener_->start();
+void http_server::start(supervisor& tasks) {
+  listener_->start(tasks);
 }
 
 void http_server::stop() {

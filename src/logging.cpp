@@ -12,15 +12,4 @@ void init_logging(std::string_view level) {
   spdlog::set_default_logger(std::move(logger));
 }
 
-std::function<void(std::exception_ptr)> log_unexpected_end(std::string what_stopped) {
-  return [what_stopped = std::move(what_stopped)](std::exception_ptr failure) {
-    if (!failure) return;
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& error) {
-      spdlog::critical("{} stopped: {}", what_stopped, error.what());
-    }
-  };
-}
-
 }  // namespace token_broker

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "token_broker/redis_token_store.hpp"
 #include "token_broker/request_handler.hpp"
 #include "token_broker/secret_digest.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/systemd_notify.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -36,6 +38,8 @@ constexpr int exit_bad_config = 2;
 
 // In-flight requests get this long to finish after SIGTERM; the whole stop stays within 5 s.
 constexpr std::chrono::milliseconds drain_limit{4000};
+// Then the answers to the requests that were still waiting for a token get this long to go out.
+constexpr std::chrono::milliseconds answer_limit{300};
 
 // A client key shorter than this is guessable; --hash-key says so.
 constexpr std::size_t recommended_key_length = 32;
@@ -136,18 +140,39 @@ void reload(const std::string& path, config& running, broker& apps, request_hand
   running = std::move(next);
 }
 
-asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, broker& apps) {
-  server.stop();
+// Polls until `done()` or `give_up_at`. (`done` by value: the coroutine starts after the call.)
+asio::awaitable<void> poll_until(std::function<bool()> done,
+                                 std::chrono::steady_clock::time_point give_up_at) {
   asio::steady_timer poll(co_await asio::this_coro::executor);
-  const auto give_up_at = std::chrono::steady_clock::now() + drain_limit;
-  while (server.requests_in_flight() > 0 && std::chrono::steady_clock::now() < give_up_at) {
-    poll.expires_after(std::chrono::milliseconds{20});
+  while (!done() && std::chrono::steady_clock::now() < give_up_at) {
+    poll.expires_after(std::chrono::milliseconds{5});
     co_await poll.async_wait(asio::use_awaitable);
   }
+}
+
+asio::awaitable<void> drain_and_stop(asio::io_context& io, http_server& server, broker& apps,
+                                     request_handler& handler) {
+  using std::chrono::steady_clock;
+  server.stop();
+  const auto no_request_in_flight = [&server] { return server.requests_in_flight() == 0; };
+  // Each awaitable named before its co_await: g++ 12 mishandles temporaries in the operand.
+  auto drained = poll_until(no_request_in_flight, steady_clock::now() + drain_limit);
+  co_await std::move(drained);
   if (server.requests_in_flight() > 0) {
     spdlog::warn("stopping with {} requests still in flight", server.requests_in_flight());
   }
+  // Requests still waiting for a token are answered now, as having none: no new wait starts,
+  // and the stopped refreshers answer the waits they have.
+  handler.close_waits();
   apps.stop();
+  // A wait ends on its worker, handed over from this loop: neither may end while a wait is
+  // out, or its completion would go to a worker that is gone. Once stopped, the refreshers
+  // end every wait as soon as this loop runs them, so this needs no time limit.
+  const auto no_wait_in_flight = [&handler] { return handler.waits_in_flight() == 0; };
+  auto waits_ended = poll_until(no_wait_in_flight, steady_clock::time_point::max());
+  co_await std::move(waits_ended);
+  auto answered = poll_until(no_request_in_flight, steady_clock::now() + answer_limit);
+  co_await std::move(answered);
   server.stop_workers();
   io.stop();
 }
@@ -179,7 +204,8 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, daemon_parts par
     stopping = true;
     spdlog::info("{}: stopping", signal == SIGINT ? "SIGINT" : "SIGTERM");
     parts.systemd.notify("STOPPING=1");
-    asio::co_spawn(parts.io, drain_and_stop(parts.io, parts.server, parts.apps), asio::detached);
+    asio::co_spawn(parts.io, drain_and_stop(parts.io, parts.server, parts.apps, parts.handler),
+                   asio::detached);
   }
 }
 
@@ -210,15 +236,17 @@ int run(const std::string& config_path, config settings) {
     return exit_failure;
   }
 
+  auto& tasks = apps.tasks();
   apps.start();
-  server->start();
-  asio::co_spawn(
-      io, handle_signals(signals, {io, config_path, settings, apps, handler, *server, systemd}),
-      asio::detached);
+  server->start(tasks);
+  const daemon_parts parts{io, config_path, settings, apps, handler, *server, systemd};
+  tasks.spawn(io.get_executor(), "signals", "signal handler",
+              [&signals, parts] { return handle_signals(signals, parts); });
   spdlog::info("token-broker {} listening on {} with {} apps, {} threads", TOKEN_BROKER_VERSION,
                settings.listen.to_string(), settings.apps.size(), settings.threads);
   systemd.notify("READY=1");
-  asio::co_spawn(io, systemd.feed_watchdog(), log_unexpected_end("systemd watchdog"));
+  tasks.spawn(io.get_executor(), "watchdog", "systemd watchdog",
+              [&systemd] { return systemd.feed_watchdog(); });
 
   io.run();
   server.reset();  // the workers end before what their connections use

@@ -6,8 +6,6 @@
 
 #include <random>
 
-#include "token_broker/logging.hpp"
-
 namespace token_broker {
 namespace {
 
@@ -76,8 +74,9 @@ void redis_connection::on_up(std::function<void()> handler) {
   on_up_ = std::move(handler);
 }
 
-void redis_connection::start() {
-  asio::co_spawn(strand_, run(), log_unexpected_end("redis " + role_ + " connection"));
+void redis_connection::start(supervisor& tasks) {
+  tasks.spawn(strand_, "redis", "redis " + role_ + " connection",
+              [self = shared_from_this()] { return self->run(); }, {settings_.password});
 }
 
 void redis_connection::stop() {
@@ -89,6 +88,9 @@ void redis_connection::stop() {
 
 asio::awaitable<void> redis_connection::run() {
   const auto self = shared_from_this();  // the loop keeps its connection alive
+  // Restarted after an unexpected end: the connection it may have left behind is dropped.
+  up_.store(false, std::memory_order_release);
+  drop();
   std::mt19937_64 random(std::random_device{}());
   asio::steady_timer pause(strand_);
   auto backoff = timeouts_.backoff_min;

@@ -101,7 +101,8 @@ redis_token_store::redis_token_store(asio::any_io_executor executor, const redis
       commands_(std::make_shared<redis_connection>(executor, settings, "commands")),
       events_(std::make_shared<redis_connection>(executor, settings, "events")) {}
 
-void redis_token_store::start(std::function<void(const std::string& app_id)> changed) {
+void redis_token_store::start(supervisor& tasks,
+                              std::function<void(const std::string& app_id)> changed) {
   changed_ = std::move(changed);
   // Writes and events may have been missed while a connection was down: every app looks.
   commands_->on_up([this] { changed_(""); });
@@ -109,8 +110,8 @@ void redis_token_store::start(std::function<void(const std::string& app_id)> cha
   events_->subscribe(prefix_ + "events", [this](std::string_view payload) {
     if (const auto app = event_app(payload)) changed_(*app);
   });
-  commands_->start();
-  events_->start();
+  commands_->start(tasks);
+  events_->start(tasks);
 }
 
 void redis_token_store::stop() {

@@ -38,6 +38,18 @@ worker_reads& reads_of(const request_handler* handler) {
   return this_worker;
 }
 
+// Counts something for exactly as long as it lives.
+class counted {
+ public:
+  explicit counted(std::atomic<std::size_t>& count) : count_(count) { ++count_; }
+  ~counted() { --count_; }
+  counted(const counted&) = delete;
+  counted& operator=(const counted&) = delete;
+
+ private:
+  std::atomic<std::size_t>& count_;
+};
+
 // WeCom answers a gettoken it cannot serve with -1 "system busy"; so do we when upstream
 // gave no reason of its own.
 fetch_failure failure_or_busy(const token_outcome& outcome) {
@@ -101,10 +113,17 @@ std::variant<answer, waiting_request> request_handler::answer_or_wait(const requ
 }
 
 asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
+  // Counted before waits_closed_ is read, while close_waits() sets it before the count is
+  // read: either this wait sees the stop, or the stop sees this wait.
+  const counted wait(waits_in_flight_);
   std::optional<answer> outgoing;
   try {
-    auto operation = wait_and_answer(waiting);  // named: g++ 12 mishandles temporaries here
-    outgoing = co_await std::move(operation);
+    if (waits_closed_) {
+      outgoing = answer_waited(waiting, token_outcome{});  // stopping: no refresh is coming
+    } else {
+      auto operation = wait_and_answer(waiting);  // named: g++ 12 mishandles temporaries here
+      outgoing = co_await std::move(operation);
+    }
   } catch (const std::exception& error) {
     spdlog::error("request failed unexpectedly: {}", error.what());
     outgoing = internal_error();
@@ -231,13 +250,18 @@ std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call
                          .then = waiting_request::wecom_token};
 }
 
+// SPEC §4: 503 while a long-lived task is down, naming it.
 std::variant<answer, waiting_request> request_handler::healthz(const call&) {
-  return json_response(http::status::ok, R"({"status":"ok"})");
+  const auto down = apps_.tasks().down();
+  if (down.empty()) return json_response(http::status::ok, R"({"status":"ok"})");
+  return json_response(http::status::service_unavailable,
+                       nlohmann::ordered_json{{"status", "down"}, {"down", down}}.dump());
 }
 
 std::variant<answer, waiting_request> request_handler::metrics(const call&) {
-  auto page =
-      json_response(http::status::ok, render_metrics(metrics_, *apps_.apps(), apps_.store_up()));
+  auto text = render_metrics(metrics_, *apps_.apps(), apps_.store_up());
+  apps_.tasks().render_metrics(text);
+  auto page = json_response(http::status::ok, std::move(text));
   page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
   return page;
 }
@@ -247,13 +271,22 @@ asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& 
   auto operation = waiting.then == waiting_request::invalidation ? app.invalidate(waiting.reported)
                                                                  : app.wait_for_token();
   auto outcome = co_await std::move(operation);
+  co_return answer_waited(waiting, std::move(outcome));
+}
+
+answer request_handler::answer_waited(const waiting_request& waiting, token_outcome outcome) {
+  const auto& app = *waiting.app;
   if (waiting.then == waiting_request::wecom_token) {
-    if (outcome.view) co_return wecom_token_answer(std::move(outcome.view), clock::now());
+    if (outcome.view) return wecom_token_answer(std::move(outcome.view), clock::now());
     const auto failure = failure_or_busy(outcome);
-    co_return wecom_error_response(failure.errcode, failure.errmsg);
+    return wecom_error_response(failure.errcode, failure.errmsg);
   }
-  if (outcome.view) co_return our_token_answer(std::move(outcome.view), clock::now());
-  co_return unavailable_response(app.label(), outcome);
+  if (outcome.view) return our_token_answer(std::move(outcome.view), clock::now());
+  return unavailable_response(app.label(), outcome);
+}
+
+void request_handler::close_waits() {
+  waits_closed_ = true;
 }
 
 std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {

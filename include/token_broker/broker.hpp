@@ -14,6 +14,7 @@
 #include "token_broker/config.hpp"
 #include "token_broker/credentials/engine.hpp"
 #include "token_broker/published.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -72,6 +73,10 @@ class broker {
   const published<app_set>& published_apps() const { return apps_; }
   // Whether the shared store is reachable; empty without one.
   std::optional<bool> store_up() const { return store_->up(); }
+  // The process's long-lived tasks: the refreshers, the store's connections, and whatever
+  // else the daemon spawns through it.
+  supervisor& tasks() { return tasks_; }
+  const supervisor& tasks() const { return tasks_; }
 
   // Applies a new config's apps, refresh and upstream settings (SPEC §2 SIGHUP): added apps
   // start, removed ones stop, apps with a new corpid or secret start over with it, and the
@@ -82,6 +87,7 @@ class broker {
   std::shared_ptr<credential_refresher> make_refresher(const app_config& app,
                                                        credential_refresher::origin how);
 
+  supervisor tasks_;
   std::unique_ptr<token_store> store_;
   upstream_config upstream_settings_;
   credential_engine engine_;

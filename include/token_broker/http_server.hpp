@@ -10,6 +10,7 @@
 #include "token_broker/asio.hpp"
 #include "token_broker/listen_address.hpp"
 #include "token_broker/request_handler.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/worker_pool.hpp"
 
 namespace token_broker {
@@ -42,7 +43,8 @@ class http_server {
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;
 
-  void start();
+  // Starts accepting, the accept loop a task of `tasks`.
+  void start(supervisor& tasks);
   // Stops accepting. Connections finish the request they are on and then close.
   void stop();
   // Ends the workers; connections still open are dropped.

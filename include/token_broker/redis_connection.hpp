@@ -16,6 +16,7 @@
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
 #include "token_broker/redis_replies.hpp"
+#include "token_broker/supervisor.hpp"
 
 struct redisAsyncContext;
 
@@ -50,7 +51,8 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   // Before start(): called each time the connection is up (again), on its strand.
   void on_up(std::function<void()> handler);
 
-  void start();
+  // Its connection loop, as a task of `tasks`: restarted should it ever end unexpectedly.
+  void start(supervisor& tasks);
   void stop();
   // Connected, authenticated and on the configured database.
   bool up() const { return up_.load(std::memory_order_acquire); }

@@ -23,7 +23,7 @@ class redis_token_store final : public token_store {
   redis_token_store(asio::any_io_executor executor, const redis_config& settings,
                     std::chrono::milliseconds upstream_timeout);
 
-  void start(std::function<void(const std::string& app_id)> changed) override;
+  void start(supervisor& tasks, std::function<void(const std::string& app_id)> changed) override;
   void stop() override;
   // Connected (and authenticated) to Redis now.
   std::optional<bool> up() const override { return commands_->up(); }

@@ -61,6 +61,14 @@ class request_handler {
   // there is nobody left to answer (the client went away, the read timed out).
   std::optional<response> answer_unreadable(const error_code& error);
 
+  // Stopping (SIGTERM): every request that needs a wait from now on is answered at once as
+  // one that found no token, without leaving its worker. With the refreshers stopped (they
+  // answer the waits they have), the count of waits then only falls to 0.
+  void close_waits();
+  // Requests between the start of their wait and its end back on their worker: until this is
+  // 0, the control loop may still hand a completion to a worker.
+  std::size_t waits_in_flight() const { return waits_in_flight_; }
+
   // A reload's clients, for every request from now on.
   void set_clients(std::vector<client_config> clients) {
     auth_.store(std::make_shared<const client_auth>(std::move(clients)));
@@ -69,6 +77,7 @@ class request_handler {
  private:
   std::variant<answer, waiting_request> decide(const route_match& matched, const request& incoming);
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
+  static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   static response internal_error();
 
   // The handlers, one per endpoint.
@@ -83,6 +92,8 @@ class request_handler {
   const broker& apps_;
   published<client_auth> auth_;
   request_metrics metrics_;
+  std::atomic<bool> waits_closed_{false};
+  std::atomic<std::size_t> waits_in_flight_{0};
 };
 
 }  // namespace token_broker

@@ -12,6 +12,7 @@
 
 #include "token_broker/asio.hpp"
 #include "token_broker/clock.hpp"
+#include "token_broker/supervisor.hpp"
 
 namespace token_broker {
 
@@ -44,10 +45,13 @@ class token_store {
  public:
   virtual ~token_store() = default;
 
-  // Starts the store's own activity (connections). `changed` is called with an app id when
-  // the store may hold a newer token for it, and with "" when the store is reachable again:
-  // it may hold newer tokens for every app, or have lost what it held (a restart).
-  virtual void start(std::function<void(const std::string& app_id)> changed) { (void)changed; }
+  // Starts the store's own activity (connections), as tasks of `tasks`. `changed` is called with an
+  // app id when the store may hold a newer token for it, and with "" when the store is reachable
+  // again: it may hold newer tokens for every app, or have lost what it held (a restart).
+  virtual void start(supervisor& tasks, std::function<void(const std::string& app_id)> changed) {
+    (void)tasks;
+    (void)changed;
+  }
   virtual void stop() {}
 
   // True when other processes write it too, so it is worth watching for their tokens.

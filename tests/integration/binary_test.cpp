@@ -2,6 +2,7 @@
 // HTTP port like a production client would.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <nlohmann/json.hpp>
@@ -518,6 +519,81 @@ TEST_F(binary_test, sigterm_finishes_in_flight_requests_and_exits_0_within_5s) {
   EXPECT_LT(std::chrono::steady_clock::now() - stopping_at, 5s);
   request.join();
   EXPECT_EQ(in_flight.status, 200u) << in_flight.error;
+}
+
+// Issue 13, defect 5: a request waiting for a cold token when SIGTERM came was resumed on a
+// worker io_context that the stop had already ended and destroyed: the client saw its
+// connection close without an answer (and ASan a use after free). Every waiter is answered.
+TEST_F(binary_test, sigterm_answers_every_request_waiting_for_a_cold_token_and_exits_0) {
+  const auto hr = add_app("hr");
+  fake_->script_faults(hr.secret, {fault{.kind = fault_kind::hang}});
+  // The waits are bounded by timeout_ms, which is longer than the 4 s the drain allows.
+  auto& broker = start_broker(make_config(free_port(), {{"upstream", {{"timeout_ms", 20000}}}}));
+
+  // Connected and sent before the next connection: once a later one is answered, the accept
+  // loop (first come, first accepted) has taken every one of these.
+  const std::vector<http_exchange> waiting = {
+      {.target = "/v1/apps/hr/token"},
+      {.target = "/v1/apps/hr/token"},
+      {.target = "/v1/apps/hr/token"},
+      {.target = "/v1/apps/hr/token"},
+      {.method = "POST",
+       .target = "/v1/apps/hr/token/invalidate",
+       .body = R"({"access_token":"not-a-token-it-holds"})"},
+      {.target = "/cgi-bin/gettoken?corpid=" + std::string(corpid) + "&corpsecret=" + hr.secret},
+  };
+  asio::io_context client_io;
+  std::vector<asio::ip::tcp::socket> clients;
+  for (const auto& exchange : waiting) {
+    auto& client = clients.emplace_back(client_io);
+    client.connect({asio::ip::make_address("127.0.0.1"), broker.port()});
+    const timeval give_up{.tv_sec = 10, .tv_usec = 0};  // a hang fails instead of blocking
+    setsockopt(client.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &give_up, sizeof give_up);
+    http::request<http::string_body> request{http::string_to_verb(exchange.method), exchange.target,
+                                             11};
+    request.set(http::field::host, "127.0.0.1");
+    request.body() = exchange.body;
+    request.prepare_payload();
+    http::write(client, request);
+  }
+  ASSERT_EQ(http_get(broker.port(), "/healthz").status, 200u);
+
+  std::vector<http_answer> answers(clients.size());
+  std::vector<std::jthread> readers;
+  for (std::size_t i = 0; i < clients.size(); ++i) {
+    readers.emplace_back([&, i] {
+      beast::flat_buffer buffer;
+      http::response<http::string_body> response;
+      error_code error;
+      http::read(clients[i], buffer, response, error);
+      if (error) {
+        answers[i].error = error.message();
+      } else {
+        answers[i].status = response.result_int();
+        answers[i].body = response.body();
+      }
+    });
+  }
+  const auto stopping_at = std::chrono::steady_clock::now();
+  EXPECT_EQ(broker.stop(SIGTERM, 5s), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping_at, 5s);
+  readers.clear();  // joins
+
+  for (std::size_t i = 0; i + 1 < clients.size(); ++i) {
+    EXPECT_EQ(answers[i].status, 503u) << waiting[i].target << ": " << answers[i].error;
+    if (answers[i].status == 503u) {
+      EXPECT_EQ(json::parse(answers[i].body)["error"], "unavailable");
+    }
+  }
+  // The drop-in answers as WeCom does when it cannot serve: HTTP 200, errcode -1.
+  EXPECT_EQ(answers.back().status, 200u) << answers.back().error;
+  if (answers.back().status == 200u) {
+    EXPECT_EQ(json::parse(answers.back().body)["errcode"], -1);
+  }
+  const auto log = broker.log();
+  for (const auto* alarm : {"Sanitizer", "terminate called", "ended unexpectedly"}) {
+    EXPECT_EQ(log.find(alarm), std::string::npos) << alarm;
+  }
 }
 
 TEST_F(binary_test, cli_version_and_check) {

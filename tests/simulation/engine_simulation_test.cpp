@@ -65,7 +65,7 @@ struct replica {
                std::make_shared<simulated_upstream>(wecom, slots), *store) {}
 
   void start(int apps) {
-    engine.start();
+    engine.start(tasks);
     for (int app = 0; app < apps; ++app) {
       auto refresher = std::make_shared<simulated_refresher>(
           engine, credential_id{credential_kind::access_token, corpid_of(app)}, corpid_of(app),
@@ -73,7 +73,7 @@ struct replica {
       tokens.push_back(refresher);
       engine.add(std::move(refresher));
     }
-    store->start([this](const std::string& key) {
+    store->start(tasks, [this](const std::string& key) {
       if (key.empty()) {
         engine.store_returned();
       } else {
@@ -89,6 +89,7 @@ struct replica {
   }
 
   std::unique_ptr<token_store> store;
+  supervisor tasks;
   simulated_engine engine;
   std::vector<std::shared_ptr<simulated_refresher>> tokens;
   mutable std::shared_ptr<const credential_view> view;

@@ -65,7 +65,7 @@ class simulated_store final : public token_store {
   simulated_store(simulated_redis& redis, std::string owner, std::chrono::milliseconds lease)
       : redis_(redis), owner_(std::move(owner)), lease_(lease) {}
 
-  void start(std::function<void(const std::string&)> changed) override {
+  void start(supervisor&, std::function<void(const std::string&)> changed) override {
     redis_.subscribe(std::move(changed));
   }
   bool shared() const override { return true; }

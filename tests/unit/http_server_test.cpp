@@ -37,7 +37,7 @@ class http_server_test : public ::testing::Test {
         io_,
         listen_address{.type = listen_address::kind::unix_socket, .path = socket_path_.string()},
         handler_, short_limits, 1);
-    server_->start();
+    server_->start(apps_.tasks());
     control_ = std::thread([this] { io_.run(); });
   }
   void TearDown() override {

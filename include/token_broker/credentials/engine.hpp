@@ -21,6 +21,7 @@
 #include "token_broker/config.hpp"
 #include "token_broker/credential.hpp"
 #include "token_broker/credentials/refresher.hpp"
+#include "token_broker/supervisor.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -40,8 +41,8 @@ class basic_engine {
   basic_engine(const basic_engine&) = delete;
   basic_engine& operator=(const basic_engine&) = delete;
 
-  // Any thread.
-  void start();
+  // Any thread. The scheduler runs as a task of `tasks`: restarted if it ever fails.
+  void start(supervisor& tasks);
   // Ends every refresh and answers every waiting caller (503); nothing is scheduled after.
   void stop();
   // Starts keeping `credential` fresh; one with the same id is ended and replaced.

@@ -28,15 +28,8 @@ basic_engine<Clock>::basic_engine(asio::any_io_executor executor, const refresh_
       wake_(strand_) {}
 
 template <class Clock>
-void basic_engine<Clock>::start() {
-  asio::co_spawn(strand_, run(), [](std::exception_ptr failure) {
-    if (!failure) return;
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& error) {
-      spdlog::critical("the credential scheduler stopped: {}", error.what());
-    }
-  });
+void basic_engine<Clock>::start(supervisor& tasks) {
+  tasks.spawn(strand_, "scheduler", "credential scheduler", [this] { return run(); });
 }
 
 template <class Clock>

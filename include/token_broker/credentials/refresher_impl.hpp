@@ -49,7 +49,6 @@ void basic_refresher<Clock>::begin() {
         co_await self->engine_.store().settle();
         // A value with time left in the store is adopted, not fetched.
         if (!self->ended_) co_await self->sync_with_store();
-        if (!self->ended_) self->publish();
       },
       engine_.log_failure(*this));
 }
@@ -226,10 +225,17 @@ asio::awaitable<void> basic_refresher<Clock>::save_held() {
 
 // Catches the store up with a value fetched while it was unreachable (it keeps a newer one
 // another replica wrote meanwhile), then adopts whatever newer value the store holds.
+//
+// Whatever happens, the credential is planned after: a failed look at the store must not leave
+// it without a next refresh.
 template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::sync_with_store() {
-  if (store_behind_ && lifecycle_.servable(Clock::now())) co_await save_held();
-  if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+  try {
+    if (store_behind_ && lifecycle_.servable(Clock::now())) co_await save_held();
+    if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+  } catch (const std::exception& error) {
+    spdlog::error("{} looking at the store failed unexpectedly: {}", log_name(id_), error.what());
+  }
   publish();
 }
 
