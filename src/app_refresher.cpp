@@ -95,21 +95,27 @@ asio::awaitable<void> app_refresher::refresh() {
   lifecycle_.attempt_pending();
   publish();
   while (!stopping_) {
+    // An upstream slot first, then the lock: the lock's lease then covers the call alone,
+    // however long the line for a slot (a backlog of cold apps). A lock taken before the
+    // line could run out in it, and another replica would call as well.
+    const auto upstream = upstream_.load();  // a reload may replace it while the call runs
+    auto slot = co_await upstream->reserve();
+    if (stopping_) break;
     // New credentials call at once, as an invalidation does, past other replicas' cool-down.
     const bool forced = lifecycle_.revoked() || ignore_store_;
-    const auto answer = co_await store_.request_refresh(app_.id, forced);
+    const auto answer = co_await store_.request_refresh(app_.id, forced, upstream->timeout());
     const bool granted = answer.permit == refresh_permit::granted;
-    if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
+    if (stopping_ || (answer.stored && adopt_stored(*answer.stored))) {
+      // Stopped, or another replica was faster.
       if (granted) co_await store_.release_refresh(app_.id, milliseconds{0});
-      lifecycle_.attempt_withdrawn(std::nullopt);
-      co_return;
+      break;
     }
     switch (answer.permit) {
       case refresh_permit::granted:
-        co_await call_upstream(true);
+        co_await call_upstream(*upstream, slot, true);
         co_return;
       case refresh_permit::unavailable:
-        co_await call_upstream(false);
+        co_await call_upstream(*upstream, slot, false);
         co_return;
       case refresh_permit::cooling_down: {
         // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
@@ -122,7 +128,9 @@ asio::awaitable<void> app_refresher::refresh() {
       }
       case refresh_permit::busy:
         // Another replica is calling upstream: its token comes with its event (or the next
-        // look); if it dies, its lease runs out and this replica is granted the call.
+        // look); if it dies, its lease runs out and this replica is granted the call. The
+        // slot goes back meanwhile, to apps that can call.
+        slot = {};
         wake_.expires_after(std::clamp(answer.wait, milliseconds{1}, follow_poll));
         co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
         break;
@@ -131,14 +139,20 @@ asio::awaitable<void> app_refresher::refresh() {
   lifecycle_.attempt_withdrawn(std::nullopt);
 }
 
-asio::awaitable<void> app_refresher::call_upstream(bool holds_permit) {
+asio::awaitable<void> app_refresher::call_upstream(upstream_client& upstream,
+                                                   upstream_client::slot& slot, bool holds_permit) {
   const auto started_at = clock::now();
   lifecycle_.attempt_started(started_at);
   const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
   try {
-    const auto upstream = upstream_.load();  // a reload may replace it while the call runs
-    const auto result = co_await upstream->fetch_token(app_.corpid, app_.secret);
-    if (stopping_) co_return;
+    const auto result = co_await upstream.fetch_token(slot, app_.corpid, app_.secret);
+    slot = {};  // the call is over: the next app's may begin while this one writes its token
+    if (stopping_) {
+      // The token goes unused, and the lock now, not at the end of its lease: another
+      // replica may call at once.
+      if (holds_permit) co_await store_.release_refresh(app_.id, milliseconds{0});
+      co_return;
+    }
     record(result, started_at);
     const bool fetched = std::holds_alternative<fetched_token>(result);
     if (fetched) ignore_store_ = false;

@@ -79,7 +79,8 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
  private:
   asio::awaitable<void> run();
   asio::awaitable<void> refresh();
-  asio::awaitable<void> call_upstream(bool holds_permit);
+  asio::awaitable<void> call_upstream(upstream_client& upstream, upstream_client::slot& slot,
+                                      bool holds_permit);
   asio::awaitable<void> save_held();
   asio::awaitable<void> sync_with_store();
   bool adopt_stored(const stored_token& stored);
