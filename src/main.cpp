@@ -218,8 +218,7 @@ int run(const std::string& config_path, config settings) {
   asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   std::unique_ptr<token_store> store;
   if (settings.redis) {
-    store = std::make_unique<redis_token_store>(io.get_executor(), *settings.redis,
-                                                settings.upstream.timeout);
+    store = std::make_unique<redis_token_store>(io.get_executor(), *settings.redis);
   } else {
     store = std::make_unique<memory_token_store>();
   }

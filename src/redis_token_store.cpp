@@ -14,8 +14,9 @@ namespace {
 
 using std::chrono::milliseconds;
 
-// A lock holder finishes its upstream call within the timeout and writes the token right
-// after; the margin covers that write and clocks that run at slightly different rates.
+// A lock holder asks for the lock only once it holds an upstream slot, so its call starts at
+// once and ends within the timeout; the margin covers the ask, the write of the token right
+// after, and clocks that run at slightly different rates.
 constexpr milliseconds lease_margin{2000};
 
 // Every script reads "now" from Redis itself, so replicas' clocks never compare with each
@@ -93,11 +94,9 @@ long long unix_milliseconds(wall_time_point at) {
 
 }  // namespace
 
-redis_token_store::redis_token_store(asio::any_io_executor executor, const redis_config& settings,
-                                     milliseconds upstream_timeout)
+redis_token_store::redis_token_store(asio::any_io_executor executor, const redis_config& settings)
     : prefix_(settings.key_prefix),
       owner_(make_owner_id()),
-      lease_(upstream_timeout + lease_margin),
       commands_(std::make_shared<redis_connection>(executor, settings, "commands")),
       events_(std::make_shared<redis_connection>(executor, settings, "events")) {}
 
@@ -173,11 +172,13 @@ asio::awaitable<save_outcome> redis_token_store::save(const std::string& app_id,
   co_return save_result(*reply);
 }
 
-asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(const std::string& app_id,
-                                                                          bool forced) {
+asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(
+    const std::string& app_id, bool forced, milliseconds call_timeout) {
   std::vector<std::string> keys{key("lock", app_id), key("cooldown", app_id),
                                 key("access_token", app_id)};
-  std::vector<std::string> arguments{owner_, std::to_string(lease_.count()), forced ? "1" : "0"};
+  // Sized per request, so that it follows a reload's upstream.timeout_ms.
+  const auto lease = call_timeout + lease_margin;
+  std::vector<std::string> arguments{owner_, std::to_string(lease.count()), forced ? "1" : "0"};
   const auto reply = co_await evaluate(request_script, std::move(keys), std::move(arguments));
   if (!reply) co_return refresh_permit_answer{};
   co_return refresh_permit_from(*reply);

@@ -18,10 +18,7 @@ namespace token_broker {
 
 class redis_token_store final : public token_store {
  public:
-  // `upstream_timeout` sizes the lock's lease: a holder that dies loses it after that plus a
-  // margin, and a live holder always finishes (or gives up) inside it.
-  redis_token_store(asio::any_io_executor executor, const redis_config& settings,
-                    std::chrono::milliseconds upstream_timeout);
+  redis_token_store(asio::any_io_executor executor, const redis_config& settings);
 
   void start(supervisor& tasks, std::function<void(const std::string& app_id)> changed) override;
   void stop() override;
@@ -32,8 +29,10 @@ class redis_token_store final : public token_store {
   asio::awaitable<void> settle() override;
   asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) override;
   asio::awaitable<save_outcome> save(const std::string& app_id, const stored_token& token) override;
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string& app_id,
-                                                         bool forced) override;
+  // The lock's lease is `call_timeout` plus a margin: a holder that dies loses it after
+  // that, and a live holder always finishes (or gives up) inside it.
+  asio::awaitable<refresh_permit_answer> request_refresh(
+      const std::string& app_id, bool forced, std::chrono::milliseconds call_timeout) override;
   asio::awaitable<void> release_refresh(const std::string& app_id,
                                         std::chrono::milliseconds cool_down) override;
 
@@ -45,7 +44,6 @@ class redis_token_store final : public token_store {
 
   std::string prefix_;
   std::string owner_;  // "<hostname>:<pid>:<random>", the lock's value
-  std::chrono::milliseconds lease_;
   std::shared_ptr<redis_connection> commands_;
   std::shared_ptr<redis_connection> events_;
   std::function<void(const std::string&)> changed_;

@@ -67,10 +67,12 @@ class token_store {
   // moves earlier.
   virtual asio::awaitable<save_outcome> save(const std::string& app_id,
                                              const stored_token& token) = 0;
-  // Asks to call upstream for `app_id`. `forced` (an invalidation) ignores another replica's
-  // cool-down: the report says the held token is dead.
-  virtual asio::awaitable<refresh_permit_answer> request_refresh(const std::string& app_id,
-                                                                 bool forced) = 0;
+  // Asks to call upstream for `app_id`, a call that `call_timeout` bounds. `forced` (an
+  // invalidation) ignores another replica's cool-down: the report says the held token is
+  // dead. Ask only when ready to call at once (holding an upstream slot): a grant to a caller
+  // still in line could run out before its call is over.
+  virtual asio::awaitable<refresh_permit_answer> request_refresh(
+      const std::string& app_id, bool forced, std::chrono::milliseconds call_timeout) = 0;
   // Ends a granted refresh. A positive `cool_down` tells the other replicas not to call
   // upstream for that long (a failure's backoff, or until a returned token can be replaced).
   virtual asio::awaitable<void> release_refresh(const std::string& app_id,
@@ -95,7 +97,8 @@ class memory_token_store final : public token_store {
     co_return save_outcome::written;
   }
 
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool) override {
+  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool,
+                                                         std::chrono::milliseconds) override {
     co_return refresh_permit_answer{.permit = refresh_permit::granted};
   }
 

@@ -32,7 +32,7 @@ struct upstream_request {
 struct upstream_response {
   unsigned status = 0;
   std::string body;
-  time_point sent_at;              // the request left (on its last attempt)
+  time_point sent_at;              // the call began: no attempt's request left before it
   time_point received_at;          // the answer arrived
   wall_time_point sent_at_wall{};  // the wall clock when the request left
 };
@@ -89,7 +89,7 @@ class upstream_client final : public upstream_caller {
   asio::awaitable<upstream_result> call(upstream_request request);
 
   // gettoken, its answer read strictly (parse_gettoken_answer); the token's expiry counts
-  // from when the request left.
+  // from when the call began, before any connection was made.
   asio::awaitable<fetch_result> fetch_token(const slot& held, std::string_view corpid,
                                             std::string_view secret);
   asio::awaitable<fetch_result> fetch_token(std::string_view corpid, std::string_view secret);

@@ -431,7 +431,9 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
 // The connections waiting for a request, for closing them as a server's idle timeout would.
 // Touched only on the fake's thread.
 struct connection_registry {
-  std::set<beast::tcp_stream*> idle;
+  std::set<beast::tcp_stream*> idle;     // waiting for a request
+  std::set<beast::tcp_stream*> busy;     // a request read, its answer not yet written
+  std::set<beast::tcp_stream*> closing;  // busy when idle ones were closed: closes once done
 };
 
 // Holds a hung request until the peer gives up (or the fake is destroyed, which destroys
@@ -470,6 +472,15 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
     connections.idle.erase(&transport);
     if (read_error) co_return;  // peer gone, timed out, closed as idle, or not HTTP
     const auto& request = parser.get();
+    struct busy_request {
+      connection_registry& connections;
+      beast::tcp_stream* transport;
+      ~busy_request() {
+        connections.busy.erase(transport);
+        connections.closing.erase(transport);
+      }
+    } const busy{connections, &transport};
+    connections.busy.insert(&transport);
 
     reply next = route(model, answer_delay, request);
     // In flight from here until this iteration ends: answered, dropped or hung up on.
@@ -494,7 +505,7 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
     next.answer.keep_alive(request.keep_alive());
     transport.expires_after(write_timeout);
     auto [write_error, written] = co_await http::async_write(stream, next.answer, on_error);
-    if (write_error || !next.answer.keep_alive()) break;
+    if (write_error || !next.answer.keep_alive() || connections.closing.contains(&transport)) break;
   }
 
   // A polite close_notify, but briefly: clients often just drop the connection, which shows
@@ -607,8 +618,11 @@ int fake_wecom::tls_handshakes() const {
 void fake_wecom::close_idle_connections() {
   std::promise<void> closed;
   asio::post(state_->io, [&] {
-    // Each one's pending read ends (operation_aborted) and its coroutine returns later.
-    for (auto* transport : state_->connections.idle) transport->close();
+    // Each one's pending read ends (operation_aborted) and its coroutine returns later. A
+    // connection still writing an answer the client may already have read closes after it.
+    auto& connections = state_->connections;
+    for (auto* transport : connections.idle) transport->close();
+    connections.closing.insert(connections.busy.begin(), connections.busy.end());
     closed.set_value();
   });
   closed.get_future().wait();

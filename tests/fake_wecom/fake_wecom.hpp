@@ -78,8 +78,8 @@ class fake_wecom {
 
   // TLS handshakes completed: connections that a client keeps alive are counted once.
   int tls_handshakes() const;
-  // Closes every connection that waits for a request (a server's idle timeout), and returns
-  // once they are closed.
+  // Closes the connections kept alive, as a server's idle timeout does: each one waiting for a
+  // request at once (before this returns), one still busy with a request after its answer.
   void close_idle_connections();
   // The bodies POSTed to /cgi-bin/service/get_suite_token, in order.
   std::vector<std::string> suite_token_requests() const;

@@ -401,6 +401,45 @@ TEST_F(redis_test, a_killed_lock_holder_is_taken_over_once_its_lease_runs_out) {
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), 2) << "the dead call, then one takeover";
 }
 
+// Issue 13, defect 2: a lock taken before the wait for an upstream slot ran out while its
+// holder was still in line (48 cold apps, 16 slots, 1.5 s answers: three rounds, 4.5 s, and
+// a lease of 2.5 + 2 s), and another replica called too: 80 gettoken calls for 48 apps.
+TEST_F(redis_test, a_backlog_of_cold_apps_makes_one_gettoken_per_app_across_replicas) {
+  constexpr int app_count = 48;
+  for (int i = 0; i < app_count; ++i) {
+    const auto app = add_app("app" + std::to_string(i));
+    // Every call this app might make answers after 1.5 s.
+    fake_->script_faults(app.secret,
+                         std::vector<fault>(3, fault{.kind = fault_kind::delay, .delay = 1500ms}));
+  }
+  const auto started = steady_clock::now();
+  const auto replicas = start_replicas(3, {{"upstream", {{"timeout_ms", 2500}}}});
+
+  for (const auto* replica : replicas) {
+    for (const auto& app : apps_) {
+      const auto left = 15s - (steady_clock::now() - started);
+      const auto answer =
+          await_token(*replica, app.id, std::chrono::duration_cast<milliseconds>(left));
+      ASSERT_EQ(answer.status, 200u) << app.id << ": " << answer.error << answer.body;
+    }
+  }
+  const auto served_after = elapsed_ms(started);
+  // A replica still holding a lock may still call: done once no lock is left.
+  const auto locks_left = [&] {
+    return std::count_if(apps_.begin(), apps_.end(),
+                         [&](const app_spec& app) { return redis_->get(lock_key(app.id)); });
+  };
+  const auto give_up_at = steady_clock::now() + 5s;
+  while (locks_left() > 0 && steady_clock::now() < give_up_at) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(locks_left(), 0) << "locks still held 5 s after every app was served";
+
+  std::cout << "[ figures  ] " << app_count << " cold apps on 3 replicas, answers after 1.5 s: "
+            << "all served after " << served_after
+            << " ms; gettoken calls: " << fake_->gettoken_calls() << "\n";
+  EXPECT_EQ(fake_->gettoken_calls(), app_count);
+  for (const auto& app : apps_) EXPECT_EQ(fake_->gettoken_calls(app.secret), 1) << app.id;
+}
+
 // Invalidation is compare-and-refresh across replicas: once any replica has replaced T, a
 // report of T anywhere answers the replacement without calling upstream.
 TEST_F(redis_test, an_invalidation_at_one_replica_is_honoured_by_all) {

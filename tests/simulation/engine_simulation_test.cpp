@@ -186,8 +186,8 @@ TEST_F(engine_simulation, three_replicas_make_one_call_per_refresh_between_them)
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 200ms);
   simulated_redis redis(io_);
   for (int i = 0; i < 3; ++i) {
-    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), 7000ms),
-                wecom, refresh_config{});
+    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
+                refresh_config{});
   }
   for (auto& each : replicas_) each->start(apps);
 
@@ -207,9 +207,8 @@ TEST_F(engine_simulation, a_backlog_longer_than_the_lease_still_makes_one_call_p
   simulated_redis redis(io_);
   constexpr auto timeout = 2500ms;
   for (int i = 0; i < 3; ++i) {
-    add_replica(
-        std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), timeout + 2000ms),
-        wecom, refresh_config{}, timeout, 16);
+    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
+                refresh_config{}, timeout, 16);
   }
   for (auto& each : replicas_) each->start(apps);
   run_for(io_, 30s);
@@ -228,8 +227,8 @@ TEST_F(engine_simulation, a_store_outage_across_a_refresh_is_served_through_and_
   simulated_wecom wecom(behaviour::new_token_each_call, 3600s, 100ms);
   simulated_redis redis(io_);
   for (int i = 0; i < 2; ++i) {
-    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i), 7000ms),
-                wecom, refresh_config{});
+    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
+                refresh_config{});
   }
   for (auto& each : replicas_) each->start(apps);
   run_for(io_, 1h - 15min);

@@ -114,10 +114,11 @@ asio::awaitable<save_outcome> simulated_store::save(const std::string& key,
 }
 
 asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const std::string& key,
-                                                                        bool forced) {
+                                                                        bool forced,
+                                                                        milliseconds call_timeout) {
   co_await round_trip();
   if (!redis_.up()) co_return refresh_permit_answer{};
-  co_return redis_.request(key, owner_, lease_, forced);
+  co_return redis_.request(key, owner_, call_timeout + milliseconds{2000}, forced);
 }
 
 asio::awaitable<void> simulated_store::release_refresh(const std::string& key,

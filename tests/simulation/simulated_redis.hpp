@@ -62,8 +62,8 @@ class simulated_redis {
 // One replica's connection to the simulated Redis.
 class simulated_store final : public token_store {
  public:
-  simulated_store(simulated_redis& redis, std::string owner, std::chrono::milliseconds lease)
-      : redis_(redis), owner_(std::move(owner)), lease_(lease) {}
+  simulated_store(simulated_redis& redis, std::string owner)
+      : redis_(redis), owner_(std::move(owner)) {}
 
   void start(supervisor&, std::function<void(const std::string&)> changed) override {
     redis_.subscribe(std::move(changed));
@@ -72,15 +72,15 @@ class simulated_store final : public token_store {
   std::optional<bool> up() const override { return redis_.up(); }
   asio::awaitable<std::optional<stored_token>> load(const std::string& key) override;
   asio::awaitable<save_outcome> save(const std::string& key, const stored_token& token) override;
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string& key,
-                                                         bool forced) override;
+  // The lease is the call's timeout and 2 s, as redis_token_store's.
+  asio::awaitable<refresh_permit_answer> request_refresh(
+      const std::string& key, bool forced, std::chrono::milliseconds call_timeout) override;
   asio::awaitable<void> release_refresh(const std::string& key,
                                         std::chrono::milliseconds cool_down) override;
 
  private:
   simulated_redis& redis_;
   std::string owner_;
-  std::chrono::milliseconds lease_;
 };
 
 }  // namespace token_broker::simulation

@@ -92,7 +92,8 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
     if (ended_) break;
     // New credentials call at once, as an invalidation does, past other replicas' cool-down.
     const bool forced = lifecycle_.revoked() || ignore_store_;
-    const auto answer = co_await store.request_refresh(store_key(), forced);
+    // The lease covers the call alone: this refresher already holds its slot.
+    const auto answer = co_await store.request_refresh(store_key(), forced, engine_.wait_limit());
     if (ended_) {
       if (answer.permit == refresh_permit::granted) {
         co_await store.release_refresh(store_key(), milliseconds{0});
