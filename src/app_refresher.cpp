@@ -22,10 +22,8 @@ constexpr milliseconds wait_slack{100};
 // stands still while the host is suspended, but token time (CLOCK_BOOTTIME) does not.
 constexpr milliseconds max_sleep{30000};
 
-// With a shared store, a replica looks at it this often even when no event arrives (events
-// are lost while the subscription reconnects), and while another replica holds the refresh
-// lock it looks this often for that replica's token.
-constexpr milliseconds store_poll{5000};
+// While another replica holds the refresh lock, a replica looks this often for that
+// replica's token (its event may come first).
 constexpr milliseconds follow_poll{200};
 
 std::int64_t milliseconds_between(time_point from, time_point to) {
@@ -71,17 +69,18 @@ asio::awaitable<void> app_refresher::run() {
   const auto self = shared_from_this();  // the coroutine keeps its refresher alive
 
   co_await store_.settle();
-  co_await sync_with_store();  // a token with time left in the store is adopted, not fetched
+  co_await load_from_store();  // a token with time left in the store is adopted, not fetched
   while (!stopping_) {
+    if (store_news_) {
+      co_await load_from_store();
+      continue;
+    }
     const auto now = clock::now();
     const auto attempt_at = lifecycle_.next_attempt_at();
     if (attempt_at > now) {
-      auto sleep = std::min<clock::duration>(attempt_at - now, max_sleep);
-      if (store_.shared()) sleep = std::min<clock::duration>(sleep, store_poll);
-      wake_.expires_after(sleep);
+      wake_.expires_after(std::min<clock::duration>(attempt_at - now, max_sleep));
+      // Woken early (invalidation, waiter, the store's news, stop) or on time.
       co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-      // Woken early (invalidation, waiter, another replica's token, stop) or on time.
-      if (store_.shared() && !stopping_) co_await sync_with_store();
       continue;
     }
     co_await refresh();
@@ -97,6 +96,7 @@ asio::awaitable<void> app_refresher::refresh() {
   while (!stopping_) {
     // New credentials call at once, as an invalidation does, past other replicas' cool-down.
     const bool forced = lifecycle_.revoked() || ignore_store_;
+    store_news_ = false;  // the answer brings the stored token
     const auto answer = co_await store_.request_refresh(app_.id, forced);
     const bool granted = answer.permit == refresh_permit::granted;
     if (answer.stored && adopt_stored(*answer.stored)) {  // another replica was faster
@@ -163,45 +163,39 @@ asio::awaitable<void> app_refresher::call_upstream(bool holds_permit) {
   }
 }
 
+// A save that fails (the store unreachable) is not retried here: the store's return sets
+// off a comparison of every app with it (store_sync), which writes the held token back.
 asio::awaitable<void> app_refresher::save_held() {
   // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
-  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
+  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
   const auto outcome = co_await store_.save(app_.id, latest);
-  store_behind_ = outcome == save_outcome::unavailable;
   if (outcome == save_outcome::newer_kept) {
     spdlog::info("app={} the store holds a newer token than the one held here; adopting it",
                  app_.id);
-    if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
+    co_await load_from_store();
   }
 }
 
-// Catches the store up with a token fetched while it was unreachable (it keeps a newer one
-// another replica wrote meanwhile), then adopts whatever newer token the store holds.
-asio::awaitable<void> app_refresher::sync_with_store() {
-  if (store_behind_ && lifecycle_.servable(clock::now())) co_await save_held();
+asio::awaitable<void> app_refresher::load_from_store() {
+  store_news_ = false;  // news that comes while this look is under way asks for another
   if (const auto stored = co_await store_.load(app_.id)) adopt_stored(*stored);
 }
 
 bool app_refresher::adopt_stored(const stored_token& stored) {
-  const auto wall_now = wall_clock::now();
-  if (ignore_store_ || stored.expires_at <= wall_now) return false;
-  auto candidate = token_from_expiry(stored.value, stored.expires_at, clock::now(), wall_now);
+  const auto now = clock::now();
+  if (ignore_store_ || stored.expires_at <= now) return false;
+  auto candidate = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
   if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
-  spdlog::info("app={} adopted the store's token, expires_at={}", app_.id,
-               unix_seconds(stored.expires_at));
+  spdlog::info("app={} adopted the store's token, expires_at={} (in {}s)", app_.id,
+               unix_seconds(candidate.expires_at_wall),
+               milliseconds_between(now, candidate.expires_at) / 1000);
   publish();
   return true;
 }
 
 void app_refresher::store_changed() {
-  asio::post(strand_, [self = shared_from_this()] { self->wake_.cancel(); });
-}
-
-void app_refresher::store_returned() {
   asio::post(strand_, [self = shared_from_this()] {
-    // A failed write is not the only way to fall behind: a restarted Redis lost the token
-    // even if nothing was written while it was away.
-    self->store_behind_ = true;
+    self->store_news_ = true;
     self->wake_.cancel();
   });
 }

@@ -63,19 +63,19 @@ void broker::start() {
   // Each loop holds the set it walks: a reload may replace apps_ meanwhile.
   const auto configured = apps();
   for (const auto& app : configured->in_order()) app->start();
-  store_->start([this](const std::string& app_id) {
-    const auto current = apps();
-    if (app_id.empty()) {
-      for (const auto& app : current->in_order()) app->store_returned();
-    } else if (auto* app = current->find(app_id)) {
-      app->store_changed();
-    }
+  if (store_->shared()) {
+    sync_ = std::make_shared<store_sync>(executor_, *store_, apps_);
+    sync_->start();
+  }
+  store_->start([sync = sync_](const std::string& app_id) {
+    if (sync) sync->notice(app_id);
   });
 }
 
 void broker::stop() {
   const auto configured = apps();
   for (const auto& app : configured->in_order()) app->stop();
+  if (sync_) sync_->stop();
   store_->stop();
 }
 

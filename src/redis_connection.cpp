@@ -76,6 +76,10 @@ void redis_connection::on_up(std::function<void()> handler) {
   on_up_ = std::move(handler);
 }
 
+void redis_connection::on_connect_send(std::vector<std::vector<std::string>> commands) {
+  connect_commands_ = std::move(commands);
+}
+
 void redis_connection::start() {
   asio::co_spawn(strand_, run(), log_unexpected_end("redis " + role_ + " connection"));
 }
@@ -188,7 +192,7 @@ asio::awaitable<std::optional<std::string>> redis_connection::resolve() {
   co_return results.begin()->endpoint().address().to_string();
 }
 
-// AUTH and SELECT, then SUBSCRIBE for an events connection.
+// AUTH and SELECT, then the connect commands, then SUBSCRIBE for an events connection.
 asio::awaitable<bool> redis_connection::prepare_session() {
   std::vector<std::vector<std::string>> setup;
   if (!settings_.password.empty()) setup.push_back({"AUTH", settings_.password});
@@ -199,6 +203,16 @@ asio::awaitable<bool> redis_connection::prepare_session() {
     if (error || reply.type == redis_reply::kind::error) {
       last_error_ = name + " failed: " + (error ? error.message() : redacted(reply.text));
       co_return false;
+    }
+  }
+  for (const auto& arguments : connect_commands_) {
+    auto [error, reply] = co_await send(arguments);
+    if (error) {
+      last_error_ = arguments.front() + " failed: " + error.message();
+      co_return false;
+    }
+    if (reply.type == redis_reply::kind::error) {
+      spdlog::warn("redis {}: {} refused: {}", role_, arguments.front(), redacted(reply.text));
     }
   }
   if (!channel_.empty() &&

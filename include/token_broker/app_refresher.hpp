@@ -70,18 +70,16 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::awaitable<token_outcome> wait_for_token();
   // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
   asio::awaitable<token_outcome> invalidate(std::string value);
-  // The shared store may hold a newer token (another replica's event): look now.
+  // The shared store holds a newer token (another replica's event, store_sync's sweep):
+  // load it now.
   void store_changed();
-  // The store is reachable again and may have lost what it held (a Redis restarted without
-  // persistence): write the held token back, unless the store holds a newer one, and look.
-  void store_returned();
 
  private:
   asio::awaitable<void> run();
   asio::awaitable<void> refresh();
   asio::awaitable<void> call_upstream(bool holds_permit);
   asio::awaitable<void> save_held();
-  asio::awaitable<void> sync_with_store();
+  asio::awaitable<void> load_from_store();
   bool adopt_stored(const stored_token& stored);
   void record(const fetch_result& result, time_point started_at);
   asio::awaitable<token_outcome> wait_on_strand();
@@ -100,7 +98,7 @@ class app_refresher : public std::enable_shared_from_this<app_refresher> {
   asio::steady_timer wake_;                   // the refresher's sleep; cancelled to re-plan
   std::vector<asio::steady_timer*> waiters_;  // callers waiting for the next change
   std::minstd_rand random_;    // jitter needs spread, not quality: 8 bytes, not mt19937_64's 2.5 KB
-  bool store_behind_ = false;  // the store missed the held token (it was unreachable)
+  bool store_news_ = false;    // store_changed() since the last look at the store
   bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool stopping_ = false;
 

@@ -14,6 +14,7 @@
 #include "token_broker/asio.hpp"
 #include "token_broker/config.hpp"
 #include "token_broker/published.hpp"
+#include "token_broker/store_sync.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
 
@@ -79,6 +80,7 @@ class broker {
   upstream_config upstream_settings_;
   shared_upstream upstream_;
   published<app_set> apps_{std::make_shared<const app_set>()};
+  std::shared_ptr<store_sync> sync_;  // with a shared store
 };
 
 }  // namespace token_broker
