@@ -101,7 +101,7 @@ struct fixture {
     tokens.reserve(fuzz_apps.size());
     for (const auto& app : fuzz_apps) {
       if (app.token.empty()) continue;
-      tokens.push_back({app.token, wall_clock::now() + std::chrono::hours{24}});
+      tokens.push_back({app.token, clock::now() + std::chrono::hours{24}});
       asio::co_spawn(io, store->save(app.id, tokens.back()), asio::detached);
     }
     io.run();

@@ -4,7 +4,7 @@
 //
 // Beyond crashes and sanitizer reports, a finding is a reading the broker cannot use as is:
 // a conversion that loses part of the reply, a stored token the refresher could not adopt and
-// publish (redis_replies.hpp), a wait it could not add to the clock.
+// publish (redis_replies.hpp), a wait or a time left it could not add to the clock.
 #include <hiredis/hiredis.h>
 
 #include <cstddef>
@@ -16,6 +16,7 @@
 
 #include "token_broker/clock.hpp"
 #include "token_broker/redis_replies.hpp"
+#include "token_broker/credentials/store_sync.hpp"
 #include "token_broker/token_answer.hpp"
 #include "token_broker/token_lifecycle.hpp"
 
@@ -54,29 +55,41 @@ void check_conversion(const redisReply& raw, const redis_reply& converted) {
   }
 }
 
-// What app_refresher::adopt_stored and publish do with a stored token: it must survive both.
-void use_stored(const stored_token& stored) {
-  const auto wall_now = wall_clock::now();
-  if (stored.expires_at <= wall_now) return;  // never adopted
-  const auto now = clock::now();
-  const auto adopted = token_from_expiry(stored.value, stored.expires_at, now, wall_now);
+// What basic_refresher::adopt_stored and publish do with a stored token: it must survive both.
+void use_stored(const stored_token& stored, time_point now) {
+  if (stored.expires_at <= now) finding("a stored token read with no time left");
+  const auto adopted = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
   (void)prepare_token_answers("app", adopted);
   (void)seconds_left(adopted, now);
 }
 
-void use_permit(const refresh_permit_answer& answer) {
+void use_permit(const refresh_permit_answer& answer, time_point now) {
   if (answer.wait.count() < 0) finding("a negative wait");
-  // As app_refresher::refresh() plans its next attempt after a cool-down.
-  (void)(clock::now() + answer.wait);
-  if (answer.stored) use_stored(*answer.stored);
+  // As basic_refresher::refresh() plans its next attempt after a cool-down.
+  (void)(now + answer.wait);
+  if (answer.stored) use_stored(*answer.stored, now);
+}
+
+// As store_sync compares each app's held token with the store's.
+void use_digests(const std::vector<stored_digest>& digests, time_point now) {
+  const auto held = token_from_expiry("TOKEN", now + std::chrono::hours{2}, now, wall_clock::now());
+  for (const auto& stored : digests) {
+    if (stored.present && stored.expires_at <= now) finding("a stored digest with no time left");
+    (void)compare_with_store(&held, stored);
+  }
 }
 
 void read_reply(const redisReply& raw) {
   const auto reply = from_hiredis(raw);
   check_conversion(raw, reply);
-  if (const auto stored = loaded_token(reply)) use_stored(*stored);
-  (void)save_result(reply);
-  use_permit(refresh_permit_from(reply));
+  // Times left are anchored when the command was sent: a moment before the answer is read.
+  const auto sent_at = clock::now();
+  if (const auto stored = loaded_token(reply, sent_at)) use_stored(*stored, sent_at);
+  (void)save_results(reply, reply.elements.size());
+  use_permit(refresh_permit_from(reply, sent_at), sent_at);
+  if (const auto digests = stored_digests(reply, reply.elements.size() / 2, sent_at)) {
+    use_digests(*digests, sent_at);
+  }
   if (const auto payload = message_payload(reply)) (void)event_app(*payload);
 }
 

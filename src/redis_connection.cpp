@@ -74,6 +74,10 @@ void redis_connection::on_up(std::function<void()> handler) {
   on_up_ = std::move(handler);
 }
 
+void redis_connection::on_connect_send(std::vector<std::vector<std::string>> commands) {
+  connect_commands_ = std::move(commands);
+}
+
 void redis_connection::start(supervisor& tasks) {
   tasks.spawn(strand_, "redis", "redis " + role_ + " connection",
               [self = shared_from_this()] { return self->run(); }, {settings_.password});
@@ -190,7 +194,7 @@ asio::awaitable<std::optional<std::string>> redis_connection::resolve() {
   co_return results.begin()->endpoint().address().to_string();
 }
 
-// AUTH and SELECT, then SUBSCRIBE for an events connection.
+// AUTH and SELECT, then the connect commands, then SUBSCRIBE for an events connection.
 asio::awaitable<bool> redis_connection::prepare_session() {
   std::vector<std::vector<std::string>> setup;
   if (!settings_.password.empty()) setup.push_back({"AUTH", settings_.password});
@@ -201,6 +205,16 @@ asio::awaitable<bool> redis_connection::prepare_session() {
     if (error || reply.type == redis_reply::kind::error) {
       last_error_ = name + " failed: " + (error ? error.message() : redacted(reply.text));
       co_return false;
+    }
+  }
+  for (const auto& arguments : connect_commands_) {
+    auto [error, reply] = co_await send(arguments);
+    if (error) {
+      last_error_ = arguments.front() + " failed: " + error.message();
+      co_return false;
+    }
+    if (reply.type == redis_reply::kind::error) {
+      spdlog::warn("redis {}: {} refused: {}", role_, arguments.front(), redacted(reply.text));
     }
   }
   if (!channel_.empty() &&

@@ -19,10 +19,6 @@ milliseconds serve_margin(milliseconds lifetime) {
 // back once more (upstream behaviours a and b).
 constexpr milliseconds adopted_latency_allowance{1000};
 
-// Expiries that went through a store (wall-clock milliseconds) come back this close to the
-// original; only a larger difference is news.
-constexpr milliseconds expiry_rounding{100};
-
 milliseconds scaled(milliseconds span, double unit) {
   return milliseconds{static_cast<milliseconds::rep>(static_cast<double>(span.count()) * unit)};
 }
@@ -58,17 +54,17 @@ token token_from_fetch(const fetched_token& fetched) {
   };
 }
 
-token token_from_expiry(std::string value, wall_time_point expires_at, time_point now,
+token token_from_expiry(std::string value, time_point expires_at, time_point now,
                         wall_time_point wall_now) {
-  const auto expires = from_wall_clock(expires_at, now, wall_now);
-  const auto lifetime = std::chrono::duration_cast<milliseconds>(expires - now);
+  const auto lifetime = std::chrono::duration_cast<milliseconds>(expires_at - now);
   return token{
       .value = std::move(value),
       .issued_at = now,
-      .expires_at = expires,
-      .serve_until = expires - serve_margin(std::max(lifetime, milliseconds{0})),
-      .replaceable_at = expires + adopted_latency_allowance,
-      .expires_at_wall = expires_at,
+      .expires_at = expires_at,
+      .serve_until = expires_at - serve_margin(std::max(lifetime, milliseconds{0})),
+      .replaceable_at = expires_at + adopted_latency_allowance,
+      .expires_at_wall =
+          wall_now + std::chrono::duration_cast<wall_clock::duration>(expires_at - now),
   };
 }
 

@@ -2,7 +2,8 @@
 // monotonic, so a stepped wall clock (NTP, an operator's `date`) never makes a token look
 // fresher or staler than it is, and counting on while the host sleeps, so a resumed machine
 // does not hold a token it thinks is fresh. Wall-clock time appears only where the outside
-// world reads it: `expires_at` in answers, and tokens shared through a store.
+// world reads it: `expires_at` in answers and in the store's events. Tokens shared with other
+// hosts carry the time they have left, never an instant: hosts' wall clocks differ.
 #pragma once
 
 #include <time.h>
@@ -30,11 +31,6 @@ using clock = boot_clock;
 using time_point = clock::time_point;
 using wall_clock = std::chrono::system_clock;
 using wall_time_point = wall_clock::time_point;
-
-// `at` as wall-clock time, `wall_now` being the wall clock at `now`.
-inline time_point from_wall_clock(wall_time_point at, time_point now, wall_time_point wall_now) {
-  return now + std::chrono::duration_cast<clock::duration>(at - wall_now);
-}
 
 inline std::int64_t unix_seconds(wall_time_point at) {
   return std::chrono::floor<std::chrono::seconds>(at.time_since_epoch()).count();

@@ -50,6 +50,10 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   void subscribe(std::string channel, message_handler on_message);
   // Before start(): called each time the connection is up (again), on its strand.
   void on_up(std::function<void()> handler);
+  // Before start(): commands sent on every connect before the connection counts as up, so
+  // that they come before any other (SCRIPT LOAD). Redis refusing one does not fail the
+  // connection; it is logged.
+  void on_connect_send(std::vector<std::vector<std::string>> commands);
 
   // Its connection loop, as a task of `tasks`: restarted should it ever end unexpectedly.
   void start(supervisor& tasks);
@@ -109,6 +113,7 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   std::string channel_;
   message_handler on_message_;
   std::function<void()> on_up_;
+  std::vector<std::vector<std::string>> connect_commands_;
 
   redisAsyncContext* context_ = nullptr;
   std::optional<asio::posix::stream_descriptor> socket_;

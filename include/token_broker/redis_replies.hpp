@@ -30,18 +30,28 @@ redis_reply from_hiredis(const redisReply& raw);
 // nullopt for anything else (a "subscribe" confirmation).
 std::optional<std::string_view> message_payload(const redis_reply& message);
 
-// The app an event on the events channel names ({"app":"hr","event":"refreshed",…});
-// nullopt for anything else.
+// The app whose access_token an event on the events channel announces
+// ({"kind":"access_token","app":"hr","event":"refreshed",…}; a v1 broker's events have no
+// kind); nullopt for anything else.
 std::optional<std::string> event_app(std::string_view payload);
 
-// The load script's answer, {expiry_ms, token} or {}: the stored token, if any.
-std::optional<stored_token> loaded_token(const redis_reply& reply);
+// Script answers carry times left (PTTL), never instants, and each is anchored at `sent_at`,
+// when the command was sent: the round trip can only shorten a token's life, never stretch it.
 
-// The save script's answer: 1 written, 0 nothing to change, -1 a newer token is stored.
-save_outcome save_result(const redis_reply& reply);
+// The load script's answer, {ttl_ms, token} or {}: the stored token, if any.
+std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at);
 
-// The request script's answer, {verdict, wait_ms[, expiry_ms, token]}; `unavailable` when it
+// The save script's answer, one integer per token offered: 1 written, 0 nothing to change, -1
+// a newer token is stored. `count` outcomes; any not in the answer are `unavailable`.
+std::vector<save_outcome> save_results(const redis_reply& reply, std::size_t count);
+
+// The digests script's answer, {ttl_ms, digest} per key, for `count` keys; nullopt when it is
+// not that shape. A key without a token the load script would return is not `present`.
+std::optional<std::vector<stored_digest>> stored_digests(const redis_reply& reply,
+                                                         std::size_t count, time_point sent_at);
+
+// The request script's answer, {verdict, wait_ms[, ttl_ms, token]}; `unavailable` when it
 // is not that shape.
-refresh_permit_answer refresh_permit_from(const redis_reply& reply);
+refresh_permit_answer refresh_permit_from(const redis_reply& reply, time_point sent_at);
 
 }  // namespace token_broker

@@ -13,6 +13,11 @@
 
 namespace token_broker {
 
+// Expiries of one token that went through a store come back this close to the original
+// (whole milliseconds, and the round trips of writing and reading them): only a larger
+// difference is news, to a replica and to the store alike.
+inline constexpr std::chrono::milliseconds expiry_rounding{100};
+
 struct token {
   std::string value;
   time_point issued_at;  // when its request was sent (or when it was adopted)
@@ -31,10 +36,10 @@ struct token {
 
 // Builds the token a successful fetch describes, on its own (no previous token considered).
 token token_from_fetch(const fetched_token& fetched);
-// Builds a token from a known value and wall-clock expiry, seen at `now` (= `wall_now`):
-// adopted from a store or another replica, so the latency of the call that issued it is
-// unknown.
-token token_from_expiry(std::string value, wall_time_point expires_at, time_point now,
+// Builds a token from a known value and expiry, seen at `now` (= `wall_now` on the wall
+// clock, which only dates the answers' expires_at): adopted from a store or another replica,
+// so the latency of the call that issued it is unknown.
+token token_from_expiry(std::string value, time_point expires_at, time_point now,
                         wall_time_point wall_now);
 
 enum class app_state { unknown, fresh, refreshing, failing };

@@ -9,17 +9,36 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "token_broker/asio.hpp"
 #include "token_broker/clock.hpp"
+#include "token_broker/secret_digest.hpp"
 #include "token_broker/supervisor.hpp"
 
 namespace token_broker {
 
 struct stored_token {
   std::string value;
-  wall_time_point expires_at;  // wall clock: stores are shared with other processes
+  // On this process's clock. A store shared with other hosts never passes it on as an
+  // instant: it sends the time left, counted on its own clock (redis_token_store: Redis's).
+  time_point expires_at;
 };
+
+// What a shared store holds for one app, told without the value: cheap enough to compare
+// every app's token with the store's.
+struct stored_digest {
+  bool present = false;
+  time_point expires_at{};  // when present
+  std::string digest;       // token_digest of the value, when present
+};
+
+// The first 16 hex digits of the value's SHA-1: what a store tells instead of the value
+// (Redis: redis.sha1hex(value):sub(1, 16)).
+inline std::string token_digest(std::string_view value) {
+  return sha1_hex(value).substr(0, 16);
+}
 
 enum class save_outcome {
   written,      // the store holds this token now
@@ -45,9 +64,10 @@ class token_store {
  public:
   virtual ~token_store() = default;
 
-  // Starts the store's own activity (connections), as tasks of `tasks`. `changed` is called with an
-  // app id when the store may hold a newer token for it, and with "" when the store is reachable
-  // again: it may hold newer tokens for every app, or have lost what it held (a restart).
+  // Starts the store's own activity (connections), as tasks of `tasks`. `changed` is called
+  // with an app id when the store may hold a newer token for it, and with "" when the store is
+  // reachable again: it may hold newer tokens for every app, or have lost what it held (a
+  // restart), and changes may have gone unannounced meanwhile.
   virtual void start(supervisor& tasks, std::function<void(const std::string& app_id)> changed) {
     (void)tasks;
     (void)changed;
@@ -73,6 +93,18 @@ class token_store {
   // still in line could run out before its call is over.
   virtual asio::awaitable<refresh_permit_answer> request_refresh(
       const std::string& app_id, bool forced, std::chrono::milliseconds call_timeout) = 0;
+  // For a shared store: what it holds for each of `app_ids` (in that order), without the
+  // values; nullopt when it cannot be reached.
+  virtual asio::awaitable<std::optional<std::vector<stored_digest>>> digests(
+      std::vector<std::string> app_ids) {
+    (void)app_ids;
+    co_return std::nullopt;
+  }
+  // For a shared store: save() for many apps at once, an outcome for each (in that order).
+  virtual asio::awaitable<std::vector<save_outcome>> save_all(
+      std::vector<std::pair<std::string, stored_token>> tokens) {
+    co_return std::vector<save_outcome>(tokens.size(), save_outcome::unavailable);
+  }
   // Ends a granted refresh. A positive `cool_down` tells the other replicas not to call
   // upstream for that long (a failure's backoff, or until a returned token can be replaced).
   virtual asio::awaitable<void> release_refresh(const std::string& app_id,

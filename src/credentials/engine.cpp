@@ -5,5 +5,6 @@ namespace token_broker {
 
 template class basic_refresher<boot_clock>;
 template class basic_engine<boot_clock>;
+template class basic_store_sync<boot_clock>;
 
 }  // namespace token_broker

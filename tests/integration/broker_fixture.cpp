@@ -110,12 +110,12 @@ json broker_fixture::make_config(std::uint16_t port, const json& changes) const 
   return config;
 }
 
-broker_process& broker_fixture::start_broker(const json& config,
-                                             std::optional<unsigned> open_files) {
+broker_process& broker_fixture::start_broker(const json& config, std::optional<unsigned> open_files,
+                                             const std::vector<std::string>& environment) {
   const auto port =
       static_cast<std::uint16_t>(std::stoi(config.at("listen").get<std::string>().substr(10)));
   const auto path = scratch_.write("config-" + std::to_string(port) + ".json", config.dump(2));
-  brokers_.push_back(std::make_unique<broker_process>(path, port, open_files));
+  brokers_.push_back(std::make_unique<broker_process>(path, port, open_files, environment));
   return *brokers_.back();
 }
 

@@ -49,8 +49,10 @@ class broker_fixture : public ::testing::Test {
   nlohmann::json make_config(std::uint16_t port,
                              const nlohmann::json& changes = nlohmann::json::object()) const;
 
+  // `environment`: "NAME=value" entries added to the broker's environment.
   broker_process& start_broker(const nlohmann::json& config,
-                               std::optional<unsigned> open_files = std::nullopt);
+                               std::optional<unsigned> open_files = std::nullopt,
+                               const std::vector<std::string>& environment = {});
   broker_process& start_broker();
 
   http_answer get_token(const broker_process& broker, const std::string& app);

@@ -28,14 +28,22 @@ std::string read_file(const std::filesystem::path& path) {
 }
 
 // fork + exec with stdout and stderr going to `log_path`, stdin from `input_path` (or
-// /dev/null) and, when given, at most `open_files` descriptors (like `ulimit -n`).
+// /dev/null), `environment` added to this process's (overriding it) and, when given, at most
+// `open_files` descriptors (like `ulimit -n`).
 pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::path& log_path,
             const std::filesystem::path& input_path = "/dev/null",
-            std::optional<unsigned> open_files = std::nullopt) {
+            std::optional<unsigned> open_files = std::nullopt,
+            const std::vector<std::string>& environment = {}) {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(TOKEN_BROKER_BINARY));
   for (const auto& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
   argv.push_back(nullptr);
+  // Built before the fork: the child only calls async-signal-safe functions. The added
+  // entries come first, so they win over the same names inherited (getenv takes the first).
+  std::vector<char*> envp;
+  for (const auto& entry : environment) envp.push_back(const_cast<char*>(entry.c_str()));
+  for (char** entry = environ; *entry; ++entry) envp.push_back(*entry);
+  envp.push_back(nullptr);
 
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
@@ -50,7 +58,7 @@ pid_t spawn(const std::vector<std::string>& arguments, const std::filesystem::pa
     dup2(input, STDIN_FILENO);
     dup2(log, STDOUT_FILENO);
     dup2(log, STDERR_FILENO);
-    execv(TOKEN_BROKER_BINARY, argv.data());
+    execve(TOKEN_BROKER_BINARY, argv.data(), envp.data());
     _exit(127);
   }
   return pid;
@@ -111,9 +119,10 @@ command_result run_broker_command(const std::vector<std::string>& arguments,
 }
 
 broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port,
-                               std::optional<unsigned> open_files)
+                               std::optional<unsigned> open_files,
+                               const std::vector<std::string>& environment)
     : port_(port), log_path_(unused_log_path(config_path.parent_path(), port)) {
-  pid_ = spawn({"--config", config_path.string()}, log_path_, "/dev/null", open_files);
+  pid_ = spawn({"--config", config_path.string()}, log_path_, "/dev/null", open_files, environment);
   const auto give_up_at = std::chrono::steady_clock::now() + 10s;
   while (std::chrono::steady_clock::now() < give_up_at) {
     if (!running()) throw std::runtime_error("token-broker exited at start:\n" + log());

@@ -43,10 +43,12 @@ command_result run_broker_command(const std::vector<std::string>& arguments,
 class broker_process {
  public:
   // Starts the binary on `config_path` and waits until /healthz answers on `port`; with
-  // `open_files`, under that limit of file descriptors. Throws std::runtime_error (with the
-  // log) if it does not come up within 10 s.
+  // `open_files`, under that limit of file descriptors; with `environment` ("NAME=value"
+  // entries) added to the test's own. Throws std::runtime_error (with the log) if it does not
+  // come up within 10 s.
   broker_process(const std::filesystem::path& config_path, std::uint16_t port,
-                 std::optional<unsigned> open_files = std::nullopt);
+                 std::optional<unsigned> open_files = std::nullopt,
+                 const std::vector<std::string>& environment = {});
   ~broker_process();  // SIGKILL if still running
   broker_process(const broker_process&) = delete;
   broker_process& operator=(const broker_process&) = delete;

@@ -13,6 +13,9 @@
 #include <charconv>
 #include <climits>
 #include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -709,6 +712,334 @@ TEST_F(redis_test, a_unix_socket_url_reaches_redis) {
   EXPECT_TRUE(await_value(*redis_, token_key("hr"), token_of(answer), 3s))
       << "the token did not reach Redis over the unix socket";
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
+}
+
+// ---- Clocks that differ between hosts (SPEC §1 "Time") ----
+
+// The environment of a broker whose host's wall clock is off by `offset`: libfaketime shifts
+// CLOCK_REALTIME only (DONT_FAKE_MONOTONIC also leaves CLOCK_BOOTTIME, the broker's clock,
+// alone), as on a host whose NTP is broken.
+std::vector<std::string> wall_clock_off_by(std::chrono::seconds offset) {
+  static const std::string library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+  if (!std::filesystem::exists(library)) {
+    throw std::runtime_error(library + " is missing: install Debian's libfaketime");
+  }
+  std::vector<std::string> environment{"LD_PRELOAD=" + library,
+                                       "FAKETIME=" + std::string(offset.count() >= 0 ? "+" : "") +
+                                           std::to_string(offset.count()) + "s",
+                                       "DONT_FAKE_MONOTONIC=1"};
+#if defined(__SANITIZE_ADDRESS__)
+  // libfaketime is loaded ahead of ASan's runtime, which ASan refuses unless told it is fine.
+  const char* options = std::getenv("ASAN_OPTIONS");
+  environment.push_back("ASAN_OPTIONS=" + std::string(options ? options : "") +
+                        ":verify_asan_link_order=0");
+#endif
+  return environment;
+}
+
+class redis_clock_test : public redis_test {
+ protected:
+  // Starts a broker whose wall clock is off by `offset` and checks that it is: its answer's
+  // expires_at (wall clock) and expires_in (its own boot clock) disagree with the true
+  // wall clock by that much. Otherwise faketime did nothing and the test would prove nothing.
+  broker_process& start_skewed_broker(const json& config, std::chrono::seconds offset,
+                                      const std::string& app) {
+    auto& broker = start_broker(config, std::nullopt, wall_clock_off_by(offset));
+    const auto answer = await_token(broker, app, 5s);
+    EXPECT_EQ(answer.status, 200u) << answer.error << answer.body;
+    if (answer.status == 200) {
+      const auto expires_in = json::parse(answer.body).at("expires_in").get<std::int64_t>();
+      const auto skew = expires_at_of(answer) - expires_in - unix_ms_now() / 1000;
+      EXPECT_NEAR(static_cast<double>(skew), static_cast<double>(offset.count()), 1.5)
+          << "the broker's wall clock is not off as asked: is libfaketime preloaded?";
+    }
+    return broker;
+  }
+
+  // The key's PTTL against the true time left of the token it holds, per the fake: never
+  // more, and less only by the latency of the call that fetched it.
+  void expect_true_time_left_in_redis(const std::string& app, const std::string& token) {
+    const auto read_from = unix_ms_now();
+    const auto stored = redis_->get_with_pttl(token_key(app));
+    ASSERT_EQ(stored.value, token);
+    const auto true_expiry = fake_->expires_at(token);
+    ASSERT_TRUE(true_expiry.has_value());
+    const auto true_left = unix_ms(*true_expiry) - read_from;
+    std::cout << "[ figures  ] PTTL " << stored.pttl << " ms, true time left " << true_left
+              << " ms\n";
+    EXPECT_LE(stored.pttl, true_left) << "Redis keeps the token past its true expiry";
+    EXPECT_GE(stored.pttl, true_left - 500) << "Redis loses the token before its true expiry";
+  }
+};
+
+// A replica whose wall clock runs 5 s fast writes a token: Redis must hold it for its true
+// life, and a replica that adopts it after the writer stopped must not serve it past its true
+// expiry (before the fix: PTTL 11 s for a 6-second token, and the adopter served it for 5 s
+// after WeCom had let it go).
+TEST_F(redis_clock_test, a_fast_clock_neither_stretches_the_key_nor_an_adopted_token) {
+  constexpr auto lifetime = 6s;
+  fake_->set_lifetime(lifetime);
+  const auto hr = add_app("hr");
+  // Refresh only 1 s before the expiry believed: a stretched expiry shows as a served token
+  // that WeCom rejects, not hidden by an early refresh.
+  const auto config =
+      redis_config(redis_url(fixture_port_),
+                   {{"refresh", {{"ahead_s", 1}, {"jitter_s", 0}, {"min_interval_s", 0}}}});
+  auto& writer = start_skewed_broker(config, 5s, "hr");
+  const auto written = token_of(await_token(writer, "hr", 1s));
+  ASSERT_TRUE(await_value(*redis_, token_key("hr"), written, 3s));
+  expect_true_time_left_in_redis("hr", written);
+  EXPECT_EQ(writer.stop(SIGTERM, 5s), 0);
+
+  const auto& adopter = start_broker(config);
+  const auto true_expiry = *fake_->expires_at(written);
+  int served = 0, served_adopted = 0, rejected = 0;
+  while (system_clock::now() < true_expiry + 1500ms) {
+    const auto answer = get_token(adopter, "hr");
+    if (answer.status == 200) {
+      const auto token = token_of(answer);
+      ++served;
+      if (token == written) ++served_adopted;
+      if (fake_->check(token) != token_status::valid) {
+        ++rejected;
+        if (rejected == 1) {
+          ADD_FAILURE() << "served a token WeCom rejects (" << fake::to_string(fake_->check(token))
+                        << "), " << unix_ms_now() - unix_ms(true_expiry)
+                        << " ms after its true expiry";
+        }
+      }
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  std::cout << "[ figures  ] adopter: served=" << served
+            << " of the adopted token=" << served_adopted << " rejected=" << rejected
+            << " gettoken=" << fake_->gettoken_calls(hr.secret) << "\n";
+  EXPECT_GT(served_adopted, 0) << "the token in Redis was not adopted";
+  EXPECT_EQ(rejected, 0);
+  EXPECT_GE(fake_->gettoken_calls(hr.secret), 2) << "the adopter never refreshed";
+}
+
+// A replica whose wall clock runs 5 s slow writes a token: Redis must keep it its whole life
+// (before the fix: PTTL 7195 s for a 7200-second token), and a slow replica adopting it must
+// not count on more time than it has.
+TEST_F(redis_clock_test, a_slow_clock_neither_shortens_the_key_nor_stretches_an_adopted_token) {
+  const auto hr = add_app("hr");
+  const auto config = redis_config(redis_url(fixture_port_));
+  auto& writer = start_skewed_broker(config, -5s, "hr");
+  const auto written = token_of(await_token(writer, "hr", 1s));
+  ASSERT_TRUE(await_value(*redis_, token_key("hr"), written, 3s));
+  expect_true_time_left_in_redis("hr", written);
+  EXPECT_EQ(writer.stop(SIGTERM, 5s), 0);
+
+  const auto& adopter = start_skewed_broker(config, -5s, "hr");
+  const auto answer = get_token(adopter, "hr");
+  ASSERT_EQ(answer.status, 200u) << answer.error << answer.body;
+  EXPECT_EQ(token_of(answer), written) << "the token in Redis was not adopted";
+  const auto true_left_s = (unix_ms(*fake_->expires_at(written)) - unix_ms_now()) / 1000.0;
+  const auto expires_in = json::parse(answer.body).at("expires_in").get<double>();
+  std::cout << "[ figures  ] adopter's expires_in " << expires_in << " s, true time left "
+            << true_left_s << " s\n";
+  EXPECT_LE(expires_in, true_left_s) << "the adopter counts on time the token does not have";
+  EXPECT_GE(expires_in, true_left_s - 2) << "the adopter shortened the token";
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
+}
+
+// ---- Redis traffic and the number of apps (issue 13, defect 3) ----
+
+// INFO commandstats as command → calls. Commands that scripts run count too, under their own
+// names; a round trip from the broker is one EVALSHA or EVAL (or SCRIPT, SUBSCRIBE).
+std::map<std::string, long long> command_calls(redis_client& redis) {
+  std::map<std::string, long long> calls;
+  const auto info = redis.command({"INFO", "commandstats"}).string;
+  for (const auto& line : split(info, '\n')) {
+    // cmdstat_evalsha:calls=12,usec=…
+    const auto colon = line.find(':');
+    if (line.rfind("cmdstat_", 0) != 0 || colon == std::string::npos) continue;
+    const auto value = line.find("calls=", colon);
+    if (value == std::string::npos) continue;
+    calls[line.substr(8, colon - 8)] = std::stoll(line.substr(value + 6));
+  }
+  return calls;
+}
+
+long long calls_of(const std::map<std::string, long long>& calls, const std::string& command) {
+  const auto found = calls.find(command);
+  return found == calls.end() ? 0 : found->second;
+}
+
+// The broker's round trips: every script it runs, and whatever else a connection sends.
+long long round_trips(const std::map<std::string, long long>& calls) {
+  return calls_of(calls, "evalsha") + calls_of(calls, "eval") + calls_of(calls, "script|load") +
+         calls_of(calls, "subscribe");
+}
+
+std::string describe(const std::map<std::string, long long>& calls) {
+  std::string text;
+  for (const auto& [command, count] : calls) {
+    text += (text.empty() ? "" : " ") + command + "=" + std::to_string(count);
+  }
+  return text.empty() ? "none" : text;
+}
+
+class redis_traffic_test : public redis_test {
+ protected:
+  // Registers `count` apps with the fake ("app0", "app1", …) and writes a token with two
+  // hours left for each into the Redis on `port`, so brokers start by adopting them.
+  void add_apps_with_tokens_in_redis(int count, std::uint16_t port) {
+    redis_client redis(port);
+    std::vector<std::string> command{"EVAL",
+                                     "for i, key in ipairs(KEYS) do "
+                                     "redis.call('SET', key, ARGV[i], 'PX', 7200000) end",
+                                     std::to_string(count)};
+    std::vector<std::string> tokens;
+    for (int i = 0; i < count; ++i) {
+      const auto app = add_app("app" + std::to_string(i));
+      command.push_back(token_key(app.id));
+      tokens.push_back("stored-token-" + std::to_string(i));
+    }
+    command.insert(command.end(), tokens.begin(), tokens.end());
+    ASSERT_NE(redis.command(command).type, redis_reply::kind::error);
+  }
+
+  // A broker for the first `count` apps on the Redis at `port`.
+  broker_process& start_broker_for_apps(int count, std::uint16_t port) {
+    auto config = redis_config(redis_url(port));
+    json apps = json::object();
+    for (int i = 0; i < count; ++i) {
+      const auto id = "app" + std::to_string(i);
+      apps[id] = config["apps"][id];
+    }
+    config["apps"] = apps;
+    return start_broker(config);
+  }
+
+  // Waits until every app of the broker is fresh; the count of fresh apps.
+  static std::size_t await_all_fresh(const broker_process& broker, std::size_t count,
+                                     milliseconds limit) {
+    const auto give_up_at = steady_clock::now() + limit;
+    std::size_t fresh = 0;
+    do {
+      const auto listed = http_get(broker.port(), "/v1/apps");
+      fresh = 0;
+      if (listed.status == 200) {
+        for (const auto& app : json::parse(listed.body)) fresh += app["state"] == "fresh";
+      }
+      if (fresh == count) break;
+      std::this_thread::sleep_for(100ms);
+    } while (steady_clock::now() < give_up_at);
+    return fresh;
+  }
+};
+
+// Every app used to poll Redis every 5 s with the whole Lua text (EVAL): 2,000 apps made 400
+// EVAL/s per replica. Now nothing is polled per app: two brokers, one with 4 times the apps
+// of the other, make the same (next to no) traffic in steady state, by EVALSHA.
+TEST_F(redis_traffic_test, steady_traffic_does_not_grow_with_the_number_of_apps) {
+  constexpr int few = 500, many = 2000;
+  constexpr auto window = 6s;  // longer than the 5 s poll of every app before the fix
+  redis_process small_redis(free_port(), scratch_.path());
+  redis_process large_redis(free_port(), scratch_.path());
+  ASSERT_NO_FATAL_FAILURE(add_apps_with_tokens_in_redis(many, large_redis.port()));
+  {
+    redis_client redis(large_redis.port());
+    std::vector<std::string> copy{"MIGRATE", "127.0.0.1", std::to_string(small_redis.port()),
+                                  "",        "0",         "5000",
+                                  "COPY",    "KEYS"};
+    for (int i = 0; i < few; ++i) copy.push_back(token_key("app" + std::to_string(i)));
+    ASSERT_NE(redis.command(copy).type, redis_reply::kind::error);
+  }
+  const auto& small = start_broker_for_apps(few, small_redis.port());
+  const auto& large = start_broker_for_apps(many, large_redis.port());
+  ASSERT_EQ(await_all_fresh(small, few, 10s), static_cast<std::size_t>(few));
+  ASSERT_EQ(await_all_fresh(large, many, 10s), static_cast<std::size_t>(many));
+  EXPECT_EQ(fake_->gettoken_calls(), 0) << "the tokens in Redis were not adopted";
+
+  redis_client small_stats(small_redis.port()), large_stats(large_redis.port());
+  const auto started = command_calls(large_stats);
+  EXPECT_GT(calls_of(started, "evalsha"), 0) << describe(started);
+  small_stats.command({"CONFIG", "RESETSTAT"});
+  large_stats.command({"CONFIG", "RESETSTAT"});
+  std::this_thread::sleep_for(window);  // the window measured
+  const auto small_calls = command_calls(small_stats);
+  const auto large_calls = command_calls(large_stats);
+  const auto per_second = [&](const auto& calls) {
+    return static_cast<double>(round_trips(calls)) / static_cast<double>(window.count());
+  };
+  std::cout << "[ figures  ] at start (" << many << " apps): " << describe(started) << "\n"
+            << "[ figures  ] steady state, " << few << " apps: " << per_second(small_calls)
+            << " round trips/s (" << describe(small_calls) << ")\n"
+            << "[ figures  ] steady state, " << many << " apps: " << per_second(large_calls)
+            << " round trips/s (" << describe(large_calls) << ")\n";
+  EXPECT_LE(per_second(large_calls), per_second(small_calls) + 1.0)
+      << "Redis traffic grows with the number of apps";
+  EXPECT_LE(per_second(large_calls), 1.0);
+  EXPECT_EQ(calls_of(large_calls, "eval"), 0) << "scripts are sent by SHA1 (EVALSHA)";
+}
+
+// Redis restarts empty under a broker with 2,000 apps: writing back the held tokens and
+// catching up take a few scripts per batch of keys, not a save and a load per app.
+TEST_F(redis_traffic_test, a_reconnect_costs_commands_by_batches_not_by_apps) {
+  constexpr int apps = 2000;
+  constexpr int batches = 2;  // of up to 1,000 keys
+  redis_process redis_server(free_port(), scratch_.path());
+  ASSERT_NO_FATAL_FAILURE(add_apps_with_tokens_in_redis(apps, redis_server.port()));
+  const auto& broker = start_broker_for_apps(apps, redis_server.port());
+  ASSERT_EQ(await_all_fresh(broker, apps, 10s), static_cast<std::size_t>(apps));
+
+  redis_server.stop();
+  redis_server.start();  // empty, and its command statistics with it
+  redis_client redis(redis_server.port());
+  const auto back_at = steady_clock::now();
+  long long keys = 0;
+  while (keys < apps && steady_clock::now() - back_at < 10s) {
+    keys = redis.command({"DBSIZE"}).integer;
+    if (keys < apps) std::this_thread::sleep_for(50ms);
+  }
+  const auto caught_up_ms = elapsed_ms(back_at);
+  ASSERT_EQ(keys, apps) << "the held tokens were not written back";
+  // What the catching up costs, including what it sets off (events echoed back, a second
+  // connection's sweep): measured over a second more.
+  std::this_thread::sleep_for(1s);
+  const auto calls = command_calls(redis);
+  std::cout << "[ figures  ] Redis restarted empty under " << apps << " apps: keys back after "
+            << caught_up_ms << " ms; " << round_trips(calls) << " round trips (" << describe(calls)
+            << ")\n";
+  EXPECT_LE(round_trips(calls), 12 * batches + 8) << "a reconnect storm";
+  EXPECT_EQ(calls_of(calls, "eval"), 0) << "scripts are sent by SHA1 (EVALSHA)";
+  EXPECT_EQ(fake_->gettoken_calls(), 0);
+  for (const auto* app : {"app0", "app1999"}) {
+    EXPECT_EQ(redis.get(token_key(app)), "stored-token-" + std::string(app).substr(3)) << app;
+  }
+}
+
+// A Redis whose script cache was flushed (SCRIPT FLUSH, or a restart) answers EVALSHA with
+// NOSCRIPT: the broker sends the script's text once and carries on.
+TEST_F(redis_traffic_test, a_flushed_script_cache_is_refilled_by_eval) {
+  const auto hr = add_app("hr");
+  redis_process redis_server(free_port(), scratch_.path());
+  redis_client redis(redis_server.port());
+  const auto& broker = start_broker(redis_config(redis_url(redis_server.port())));
+  http_answer first;
+  ASSERT_NO_FATAL_FAILURE(await_first_token_in_redis(broker, redis_server.port(), first));
+
+  redis.command({"SCRIPT", "FLUSH"});
+  redis.command({"CONFIG", "RESETSTAT"});
+  fake_->revoke_tokens(hr.secret);
+  const auto replaced =
+      http_call(broker.port(), {.method = "POST",
+                                .target = "/v1/apps/hr/token/invalidate",
+                                .body = json{{"access_token", token_of(first)}}.dump()});
+  ASSERT_EQ(replaced.status, 200u) << replaced.error << replaced.body;
+  EXPECT_NE(token_of(replaced), token_of(first));
+  EXPECT_TRUE(await_value(redis, token_key("hr"), token_of(replaced), 3s))
+      << "the new token did not reach Redis after SCRIPT FLUSH";
+  const auto calls = command_calls(redis);
+  const auto errors = redis.command({"INFO", "errorstats"}).string;
+  std::cout << "[ figures  ] after SCRIPT FLUSH: " << describe(calls) << "\n";
+  EXPECT_GT(calls_of(calls, "evalsha"), 0) << "scripts are sent by SHA1 (EVALSHA)";
+  EXPECT_GT(calls_of(calls, "eval"), 0) << "no fallback to EVAL";
+  EXPECT_NE(errors.find("errorstat_NOSCRIPT"), std::string::npos) << errors;
+  EXPECT_EQ(fake_->gettoken_calls(hr.secret), 2);
 }
 
 }  // namespace

@@ -6,5 +6,6 @@ namespace token_broker {
 
 template class basic_refresher<simulation::simulated_clock>;
 template class basic_engine<simulation::simulated_clock>;
+template class basic_store_sync<simulation::simulated_clock>;
 
 }  // namespace token_broker

@@ -15,16 +15,6 @@ milliseconds left(time_point until) {
                   std::chrono::duration_cast<milliseconds>(until - simulated_clock::now()));
 }
 
-wall_time_point on_wall_clock(time_point at) {
-  return wall_clock::now() +
-         std::chrono::duration_cast<wall_clock::duration>(at - simulated_clock::now());
-}
-
-time_point on_simulated_clock(wall_time_point at) {
-  return simulated_clock::now() +
-         std::chrono::duration_cast<simulated_clock::duration>(at - wall_clock::now());
-}
-
 }  // namespace
 
 void simulated_redis::set_up(bool up, bool lost_everything) {
@@ -46,7 +36,7 @@ std::optional<simulated_redis::entry> simulated_redis::token(const std::string& 
 std::optional<stored_token> simulated_redis::load(const std::string& key) const {
   const auto held = token(key);
   if (!held) return std::nullopt;
-  return stored_token{held->value, on_wall_clock(held->expires_at)};
+  return stored_token{held->value, held->expires_at};
 }
 
 save_outcome simulated_redis::save(const std::string& key, const std::string& value,
@@ -54,7 +44,7 @@ save_outcome simulated_redis::save(const std::string& key, const std::string& va
   ++commands_;
   if (offered <= simulated_clock::now()) return save_outcome::written;
   if (const auto held = token(key)) {
-    if (held->value == value && held->expires_at <= offered + milliseconds{1}) {
+    if (held->value == value && held->expires_at <= offered + expiry_rounding) {
       return save_outcome::written;
     }
     if (held->value != value && held->expires_at >= offered) return save_outcome::newer_kept;
@@ -110,7 +100,33 @@ asio::awaitable<save_outcome> simulated_store::save(const std::string& key,
                                                     const stored_token& token) {
   co_await round_trip();
   if (!redis_.up()) co_return save_outcome::unavailable;
-  co_return redis_.save(key, token.value, on_simulated_clock(token.expires_at));
+  co_return redis_.save(key, token.value, token.expires_at);
+}
+
+asio::awaitable<std::optional<std::vector<stored_digest>>> simulated_store::digests(
+    std::vector<std::string> keys) {
+  co_await round_trip();
+  if (!redis_.up()) co_return std::nullopt;
+  std::vector<stored_digest> digests;
+  for (const auto& key : keys) {
+    if (const auto held = redis_.token(key)) {
+      digests.push_back({true, held->expires_at, token_digest(held->value)});
+    } else {
+      digests.push_back({});
+    }
+  }
+  co_return digests;
+}
+
+asio::awaitable<std::vector<save_outcome>> simulated_store::save_all(
+    std::vector<std::pair<std::string, stored_token>> tokens) {
+  co_await round_trip();
+  std::vector<save_outcome> outcomes;
+  for (const auto& [key, token] : tokens) {
+    outcomes.push_back(redis_.up() ? redis_.save(key, token.value, token.expires_at)
+                                   : save_outcome::unavailable);
+  }
+  co_return outcomes;
 }
 
 asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const std::string& key,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "simulated_clock.hpp"
+#include "token_broker/token_lifecycle.hpp"
 #include "token_broker/token_store.hpp"
 
 namespace token_broker::simulation {
@@ -72,6 +73,10 @@ class simulated_store final : public token_store {
   std::optional<bool> up() const override { return redis_.up(); }
   asio::awaitable<std::optional<stored_token>> load(const std::string& key) override;
   asio::awaitable<save_outcome> save(const std::string& key, const stored_token& token) override;
+  asio::awaitable<std::optional<std::vector<stored_digest>>> digests(
+      std::vector<std::string> keys) override;
+  asio::awaitable<std::vector<save_outcome>> save_all(
+      std::vector<std::pair<std::string, stored_token>> tokens) override;
   // The lease is the call's timeout and 2 s, as redis_token_store's.
   asio::awaitable<refresh_permit_answer> request_refresh(
       const std::string& key, bool forced, std::chrono::milliseconds call_timeout) override;

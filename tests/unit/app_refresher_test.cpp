@@ -96,7 +96,7 @@ class store_failing_once final : public token_store {
     co_return;
   }
 
-  const stored_token held{"TOKEN-FROM-THE-STORE", wall_clock::now() + std::chrono::hours{2}};
+  const stored_token held{"TOKEN-FROM-THE-STORE", clock::now() + std::chrono::hours{2}};
   int loads = 0;  // on the io thread only
 };
 

@@ -72,20 +72,25 @@ redis_reply read_reply(std::string_view resp) {
   return reply;
 }
 
+// Times left are anchored when the command was sent.
+const time_point sent_at = time_point{} + std::chrono::hours{1000};
+
 TEST(fuzz_regression, stored_token_reads_as_written) {
-  const auto stored = loaded_token(read_reply("*2\r\n:1790000000000\r\n$9\r\nTOKEN-abc\r\n"));
+  const auto stored = loaded_token(read_reply("*2\r\n:7199000\r\n$9\r\nTOKEN-abc\r\n"), sent_at);
   ASSERT_TRUE(stored);
   EXPECT_EQ(stored->value, "TOKEN-abc");
-  EXPECT_EQ(stored->expires_at.time_since_epoch(), 1790000000000ms);
+  EXPECT_EQ(stored->expires_at, sent_at + 7199000ms);
 }
 
 // far-expiry.resp: the expiry in milliseconds overflowed when converted to the clock's
-// nanoseconds (UBSan: signed integer overflow).
+// nanoseconds (UBSan: signed integer overflow). Now a time left: no key the broker writes has
+// more than a token's longest life (30 days).
 TEST(fuzz_regression, stored_expiry_beyond_the_clock_is_no_token) {
-  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:9223372036854775807\r\n$5\r\nTOKEN\r\n")));
-  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:-1\r\n$5\r\nTOKEN\r\n")));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:9223372036854775807\r\n$5\r\nTOKEN\r\n"), sent_at));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:2592000001\r\n$5\r\nTOKEN\r\n"), sent_at));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:-1\r\n$5\r\nTOKEN\r\n"), sent_at));
   const auto permit = refresh_permit_from(
-      read_reply("*4\r\n$4\r\nbusy\r\n:0\r\n:9223372036854775807\r\n$1\r\nT\r\n"));
+      read_reply("*4\r\n$4\r\nbusy\r\n:0\r\n:9223372036854775807\r\n$1\r\nT\r\n"), sent_at);
   EXPECT_EQ(permit.permit, refresh_permit::busy);
   EXPECT_FALSE(permit.stored);
 }
@@ -93,16 +98,16 @@ TEST(fuzz_regression, stored_expiry_beyond_the_clock_is_no_token) {
 // non-utf8-token.resp: a stored value the broker never writes (not a plain token) was
 // adopted, and publishing it threw from the JSON answers, ending the app's refresher.
 TEST(fuzz_regression, stored_value_that_is_no_plain_token_is_no_token) {
-  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n$7\r\nTOKEN\xff\xfe\r\n")));
-  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n$0\r\n\r\n")));
-  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:1790000000000\r\n:5\r\n")));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:7199000\r\n$7\r\nTOKEN\xff\xfe\r\n"), sent_at));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:7199000\r\n$0\r\n\r\n"), sent_at));
+  EXPECT_FALSE(loaded_token(read_reply("*2\r\n:7199000\r\n:5\r\n"), sent_at));
 }
 
 // request-wait-huge.resp: a cool-down's wait beyond the clock's range overflowed the
 // refresher's plan, now + wait (UBSan: signed integer overflow).
 TEST(fuzz_regression, wait_is_capped_at_a_token_lifetime) {
-  const auto permit =
-      refresh_permit_from(read_reply("*2\r\n$12\r\ncooling_down\r\n:9223372036854775807\r\n"));
+  const auto permit = refresh_permit_from(
+      read_reply("*2\r\n$12\r\ncooling_down\r\n:9223372036854775807\r\n"), sent_at);
   EXPECT_EQ(permit.permit, refresh_permit::cooling_down);
   EXPECT_EQ(permit.wait, std::chrono::milliseconds{std::chrono::days{30}});
 }

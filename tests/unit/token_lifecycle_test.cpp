@@ -300,25 +300,23 @@ TEST_F(token_lifecycle_test, min_interval_floors_every_call) {
 
 TEST_F(token_lifecycle_test, adopts_only_a_token_that_outlives_the_held_one) {
   const auto wall_t0 = wall_time_point{} + std::chrono::hours{24 * 365 * 56};
-  const auto stored = token_from_expiry("S", wall_t0 + 3600s, t0_, wall_t0);
+  const auto stored = token_from_expiry("S", t0_ + 3600s, t0_, wall_t0);
   EXPECT_EQ(stored.expires_at, t0_ + 3600s);
   EXPECT_EQ(stored.expires_at_wall, wall_t0 + 3600s);
   EXPECT_TRUE(lifecycle_.adopt(stored, no_jitter));
   EXPECT_EQ(lifecycle_.servable(t0_)->value, "S");
   EXPECT_EQ(lifecycle_.next_attempt_at(), t0_ + 3600s - 300s);
-  EXPECT_FALSE(
-      lifecycle_.adopt(token_from_expiry("older", wall_t0 + 100s, t0_, wall_t0), no_jitter));
+  EXPECT_FALSE(lifecycle_.adopt(token_from_expiry("older", t0_ + 100s, t0_, wall_t0), no_jitter));
   EXPECT_EQ(lifecycle_.servable(t0_)->value, "S");
 }
 
 TEST_F(token_lifecycle_test, adopting_the_held_token_only_ever_shortens_its_expiry) {
   const auto wall_t0 = wall_time_point{} + std::chrono::hours{24 * 365 * 56};
-  ASSERT_TRUE(lifecycle_.adopt(token_from_expiry("S", wall_t0 + 3600s, t0_, wall_t0), no_jitter));
-  EXPECT_FALSE(
-      lifecycle_.adopt(token_from_expiry("S", wall_t0 + 7200s, t0_, wall_t0), no_jitter));
+  ASSERT_TRUE(lifecycle_.adopt(token_from_expiry("S", t0_ + 3600s, t0_, wall_t0), no_jitter));
+  EXPECT_FALSE(lifecycle_.adopt(token_from_expiry("S", t0_ + 7200s, t0_, wall_t0), no_jitter));
   EXPECT_EQ(lifecycle_.held()->expires_at, t0_ + 3600s);
   // Another replica learned from upstream that it ends sooner (behaviour b).
-  EXPECT_TRUE(lifecycle_.adopt(token_from_expiry("S", wall_t0 + 600s, t0_, wall_t0), no_jitter));
+  EXPECT_TRUE(lifecycle_.adopt(token_from_expiry("S", t0_ + 600s, t0_, wall_t0), no_jitter));
   EXPECT_EQ(lifecycle_.held()->expires_at, t0_ + 600s);
   EXPECT_EQ(lifecycle_.held()->expires_at_wall, wall_t0 + 600s);
   EXPECT_LE(lifecycle_.held()->serve_until, t0_ + 600s - 1s);
@@ -332,10 +330,10 @@ TEST_F(token_lifecycle_test, a_revoked_token_is_not_adopted_back_but_its_replace
   succeed(t0_, answer("T", 7200s, t0_));
   ASSERT_TRUE(lifecycle_.invalidate("T", t0_ + 60s));
   EXPECT_TRUE(lifecycle_.revoked());
-  EXPECT_FALSE(lifecycle_.adopt(token_from_expiry("T", wall_t0 + 7200s, t0_ + 60s, wall_t0),
-                                no_jitter));
-  EXPECT_TRUE(lifecycle_.adopt(token_from_expiry("T2", wall_t0 + 7100s, t0_ + 60s, wall_t0),
-                               no_jitter));
+  EXPECT_FALSE(
+      lifecycle_.adopt(token_from_expiry("T", t0_ + 7200s, t0_ + 60s, wall_t0), no_jitter));
+  EXPECT_TRUE(
+      lifecycle_.adopt(token_from_expiry("T2", t0_ + 7100s, t0_ + 60s, wall_t0), no_jitter));
   EXPECT_FALSE(lifecycle_.revoked());
   EXPECT_EQ(lifecycle_.servable(t0_ + 60s)->value, "T2");
 }

@@ -15,12 +15,14 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "token_broker/asio.hpp"
 #include "token_broker/clock.hpp"
 #include "token_broker/config.hpp"
 #include "token_broker/credential.hpp"
 #include "token_broker/credentials/refresher.hpp"
+#include "token_broker/credentials/store_sync.hpp"
 #include "token_broker/supervisor.hpp"
 #include "token_broker/token_store.hpp"
 #include "token_broker/upstream_client.hpp"
@@ -53,9 +55,8 @@ class basic_engine {
              std::shared_ptr<upstream_caller> upstream);
   // The shared store may hold a newer value for `id` (another replica's event).
   void store_changed(credential_id id);
-  // The store is reachable again and may have lost what it held (a Redis restarted without
-  // persistence): every credential writes its value back, unless the store holds a newer
-  // one, and looks.
+  // The store is reachable again: it may hold newer values, or have lost what it held (a
+  // Redis restarted without persistence). Everything is compared with it.
   void store_returned();
 
   // The refreshers' side, on the strand.
@@ -66,6 +67,9 @@ class basic_engine {
   token_store& store() { return store_; }
   bool stopping() const { return stopping_; }
   std::shared_ptr<refresher> find(const credential_id& id) const;
+  std::vector<std::shared_ptr<refresher>> all() const;
+  // `credential` loads the store's value (it may be newer than the one held).
+  void load_from_store(refresher& credential);
   // `credential`'s next attempt may have moved: plan it.
   void plan(refresher& credential);
   // The completion of a credential's task: an exception is logged, never silent.
@@ -86,6 +90,7 @@ class basic_engine {
   timer wake_;
   time_point wake_at_{};
   bool stopping_ = false;
+  std::optional<basic_store_sync<Clock>> sync_;  // with a shared store
 };
 
 using credential_engine = basic_engine<boot_clock>;

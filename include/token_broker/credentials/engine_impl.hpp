@@ -6,6 +6,7 @@
 
 #include "token_broker/credentials/engine.hpp"
 #include "token_broker/credentials/refresher_impl.hpp"
+#include "token_broker/credentials/store_sync_impl.hpp"
 
 namespace token_broker {
 namespace engine_detail {
@@ -25,11 +26,14 @@ basic_engine<Clock>::basic_engine(asio::any_io_executor executor, const refresh_
       refresh_(refresh),
       wait_limit_(wait_limit),
       upstream_(std::move(upstream)),
-      wake_(strand_) {}
+      wake_(strand_) {
+  if (store.shared()) sync_.emplace(*this);
+}
 
 template <class Clock>
 void basic_engine<Clock>::start(supervisor& tasks) {
   tasks.spawn(strand_, "scheduler", "credential scheduler", [this] { return run(); });
+  if (sync_) tasks.spawn(strand_, "store-sync", "store sync", [this] { return sync_->run(); });
 }
 
 template <class Clock>
@@ -37,6 +41,7 @@ void basic_engine<Clock>::stop() {
   asio::dispatch(strand_, [this] {
     stopping_ = true;
     wake_.cancel();
+    if (sync_) sync_->stop();
     due_.clear();
     for (auto& [id, credential] : registry_) {
       credential->queued_at().reset();
@@ -84,29 +89,35 @@ void basic_engine<Clock>::apply(const refresh_config& refresh, std::chrono::mill
 template <class Clock>
 void basic_engine<Clock>::store_changed(credential_id id) {
   asio::dispatch(strand_, [this, id = std::move(id)] {
-    const auto credential = find(id);
-    if (!credential || stopping_) return;
-    asio::co_spawn(strand_, credential->sync_with_store(), log_failure(*credential));
+    if (sync_ && !stopping_) sync_->notice(id);
   });
 }
 
 template <class Clock>
 void basic_engine<Clock>::store_returned() {
   asio::dispatch(strand_, [this] {
-    if (stopping_) return;
-    for (auto& [id, credential] : registry_) {
-      // A failed write is not the only way to fall behind: a restarted Redis lost the value
-      // even if nothing was written while it was away.
-      credential->mark_store_behind();
-      asio::co_spawn(strand_, credential->sync_with_store(), log_failure(*credential));
-    }
+    if (sync_ && !stopping_) sync_->notice(std::nullopt);
   });
+}
+
+template <class Clock>
+void basic_engine<Clock>::load_from_store(refresher& credential) {
+  if (stopping_) return;
+  asio::co_spawn(strand_, credential.load_from_store(), log_failure(credential));
 }
 
 template <class Clock>
 std::shared_ptr<basic_refresher<Clock>> basic_engine<Clock>::find(const credential_id& id) const {
   const auto found = registry_.find(id);
   return found == registry_.end() ? nullptr : found->second;
+}
+
+template <class Clock>
+std::vector<std::shared_ptr<basic_refresher<Clock>>> basic_engine<Clock>::all() const {
+  std::vector<std::shared_ptr<refresher>> every;
+  every.reserve(registry_.size());
+  for (const auto& [id, credential] : registry_) every.push_back(credential);
+  return every;
 }
 
 template <class Clock>

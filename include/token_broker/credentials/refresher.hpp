@@ -84,8 +84,10 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   // The engine's side, on its strand.
   void begin();                     // adopt what the store holds, then plan the first refresh
   asio::awaitable<void> refresh();  // a due refresh, started by the engine; plans the next
-  asio::awaitable<void> sync_with_store();
-  void mark_store_behind() { store_behind_ = true; }
+  // Adopts the store's value if it is newer than the one held.
+  asio::awaitable<void> load_from_store();
+  // The store's name for it. Its keys are per app until the store learns credential kinds.
+  const std::string& store_key() const { return id_.scope; }
   void end();  // stopped or removed: no more refreshes, waiters answered
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
   bool in_flight() const { return lifecycle_.in_flight(); }
@@ -94,8 +96,6 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   std::optional<time_point>& queued_at() { return queued_at_; }
 
  private:
-  // The store's name for it. Its keys are per app until the store learns credential kinds.
-  const std::string& store_key() const { return id_.scope; }
   asio::awaitable<void> negotiate_and_call();
   asio::awaitable<void> call_upstream(const upstream_caller::slot& held, bool holds_permit);
   asio::awaitable<fetch_result> fetch(const upstream_caller::slot& held);
@@ -118,7 +118,6 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   std::vector<timer*> waiters_;  // callers waiting for the next change
   std::minstd_rand random_;      // jitter needs spread, not quality: 8 bytes, not 2.5 KB
   std::optional<time_point> queued_at_;
-  bool store_behind_ = false;  // the store missed the held value (it was unreachable)
   bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool ended_ = false;
 

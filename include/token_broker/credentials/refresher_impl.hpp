@@ -48,7 +48,7 @@ void basic_refresher<Clock>::begin() {
       [self = this->shared_from_this()]() -> asio::awaitable<void> {
         co_await self->engine_.store().settle();
         // A value with time left in the store is adopted, not fetched.
-        if (!self->ended_) co_await self->sync_with_store();
+        if (!self->ended_) co_await self->load_from_store();
       },
       engine_.log_failure(*this));
 }
@@ -211,28 +211,25 @@ asio::awaitable<void> basic_refresher<Clock>::call_upstream(const upstream_calle
   }
 }
 
+// A save that fails (the store unreachable) is not retried here: the store's return sets off
+// a comparison of everything with it (store_sync), which writes the held value back.
 template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::save_held() {
   // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
-  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at_wall};
+  const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
   const auto outcome = co_await engine_.store().save(store_key(), latest);
-  store_behind_ = outcome == save_outcome::unavailable;
   if (outcome == save_outcome::newer_kept) {
     spdlog::info("{} the store holds a newer value than the one held here; adopting it",
                  log_name(id_));
-    if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+    co_await load_from_store();
   }
 }
 
-// Catches the store up with a value fetched while it was unreachable (it keeps a newer one
-// another replica wrote meanwhile), then adopts whatever newer value the store holds.
-//
 // Whatever happens, the credential is planned after: a failed look at the store must not leave
 // it without a next refresh.
 template <class Clock>
-asio::awaitable<void> basic_refresher<Clock>::sync_with_store() {
+asio::awaitable<void> basic_refresher<Clock>::load_from_store() {
   try {
-    if (store_behind_ && lifecycle_.servable(Clock::now())) co_await save_held();
     if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
   } catch (const std::exception& error) {
     spdlog::error("{} looking at the store failed unexpectedly: {}", log_name(id_), error.what());
@@ -242,12 +239,14 @@ asio::awaitable<void> basic_refresher<Clock>::sync_with_store() {
 
 template <class Clock>
 bool basic_refresher<Clock>::adopt_stored(const stored_token& stored) {
-  const auto wall_now = wall_clock::now();
-  if (ignore_store_ || stored.expires_at <= wall_now) return false;
-  auto candidate = token_from_expiry(stored.value, stored.expires_at, Clock::now(), wall_now);
+  using namespace refresher_detail;
+  const auto now = Clock::now();
+  if (ignore_store_ || stored.expires_at <= now) return false;
+  auto candidate = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
   if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
-  spdlog::info("{} adopted the store's value, expires_at={}", log_name(id_),
-               unix_seconds(stored.expires_at));
+  spdlog::info("{} adopted the store's value, expires_at={} (in {}s)", log_name(id_),
+               unix_seconds(candidate.expires_at_wall),
+               milliseconds_between(now, candidate.expires_at) / 1000);
   publish();
   return true;
 }
