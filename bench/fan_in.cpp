@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "token_broker/asio.hpp"
 #include "parse_number.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace {
 

@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-#include "token_broker/config.hpp"
+#include "token_broker/config/config.hpp"
 
 namespace {
 

@@ -28,10 +28,10 @@
 #include <vector>
 
 #include "token_broker/broker.hpp"
-#include "token_broker/config.hpp"
-#include "token_broker/http_server.hpp"
-#include "token_broker/request_handler.hpp"
-#include "token_broker/secret_digest.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/core/secret_digest.hpp"
+#include "token_broker/http/http_server.hpp"
+#include "token_broker/http/request_handler.hpp"
 
 namespace {
 

@@ -14,11 +14,11 @@
 #include <memory>
 #include <string_view>
 
-#include "token_broker/clock.hpp"
-#include "token_broker/redis_replies.hpp"
+#include "token_broker/core/clock.hpp"
 #include "token_broker/credentials/store_sync.hpp"
-#include "token_broker/token_answer.hpp"
-#include "token_broker/token_lifecycle.hpp"
+#include "token_broker/credentials/token_lifecycle.hpp"
+#include "token_broker/http/token_answer.hpp"
+#include "token_broker/redis/redis_replies.hpp"
 
 namespace {
 

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
-#include "token_broker/upstream_answer.hpp"
+#include "token_broker/upstream/upstream_answer.hpp"
 
 namespace {
 

@@ -1,7 +1,7 @@
 #include "token_broker/broker.hpp"
 
+#include "token_broker/core/secret_digest.hpp"
 #include "token_broker/credentials/source.hpp"
-#include "token_broker/secret_digest.hpp"
 
 namespace token_broker {
 

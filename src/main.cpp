@@ -11,17 +11,17 @@
 #include <string_view>
 #include <vector>
 
-#include "token_broker/asio.hpp"
 #include "token_broker/broker.hpp"
-#include "token_broker/config.hpp"
-#include "token_broker/http_server.hpp"
-#include "token_broker/logging.hpp"
-#include "token_broker/redis_token_store.hpp"
-#include "token_broker/request_handler.hpp"
-#include "token_broker/secret_digest.hpp"
-#include "token_broker/supervisor.hpp"
-#include "token_broker/systemd_notify.hpp"
-#include "token_broker/upstream_client.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/logging.hpp"
+#include "token_broker/core/secret_digest.hpp"
+#include "token_broker/core/supervisor.hpp"
+#include "token_broker/http/http_server.hpp"
+#include "token_broker/http/request_handler.hpp"
+#include "token_broker/ops/systemd_notify.hpp"
+#include "token_broker/store/redis_token_store.hpp"
+#include "token_broker/upstream/upstream_client.hpp"
 
 namespace {
 

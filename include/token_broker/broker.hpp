@@ -10,13 +10,13 @@
 #include <string_view>
 #include <vector>
 
-#include "token_broker/asio.hpp"
-#include "token_broker/config.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/published.hpp"
+#include "token_broker/core/supervisor.hpp"
 #include "token_broker/credentials/engine.hpp"
-#include "token_broker/published.hpp"
-#include "token_broker/supervisor.hpp"
-#include "token_broker/token_store.hpp"
-#include "token_broker/upstream_client.hpp"
+#include "token_broker/store/token_store.hpp"
+#include "token_broker/upstream/upstream_client.hpp"
 
 namespace token_broker {
 

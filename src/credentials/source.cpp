@@ -1,6 +1,6 @@
 #include "token_broker/credentials/source.hpp"
 
-#include "token_broker/upstream_answer.hpp"
+#include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
 

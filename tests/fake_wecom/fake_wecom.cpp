@@ -13,7 +13,7 @@
 #include <string_view>
 #include <thread>
 
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace token_broker::fake {
 namespace {

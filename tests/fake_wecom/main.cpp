@@ -21,7 +21,7 @@
 
 #include "fake_wecom.hpp"
 #include "parse_number.hpp"
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace {
 

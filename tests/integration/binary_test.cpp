@@ -10,8 +10,8 @@
 #include <thread>
 
 #include "broker_fixture.hpp"
-#include "token_broker/asio.hpp"
-#include "token_broker/fetch_result.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/credentials/fetch_result.hpp"
 
 namespace token_broker::testing {
 namespace {
@@ -446,9 +446,10 @@ TEST_F(binary_test, a_connection_flood_under_a_small_fd_limit_is_shed_while_keep
     unsigned status = 0;
     http::async_write(client.socket, request, [&](error_code error, std::size_t) {
       if (error) return;
-      http::async_read(client.socket, client.buffer, answer, [&](error_code read_error, std::size_t) {
-        if (!read_error && answer.keep_alive()) status = answer.result_int();
-      });
+      http::async_read(client.socket, client.buffer, answer,
+                       [&](error_code read_error, std::size_t) {
+                         if (!read_error && answer.keep_alive()) status = answer.result_int();
+                       });
     });
     run_at_most(5s, client.socket);
     return status;

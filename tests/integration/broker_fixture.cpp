@@ -5,7 +5,7 @@
 #include <iostream>
 #include <thread>
 
-#include "token_broker/secret_digest.hpp"
+#include "token_broker/core/secret_digest.hpp"
 
 namespace token_broker::testing {
 namespace {

@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "http_test_client.hpp"
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace token_broker::testing {
 namespace {

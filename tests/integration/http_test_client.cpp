@@ -2,7 +2,7 @@
 
 #include <cctype>
 
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace token_broker::testing {
 namespace {

@@ -13,7 +13,7 @@
 
 #include "broker_fixture.hpp"
 #include "scoped_env.hpp"
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace token_broker::testing {
 namespace {

@@ -12,7 +12,7 @@
 #include "simulated_engine.hpp"
 #include "simulated_redis.hpp"
 #include "simulated_wecom.hpp"
-#include "token_broker/upstream_answer.hpp"
+#include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker::simulation {
 namespace {

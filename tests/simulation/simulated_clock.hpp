@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <chrono>
 
-#include "token_broker/asio.hpp"
-#include "token_broker/clock.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/clock.hpp"
 
 namespace token_broker::simulation {
 

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "simulated_clock.hpp"
-#include "token_broker/token_lifecycle.hpp"
-#include "token_broker/token_store.hpp"
+#include "token_broker/credentials/token_lifecycle.hpp"
+#include "token_broker/store/token_store.hpp"
 
 namespace token_broker::simulation {
 

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "simulated_clock.hpp"
-#include "token_broker/upstream_client.hpp"
+#include "token_broker/upstream/upstream_client.hpp"
 
 namespace token_broker::simulation {
 

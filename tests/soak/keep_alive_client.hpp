@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "token_broker/asio.hpp"
+#include "token_broker/core/asio.hpp"
 
 namespace token_broker::soak {
 

@@ -8,9 +8,9 @@
 #include <string>
 #include <string_view>
 
-#include "token_broker/config.hpp"
-#include "token_broker/redis_replies.hpp"
-#include "token_broker/upstream_answer.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/redis/redis_replies.hpp"
+#include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
 namespace {

@@ -17,15 +17,15 @@
 #include <utility>
 #include <vector>
 
-#include "token_broker/asio.hpp"
-#include "token_broker/clock.hpp"
-#include "token_broker/config.hpp"
-#include "token_broker/credential.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/clock.hpp"
+#include "token_broker/core/supervisor.hpp"
+#include "token_broker/credentials/credential.hpp"
 #include "token_broker/credentials/refresher.hpp"
 #include "token_broker/credentials/store_sync.hpp"
-#include "token_broker/supervisor.hpp"
-#include "token_broker/token_store.hpp"
-#include "token_broker/upstream_client.hpp"
+#include "token_broker/store/token_store.hpp"
+#include "token_broker/upstream/upstream_client.hpp"
 
 namespace token_broker {
 
@@ -77,6 +77,7 @@ class basic_engine {
 
  private:
   asio::awaitable<void> run();
+  void task_ended(refresher& credential);
   void unqueue(refresher& credential);
 
   asio::strand<asio::any_io_executor> strand_;
@@ -87,6 +88,7 @@ class basic_engine {
   std::shared_ptr<upstream_caller> upstream_;
   std::map<credential_id, std::shared_ptr<refresher>> registry_;
   std::set<std::pair<time_point, refresher*>> due_;  // one entry per idle credential
+  std::size_t running_ = 0;                          // tasks of credentials under way
   timer wake_;
   time_point wake_at_{};
   bool stopping_ = false;

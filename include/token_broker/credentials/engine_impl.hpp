@@ -15,6 +15,11 @@ namespace engine_detail {
 // still while the host is suspended, but credential time (CLOCK_BOOTTIME) does not.
 constexpr std::chrono::milliseconds max_sleep{30000};
 
+// Tasks of credentials running at once. A task holds a coroutine frame and buffers while it
+// waits for Redis or an upstream slot (16): a start with 100,000 credentials due at once
+// starting them all would hold them all, and the heap would keep that peak long after.
+constexpr std::size_t max_running = 64;
+
 }  // namespace engine_detail
 
 template <class Clock>
@@ -131,7 +136,7 @@ void basic_engine<Clock>::unqueue(refresher& credential) {
 template <class Clock>
 void basic_engine<Clock>::plan(refresher& credential) {
   unqueue(credential);
-  if (stopping_ || credential.in_flight()) return;  // a refresh plans again when it ends
+  if (stopping_ || credential.busy()) return;  // its task plans again when it ends
   const auto at = credential.next_attempt_at();
   due_.emplace(at, &credential);
   credential.queued_at() = at;
@@ -155,20 +160,34 @@ template <class Clock>
 asio::awaitable<void> basic_engine<Clock>::run() {
   while (!stopping_) {
     const auto now = Clock::now();
-    while (!due_.empty() && due_.begin()->first <= now) {
+    while (!due_.empty() && due_.begin()->first <= now && running_ < engine_detail::max_running) {
       auto* credential = due_.begin()->second;
       due_.erase(due_.begin());
       credential->queued_at().reset();
-      // The refresh holds its refresher: a removal meanwhile does not pull it away.
-      auto holder = credential->shared_from_this();
-      auto refreshing = [holder]() -> asio::awaitable<void> { co_await holder->refresh(); };
-      asio::co_spawn(strand_, std::move(refreshing), log_failure(*credential));
+      credential->set_running(true);
+      ++running_;
+      // The task holds its refresher: a removal meanwhile does not pull it away.
+      auto task = [this, holder = credential->shared_from_this()]() -> asio::awaitable<void> {
+        co_await holder->run();
+        task_ended(*holder);
+      };
+      asio::co_spawn(strand_, std::move(task), log_failure(*credential));
     }
-    wake_at_ = std::min(due_.empty() ? time_point::max() : due_.begin()->first,
+    // With every task slot taken, the next to end wakes the scheduler.
+    const bool full = running_ >= engine_detail::max_running;
+    wake_at_ = std::min(due_.empty() || full ? time_point::max() : due_.begin()->first,
                         now + engine_detail::max_sleep);
     wake_.expires_at(wake_at_);
     co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
+}
+
+template <class Clock>
+void basic_engine<Clock>::task_ended(refresher& credential) {
+  --running_;
+  credential.set_running(false);
+  plan(credential);
+  if (!due_.empty() && due_.begin()->first <= Clock::now()) wake_.cancel();
 }
 
 }  // namespace token_broker

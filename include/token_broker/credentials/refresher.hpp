@@ -13,15 +13,15 @@
 #include <string>
 #include <vector>
 
-#include "token_broker/asio.hpp"
-#include "token_broker/clock.hpp"
-#include "token_broker/credential.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/clock.hpp"
+#include "token_broker/core/published.hpp"
+#include "token_broker/credentials/credential.hpp"
 #include "token_broker/credentials/source.hpp"
-#include "token_broker/metrics.hpp"
-#include "token_broker/published.hpp"
-#include "token_broker/token_answer.hpp"
-#include "token_broker/token_lifecycle.hpp"
-#include "token_broker/token_store.hpp"
+#include "token_broker/credentials/token_lifecycle.hpp"
+#include "token_broker/http/token_answer.hpp"
+#include "token_broker/ops/metrics.hpp"
+#include "token_broker/store/token_store.hpp"
 
 namespace token_broker {
 
@@ -82,15 +82,18 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   asio::awaitable<token_outcome> invalidate(std::string value);
 
   // The engine's side, on its strand.
-  void begin();                     // adopt what the store holds, then plan the first refresh
-  asio::awaitable<void> refresh();  // a due refresh, started by the engine; plans the next
+  void begin();                   // plans its first task
+  asio::awaitable<void> run();    // its task when due: the first looks at the store, any may
+                                  // refresh; plans the next
   // Adopts the store's value if it is newer than the one held.
   asio::awaitable<void> load_from_store();
   // The store's name for it. Its keys are per app until the store learns credential kinds.
   const std::string& store_key() const { return id_.scope; }
   void end();  // stopped or removed: no more refreshes, waiters answered
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
-  bool in_flight() const { return lifecycle_.in_flight(); }
+  // A task of it runs, or a refresh is under way: it plans itself when that ends.
+  bool busy() const { return running_ || lifecycle_.in_flight(); }
+  void set_running(bool running) { running_ = running; }
   time_point next_attempt_at() const { return lifecycle_.next_attempt_at(); }
   // The engine's bookkeeping: where this refresher stands in its queue of due refreshes.
   std::optional<time_point>& queued_at() { return queued_at_; }
@@ -120,6 +123,8 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   std::optional<time_point> queued_at_;
   bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool ended_ = false;
+  bool first_run_ = true;  // the store is not looked at yet
+  bool running_ = false;
 
   upstream_metrics upstream_results_;  // any thread
   published<credential_view> view_;

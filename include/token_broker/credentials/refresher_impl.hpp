@@ -41,16 +41,11 @@ basic_refresher<Clock>::basic_refresher(engine_type& engine, credential_id id, s
       ignore_store_(how == origin::credentials_changed),
       view_(std::make_shared<const credential_view>()) {}
 
+// Nothing runs yet: the first task the engine starts looks at the store first (run()), so that
+// a start with many credentials looks a bounded number at a time.
 template <class Clock>
 void basic_refresher<Clock>::begin() {
-  asio::co_spawn(
-      engine_.strand(),
-      [self = this->shared_from_this()]() -> asio::awaitable<void> {
-        co_await self->engine_.store().settle();
-        // A value with time left in the store is adopted, not fetched.
-        if (!self->ended_) co_await self->load_from_store();
-      },
-      engine_.log_failure(*this));
+  publish();
 }
 
 template <class Clock>
@@ -60,9 +55,14 @@ void basic_refresher<Clock>::end() {
 }
 
 template <class Clock>
-asio::awaitable<void> basic_refresher<Clock>::refresh() {
+asio::awaitable<void> basic_refresher<Clock>::run() {
   try {
-    co_await negotiate_and_call();
+    if (std::exchange(first_run_, false)) {
+      co_await engine_.store().settle();
+      // A value with time left in the store is adopted, not fetched.
+      if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+    }
+    if (!ended_ && Clock::now() >= lifecycle_.next_attempt_at()) co_await negotiate_and_call();
   } catch (const std::exception& error) {
     // A broken invariant in one refresh must not end this credential's refreshing for good.
     spdlog::error("{} refresh failed unexpectedly: {}", log_name(id_), error.what());

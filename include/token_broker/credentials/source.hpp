@@ -8,10 +8,10 @@
 #include <string>
 #include <string_view>
 
-#include "token_broker/config.hpp"
-#include "token_broker/credential.hpp"
-#include "token_broker/fetch_result.hpp"
-#include "token_broker/upstream_client.hpp"
+#include "token_broker/config/config.hpp"
+#include "token_broker/credentials/credential.hpp"
+#include "token_broker/credentials/fetch_result.hpp"
+#include "token_broker/upstream/upstream_client.hpp"
 
 namespace token_broker {
 

@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "token_broker/asio.hpp"
-#include "token_broker/credential.hpp"
-#include "token_broker/token_lifecycle.hpp"
-#include "token_broker/token_store.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/credentials/credential.hpp"
+#include "token_broker/credentials/token_lifecycle.hpp"
+#include "token_broker/store/token_store.hpp"
 
 namespace token_broker {
 
@@ -56,9 +56,9 @@ class basic_store_sync {
 
   basic_engine<Clock>& engine_;
   timer wake_;
-  bool idle_ = false;                 // run() waits for news; notice() wakes it
-  bool sweep_due_ = false;            // compare everything next
-  std::set<credential_id> named_;     // named by events since the last comparison
+  bool idle_ = false;              // run() waits for news; notice() wakes it
+  bool sweep_due_ = false;         // compare everything next
+  std::set<credential_id> named_;  // named by events since the last comparison
   bool stopping_ = false;
 };
 

@@ -99,7 +99,8 @@ asio::awaitable<void> basic_store_sync<Clock>::compare(
         ++loading;
         break;
       case store_difference::store_is_behind:
-        behind.push_back({credentials[i]->store_key(), stored_token{held->value, held->expires_at}});
+        behind.push_back(
+            {credentials[i]->store_key(), stored_token{held->value, held->expires_at}});
         behind_credentials.push_back(credentials[i].get());
         break;
       case store_difference::none:

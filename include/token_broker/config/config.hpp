@@ -1,0 +1,111 @@
+// The daemon's configuration, validated: once a `config` exists, every field is usable as is.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "token_broker/config/listen_address.hpp"
+
+namespace token_broker {
+
+struct upstream_config {
+  std::string base_url = "https://qyapi.weixin.qq.com";
+  // base_url split up: always https; path_prefix is "" or starts with '/' and has no trailing '/'.
+  std::string host = "qyapi.weixin.qq.com";
+  std::string port = "443";
+  std::string path_prefix;
+  std::optional<std::filesystem::path> ca_file;
+  std::chrono::milliseconds timeout{5000};
+
+  bool operator==(const upstream_config&) const = default;
+};
+
+struct refresh_config {
+  std::chrono::seconds ahead{300};
+  std::chrono::seconds jitter{30};
+  std::chrono::milliseconds retry_min{500};
+  std::chrono::milliseconds retry_max{60000};
+  std::chrono::seconds min_interval{5};
+
+  bool operator==(const refresh_config&) const = default;
+};
+
+struct redis_config {
+  std::string url;  // never log it: it may hold the password
+  std::string key_prefix = "wecom:";
+  // url split up: either host and port, or unix_path.
+  std::string host;
+  std::uint16_t port = 6379;
+  std::string unix_path;
+  std::string password;  // "" = no AUTH. Never log it.
+  unsigned database = 0;
+};
+
+enum class secret_source { inline_value, environment, file };
+
+struct app_config {
+  std::string id;
+  std::string corpid;
+  std::optional<std::int64_t> agentid;
+  secret_source source = secret_source::inline_value;
+  // The resolved secret. Never log it, never put it in an error or an answer.
+  std::string secret;
+};
+
+using sha256_digest = std::array<unsigned char, 32>;
+
+struct client_config {
+  std::string name;
+  sha256_digest key_sha256{};
+  bool all_apps = false;          // "apps": ["*"]
+  std::vector<std::string> apps;  // ids, each a configured app
+};
+
+struct config {
+  listen_address listen;
+  unsigned threads = 0;  // resolved: never 0 after loading
+  std::string log_level = "info";
+  upstream_config upstream;
+  refresh_config refresh;
+  std::optional<redis_config> redis;
+  std::vector<app_config> apps;        // in the file's order
+  std::vector<client_config> clients;  // empty: open API (loopback or unix socket only)
+
+  const app_config* find_app(std::string_view id) const;
+};
+
+// A config that cannot be used. `field` is the JSON path of the offending value
+// ("apps.hr.corpid"), or "" when the file as a whole is unusable (unreadable, not JSON).
+// what() is "<field>: <reason>", or just the reason for "", safe to print (never holds a secret).
+class config_error : public std::runtime_error {
+ public:
+  config_error(std::string field, const std::string& reason)
+      : std::runtime_error(field.empty() ? reason : field + ": " + reason),
+        field_(std::move(field)) {}
+  const std::string& field() const noexcept { return field_; }
+
+ private:
+  std::string field_;
+};
+
+// Parses and validates a config document (JSON with // and /* */ comments) and resolves
+// every secret source (environment variables, files). Throws config_error.
+config parse_config(std::string_view text);
+
+// Reads `path` and calls parse_config. An unreadable file is a config_error with field "".
+config load_config(const std::filesystem::path& path);
+
+// A warning when the config file at `path` holds an inline secret and group or others may read
+// it; nothing otherwise. Names the field, never the secret.
+std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
+                                                  const config& settings);
+
+}  // namespace token_broker

@@ -1,0 +1,64 @@
+// The HTTP/1.1 API server: one accept loop handing connections to the workers in turn, one
+// coroutine per connection, keep-alive, and the limits that keep it answering under abuse
+// (header and body caps, read deadlines against slowloris, an idle timeout, a connection cap).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+#include "token_broker/config/listen_address.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/supervisor.hpp"
+#include "token_broker/http/request_handler.hpp"
+#include "token_broker/http/worker_pool.hpp"
+
+namespace token_broker {
+
+struct server_limits {
+  std::size_t max_connections = 10000;
+  std::chrono::milliseconds idle_timeout{60000};     // between requests on a keep-alive connection
+  std::chrono::milliseconds request_timeout{10000};  // to read one request once it has begun
+  std::uint32_t header_limit = 8 * 1024;
+  std::uint64_t body_limit = 16 * 1024;
+};
+
+using request_parser = http::request_parser<http::string_body>;
+
+// Sets up a parser for one request as the server reads every request: the header and body
+// caps, and eager, so that one put() also parses the body that came with the header. (The
+// HTTP fuzzer sets its parser up here too, so it fuzzes what the server runs.)
+void configure_request_parser(request_parser& parser, const server_limits& limits);
+
+// The default connection cap: what the process's file descriptor limit leaves room for.
+std::size_t connection_cap_from_fd_limit();
+
+class http_server {
+ public:
+  // Binds and listens (accepting on `io`), and starts `workers` threads that serve the
+  // connections; throws boost::system::system_error when it cannot listen.
+  http_server(asio::io_context& io, const listen_address& where, request_handler& handler,
+              server_limits limits, unsigned workers);
+  ~http_server();  // stops the workers first
+  http_server(const http_server&) = delete;
+  http_server& operator=(const http_server&) = delete;
+
+  // Starts accepting, the accept loop a task of `tasks`.
+  void start(supervisor& tasks);
+  // Stops accepting. Connections finish the request they are on and then close.
+  void stop();
+  // Ends the workers; connections still open are dropped.
+  void stop_workers();
+  std::size_t requests_in_flight() const;
+
+  // Defined in http_server.cpp only.
+  struct shared_state;
+  class listener;
+
+ private:
+  std::shared_ptr<shared_state> state_;
+  worker_pool workers_;
+  std::unique_ptr<listener> listener_;
+};
+
+}  // namespace token_broker

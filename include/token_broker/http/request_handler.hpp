@@ -1,0 +1,99 @@
+// Turns one HTTP request into its answer: the route table (every endpoint of SPEC §4 in one
+// line), the one authentication point, the handlers, and the request metrics.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <span>
+
+#include "token_broker/broker.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/published.hpp"
+#include "token_broker/http/client_auth.hpp"
+#include "token_broker/http/responses.hpp"
+#include "token_broker/http/routes.hpp"
+#include "token_broker/ops/metrics.hpp"
+
+namespace token_broker {
+
+using request = http::request<http::string_body>;
+
+// A request that must wait for an app's token (one it has none of, or an invalidation), and
+// which answer follows the wait.
+struct waiting_request {
+  std::shared_ptr<credential_refresher> app;  // kept: a reload may drop it from the set meanwhile
+  enum { our_token, wecom_token, invalidation } then = our_token;
+  std::string reported;   // invalidation: the token the caller saw rejected
+  std::size_t route = 0;  // its route table entry, for the metrics
+  std::chrono::steady_clock::time_point started_at;
+};
+
+class request_handler {
+ public:
+  // What a handler is given: the matched route, the request, and who is calling.
+  struct call {
+    const route_match& matched;
+    const request& incoming;
+    const client_auth& auth;
+    const client_config* client;  // the authenticated client; nullptr on an open API
+    credential_refresher* app;    // the path's {app}, checked against the config and the client
+  };
+  using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
+  struct endpoint {
+    route shape;
+    handler handle;
+  };
+  // The route table, in matching order.
+  static std::span<const endpoint> endpoints();
+
+  request_handler(const broker& apps, std::vector<client_config> clients);
+  ~request_handler();
+
+  // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
+  // through a copy of its own. Neither call throws: a failure inside becomes a 500 answer.
+  //
+  // The answer, at once and counted, for every request that needs no wait; for one that
+  // does, what it waits for: then co_await answer_after_wait. Most requests never enter a
+  // coroutine of the handler, so they allocate no coroutine frame.
+  std::variant<answer, waiting_request> answer_or_wait(const request& incoming);
+  asio::awaitable<answer> answer_after_wait(waiting_request waiting);
+  // The answer to a request that could not be parsed (too large, malformed), or nothing when
+  // there is nobody left to answer (the client went away, the read timed out).
+  std::optional<response> answer_unreadable(const error_code& error);
+
+  // Stopping (SIGTERM): every request that needs a wait from now on is answered at once as
+  // one that found no token, without leaving its worker. With the refreshers stopped (they
+  // answer the waits they have), the count of waits then only falls to 0.
+  void close_waits();
+  // Requests between the start of their wait and its end back on their worker: until this is
+  // 0, the control loop may still hand a completion to a worker.
+  std::size_t waits_in_flight() const { return waits_in_flight_; }
+
+  // A reload's clients, for every request from now on.
+  void set_clients(std::vector<client_config> clients) {
+    auth_.store(std::make_shared<const client_auth>(std::move(clients)));
+  }
+
+ private:
+  std::variant<answer, waiting_request> decide(const route_match& matched, const request& incoming);
+  asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
+  static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
+  static response internal_error();
+
+  // The handlers, one per endpoint.
+  std::variant<answer, waiting_request> app_token(const call& current);
+  std::variant<answer, waiting_request> invalidate_token(const call& current);
+  std::variant<answer, waiting_request> list_apps(const call& current);
+  std::variant<answer, waiting_request> wecom_gettoken(const call& current);
+  std::variant<answer, waiting_request> healthz(const call& current);
+  std::variant<answer, waiting_request> readyz(const call& current);
+  std::variant<answer, waiting_request> metrics(const call& current);
+
+  const broker& apps_;
+  published<client_auth> auth_;
+  request_metrics metrics_;
+  std::atomic<bool> waits_closed_{false};
+  std::atomic<std::size_t> waits_in_flight_{0};
+};
+
+}  // namespace token_broker

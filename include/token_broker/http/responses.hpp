@@ -1,0 +1,58 @@
+// The API's answers, each in one place: JSON bodies, `Cache-Control: no-store`, and the
+// exact shapes SPEC §4 promises (ours and WeCom's).
+#pragma once
+
+#include <array>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "token_broker/core/asio.hpp"
+#include "token_broker/credentials/refresher.hpp"
+
+namespace token_broker {
+
+using response = http::response<http::string_body>;
+
+response json_response(http::status status, std::string body);
+// {"error":"<code>","message":"…"}
+response error_response(http::status status, std::string_view code, std::string_view message);
+
+// A 200 token answer: the body prepared with the token, around the seconds left at `now`.
+// Holding the view keeps that text alive until the answer is written.
+struct token_answer {
+  std::shared_ptr<const app_view> view;  // servable at `now`
+  const prepared_body* body;
+  std::int64_t expires_in;
+};
+// 200 {"app","access_token","expires_in","expires_at"}
+token_answer our_token_answer(std::shared_ptr<const app_view> view, time_point now);
+// 200 {"errcode":0,"errmsg":"ok","access_token","expires_in"}: WeCom's shape for the drop-in
+token_answer wecom_token_answer(std::shared_ptr<const app_view> view, time_point now);
+
+// Everything the API sends: a token answer, written straight from its prepared text (the
+// hot path), or any other response.
+using answer = std::variant<token_answer, response>;
+unsigned status_of(const answer& outgoing);
+
+// A token answer's bytes on the wire, the same a Beast response would have: status line and
+// headers formatted here, then the prepared body around the number. No allocation.
+class token_answer_bytes {
+ public:
+  token_answer_bytes(const token_answer& outgoing, bool keep_alive);
+  std::array<asio::const_buffer, 4> buffers() const;
+
+ private:
+  std::array<char, 160> head_;
+  std::size_t head_size_;
+  std::array<char, 24> seconds_;
+  std::size_t seconds_size_;
+  const prepared_body& body_;
+};
+// 503 unavailable, with WeCom's errcode/errmsg when upstream is the reason, and Retry-After.
+response unavailable_response(std::string_view app_id, const token_outcome& outcome);
+
+// WeCom's error shape for the drop-in /cgi-bin/gettoken (HTTP 200, like WeCom).
+response wecom_error_response(int errcode, std::string_view errmsg);
+
+}  // namespace token_broker

@@ -1,0 +1,134 @@
+// One connection to Redis, kept up by itself: hiredis's async API driven by the io loop through
+// an asio stream_descriptor, so no Redis call ever blocks a thread that serves HTTP. It
+// reconnects with backoff, authenticates and selects the database on every connect, fails
+// commands at once while down and times each one out on its own.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "token_broker/config/config.hpp"
+#include "token_broker/core/asio.hpp"
+#include "token_broker/core/supervisor.hpp"
+#include "token_broker/redis/redis_replies.hpp"
+
+struct redisAsyncContext;
+
+namespace token_broker {
+
+enum class redis_errc { not_connected = 1, timed_out, connection_lost };
+const boost::system::error_category& redis_category();
+inline boost::system::error_code make_error_code(redis_errc code) {
+  return {static_cast<int>(code), redis_category()};
+}
+
+struct redis_timeouts {
+  std::chrono::milliseconds connect{2000};
+  std::chrono::milliseconds command{1000};
+  std::chrono::milliseconds backoff_min{100};
+  std::chrono::milliseconds backoff_max{5000};
+};
+
+class redis_connection : public std::enable_shared_from_this<redis_connection> {
+ public:
+  using message_handler = std::function<void(std::string_view payload)>;
+
+  // `role` names the connection in log lines ("commands", "events").
+  redis_connection(asio::any_io_executor executor, redis_config settings, std::string role,
+                   redis_timeouts timeouts = {});
+  ~redis_connection();
+  redis_connection(const redis_connection&) = delete;
+  redis_connection& operator=(const redis_connection&) = delete;
+
+  // Before start(): subscribe to `channel` on every connect and hand each message over.
+  void subscribe(std::string channel, message_handler on_message);
+  // Before start(): called each time the connection is up (again), on its strand.
+  void on_up(std::function<void()> handler);
+  // Before start(): commands sent on every connect before the connection counts as up, so
+  // that they come before any other (SCRIPT LOAD). Redis refusing one does not fail the
+  // connection; it is logged.
+  void on_connect_send(std::vector<std::vector<std::string>> commands);
+
+  // Its connection loop, as a task of `tasks`: restarted should it ever end unexpectedly.
+  void start(supervisor& tasks);
+  void stop();
+  // Connected, authenticated and on the configured database.
+  bool up() const { return up_.load(std::memory_order_acquire); }
+  // At least one connect attempt has ended, up or not.
+  bool tried() const { return tried_.load(std::memory_order_acquire); }
+
+  // Sends one command. Fails with redis_errc::not_connected at once while down, with
+  // timed_out when no answer comes in time (the connection is then dropped and rebuilt, since
+  // a late answer would be read as the next command's). A Redis error is a reply, not a failure.
+  asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> command(
+      std::vector<std::string> arguments);
+
+ private:
+  struct pending_command;
+
+  asio::awaitable<void> run();
+  asio::awaitable<bool> connect_and_serve();
+  asio::awaitable<std::optional<std::string>> resolve();
+  asio::awaitable<bool> prepare_session();
+  asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send_if_up(
+      std::vector<std::string> arguments);
+  asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send(
+      std::vector<std::string> arguments);
+  asio::awaitable<void> wait_until(std::chrono::steady_clock::time_point deadline,
+                                   const std::function<bool()>& done);
+  void attach(redisAsyncContext* context);
+  void drop();
+  void notify() { state_changed_.cancel(); }
+  std::string endpoint() const;
+  std::string redacted(std::string text) const;
+  struct socket_watch {
+    bool wanted = false;   // hiredis asked for this direction
+    bool waiting = false;  // an async_wait is outstanding
+  };
+  void watch(socket_watch& state, asio::posix::stream_descriptor::wait_type direction,
+             void (*handle)(redisAsyncContext*));
+
+  // hiredis calls these; `data` is the connection.
+  static void on_connect(const redisAsyncContext* context, int status);
+  static void on_disconnect(const redisAsyncContext* context, int status);
+  static void on_reply(redisAsyncContext* context, void* reply, void* data);
+  static void on_message(redisAsyncContext* context, void* reply, void* data);
+  static void add_read(void* data);
+  static void del_read(void* data);
+  static void add_write(void* data);
+  static void del_write(void* data);
+  static void cleanup(void* data);
+
+  // Everything below is touched only on strand_.
+  asio::strand<asio::any_io_executor> strand_;
+  redis_config settings_;
+  std::string role_;
+  redis_timeouts timeouts_;
+  std::string channel_;
+  message_handler on_message_;
+  std::function<void()> on_up_;
+  std::vector<std::vector<std::string>> connect_commands_;
+
+  redisAsyncContext* context_ = nullptr;
+  std::optional<asio::posix::stream_descriptor> socket_;
+  std::uint64_t generation_ = 0;  // one per connection: late socket waits of older ones do nothing
+  bool connected_ = false;
+  socket_watch read_watch_, write_watch_;
+  std::string last_error_;
+  asio::steady_timer state_changed_;  // run() sleeps on it; notify() wakes it
+  bool stopping_ = false;
+
+  std::atomic<bool> up_{false};
+  std::atomic<bool> tried_{false};
+};
+
+}  // namespace token_broker
+
+template <>
+struct boost::system::is_error_code_enum<token_broker::redis_errc> : std::true_type {};

@@ -1,0 +1,32 @@
+// Strict reading of a gettoken answer: anything but WeCom's exact success shape is a
+// classified failure, never a token.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "token_broker/credentials/fetch_result.hpp"
+
+namespace token_broker {
+
+// Named apart from responses.hpp's token_answer (the API's answer): two classes of one name
+// in one namespace break the one-definition rule, and the linker may then pick either's
+// inline members (a destructor, say) for both.
+struct issued_token {
+  std::string access_token;
+  std::chrono::seconds expires_in{0};
+};
+
+// Tokens are at most 512 bytes (SPEC §1).
+inline constexpr std::size_t max_token_size = 512;
+
+// A token the broker hands on: 1 to max_token_size bytes of printable ASCII, since tokens go
+// into JSON, HTTP headers and Redis as they are.
+bool is_plain_token(std::string_view value);
+
+std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
+                                                                std::string_view body);
+
+}  // namespace token_broker

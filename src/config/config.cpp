@@ -1,0 +1,672 @@
+#include "token_broker/config/config.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <system_error>
+#include <thread>
+
+namespace token_broker {
+namespace {
+
+// Keeps objects in the file's order, so config.apps lists the apps as the operator wrote them.
+using json = nlohmann::ordered_json;
+
+// Config files, CA bundles and secrets are small; the cap only stops a wrong path such as
+// /dev/zero from eating memory.
+constexpr std::size_t mebibyte = 1024 * 1024;
+constexpr std::size_t max_file_bytes = 16 * mebibyte;
+constexpr unsigned max_threads = 256;
+constexpr std::size_t max_id_length = 64;
+constexpr std::size_t max_corpid_length = 64;
+constexpr std::size_t max_key_prefix_length = 128;
+constexpr std::int64_t max_agentid = std::numeric_limits<std::int32_t>::max();
+
+constexpr std::string_view id_rule = "must match [A-Za-z0-9_.-]{1,64}";
+constexpr std::string_view secret_rule =
+    "must be a non-empty string of printable ASCII without spaces";
+constexpr std::string_view redis_url_rule =
+    "must look like redis://[:password@]host:port[/db] or unix:///path/to/redis.sock";
+constexpr std::array log_levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+
+// A control character in a key would garble the operator's terminal; keys are never secrets.
+std::string printable(std::string_view key) {
+  std::string shown(key);
+  std::replace_if(
+      shown.begin(), shown.end(),
+      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == '\x7f'; }, '?');
+  return shown;
+}
+
+std::string member(std::string_view path, std::string_view key) {
+  return path.empty() ? printable(key) : std::string(path) + "." + printable(key);
+}
+
+std::string element(std::string_view path, std::size_t index) {
+  return std::string(path) + "[" + std::to_string(index) + "]";
+}
+
+// nlohmann keeps the last of two equal keys without a word, which would silently drop an app
+// or a secret; this parser callback refuses them, naming the key's JSON path.
+class duplicate_key_guard {
+ public:
+  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        open_.emplace_back(start_value(), event == json::parse_event_t::array_start);
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        open_.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        auto& object = open_.back();
+        object.last_key = parsed.get<std::string>();
+        if (!object.keys.insert(object.last_key).second) {
+          throw config_error(member(object.path, object.last_key), "duplicate key");
+        }
+        break;
+      }
+      case json::parse_event_t::value:
+        start_value();
+        break;
+    }
+    return true;
+  }
+
+ private:
+  struct container {
+    container(std::string at, bool array) : path(std::move(at)), is_array(array) {}
+
+    std::string path;
+    bool is_array;
+    std::size_t elements = 0;
+    std::string last_key;
+    std::set<std::string> keys;
+  };
+
+  // The path of the value that starts now; inside an array it also counts the element.
+  std::string start_value() {
+    if (open_.empty()) return "";
+    auto& parent = open_.back();
+    return parent.is_array ? element(parent.path, parent.elements++)
+                           : member(parent.path, parent.last_key);
+  }
+
+  std::vector<container> open_;
+};
+
+// nlohmann's message ends with "; last read: '<text>'", which may be a piece of a secret;
+// what comes before it is only the position and the grammar rule that failed.
+std::string describe(const json::parse_error& error) {
+  const std::string_view message = error.what();
+  const auto position = message.find("at line ");
+  if (position == std::string_view::npos) return "at byte " + std::to_string(error.byte);
+  const auto snippet = message.find("; last read:", position);
+  return std::string(message.substr(position, snippet - position));
+}
+
+json parse_document(std::string_view text) {
+  try {
+    return json::parse(text, duplicate_key_guard{}, /*allow_exceptions=*/true,
+                       /*ignore_comments=*/true);
+  } catch (const json::parse_error& error) {
+    throw config_error("", "invalid JSON " + describe(error));
+  } catch (const json::out_of_range&) {
+    // Its message quotes the number's text, so it is not passed on.
+    throw config_error("", "invalid JSON: a number is too large");
+  }
+}
+
+// The file's contents; a failure names the path and the system's reason, never the contents.
+std::string read_file(const std::filesystem::path& path, const std::string& field) {
+  const auto cannot_read = [&](int error) {
+    return config_error(
+        field, "cannot read " + path.string() + ": " + std::generic_category().message(error));
+  };
+  struct file_descriptor {
+    int value;
+    ~file_descriptor() {
+      if (value >= 0) ::close(value);
+    }
+  };
+  const file_descriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.value < 0) throw cannot_read(errno);
+  std::string contents;
+  std::array<char, 4096> buffer{};
+  for (;;) {
+    const auto count = ::read(file.value, buffer.data(), buffer.size());
+    if (count < 0 && errno == EINTR) continue;
+    if (count < 0) throw cannot_read(errno);
+    if (count == 0) return contents;
+    contents.append(buffer.data(), static_cast<std::size_t>(count));
+    if (contents.size() > max_file_bytes) {
+      throw config_error(field, path.string() + " is larger than " +
+                                    std::to_string(max_file_bytes / mebibyte) + " MiB");
+    }
+  }
+}
+
+const json* find_member(const json& object, std::string_view key) {
+  const auto found = object.find(key);
+  return found == object.end() ? nullptr : &*found;
+}
+
+const json& required_member(const json& object, std::string_view path, std::string_view key) {
+  const auto* found = find_member(object, key);
+  if (!found) throw config_error(member(path, key), "is required");
+  return *found;
+}
+
+void require_object(const json& value, const std::string& path) {
+  if (!value.is_object()) throw config_error(path, "must be an object");
+}
+
+// Checked before the values, so a misspelt key is reported as such rather than as a
+// missing required one.
+void reject_unknown_keys(const json& object, std::string_view path,
+                         std::initializer_list<std::string_view> known) {
+  for (const auto& [key, value] : object.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      throw config_error(member(path, key), "unknown key");
+    }
+  }
+}
+
+std::string read_string(const json& value, const std::string& field, std::string_view reason) {
+  if (!value.is_string()) throw config_error(field, std::string(reason));
+  return value.get<std::string>();
+}
+
+std::int64_t read_integer(const json& value, const std::string& field, std::int64_t min,
+                          std::int64_t max) {
+  const config_error wrong(
+      field, "must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+  if (!value.is_number_integer()) throw wrong;
+  // Above INT64_MAX the number is stored unsigned and get<std::int64_t>() would wrap.
+  if (value.is_number_unsigned() && value.get<std::uint64_t>() > static_cast<std::uint64_t>(max)) {
+    throw wrong;
+  }
+  const auto number = value.get<std::int64_t>();
+  if (number < min || number > max) throw wrong;
+  return number;
+}
+
+// Reads an optional duration given in the unit of `target`; absent keeps the default.
+template <typename Duration>
+void read_duration(const json& object, std::string_view path, std::string_view key,
+                   std::int64_t min, std::int64_t max, Duration& target) {
+  if (const auto* value = find_member(object, key)) {
+    target = Duration(read_integer(*value, member(path, key), min, max));
+  }
+}
+
+std::string read_path(const json& value, const std::string& field, std::string_view reason) {
+  auto path = read_string(value, field, reason);
+  // A NUL would make open() read a different, shorter path than the one written.
+  if (path.empty() || path.find('\0') != std::string::npos) {
+    throw config_error(field, std::string(reason));
+  }
+  return path;
+}
+
+bool is_id(std::string_view id) {
+  return !id.empty() && id.size() <= max_id_length && std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+  });
+}
+
+// Corpids and secrets go into a query string and are compared byte for byte: nothing that
+// could be invisible or ambiguous.
+bool is_printable_word(std::string_view text) {
+  return !text.empty() &&
+         std::all_of(text.begin(), text.end(), [](char c) { return c > ' ' && c < '\x7f'; });
+}
+
+bool is_env_name(std::string_view name) {
+  return !name.empty() && !std::isdigit(static_cast<unsigned char>(name.front())) &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+         });
+}
+
+bool is_hostname(std::string_view host) {
+  return !host.empty() && std::all_of(host.begin(), host.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-';
+  });
+}
+
+bool is_ipv6(std::string_view text) {
+  // inet_pton reads a C string: after a NUL ("[::1\u0000evil]") the rest would go unchecked
+  // into the host.
+  if (text.find('\0') != std::string_view::npos) return false;
+  in6_addr address{};
+  return inet_pton(AF_INET6, std::string(text).c_str(), &address) == 1;
+}
+
+struct host_and_port {
+  std::string host;  // without brackets
+  std::optional<std::uint16_t> port;
+};
+
+// "host", "host:port", "[v6]" or "[v6]:port" from a URL; nullopt when malformed.
+std::optional<host_and_port> parse_authority(std::string_view authority) {
+  std::string_view host = authority;
+  std::optional<std::string_view> port_text;
+  if (authority.starts_with('[')) {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos || !is_ipv6(authority.substr(1, close - 1))) {
+      return std::nullopt;
+    }
+    host = authority.substr(1, close - 1);
+    const auto after = authority.substr(close + 1);
+    if (!after.empty() && !after.starts_with(':')) return std::nullopt;
+    if (!after.empty()) port_text = after.substr(1);
+  } else {
+    const auto colon = authority.find(':');
+    if (colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      port_text = authority.substr(colon + 1);
+    }
+    if (!is_hostname(host)) return std::nullopt;
+  }
+  std::optional<std::uint16_t> port;
+  if (port_text) {
+    port = parse_port(*port_text);
+    if (!port) return std::nullopt;
+  }
+  return host_and_port{std::string(host), port};
+}
+
+// Splits "https://host[:port][/prefix]" into what the upstream client connects to and
+// prefixes its request target with.
+void split_base_url(upstream_config& upstream) {
+  const std::string field = "upstream.base_url";
+  constexpr std::string_view scheme = "https://";
+  std::string_view rest = upstream.base_url;
+  if (!rest.starts_with(scheme)) {
+    throw config_error(field, "must start with https:// (the app secrets travel in the request)");
+  }
+  rest.remove_prefix(scheme.size());
+  if (rest.find_first_of("?#") != std::string_view::npos) {
+    throw config_error(field, "must not have a query or a fragment");
+  }
+  const auto slash = rest.find('/');
+  const auto authority = rest.substr(0, slash);
+  if (authority.find('@') != std::string_view::npos) {
+    throw config_error(field, "must not hold a user name or password");
+  }
+  const auto endpoint = parse_authority(authority);
+  if (!endpoint) {
+    throw config_error(field, "must be https://host[:port][/path] with a valid host and port");
+  }
+  std::string_view prefix = slash == std::string_view::npos ? "" : rest.substr(slash);
+  if (!prefix.empty() && !is_printable_word(prefix)) {
+    throw config_error(field, "the path must be printable ASCII without spaces");
+  }
+  while (prefix.ends_with('/')) prefix.remove_suffix(1);
+
+  upstream.host = endpoint->host;
+  upstream.port = std::to_string(endpoint->port.value_or(443));
+  upstream.path_prefix = std::string(prefix);
+}
+
+listen_address read_listen(const json& document) {
+  const auto text = read_string(required_member(document, "", "listen"), "listen",
+                                "must be a string: \"host:port\", \"[v6]:port\" or \"unix:/path\"");
+  std::string reason;
+  auto address = parse_listen_address(text, reason);
+  if (!address) throw config_error("listen", reason);
+  return *address;
+}
+
+upstream_config read_upstream(const json& value) {
+  require_object(value, "upstream");
+  reject_unknown_keys(value, "upstream", {"base_url", "ca_file", "timeout_ms"});
+  upstream_config upstream;
+  if (const auto* base_url = find_member(value, "base_url")) {
+    upstream.base_url = read_string(*base_url, "upstream.base_url",
+                                    "must be a string such as \"https://qyapi.weixin.qq.com\"");
+    split_base_url(upstream);
+  }
+  if (const auto* ca_file = find_member(value, "ca_file"); ca_file && !ca_file->is_null()) {
+    const std::string field = "upstream.ca_file";
+    upstream.ca_file = read_path(*ca_file, field, "must be a file path or null");
+    // Checked now so --check catches it; whether it is valid PEM is the TLS context's call.
+    read_file(*upstream.ca_file, field);
+  }
+  read_duration(value, "upstream", "timeout_ms", 100, 120000, upstream.timeout);
+  return upstream;
+}
+
+refresh_config read_refresh(const json& value) {
+  require_object(value, "refresh");
+  reject_unknown_keys(value, "refresh",
+                      {"ahead_s", "jitter_s", "retry_min_ms", "retry_max_ms", "min_interval_s"});
+  refresh_config refresh;
+  read_duration(value, "refresh", "ahead_s", 0, 86400, refresh.ahead);
+  read_duration(value, "refresh", "jitter_s", 0, 3600, refresh.jitter);
+  read_duration(value, "refresh", "retry_min_ms", 1, 3600000, refresh.retry_min);
+  read_duration(value, "refresh", "retry_max_ms", 1, 3600000, refresh.retry_max);
+  read_duration(value, "refresh", "min_interval_s", 0, 3600, refresh.min_interval);
+  if (refresh.retry_max < refresh.retry_min) {
+    throw config_error("refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms (" +
+                                                   std::to_string(refresh.retry_min.count()) + ")");
+  }
+  return refresh;
+}
+
+// Never quotes the URL back: it may hold the Redis password.
+void split_redis_url(redis_config& redis) {
+  const config_error malformed("redis.url", std::string(redis_url_rule));
+  std::string_view url = redis.url;
+  if (url.starts_with("unix://")) {
+    const auto path = url.substr(std::string_view("unix://").size());
+    if (path.size() < 2 || !path.starts_with('/')) throw malformed;
+    redis.unix_path = std::string(path);
+    return;
+  }
+  if (!url.starts_with("redis://")) throw malformed;
+  auto rest = url.substr(std::string_view("redis://").size());
+  // The last '@' ends the password, which may itself hold '@', ':' or '/'.
+  if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+    if (at < 2 || !rest.starts_with(':')) throw malformed;
+    redis.password = std::string(rest.substr(1, at - 1));
+    rest.remove_prefix(at + 1);
+  }
+  const auto slash = rest.find('/');
+  const auto endpoint = parse_authority(rest.substr(0, slash));
+  if (!endpoint || !endpoint->port) throw malformed;
+  redis.host = endpoint->host;
+  redis.port = *endpoint->port;
+  if (slash == std::string_view::npos || slash + 1 == rest.size()) return;
+  const auto database = rest.substr(slash + 1);
+  const auto [stop, error] =
+      std::from_chars(database.data(), database.data() + database.size(), redis.database);
+  if (error != std::errc{} || stop != database.data() + database.size()) throw malformed;
+}
+
+std::optional<redis_config> read_redis(const json& value) {
+  if (value.is_null()) return std::nullopt;
+  require_object(value, "redis");
+  reject_unknown_keys(value, "redis", {"url", "key_prefix"});
+  redis_config redis;
+  redis.url = read_string(required_member(value, "redis", "url"), "redis.url", redis_url_rule);
+  split_redis_url(redis);
+  if (const auto* prefix = find_member(value, "key_prefix")) {
+    const std::string reason =
+        "must be a string of at most " + std::to_string(max_key_prefix_length) + " characters";
+    redis.key_prefix = read_string(*prefix, "redis.key_prefix", reason);
+    if (redis.key_prefix.size() > max_key_prefix_length) {
+      throw config_error("redis.key_prefix", reason);
+    }
+  }
+  return redis;
+}
+
+// systemd's LoadCredential= hands secrets over in $CREDENTIALS_DIRECTORY and a unit names
+// them relative to it; elsewhere a relative path is relative to the working directory.
+std::filesystem::path resolve_secret_path(const std::string& written) {
+  std::filesystem::path path(written);
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  if (path.is_relative() && credentials && *credentials) {
+    return std::filesystem::path(credentials) / path;
+  }
+  return path;
+}
+
+std::string secret_from_env(const json& value, const std::string& field) {
+  const auto name = read_string(value, field, "must be the name of an environment variable");
+  if (!is_env_name(name)) throw config_error(field, "must be the name of an environment variable");
+  const char* secret = std::getenv(name.c_str());
+  if (!secret) throw config_error(field, "environment variable " + name + " is not set");
+  if (*secret == '\0') throw config_error(field, "environment variable " + name + " is empty");
+  if (!is_printable_word(secret)) {
+    throw config_error(
+        field, "environment variable " + name + " must hold only printable ASCII without spaces");
+  }
+  return secret;
+}
+
+std::string secret_from_file(const json& value, const std::string& field) {
+  const auto path = resolve_secret_path(read_path(value, field, "must be a file path"));
+  auto secret = read_file(path, field);
+  // Editors and `echo` add a newline; anything more is a mistake worth reporting.
+  if (secret.ends_with("\r\n")) {
+    secret.resize(secret.size() - 2);
+  } else if (secret.ends_with('\n')) {
+    secret.pop_back();
+  }
+  if (secret.empty()) throw config_error(field, path.string() + " is empty");
+  if (!is_printable_word(secret)) {
+    throw config_error(field, path.string() +
+                                  " must hold only the secret: printable ASCII without spaces and "
+                                  "at most one trailing newline");
+  }
+  return secret;
+}
+
+void read_secret(const json& value, const std::string& path, app_config& app) {
+  const auto* inline_value = find_member(value, "secret");
+  const auto* env = find_member(value, "secret_env");
+  const auto* file = find_member(value, "secret_file");
+  const int sources = (inline_value ? 1 : 0) + (env ? 1 : 0) + (file ? 1 : 0);
+  if (sources == 0) {
+    throw config_error(path, "needs exactly one of secret, secret_env, secret_file");
+  }
+  if (sources > 1) throw config_error(path, "has more than one of secret, secret_env, secret_file");
+
+  if (inline_value) {
+    const auto field = member(path, "secret");
+    app.source = secret_source::inline_value;
+    app.secret = read_string(*inline_value, field, secret_rule);
+    if (!is_printable_word(app.secret)) throw config_error(field, std::string(secret_rule));
+  } else if (env) {
+    app.source = secret_source::environment;
+    app.secret = secret_from_env(*env, member(path, "secret_env"));
+  } else {
+    app.source = secret_source::file;
+    app.secret = secret_from_file(*file, member(path, "secret_file"));
+  }
+}
+
+app_config read_app(const std::string& id, const json& value) {
+  const auto path = member("apps", id);
+  if (!is_id(id)) throw config_error(path, "app id " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path, {"corpid", "agentid", "secret", "secret_env", "secret_file"});
+
+  app_config app;
+  app.id = id;
+  const auto corpid_field = member(path, "corpid");
+  const std::string corpid_rule = "must be a non-empty string of at most " +
+                                  std::to_string(max_corpid_length) +
+                                  " printable ASCII characters without spaces";
+  app.corpid = read_string(required_member(value, path, "corpid"), corpid_field, corpid_rule);
+  if (!is_printable_word(app.corpid) || app.corpid.size() > max_corpid_length) {
+    throw config_error(corpid_field, corpid_rule);
+  }
+  if (const auto* agentid = find_member(value, "agentid")) {
+    app.agentid = read_integer(*agentid, member(path, "agentid"), 0, max_agentid);
+  }
+  read_secret(value, path, app);
+  return app;
+}
+
+// The drop-in gettoken route finds an app by its corpid and secret, so those must tell
+// the apps apart.
+void reject_shared_credentials(const std::vector<app_config>& apps) {
+  for (auto later = apps.begin(); later != apps.end(); ++later) {
+    for (auto earlier = apps.begin(); earlier != later; ++earlier) {
+      if (earlier->corpid == later->corpid && earlier->secret == later->secret) {
+        throw config_error(member("apps", later->id),
+                           "same corpid and secret as " + member("apps", earlier->id));
+      }
+    }
+  }
+}
+
+std::vector<app_config> read_apps(const json& document) {
+  const auto& apps = required_member(document, "", "apps");
+  require_object(apps, "apps");
+  if (apps.empty()) throw config_error("apps", "must configure at least one app");
+  std::vector<app_config> result;
+  for (const auto& [id, value] : apps.items()) result.push_back(read_app(id, value));
+  reject_shared_credentials(result);
+  return result;
+}
+
+bool decode_sha256_hex(std::string_view hex, sha256_digest& digest) {
+  if (hex.size() != 2 * digest.size()) return false;
+  for (std::size_t i = 0; i < digest.size(); ++i) {
+    const auto* const pair = hex.data() + 2 * i;
+    // from_chars would accept a sign, which is not a hex digit.
+    if (!std::isxdigit(static_cast<unsigned char>(pair[0])) ||
+        !std::isxdigit(static_cast<unsigned char>(pair[1])) ||
+        std::from_chars(pair, pair + 2, digest[i], 16).ec != std::errc{}) {
+      return false;
+    }
+  }
+  return true;
+}
+
+client_config read_client(const std::string& name, const json& value,
+                          const std::vector<app_config>& apps) {
+  const auto path = member("clients", name);
+  if (!is_id(name)) throw config_error(path, "client name " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path, {"key_sha256", "apps"});
+
+  client_config client;
+  client.name = name;
+  const auto key_field = member(path, "key_sha256");
+  constexpr std::string_view key_rule =
+      "must be 64 hex digits: the SHA-256 of the client's bearer key";
+  const auto hex = read_string(required_member(value, path, "key_sha256"), key_field, key_rule);
+  if (!decode_sha256_hex(hex, client.key_sha256)) {
+    throw config_error(key_field, std::string(key_rule));
+  }
+
+  const auto apps_field = member(path, "apps");
+  const auto& listed = required_member(value, path, "apps");
+  if (!listed.is_array() || listed.empty()) {
+    throw config_error(apps_field,
+                       "must be a non-empty array of app ids, or [\"*\"] for every app");
+  }
+  for (std::size_t i = 0; i < listed.size(); ++i) {
+    const auto field = element(apps_field, i);
+    const auto id = read_string(listed[i], field, "must be an app id or \"*\"");
+    if (id == "*") {
+      if (listed.size() != 1) throw config_error(field, "\"*\" must be the only entry");
+      client.all_apps = true;
+    } else if (std::none_of(apps.begin(), apps.end(),
+                            [&](const app_config& app) { return app.id == id; })) {
+      throw config_error(field, "unknown app \"" + printable(id) + "\"");
+    } else {
+      client.apps.push_back(id);
+    }
+  }
+  return client;
+}
+
+std::vector<client_config> read_clients(const json& value, const std::vector<app_config>& apps) {
+  require_object(value, "clients");
+  std::vector<client_config> result;
+  for (const auto& [name, client_value] : value.items()) {
+    auto client = read_client(name, client_value, apps);
+    for (const auto& earlier : result) {
+      if (earlier.key_sha256 == client.key_sha256) {
+        throw config_error(member(member("clients", name), "key_sha256"),
+                           "same key as " + member("clients", earlier.name));
+      }
+    }
+    result.push_back(std::move(client));
+  }
+  return result;
+}
+
+unsigned default_threads() {
+  return std::clamp(std::thread::hardware_concurrency(), 1u, max_threads);
+}
+
+}  // namespace
+
+const app_config* config::find_app(std::string_view id) const {
+  const auto found =
+      std::find_if(apps.begin(), apps.end(), [&](const app_config& app) { return app.id == id; });
+  return found == apps.end() ? nullptr : &*found;
+}
+
+config parse_config(std::string_view text) {
+  const auto document = parse_document(text);
+  if (!document.is_object()) throw config_error("", "the config must be a JSON object");
+  reject_unknown_keys(
+      document, "",
+      {"listen", "threads", "log_level", "upstream", "refresh", "redis", "apps", "clients"});
+
+  config result;
+  result.listen = read_listen(document);
+  result.threads = default_threads();
+  if (const auto* threads = find_member(document, "threads")) {
+    result.threads = static_cast<unsigned>(read_integer(*threads, "threads", 1, max_threads));
+  }
+  if (const auto* level = find_member(document, "log_level")) {
+    const std::string reason = "must be one of trace, debug, info, warn, error, critical, off";
+    result.log_level = read_string(*level, "log_level", reason);
+    if (std::find(log_levels.begin(), log_levels.end(), result.log_level) == log_levels.end()) {
+      throw config_error("log_level", reason);
+    }
+  }
+  if (const auto* upstream = find_member(document, "upstream")) {
+    result.upstream = read_upstream(*upstream);
+  }
+  if (const auto* refresh = find_member(document, "refresh")) {
+    result.refresh = read_refresh(*refresh);
+  }
+  if (const auto* redis = find_member(document, "redis")) result.redis = read_redis(*redis);
+  result.apps = read_apps(document);
+  if (const auto* clients = find_member(document, "clients")) {
+    result.clients = read_clients(*clients, result.apps);
+  }
+  if (result.clients.empty() && !result.listen.is_local()) {
+    throw config_error("clients",
+                       "required when listen is not loopback or a unix socket (the API would be "
+                       "open to the network)");
+  }
+  return result;
+}
+
+config load_config(const std::filesystem::path& path) {
+  return parse_config(read_file(path, ""));
+}
+
+std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
+                                                  const config& settings) {
+  const auto inline_app =
+      std::find_if(settings.apps.begin(), settings.apps.end(),
+                   [](const app_config& app) { return app.source == secret_source::inline_value; });
+  if (inline_app == settings.apps.end()) return std::nullopt;
+  std::error_code error;
+  const auto permissions = std::filesystem::status(path, error).permissions();
+  using std::filesystem::perms;
+  if (error || (permissions & (perms::group_all | perms::others_all)) == perms::none) {
+    return std::nullopt;
+  }
+  return fmt::format(
+      "{} holds an inline secret (apps.{}.secret) and is readable by group or others "
+      "(mode {:04o}); chmod 600 it, or move the secret to secret_file or secret_env",
+      path.string(), inline_app->id, static_cast<unsigned>(permissions) & 0777U);
+}
+
+}  // namespace token_broker

@@ -1,0 +1,32 @@
+#include "token_broker/http/client_auth.hpp"
+
+#include <algorithm>
+
+#include "token_broker/core/secret_digest.hpp"
+
+namespace token_broker {
+
+const client_config* client_auth::identify(std::string_view authorization) const {
+  constexpr std::string_view scheme = "Bearer ";
+  if (authorization.size() <= scheme.size() ||
+      !std::equal(scheme.begin(), scheme.end(), authorization.begin(),
+                  [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
+    return nullptr;
+  }
+  const auto offered = sha256(authorization.substr(scheme.size()));
+  const client_config* found = nullptr;
+  // Compare against every client, found or not, so timing tells nothing about the keys.
+  for (const auto& client : clients_) {
+    if (digests_equal(client.key_sha256, offered) && !found) found = &client;
+  }
+  return found;
+}
+
+bool client_auth::may_read(const client_config* client, std::string_view app_id) const {
+  if (open()) return true;
+  if (!client) return false;
+  return client->all_apps ||
+         std::find(client->apps.begin(), client->apps.end(), app_id) != client->apps.end();
+}
+
+}  // namespace token_broker

@@ -1,0 +1,398 @@
+#include "token_broker/http/http_server.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace token_broker {
+
+struct http_server::shared_state {
+  // Spelt out for make_shared: clang 14 (the fuzzing build) lacks C++20's parenthesized
+  // aggregate initialization.
+  shared_state(request_handler& serving, server_limits bounds) : handler(serving), limits(bounds) {}
+
+  request_handler& handler;
+  server_limits limits;
+  std::atomic<std::size_t> connections{0};
+  std::atomic<std::size_t> requests_in_flight{0};
+  std::atomic<bool> stopping{false};
+};
+
+class http_server::listener {
+ public:
+  virtual ~listener() = default;
+  virtual void start(supervisor& tasks) = 0;
+  virtual void stop() = 0;
+};
+
+namespace {
+
+using std::chrono::steady_clock;
+
+// A connection's executor is its worker's io_context itself: no strand, no type erasure.
+template <class Protocol>
+using socket_for =
+    typename Protocol::socket::template rebind_executor<asio::io_context::executor_type>::other;
+
+// Counts something for exactly as long as it lives.
+class counted {
+ public:
+  explicit counted(std::atomic<std::size_t>& count) : count_(count) { ++count_; }
+  ~counted() { --count_; }
+  counted(const counted&) = delete;
+  counted& operator=(const counted&) = delete;
+
+ private:
+  std::atomic<std::size_t>& count_;
+};
+
+// A connection's socket and the deadline its current phase must meet. Arming a timer for
+// every read and write cost a timer-queue insert and cancel per request, the largest cost
+// the profile showed once answers were prepared. Here a phase only moves the deadline; one
+// timer per connection wakes at most every `tick` (the shortest timeout) or at the deadline,
+// and closes the socket once the deadline has passed, which fails the read or write pending.
+template <class Protocol>
+class connection {
+ public:
+  // Counted in `open_connections` from its accept to its end: the accept loop checks the
+  // cap against that count before the connection's first coroutine has even started.
+  connection(socket_for<Protocol> socket, std::chrono::milliseconds tick,
+             std::atomic<std::size_t>& open_connections)
+      : socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        tick_(tick),
+        open_(open_connections) {}
+
+  socket_for<Protocol>& socket() { return socket_; }
+
+  // Moves the deadline. The timer wakes within `tick`, so a deadline at least `tick` away
+  // needs nothing more.
+  void expires_after(std::chrono::milliseconds timeout) {
+    deadline_ = steady_clock::now() + timeout;
+    if (timeout < tick_) timer_.cancel();  // wake now and plan for the nearer deadline
+  }
+  // While the request is being answered: a cold app may wait for upstream.
+  void no_deadline() { deadline_ = steady_clock::time_point::max(); }
+
+  asio::awaitable<void> enforce_deadlines() {
+    while (!finished_) {
+      const auto now = steady_clock::now();
+      if (now >= deadline_) {
+        error_code ignored;
+        socket_.close(ignored);
+        break;
+      }
+      timer_.expires_at(std::min(deadline_, now + tick_));
+      co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  }
+
+  void finish() {
+    finished_ = true;
+    timer_.cancel();
+  }
+
+ private:
+  socket_for<Protocol> socket_;
+  asio::basic_waitable_timer<steady_clock, asio::wait_traits<steady_clock>,
+                             asio::io_context::executor_type>
+      timer_;
+  std::chrono::milliseconds tick_;
+  steady_clock::time_point deadline_ = steady_clock::time_point::max();
+  bool finished_ = false;
+  counted open_;
+};
+
+// Closing a socket with unread input resets the connection, and the reset can destroy the
+// answer before the client reads it. So after answering a request it would not read (too
+// large, malformed), half-close and discard what the client still sends, briefly and boundedly.
+template <class Protocol>
+asio::awaitable<void> drain_before_close(connection<Protocol>& client) {
+  constexpr std::size_t drain_limit = 1024 * 1024;
+  error_code ignored;
+  client.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  client.expires_after(std::chrono::seconds{1});
+  std::array<char, 16 * 1024> discard{};
+  for (std::size_t drained = 0; drained < drain_limit;) {
+    auto [error, read] = co_await client.socket().async_read_some(
+        asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
+    if (error) break;
+    drained += read;
+  }
+}
+
+// Sends at once what the socket takes, as nginx does, and waits for the reactor only for what
+// a full socket buffer leaves. An async_write would complete through the worker's queue even
+// when the socket took everything, behind every other connection's handlers.
+template <class Protocol, class Buffers>
+asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& buffers) {
+  error_code error;
+  const auto sent = socket.write_some(buffers, error);  // the socket is non-blocking
+  if (!error && sent == asio::buffer_size(buffers)) co_return error;
+  if (error && error != asio::error::would_block) co_return error;
+  beast::buffers_suffix<Buffers> rest(buffers);
+  rest.consume(sent);
+  auto [async_error, written] =
+      co_await asio::async_write(socket, rest, asio::as_tuple(asio::use_awaitable));
+  co_return async_error;
+}
+
+// A token answer goes out as its prepared bytes in one gathered write; anything else through
+// Beast's serializer.
+template <class Protocol>
+asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing, bool keep_alive) {
+  const auto as_tuple = asio::as_tuple(asio::use_awaitable);
+  if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
+    const token_answer_bytes bytes(*prepared, keep_alive);
+    const auto buffers = bytes.buffers();  // named: g++ 12 mishandles temporaries here
+    co_return co_await send<Protocol>(socket, buffers);
+  }
+  auto& other = std::get<response>(outgoing);
+  other.keep_alive(keep_alive);
+  auto [error, written] = co_await http::async_write(socket, other, as_tuple);
+  co_return error;
+}
+
+template <class Protocol>
+asio::awaitable<void> serve_requests(connection<Protocol>& client,
+                                     http_server::shared_state& state) {
+  const auto& limits = state.limits;
+  const auto as_tuple = asio::as_tuple(asio::use_awaitable);
+  auto& socket = client.socket();
+  error_code ignored;
+  socket.non_blocking(true, ignored);  // for send(): writes that cannot complete say so
+  beast::flat_buffer buffer(limits.header_limit + limits.body_limit + 4096);
+
+  for (;;) {
+    if (buffer.size() == 0) {
+      // Idle between requests: the next one must begin within idle_timeout.
+      client.expires_after(limits.idle_timeout);
+      auto [error, read] = co_await socket.async_read_some(buffer.prepare(1024), as_tuple);
+      if (error) break;
+      buffer.commit(read);
+    }
+
+    request_parser parser;
+    configure_request_parser(parser, limits);
+    // Usually the whole request came with the first read: parse it here. http::async_read
+    // would too, but complete through the worker's queue, behind every other connection.
+    error_code read_error;
+    buffer.consume(parser.put(buffer.data(), read_error));
+    if (read_error == http::error::need_more || (!read_error && !parser.is_done())) {
+      // Once a request has begun it must arrive whole within request_timeout, however
+      // slowly its bytes trickle in (slowloris).
+      client.expires_after(limits.request_timeout);
+      auto [error, read] = co_await http::async_read(socket, buffer, parser, as_tuple);
+      read_error = error;
+    }
+    if (read_error) {
+      if (auto refusal = state.handler.answer_unreadable(read_error)) {
+        refusal->keep_alive(false);
+        co_await http::async_write(socket, *refusal, as_tuple);
+        co_await drain_before_close(client);
+      }
+      break;
+    }
+
+    const counted in_flight(state.requests_in_flight);
+    auto decided = state.handler.answer_or_wait(parser.get());
+    if (auto* waiting = std::get_if<waiting_request>(&decided)) {
+      client.no_deadline();  // the wait is bounded by upstream.timeout_ms
+      auto operation = state.handler.answer_after_wait(std::move(*waiting));
+      decided = co_await std::move(operation);
+    }
+    auto& outgoing = std::get<answer>(decided);
+    const bool keep_alive = parser.get().keep_alive() && !state.stopping;
+    client.expires_after(limits.request_timeout);
+    const auto write_error = co_await write<Protocol>(socket, outgoing, keep_alive);
+    if (write_error || !keep_alive) break;
+  }
+
+  // Half-close rather than close, so the client reads the last answer before the FIN.
+  socket.shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+template <class Protocol>
+asio::awaitable<void> serve_connection(std::shared_ptr<connection<Protocol>> client,
+                                       std::shared_ptr<http_server::shared_state> state) {
+  co_await serve_requests(*client, *state);
+  client->finish();
+}
+
+template <class Protocol>
+class protocol_listener final : public http_server::listener {
+ public:
+  protocol_listener(asio::io_context& io, worker_pool& workers,
+                    const typename Protocol::endpoint& endpoint,
+                    std::shared_ptr<http_server::shared_state> state)
+      : workers_(workers),
+        protocol_(endpoint.protocol()),
+        acceptor_(asio::make_strand(io)),
+        retry_timer_(acceptor_.get_executor()),
+        state_(std::move(state)) {
+    acceptor_.open(endpoint.protocol());
+    if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) {
+      acceptor_.set_option(asio::socket_base::reuse_address(true));
+    }
+    acceptor_.bind(endpoint);
+    acceptor_.listen(asio::socket_base::max_listen_connections);
+    acceptor_.non_blocking(true);  // shed_one() must never wait for a connection
+    reserve_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  ~protocol_listener() override {
+    if (reserve_ >= 0) ::close(reserve_);
+  }
+
+  void start(supervisor& tasks) override {
+    tasks.spawn(acceptor_.get_executor(), "listener", "http listener",
+                [this] { return accept_loop(); });
+  }
+
+  void stop() override {
+    asio::post(acceptor_.get_executor(), [this] {
+      error_code ignored;
+      acceptor_.close(ignored);
+      retry_timer_.cancel();
+    });
+  }
+
+ private:
+  asio::awaitable<void> accept_loop() {
+    const auto as_tuple = asio::as_tuple(asio::use_awaitable);
+    while (!state_->stopping) {
+      auto [error, socket] = co_await acceptor_.async_accept(as_tuple);
+      if (state_->stopping || error == asio::error::operation_aborted) break;
+      if (error && out_of_descriptors(error) && shed_one()) {
+        log_rate_limited("out of file descriptors ({}); shedding new connections", error.message());
+        continue;
+      }
+      if (error) {
+        log_rate_limited("accept failed: {}; pausing accepts for 100 ms", error.message());
+        retry_timer_.expires_after(std::chrono::milliseconds{100});
+        co_await retry_timer_.async_wait(as_tuple);
+        continue;
+      }
+      if (state_->connections >= state_->limits.max_connections) {
+        log_rate_limited("connection cap of {} reached; refusing new connections",
+                         state_->limits.max_connections);
+        continue;  // the socket closes as it goes out of scope
+      }
+      if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) {
+        error_code ignored;  // small answers: don't let Nagle hold them back
+        socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+      }
+      // The connection lives on one worker from now on. Accepted here and handed over, so that
+      // no operation pending on this loop holds a socket of a worker's (which may be gone
+      // first at shutdown).
+      auto& worker = workers_.next();
+      error_code handover_error;
+      const auto descriptor = socket.release(handover_error);
+      if (handover_error) continue;  // the socket still owns it and closes it
+      socket_for<Protocol> handed_over(worker);
+      handed_over.assign(protocol_, descriptor, handover_error);
+      if (handover_error) {
+        ::close(descriptor);
+        continue;
+      }
+      // Both coroutines share the connection; each runs on the worker's one thread.
+      const auto tick = std::min(state_->limits.idle_timeout, state_->limits.request_timeout);
+      auto client =
+          std::make_shared<connection<Protocol>>(std::move(handed_over), tick, state_->connections);
+      asio::co_spawn(
+          worker, [client]() { return client->enforce_deadlines(); }, asio::detached);
+      asio::co_spawn(worker, serve_connection(std::move(client), state_), asio::detached);
+    }
+  }
+
+  static bool out_of_descriptors(const error_code& error) {
+    return error == asio::error::no_descriptors || error.value() == ENFILE;
+  }
+
+  // Out of descriptors, a connection cannot be accepted, only left in the listen queue, where
+  // its client waits with no answer. So one descriptor is kept in reserve and spent on taking
+  // the next connection and closing it at once: the client learns at once, and the queue moves.
+  bool shed_one() {
+    if (reserve_ < 0) return false;
+    ::close(reserve_);
+    error_code ignored;
+    acceptor_.accept(ignored);  // the socket closes as it goes out of scope
+    reserve_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return true;
+  }
+
+  template <class... Args>
+  void log_rate_limited(spdlog::format_string_t<Args...> format, Args&&... args) {
+    const auto now = steady_clock::now();
+    if (now - last_warning_ < std::chrono::seconds{1}) return;
+    last_warning_ = now;
+    spdlog::warn(format, std::forward<Args>(args)...);
+  }
+
+  worker_pool& workers_;
+  Protocol protocol_;
+  typename Protocol::acceptor acceptor_;
+  asio::steady_timer retry_timer_;
+  std::shared_ptr<http_server::shared_state> state_;
+  int reserve_ = -1;  // a descriptor to give up for shed_one()
+  steady_clock::time_point last_warning_{};
+};
+
+}  // namespace
+
+void configure_request_parser(request_parser& parser, const server_limits& limits) {
+  parser.header_limit(limits.header_limit);
+  parser.body_limit(limits.body_limit);
+  parser.eager(true);
+}
+
+std::size_t connection_cap_from_fd_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return 10000;
+  // Keep descriptors back for upstream calls (up to 16 at once), Redis, the event loops, logs
+  // and the listener: 128, or three quarters of a limit too small for that.
+  const auto usable = limit.rlim_cur - std::min<rlim_t>(128, limit.rlim_cur * 3 / 4);
+  return std::max<std::size_t>(1, std::min<std::size_t>(usable, 100000));
+}
+
+http_server::http_server(asio::io_context& io, const listen_address& where,
+                         request_handler& handler, server_limits limits, unsigned workers)
+    : state_(std::make_shared<shared_state>(handler, limits)), workers_(workers) {
+  if (where.type == listen_address::kind::unix_socket) {
+    // A socket file left by a previous run would make bind fail; anything else is kept.
+    if (std::filesystem::is_socket(std::filesystem::symlink_status(where.path))) {
+      std::filesystem::remove(where.path);
+    }
+    listener_ = std::make_unique<protocol_listener<asio::local::stream_protocol>>(
+        io, workers_, asio::local::stream_protocol::endpoint(where.path), state_);
+  } else {
+    listener_ = std::make_unique<protocol_listener<asio::ip::tcp>>(
+        io, workers_, asio::ip::tcp::endpoint(asio::ip::make_address(where.host), where.port),
+        state_);
+  }
+}
+
+http_server::~http_server() {
+  workers_.stop();  // before the listener and the state their connections use
+}
+
+void http_server::start(supervisor& tasks) {
+  listener_->start(tasks);
+}
+
+void http_server::stop() {
+  state_->stopping = true;
+  listener_->stop();
+}
+
+void http_server::stop_workers() {
+  workers_.stop();
+}
+
+std::size_t http_server::requests_in_flight() const {
+  return state_->requests_in_flight;
+}
+
+}  // namespace token_broker

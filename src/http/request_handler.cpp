@@ -1,0 +1,323 @@
+#include "token_broker/http/request_handler.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+namespace token_broker {
+namespace {
+
+// What this worker thread last read of a handler's shared state (published.hpp). Only this
+// thread touches it; nothing read through it may be used across a co_await, since another
+// request on the same worker may move it on meanwhile.
+struct worker_reads {
+  const request_handler* handler = nullptr;
+  published<client_auth>::reader auth;
+  published<app_set>::reader apps;
+  const app_set* views_of = nullptr;  // the set whose apps `views` holds
+  std::unordered_map<const credential_refresher*, published<app_view>::reader> views;
+
+  const app_set& current_apps(const broker& source) {
+    const auto& set = apps.current(source.published_apps());
+    if (set.get() != views_of) {
+      views.clear();  // their apps may be gone with the old set
+      views_of = set.get();
+    }
+    return *set;
+  }
+  const std::shared_ptr<const app_view>& current_view(const credential_refresher& app) {
+    return views[&app].current(app.published_view());
+  }
+};
+
+thread_local worker_reads this_worker;
+
+worker_reads& reads_of(const request_handler* handler) {
+  if (this_worker.handler != handler) this_worker = worker_reads{.handler = handler};
+  return this_worker;
+}
+
+// Counts something for exactly as long as it lives.
+class counted {
+ public:
+  explicit counted(std::atomic<std::size_t>& count) : count_(count) { ++count_; }
+  ~counted() { --count_; }
+  counted(const counted&) = delete;
+  counted& operator=(const counted&) = delete;
+
+ private:
+  std::atomic<std::size_t>& count_;
+};
+
+// WeCom answers a gettoken it cannot serve with -1 "system busy"; so do we when upstream
+// gave no reason of its own.
+fetch_failure failure_or_busy(const token_outcome& outcome) {
+  return outcome.failure.value_or(fetch_failure{failure_class::transient, -1, "system busy"});
+}
+
+}  // namespace
+
+std::span<const request_handler::endpoint> request_handler::endpoints() {
+  using enum http::verb;
+  static constexpr std::array<endpoint, 7> table{{
+      {{get, "/v1/apps/{app}/token", access::client, "token"}, &request_handler::app_token},
+      {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
+       &request_handler::invalidate_token},
+      {{get, "/v1/apps", access::client, "apps"}, &request_handler::list_apps},
+      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &request_handler::wecom_gettoken},
+      {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
+      {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
+      {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
+  }};
+  return table;
+}
+
+namespace {
+
+std::vector<std::string_view> table_labels() {
+  std::vector<std::string_view> labels;
+  for (const auto& each : request_handler::endpoints()) labels.push_back(each.shape.label);
+  return labels;
+}
+
+}  // namespace
+
+request_handler::request_handler(const broker& apps, std::vector<client_config> clients)
+    : apps_(apps),
+      auth_(std::make_shared<const client_auth>(std::move(clients))),
+      metrics_(table_labels()) {}
+
+std::variant<answer, waiting_request> request_handler::answer_or_wait(const request& incoming) {
+  const auto started_at = std::chrono::steady_clock::now();
+  const auto matched = match_route(endpoints(), incoming.method(), incoming.target());
+  const auto route =
+      matched.outcome == route_match::result::matched ? matched.index : metrics_.other();
+  auto decided = [&]() -> std::variant<answer, waiting_request> {
+    try {
+      return decide(matched, incoming);
+    } catch (const std::exception& error) {
+      // Never the target: for /cgi-bin/gettoken it holds the app secret.
+      spdlog::error("request failed unexpectedly: {}", error.what());
+      return internal_error();
+    }
+  }();
+  if (auto* waiting = std::get_if<waiting_request>(&decided)) {
+    waiting->route = route;
+    waiting->started_at = started_at;
+  } else {
+    metrics_.record(route, status_of(std::get<answer>(decided)),
+                    std::chrono::steady_clock::now() - started_at);
+  }
+  return decided;
+}
+
+asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
+  // Counted before waits_closed_ is read, while close_waits() sets it before the count is
+  // read: either this wait sees the stop, or the stop sees this wait.
+  const counted wait(waits_in_flight_);
+  std::optional<answer> outgoing;
+  try {
+    if (waits_closed_) {
+      outgoing = answer_waited(waiting, token_outcome{});  // stopping: no refresh is coming
+    } else {
+      auto operation = wait_and_answer(waiting);  // named: g++ 12 mishandles temporaries here
+      outgoing = co_await std::move(operation);
+    }
+  } catch (const std::exception& error) {
+    spdlog::error("request failed unexpectedly: {}", error.what());
+    outgoing = internal_error();
+  }
+  metrics_.record(waiting.route, status_of(*outgoing),
+                  std::chrono::steady_clock::now() - waiting.started_at);
+  co_return std::move(*outgoing);
+}
+
+response request_handler::internal_error() {
+  return error_response(http::status::internal_server_error, "internal",
+                        "the broker failed to answer; see its log");
+}
+
+std::optional<response> request_handler::answer_unreadable(const error_code& error) {
+  if (error.category() != http::make_error_code(http::error::bad_target).category()) {
+    return std::nullopt;  // the connection failed or timed out: nobody to answer
+  }
+  if (error == http::error::end_of_stream || error == http::error::partial_message) {
+    return std::nullopt;  // the client went away
+  }
+  auto refusal =
+      error == http::error::header_limit
+          ? error_response(http::status::request_header_fields_too_large, "bad_request",
+                           "request header too large")
+      : error == http::error::body_limit
+          ? error_response(http::status::payload_too_large, "bad_request", "request body too large")
+          : error_response(http::status::bad_request, "bad_request",
+                           "malformed HTTP request: " + error.message());
+  metrics_.record(metrics_.malformed(), refusal.result_int(), std::chrono::nanoseconds{0});
+  return refusal;
+}
+
+request_handler::~request_handler() {
+  reads_of(nullptr);  // drops this thread's copies (a test may make a new handler here)
+}
+
+std::variant<answer, waiting_request> request_handler::decide(const route_match& matched,
+                                                              const request& incoming) {
+  if (matched.outcome == route_match::result::method_not_allowed) {
+    auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
+                                  "use " + matched.allow);
+    refusal.set(http::field::allow, matched.allow);
+    return refusal;
+  }
+  if (matched.outcome == route_match::result::not_found) {
+    return error_response(http::status::not_found, "not_found", "no such endpoint");
+  }
+  const auto& entry = endpoints()[matched.index];
+  auto& reads = reads_of(this);
+  const auto& auth = reads.auth.current(auth_);
+  const client_config* client = nullptr;
+  if (entry.shape.who == access::client && !auth->open()) {
+    client = auth->identify(incoming[http::field::authorization]);
+    if (!client) {
+      auto refusal = error_response(http::status::unauthorized, "unauthorized",
+                                    "an Authorization: Bearer <key> header with a valid key "
+                                    "is required");
+      refusal.set(http::field::www_authenticate, "Bearer");
+      return refusal;
+    }
+  }
+  credential_refresher* app = nullptr;
+  if (const auto app_id = matched.parameters["app"]; !app_id.empty()) {
+    app = reads.current_apps(apps_).find(app_id);
+    if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
+    if (!auth->may_read(client, app_id)) {
+      return error_response(http::status::forbidden, "forbidden",
+                            "this client may not read app " + std::string(app_id));
+    }
+  }
+  return (this->*entry.handle)(call{matched, incoming, *auth, client, app});
+}
+
+std::variant<answer, waiting_request> request_handler::app_token(const call& current) {
+  // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
+  const auto now = clock::now();
+  if (const auto& seen = reads_of(this).current_view(*current.app); seen->servable(now)) {
+    return our_token_answer(seen, now);
+  }
+  return waiting_request{.app = current.app->shared_from_this(),
+                         .then = waiting_request::our_token};
+}
+
+std::variant<answer, waiting_request> request_handler::invalidate_token(const call& current) {
+  const auto json =
+      nlohmann::json::parse(current.incoming.body(), nullptr, /*allow_exceptions=*/false);
+  const auto reported = json.is_object() ? json.find("access_token") : json.end();
+  if (!json.is_object() || reported == json.end() || !reported->is_string()) {
+    return error_response(http::status::bad_request, "bad_request",
+                          R"(the body must be {"access_token":"<the rejected token>"})");
+  }
+  return waiting_request{.app = current.app->shared_from_this(),
+                         .then = waiting_request::invalidation,
+                         .reported = reported->get<std::string>()};
+}
+
+std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call& current) {
+  const auto query = query_parameters::parse(current.matched.query);
+  if (!query) {
+    return error_response(http::status::bad_request, "bad_request",
+                          "malformed percent-encoding in the query");
+  }
+  // WeCom's own answers for missing or wrong credentials, so SDKs behave as they would there.
+  const auto* corpid = query->find("corpid");
+  const auto* corpsecret = query->find("corpsecret");
+  if (!corpid || corpid->empty()) return wecom_error_response(41002, "corpid missing");
+  if (!corpsecret || corpsecret->empty()) return wecom_error_response(41004, "corpsecret missing");
+  auto& reads = reads_of(this);
+  const auto match = reads.current_apps(apps_).match_credentials(*corpid, *corpsecret);
+  switch (match.outcome) {
+    case credential_match::result::unknown_corpid:
+      return wecom_error_response(40013, "invalid corpid");
+    case credential_match::result::wrong_secret:
+      return wecom_error_response(40001, "invalid secret");
+    case credential_match::result::matched:
+      break;
+  }
+  const auto now = clock::now();
+  if (const auto& seen = reads.current_view(*match.app); seen->servable(now)) {
+    return wecom_token_answer(seen, now);
+  }
+  return waiting_request{.app = match.app->shared_from_this(),
+                         .then = waiting_request::wecom_token};
+}
+
+// SPEC §4: 503 while a long-lived task is down, naming it.
+std::variant<answer, waiting_request> request_handler::healthz(const call&) {
+  const auto down = apps_.tasks().down();
+  if (down.empty()) return json_response(http::status::ok, R"({"status":"ok"})");
+  return json_response(http::status::service_unavailable,
+                       nlohmann::ordered_json{{"status", "down"}, {"down", down}}.dump());
+}
+
+std::variant<answer, waiting_request> request_handler::metrics(const call&) {
+  auto text = render_metrics(metrics_, *apps_.apps(), apps_.store_up());
+  apps_.tasks().render_metrics(text);
+  auto page = json_response(http::status::ok, std::move(text));
+  page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+  return page;
+}
+
+asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
+  auto& app = *waiting.app;
+  auto operation = waiting.then == waiting_request::invalidation ? app.invalidate(waiting.reported)
+                                                                 : app.wait_for_token();
+  auto outcome = co_await std::move(operation);
+  co_return answer_waited(waiting, std::move(outcome));
+}
+
+answer request_handler::answer_waited(const waiting_request& waiting, token_outcome outcome) {
+  const auto& app = *waiting.app;
+  if (waiting.then == waiting_request::wecom_token) {
+    if (outcome.view) return wecom_token_answer(std::move(outcome.view), clock::now());
+    const auto failure = failure_or_busy(outcome);
+    return wecom_error_response(failure.errcode, failure.errmsg);
+  }
+  if (outcome.view) return our_token_answer(std::move(outcome.view), clock::now());
+  return unavailable_response(app.label(), outcome);
+}
+
+void request_handler::close_waits() {
+  waits_closed_ = true;
+}
+
+std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {
+  const auto now = clock::now();
+  auto listing = nlohmann::ordered_json::array();
+  const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
+  for (const auto& app : apps->in_order()) {
+    if (!asking.auth.may_read(asking.client, app.app.id)) continue;
+    const auto view = app.token->view();
+    const token* current = view->servable(now);
+    listing.push_back({
+        {"app", app.app.id},
+        {"corpid", app.app.corpid},
+        {"state", to_string(view->state_at(now))},
+        {"expires_at", current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
+                               : nlohmann::ordered_json(nullptr)},
+    });
+  }
+  return json_response(http::status::ok, listing.dump());
+}
+
+std::variant<answer, waiting_request> request_handler::readyz(const call&) {
+  const auto now = clock::now();
+  auto failing = nlohmann::ordered_json::array();
+  const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
+  for (const auto& app : apps->in_order()) {
+    if (!app.token->view()->servable(now)) failing.push_back(app.app.id);
+  }
+  if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
+  return json_response(http::status::service_unavailable,
+                       nlohmann::ordered_json{{"status", "unready"}, {"failing", failing}}.dump());
+}
+
+}  // namespace token_broker

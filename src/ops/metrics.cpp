@@ -1,0 +1,156 @@
+#include "token_broker/ops/metrics.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+#include <stdexcept>
+
+#include "token_broker/broker.hpp"
+
+namespace token_broker {
+namespace {
+
+void append_metric_header(std::string& out, std::string_view name, std::string_view type,
+                          std::string_view help) {
+  fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+}  // namespace
+
+request_metrics::request_metrics(std::vector<std::string_view> table_labels)
+    : names_(std::move(table_labels)) {
+  names_.push_back("other");
+  names_.push_back("malformed");
+  if (names_.size() > max_routes) throw std::logic_error("more routes than request_metrics counts");
+}
+
+request_metrics::shard& request_metrics::this_threads_shard() {
+  static std::atomic<std::size_t> threads_seen{0};
+  thread_local const std::size_t drawn = threads_seen.fetch_add(1, std::memory_order_relaxed);
+  return shards_[drawn % shard_count];
+}
+
+void request_metrics::record(std::size_t route, unsigned status,
+                             std::chrono::nanoseconds duration) {
+  auto& mine = this_threads_shard();
+  const auto status_slot = static_cast<std::size_t>(
+      std::find(statuses.begin(), statuses.end(), status) - statuses.begin());
+  mine.requests[route][status_slot].fetch_add(1, std::memory_order_relaxed);
+
+  const double seconds = std::chrono::duration<double>(duration).count();
+  const auto bucket = static_cast<std::size_t>(
+      std::lower_bound(bucket_bounds.begin(), bucket_bounds.end(), seconds) -
+      bucket_bounds.begin());
+  mine.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+  mine.duration_sum_ns.fetch_add(
+      static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration.count())),
+      std::memory_order_relaxed);
+}
+
+std::uint64_t request_metrics::sum(
+    const std::function<const std::atomic<std::uint64_t>&(const shard&)>& counter) const {
+  std::uint64_t total = 0;
+  for (const auto& each : shards_) total += counter(each).load(std::memory_order_relaxed);
+  return total;
+}
+
+void request_metrics::render(std::string& out) const {
+  append_metric_header(out, "token_broker_requests_total", "counter",
+                       "HTTP requests answered, by route and status code.");
+  for (std::size_t route = 0; route < names_.size(); ++route) {
+    for (std::size_t slot = 0; slot <= statuses.size(); ++slot) {
+      const auto count =
+          sum([&](const shard& each) -> auto& { return each.requests[route][slot]; });
+      if (count == 0) continue;
+      const std::string code = slot < statuses.size() ? std::to_string(statuses[slot]) : "other";
+      fmt::format_to(std::back_inserter(out),
+                     "token_broker_requests_total{{route=\"{}\",code=\"{}\"}} {}\n", names_[route],
+                     code, count);
+    }
+  }
+
+  append_metric_header(out, "token_broker_request_duration_seconds", "histogram",
+                       "Time from a parsed request to its answer being ready.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i <= bucket_bounds.size(); ++i) {
+    cumulative += sum([&](const shard& each) -> auto& { return each.buckets[i]; });
+    if (i == bucket_bounds.size()) break;
+    fmt::format_to(std::back_inserter(out),
+                   "token_broker_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                   bucket_bounds[i], cumulative);
+  }
+  const auto sum_ns = sum([](const shard& each) -> auto& { return each.duration_sum_ns; });
+  fmt::format_to(std::back_inserter(out),
+                 "token_broker_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n"
+                 "token_broker_request_duration_seconds_sum {}\n"
+                 "token_broker_request_duration_seconds_count {}\n",
+                 cumulative, static_cast<double>(sum_ns) / 1e9, cumulative);
+}
+
+void upstream_metrics::record_failure(int errcode) {
+  const std::lock_guard lock(mutex_);
+  ++failures_[errcode];
+}
+
+std::map<int, std::uint64_t> upstream_metrics::failures() const {
+  const std::lock_guard lock(mutex_);
+  return failures_;
+}
+
+std::string render_metrics(const request_metrics& requests, const app_set& apps,
+                           std::optional<bool> redis_up) {
+  std::string out;
+  out.reserve(4096 + apps.in_order().size() * 512);
+  append_metric_header(out, "token_broker_build_info", "gauge", "The running version.");
+  fmt::format_to(std::back_inserter(out), "token_broker_build_info{{version=\"{}\"}} 1\n",
+                 TOKEN_BROKER_VERSION);
+  requests.render(out);
+
+  // App ids are [A-Za-z0-9_.-]: label values that need no escaping. `kind` (SPEC §6 v2) is the
+  // credential kind; every credential is an app's access_token until tickets and third-party
+  // credentials arrive.
+  append_metric_header(out, "token_broker_upstream_requests_total", "counter",
+                       "gettoken calls made by this process, by app and result.");
+  for (const auto& app : apps.in_order()) {
+    const auto& results = app.token->upstream_results();
+    std::uint64_t failed = 0;
+    for (const auto& [errcode, count] : results.failures()) failed += count;
+    fmt::format_to(std::back_inserter(out),
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
+                   "\"ok\"}} {1}\n"
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
+                   "\"error\"}} {2}\n",
+                   app.app.id, results.ok(), failed);
+  }
+  append_metric_header(out, "token_broker_refresh_failures_total", "counter",
+                       "Failed gettoken calls by app and WeCom errcode (-1: network, TLS, HTTP "
+                       "or an unreadable answer).");
+  for (const auto& app : apps.in_order()) {
+    for (const auto& [errcode, count] : app.token->upstream_results().failures()) {
+      fmt::format_to(std::back_inserter(out),
+                     "token_broker_refresh_failures_total{{app=\"{}\",kind=\"access_token\","
+                     "errcode=\"{}\"}} {}\n",
+                     app.app.id, errcode, count);
+    }
+  }
+  append_metric_header(out, "token_broker_token_expiry_timestamp_seconds", "gauge",
+                       "Unix time at which the app's servable token expires; 0 when it has none.");
+  const auto now = clock::now();
+  for (const auto& app : apps.in_order()) {
+    const auto view = app.token->view();
+    const token* current = view->servable(now);
+    fmt::format_to(
+        std::back_inserter(out),
+        "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"access_token\"}} {}\n",
+        app.app.id, current ? unix_seconds(current->expires_at_wall) : 0);
+  }
+  if (redis_up) {
+    append_metric_header(out, "token_broker_redis_up", "gauge",
+                         "1 while the connection to Redis is up.");
+    fmt::format_to(std::back_inserter(out), "token_broker_redis_up {}\n", *redis_up ? 1 : 0);
+  }
+  return out;
+}
+
+}  // namespace token_broker

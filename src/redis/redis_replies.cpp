@@ -1,0 +1,135 @@
+#include "token_broker/redis/redis_replies.hpp"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "token_broker/upstream/upstream_answer.hpp"
+
+namespace token_broker {
+namespace {
+
+using std::chrono::milliseconds;
+
+// No token lives longer than 30 days (upstream_answer.cpp), so no key the broker writes has
+// more time left, and no replica asks for a longer pause. Anything longer is a damaged reply
+// or another writer's key, and unbounded it would overflow the refresher's clock sums.
+constexpr long long longest_ttl_ms = 30LL * 24 * 3600 * 1000;
+
+bool usable_ttl(const redis_reply& ttl) {
+  return ttl.type == redis_reply::kind::integer && ttl.integer > 0 && ttl.integer <= longest_ttl_ms;
+}
+
+// {ttl_ms, token} at `offset` of a script's answer, if there. The broker stores only plain
+// tokens with a real expiry; anything else in the key (another writer, a damaged reply) is no
+// token, rather than one the refresher could not publish (its answers are JSON) or whose
+// expiry overflows the clock.
+std::optional<stored_token> stored_at(const redis_reply& reply, std::size_t offset,
+                                      time_point sent_at) {
+  if (reply.elements.size() < offset + 2) return std::nullopt;
+  const auto& ttl = reply.elements[offset];
+  const auto& value = reply.elements[offset + 1];
+  if (!usable_ttl(ttl) || value.type != redis_reply::kind::string || !is_plain_token(value.text)) {
+    return std::nullopt;
+  }
+  return stored_token{value.text, sent_at + milliseconds{ttl.integer}};
+}
+
+bool is_digest(const redis_reply& digest) {
+  return digest.type == redis_reply::kind::string && digest.text.size() == 16 &&
+         digest.text.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+}  // namespace
+
+redis_reply from_hiredis(const redisReply& raw) {
+  redis_reply reply;
+  switch (raw.type) {
+    case REDIS_REPLY_STRING:
+      reply.type = redis_reply::kind::string;
+      reply.text.assign(raw.str, raw.len);
+      break;
+    case REDIS_REPLY_STATUS:
+      reply.type = redis_reply::kind::status;
+      reply.text.assign(raw.str, raw.len);
+      break;
+    case REDIS_REPLY_ERROR:
+      reply.type = redis_reply::kind::error;
+      reply.text.assign(raw.str, raw.len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      reply.type = redis_reply::kind::integer;
+      reply.integer = raw.integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      reply.type = redis_reply::kind::array;
+      for (std::size_t i = 0; i < raw.elements; ++i)
+        reply.elements.push_back(from_hiredis(*raw.element[i]));
+      break;
+    default:
+      break;  // nil
+  }
+  return reply;
+}
+
+std::optional<std::string_view> message_payload(const redis_reply& message) {
+  if (message.type == redis_reply::kind::array && message.elements.size() == 3 &&
+      message.elements[0].text == "message") {
+    return message.elements[2].text;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> event_app(std::string_view payload) {
+  const auto event = nlohmann::json::parse(payload, nullptr, false);
+  if (!event.is_object() || !event.contains("app") || !event["app"].is_string()) {
+    return std::nullopt;
+  }
+  if (event.contains("kind") && event["kind"] != "access_token") return std::nullopt;
+  return event["app"].get<std::string>();
+}
+
+std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at) {
+  return stored_at(reply, 0, sent_at);
+}
+
+std::vector<save_outcome> save_results(const redis_reply& reply, std::size_t count) {
+  std::vector<save_outcome> outcomes(count, save_outcome::unavailable);
+  for (std::size_t i = 0; i < count && i < reply.elements.size(); ++i) {
+    const auto& outcome = reply.elements[i];
+    if (outcome.type != redis_reply::kind::integer) continue;
+    outcomes[i] = outcome.integer < 0 ? save_outcome::newer_kept : save_outcome::written;
+  }
+  return outcomes;
+}
+
+std::optional<std::vector<stored_digest>> stored_digests(const redis_reply& reply,
+                                                         std::size_t count, time_point sent_at) {
+  if (reply.type != redis_reply::kind::array || reply.elements.size() != 2 * count) {
+    return std::nullopt;
+  }
+  std::vector<stored_digest> digests(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto& ttl = reply.elements[2 * i];
+    const auto& digest = reply.elements[2 * i + 1];
+    if (!usable_ttl(ttl) || !is_digest(digest)) continue;
+    digests[i] = stored_digest{
+        .present = true, .expires_at = sent_at + milliseconds{ttl.integer}, .digest = digest.text};
+  }
+  return digests;
+}
+
+refresh_permit_answer refresh_permit_from(const redis_reply& reply, time_point sent_at) {
+  if (reply.elements.size() < 2) return refresh_permit_answer{};
+  const auto& verdict = reply.elements[0].text;
+  return refresh_permit_answer{
+      .permit = verdict == "granted" ? refresh_permit::granted
+                : verdict == "busy"  ? refresh_permit::busy
+                                     : refresh_permit::cooling_down,
+      .wait = milliseconds{std::clamp(reply.elements[1].integer, 0LL, longest_ttl_ms)},
+      .stored = stored_at(reply, 2, sent_at),
+  };
+}
+
+}  // namespace token_broker

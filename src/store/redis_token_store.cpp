@@ -1,0 +1,255 @@
+#include "token_broker/store/redis_token_store.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <array>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "token_broker/credentials/token_lifecycle.hpp"
+#include "token_broker/redis/redis_replies.hpp"
+#include "token_broker/redis/redis_script.hpp"
+
+namespace token_broker {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A lock holder asks for the lock only once it holds an upstream slot, so its call starts at
+// once and ends within the timeout; the margin covers the ask, the write of the token right
+// after, and clocks that run at slightly different rates.
+constexpr milliseconds lease_margin{2000};
+
+// Every time in these scripts is a time left, in milliseconds, counted on Redis's own clock
+// (PTTL, SET PX): Redis, not a replica, decides when a token ends, so replicas whose clocks
+// differ never compare their clocks.
+
+// KEYS: token. → {ttl_ms, token} or {}
+const redis_script load_script(
+    "local stored = redis.call('GET', KEYS[1])\n"
+    "if not stored then return {} end\n"
+    "local ttl = redis.call('PTTL', KEYS[1])\n"
+    "if ttl <= 0 then return {} end\n"
+    "return {ttl, stored}\n");
+
+// KEYS: events, then a token key per token. ARGV: per token its value, ttl_ms and event.
+// → an outcome per token: 1 written, 0 nothing to change, -1 a newer token is stored.
+// A different token replaces the stored one only if it lives longer; the same token's expiry
+// only moves earlier (whoever knows it ends sooner is right), and only by more than the
+// rounding that the round trips of replicas' readings and writings bring.
+const redis_script save_script(fmt::format(
+    "local outcomes = {{}}\n"
+    "for i = 2, #KEYS do\n"
+    "  local key, value, offered = KEYS[i], ARGV[3 * i - 5], tonumber(ARGV[3 * i - 4])\n"
+    "  local outcome = 1\n"
+    "  if offered <= 0 then\n"
+    "    outcome = 0\n"
+    "  else\n"
+    "    local stored = redis.call('GET', key)\n"
+    "    local ttl = stored and redis.call('PTTL', key) or -2\n"
+    "    if ttl > 0 and stored == value and ttl <= offered + {0} then outcome = 0 end\n"
+    "    if ttl > 0 and stored ~= value and ttl >= offered then outcome = -1 end\n"
+    "  end\n"
+    "  if outcome == 1 then\n"
+    "    redis.call('SET', key, value, 'PX', offered)\n"
+    "    redis.call('PUBLISH', KEYS[1], ARGV[3 * i - 3])\n"
+    "  end\n"
+    "  outcomes[i - 1] = outcome\n"
+    "end\n"
+    "return outcomes\n",
+    expiry_rounding.count()));
+
+// KEYS: token keys. → {ttl_ms, digest} per key, flat; ttl -2 and "" for an absent key. Enough
+// to tell whether a replica holds what Redis holds, without sending the values.
+const redis_script digests_script(
+    "local answer = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local stored = redis.call('GET', key)\n"
+    "  answer[2 * i - 1] = stored and redis.call('PTTL', key) or -2\n"
+    "  answer[2 * i] = stored and redis.sha1hex(stored):sub(1, 16) or ''\n"
+    "end\n"
+    "return answer\n");
+
+// KEYS: lock, cooldown, token. ARGV: owner, lease_ms, forced ("1"/"0").
+// → {verdict, wait_ms[, ttl_ms, token]}: the stored token tells the caller whether the call
+// is needed at all.
+const redis_script request_script(
+    "local stored = redis.call('GET', KEYS[3])\n"
+    "local ttl = stored and redis.call('PTTL', KEYS[3]) or -2\n"
+    "local verdict, wait = 'granted', 0\n"
+    "if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  verdict, wait = 'cooling_down', redis.call('PTTL', KEYS[2])\n"
+    "elseif not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
+    "  verdict, wait = 'busy', redis.call('PTTL', KEYS[1])\n"
+    "end\n"
+    "if ttl > 0 then return {verdict, wait, ttl, stored} end\n"
+    "return {verdict, wait}\n");
+
+// KEYS: lock, cooldown. ARGV: owner, cooldown_ms. Only the holder releases (a holder whose
+// lease ran out must not free a successor's lock) and only the holder sets the cool-down.
+const redis_script release_script(
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end\n"
+    "return 1\n");
+
+// Keys per script that touches many apps: Redis runs one script at a time, so a batch must
+// stay short (about a millisecond per thousand keys), and a few batches cover many apps.
+constexpr std::size_t batch_keys = 1000;
+
+std::string make_owner_id() {
+  std::array<char, 256> host{};
+  if (gethostname(host.data(), host.size() - 1) != 0) host = {};
+  std::mt19937_64 random(std::random_device{}());
+  return fmt::format("{}:{}:{:016x}", host.data(), getpid(), random());
+}
+
+// The time `expires_at` leaves from `now`, in whole milliseconds, rounded down: what Redis
+// counts from when the script runs, a moment later.
+long long milliseconds_left(time_point expires_at, time_point now) {
+  return std::chrono::floor<milliseconds>(expires_at - now).count();
+}
+
+}  // namespace
+
+redis_token_store::redis_token_store(asio::any_io_executor executor, const redis_config& settings)
+    : prefix_(settings.key_prefix),
+      owner_(make_owner_id()),
+      commands_(std::make_shared<redis_connection>(executor, settings, "commands")),
+      events_(std::make_shared<redis_connection>(executor, settings, "events")) {
+  // Loaded before any other command on each connection: the first calls find the scripts.
+  std::vector<std::vector<std::string>> load_scripts;
+  for (const auto* script :
+       {&load_script, &save_script, &digests_script, &request_script, &release_script}) {
+    load_scripts.push_back(script->load_command());
+  }
+  commands_->on_connect_send(std::move(load_scripts));
+}
+
+void redis_token_store::start(supervisor& tasks,
+                              std::function<void(const std::string& app_id)> changed) {
+  changed_ = std::move(changed);
+  // Writes and events may have been missed while a connection was down: the broker compares
+  // every app with the store.
+  commands_->on_up([this] { changed_(""); });
+  events_->on_up([this] { changed_(""); });
+  events_->subscribe(prefix_ + "events", [this](std::string_view payload) {
+    if (const auto app = event_app(payload)) changed_(*app);
+  });
+  commands_->start(tasks);
+  events_->start(tasks);
+}
+
+void redis_token_store::stop() {
+  commands_->stop();
+  events_->stop();
+}
+
+std::string redis_token_store::key(std::string_view kind, const std::string& app_id) const {
+  return prefix_ + std::string(kind) + ":" + app_id;
+}
+
+asio::awaitable<void> redis_token_store::settle() {
+  // Bounded by the first connect attempt: with Redis down the broker starts from upstream
+  // alone.
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  const auto give_up_at = std::chrono::steady_clock::now() + redis_timeouts{}.connect;
+  while (!commands_->up() && !commands_->tried() && std::chrono::steady_clock::now() < give_up_at) {
+    pause.expires_after(milliseconds{10});
+    co_await pause.async_wait(asio::use_awaitable);
+  }
+}
+
+asio::awaitable<std::optional<stored_token>> redis_token_store::load(const std::string& app_id) {
+  // Arguments are named before each co_await: g++ 12 miscompiles braced lists in its operand.
+  std::vector<std::string> keys{key("access_token", app_id)};
+  std::vector<std::string> no_arguments;
+  const auto sent_at = clock::now();
+  const auto reply = co_await load_script.run(*commands_, std::move(keys), std::move(no_arguments));
+  if (!reply) co_return std::nullopt;
+  co_return loaded_token(*reply, sent_at);
+}
+
+asio::awaitable<save_outcome> redis_token_store::save(const std::string& app_id,
+                                                      const stored_token& token) {
+  std::vector<std::pair<std::string, stored_token>> one{{app_id, token}};
+  const auto outcomes = co_await save_all(std::move(one));
+  co_return outcomes.front();
+}
+
+asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
+    std::vector<std::pair<std::string, stored_token>> tokens) {
+  std::vector<save_outcome> outcomes;
+  outcomes.reserve(tokens.size());
+  for (std::size_t first = 0; first < tokens.size(); first += batch_keys) {
+    const auto last = std::min(tokens.size(), first + batch_keys);
+    std::vector<std::string> keys{prefix_ + "events"};
+    std::vector<std::string> arguments;
+    // Measured as late as possible: the time left is what Redis counts from.
+    const auto now = clock::now();
+    const auto wall_now = wall_clock::now();
+    for (auto i = first; i < last; ++i) {
+      const auto& [app_id, token] = tokens[i];
+      const auto left = milliseconds_left(token.expires_at, now);
+      keys.push_back(key("access_token", app_id));
+      arguments.push_back(token.value);
+      arguments.push_back(std::to_string(left));
+      // The wall-clock expiry is for people and readers, never compared by a replica.
+      arguments.push_back(
+          nlohmann::json{{"kind", "access_token"},
+                         {"app", app_id},
+                         {"event", "refreshed"},
+                         {"expires_at", unix_seconds(wall_now + milliseconds{left})}}
+              .dump());
+    }
+    const auto reply = co_await save_script.run(*commands_, std::move(keys), std::move(arguments));
+    const auto batch = reply ? save_results(*reply, last - first)
+                             : std::vector<save_outcome>(last - first, save_outcome::unavailable);
+    outcomes.insert(outcomes.end(), batch.begin(), batch.end());
+  }
+  co_return outcomes;
+}
+
+asio::awaitable<std::optional<std::vector<stored_digest>>> redis_token_store::digests(
+    std::vector<std::string> app_ids) {
+  std::vector<stored_digest> digests;
+  digests.reserve(app_ids.size());
+  for (std::size_t first = 0; first < app_ids.size(); first += batch_keys) {
+    const auto last = std::min(app_ids.size(), first + batch_keys);
+    std::vector<std::string> keys;
+    for (auto i = first; i < last; ++i) keys.push_back(key("access_token", app_ids[i]));
+    std::vector<std::string> no_arguments;
+    const auto sent_at = clock::now();
+    const auto reply =
+        co_await digests_script.run(*commands_, std::move(keys), std::move(no_arguments));
+    if (!reply) co_return std::nullopt;
+    auto batch = stored_digests(*reply, last - first, sent_at);
+    if (!batch) co_return std::nullopt;
+    std::move(batch->begin(), batch->end(), std::back_inserter(digests));
+  }
+  co_return digests;
+}
+
+asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(
+    const std::string& app_id, bool forced, milliseconds call_timeout) {
+  std::vector<std::string> keys{key("lock", app_id), key("cooldown", app_id),
+                                key("access_token", app_id)};
+  // Sized per request, so that it follows a reload's upstream.timeout_ms.
+  const auto lease = call_timeout + lease_margin;
+  std::vector<std::string> arguments{owner_, std::to_string(lease.count()), forced ? "1" : "0"};
+  const auto sent_at = clock::now();
+  const auto reply = co_await request_script.run(*commands_, std::move(keys), std::move(arguments));
+  if (!reply) co_return refresh_permit_answer{};
+  co_return refresh_permit_from(*reply, sent_at);
+}
+
+asio::awaitable<void> redis_token_store::release_refresh(const std::string& app_id,
+                                                         milliseconds cool_down) {
+  std::vector<std::string> keys{key("lock", app_id), key("cooldown", app_id)};
+  std::vector<std::string> arguments{owner_,
+                                     std::to_string(std::max(milliseconds{0}, cool_down).count())};
+  co_await release_script.run(*commands_, std::move(keys), std::move(arguments));
+}
+
+}  // namespace token_broker

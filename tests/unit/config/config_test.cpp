@@ -1,0 +1,506 @@
+// Config loading to SPEC §3: every field read, defaults applied, and every bad value refused
+// with its JSON path and a reason that never holds a secret.
+#include "token_broker/config/config.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "scoped_env.hpp"
+
+namespace token_broker {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::scoped_env;
+
+// Every secret-like value in these tests contains this marker; no error message may.
+constexpr std::string_view secret_marker = "hunter2";
+
+constexpr std::string_view minimal = R"({
+  "listen": "127.0.0.1:8080",
+  "apps": {"hr": {"corpid": "ww1", "secret": "hunter2-hr"}}
+})";
+
+const std::string key_a(64, 'a');
+const std::string key_b(64, 'b');
+
+// `document` with the value at JSON pointer `pointer` set to `value` (JSON text).
+std::string with(const std::string& pointer, std::string_view value,
+                 std::string_view document = minimal) {
+  auto parsed = nlohmann::ordered_json::parse(document);
+  parsed[nlohmann::ordered_json::json_pointer(pointer)] = nlohmann::ordered_json::parse(value);
+  return parsed.dump();
+}
+
+std::string without(const std::string& pointer, std::string_view document = minimal) {
+  auto parsed = nlohmann::ordered_json::parse(document);
+  const nlohmann::ordered_json::json_pointer location(pointer);
+  parsed[location.parent_pointer()].erase(location.back());
+  return parsed.dump();
+}
+
+std::string json_string(std::string_view text) {
+  return nlohmann::json(text).dump();
+}
+
+std::string replace_all(std::string text, std::string_view from, std::string_view to) {
+  for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+  return text;
+}
+
+// A directory of its own under the system temp directory, removed with what it holds.
+class temp_directory {
+ public:
+  temp_directory() {
+    static int created = 0;
+    path_ = std::filesystem::temp_directory_path() /
+            ("token_broker_config_test_" + std::to_string(::getpid()) + "_" +
+             std::to_string(created++));
+    std::filesystem::create_directories(path_);
+  }
+  ~temp_directory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  temp_directory(const temp_directory&) = delete;
+  temp_directory& operator=(const temp_directory&) = delete;
+
+  std::filesystem::path write(const std::string& name, std::string_view contents) const {
+    const auto file = path_ / name;
+    std::ofstream(file, std::ios::binary) << contents;
+    return file;
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+config_error error_of(std::string_view text) {
+  try {
+    parse_config(text);
+  } catch (const config_error& error) {
+    return error;
+  }
+  ADD_FAILURE() << "accepted: " << text;
+  return config_error("(accepted)", "");
+}
+
+TEST(config, reads_every_field_keeps_app_order_and_accepts_comments) {
+  const temp_directory files;
+  const auto ca_file = files.write("ca.pem", "not checked here: the TLS context parses it");
+  const auto secret_file = files.write("alpha", "hunter2-alpha\n");
+  const scoped_env env("TOKEN_BROKER_TEST_ZETA_SECRET", "hunter2-zeta");
+
+  auto document = std::string(R"(// a leading comment
+{
+  "listen": "[::1]:9090",  // a trailing comment
+  "threads": 3,
+  "log_level": "debug",
+  "upstream": {
+    "base_url": "https://wecom.example.com:8443/proxy/",
+    "ca_file": @ca_file@,
+    "timeout_ms": 2500
+  },
+  /* a block
+     comment */
+  "refresh": {"ahead_s": 600, "jitter_s": 10, "retry_min_ms": 250, "retry_max_ms": 30000,
+              "min_interval_s": 2},
+  "redis": {"url": "redis://:hunter2@127.0.0.1:6379/1", "key_prefix": "test:"},
+  "apps": {
+    "zeta": {"corpid": "wwzeta", "agentid": 1000002, "secret_env": "TOKEN_BROKER_TEST_ZETA_SECRET"},
+    "alpha": {"corpid": "wwalpha", "secret_file": @secret_file@},
+    "mid.app-1": {"corpid": "wwalpha", "secret": "hunter2-mid"}
+  },
+  "clients": {
+    "billing": {"key_sha256": "00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff",
+                "apps": ["zeta", "alpha"]},
+    "admin": {"key_sha256": "@key_a@", "apps": ["*"]}
+  }
+})");
+  document = replace_all(document, "@ca_file@", json_string(ca_file.string()));
+  document = replace_all(document, "@secret_file@", json_string(secret_file.string()));
+  document = replace_all(document, "@key_a@", key_a);
+  const auto settings = parse_config(document);
+
+  EXPECT_EQ(settings.listen.to_string(), "[::1]:9090");
+  EXPECT_EQ(settings.threads, 3u);
+  EXPECT_EQ(settings.log_level, "debug");
+  EXPECT_EQ(settings.upstream.host, "wecom.example.com");
+  EXPECT_EQ(settings.upstream.port, "8443");
+  EXPECT_EQ(settings.upstream.path_prefix, "/proxy");
+  EXPECT_EQ(settings.upstream.ca_file, ca_file);
+  EXPECT_EQ(settings.upstream.timeout, 2500ms);
+  EXPECT_EQ(settings.refresh.ahead, 600s);
+  EXPECT_EQ(settings.refresh.jitter, 10s);
+  EXPECT_EQ(settings.refresh.retry_min, 250ms);
+  EXPECT_EQ(settings.refresh.retry_max, 30000ms);
+  EXPECT_EQ(settings.refresh.min_interval, 2s);
+  ASSERT_TRUE(settings.redis);
+  EXPECT_EQ(settings.redis->url, "redis://:hunter2@127.0.0.1:6379/1");
+  EXPECT_EQ(settings.redis->key_prefix, "test:");
+
+  ASSERT_EQ(settings.apps.size(), 3u);
+  EXPECT_EQ(settings.apps[0].id, "zeta");
+  EXPECT_EQ(settings.apps[0].corpid, "wwzeta");
+  EXPECT_EQ(settings.apps[0].agentid, 1000002);
+  EXPECT_EQ(settings.apps[0].source, secret_source::environment);
+  EXPECT_EQ(settings.apps[0].secret, "hunter2-zeta");
+  EXPECT_EQ(settings.apps[1].id, "alpha");
+  EXPECT_EQ(settings.apps[1].agentid, std::nullopt);
+  EXPECT_EQ(settings.apps[1].source, secret_source::file);
+  EXPECT_EQ(settings.apps[1].secret, "hunter2-alpha");
+  EXPECT_EQ(settings.apps[2].id, "mid.app-1");
+  EXPECT_EQ(settings.apps[2].source, secret_source::inline_value);
+  EXPECT_EQ(settings.apps[2].secret, "hunter2-mid");
+
+  ASSERT_EQ(settings.clients.size(), 2u);
+  EXPECT_EQ(settings.clients[0].name, "billing");
+  const sha256_digest expected_key = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+                                      0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+                                      0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+                                      0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff};
+  EXPECT_EQ(settings.clients[0].key_sha256, expected_key);
+  EXPECT_FALSE(settings.clients[0].all_apps);
+  EXPECT_EQ(settings.clients[0].apps, (std::vector<std::string>{"zeta", "alpha"}));
+  EXPECT_EQ(settings.clients[1].name, "admin");
+  EXPECT_TRUE(settings.clients[1].all_apps);
+  EXPECT_TRUE(settings.clients[1].apps.empty());
+
+  ASSERT_NE(settings.find_app("alpha"), nullptr);
+  EXPECT_EQ(settings.find_app("alpha")->corpid, "wwalpha");
+  EXPECT_EQ(settings.find_app("payroll"), nullptr);
+}
+
+TEST(config, applies_defaults) {
+  const auto settings = parse_config(minimal);
+  EXPECT_GE(settings.threads, 1u);
+  EXPECT_LE(settings.threads, 256u);
+  if (std::thread::hardware_concurrency() > 0 && std::thread::hardware_concurrency() <= 256) {
+    EXPECT_EQ(settings.threads, std::thread::hardware_concurrency());
+  }
+  EXPECT_EQ(settings.log_level, "info");
+  EXPECT_EQ(settings.upstream.base_url, "https://qyapi.weixin.qq.com");
+  EXPECT_EQ(settings.upstream.host, "qyapi.weixin.qq.com");
+  EXPECT_EQ(settings.upstream.port, "443");
+  EXPECT_EQ(settings.upstream.path_prefix, "");
+  EXPECT_EQ(settings.upstream.ca_file, std::nullopt);
+  EXPECT_EQ(settings.upstream.timeout, 5000ms);
+  EXPECT_EQ(settings.refresh.ahead, 300s);
+  EXPECT_EQ(settings.refresh.jitter, 30s);
+  EXPECT_EQ(settings.refresh.retry_min, 500ms);
+  EXPECT_EQ(settings.refresh.retry_max, 60000ms);
+  EXPECT_EQ(settings.refresh.min_interval, 5s);
+  EXPECT_EQ(settings.redis, std::nullopt);
+  EXPECT_TRUE(settings.clients.empty());
+
+  EXPECT_EQ(parse_config(with("/redis", "null")).redis, std::nullopt);
+  EXPECT_EQ(parse_config(with("/redis", R"({"url": "redis://h:6379"})")).redis->key_prefix,
+            "wecom:");
+}
+
+// The shipped example stays loadable: only its placeholders need real values.
+TEST(config, example_file_loads_once_placeholders_are_filled) {
+  const auto example_path =
+      std::filesystem::path(__FILE__).parent_path() / "../../../config/token-broker.example.json";
+  std::ifstream example_file(example_path);
+  ASSERT_TRUE(example_file) << example_path;
+  std::stringstream read;
+  read << example_file.rdbuf();
+  auto text = read.str();
+
+  const temp_directory files;
+  const auto crm_secret = files.write("crm", "hunter2-crm\n");
+  const scoped_env env("WECOM_HR_SECRET", "hunter2-hr");
+  text = replace_all(text, "<your corpid>", "ww0123456789abcdef");
+  text = replace_all(text, "<the ops app secret>", "hunter2-ops");
+  text = replace_all(text, "/run/credentials/token-broker.service/crm", crm_secret.string());
+  text = replace_all(text, "<hex sha256 of billing's bearer key>", key_a);
+  text = replace_all(text, "<hex sha256 of admin's bearer key>", key_b);
+
+  const auto settings = parse_config(text);
+  ASSERT_EQ(settings.apps.size(), 3u);
+  EXPECT_EQ(settings.apps[0].id, "hr");
+  EXPECT_EQ(settings.apps[1].id, "crm");
+  EXPECT_EQ(settings.apps[1].secret, "hunter2-crm");
+  EXPECT_EQ(settings.apps[2].id, "ops");
+  EXPECT_EQ(settings.clients.size(), 2u);
+  EXPECT_TRUE(settings.redis);
+}
+
+TEST(config, load_config_reads_the_file_and_reports_an_unreadable_one_without_a_field) {
+  const temp_directory files;
+  const auto path = files.write("broker.json", minimal);
+  EXPECT_EQ(load_config(path).apps.at(0).id, "hr");
+
+  const auto missing = files.path() / "missing.json";
+  try {
+    load_config(missing);
+    FAIL() << "loaded a missing file";
+  } catch (const config_error& error) {
+    EXPECT_EQ(error.field(), "");
+    EXPECT_EQ(std::string(error.what()),
+              "cannot read " + missing.string() + ": No such file or directory");
+  }
+}
+
+struct listen_case {
+  const char* text;
+  const char* canonical;
+  bool local;
+};
+
+class listen_test : public ::testing::TestWithParam<listen_case> {};
+
+TEST_P(listen_test, parses_to_canonical_form_and_knows_whether_it_is_local) {
+  std::string reason;
+  const auto address = parse_listen_address(GetParam().text, reason);
+  ASSERT_TRUE(address) << reason;
+  EXPECT_EQ(address->to_string(), GetParam().canonical);
+  EXPECT_EQ(address->is_local(), GetParam().local);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    config, listen_test,
+    ::testing::Values(listen_case{"127.0.0.1:8080", "127.0.0.1:8080", true},
+                      listen_case{"127.1.2.3:1", "127.1.2.3:1", true},
+                      listen_case{"localhost:9000", "127.0.0.1:9000", true},
+                      listen_case{"[::1]:8080", "[::1]:8080", true},
+                      listen_case{"[0:0:0:0:0:0:0:1]:65535", "[::1]:65535", true},
+                      listen_case{"unix:/run/token-broker/api.sock",
+                                  "unix:/run/token-broker/api.sock", true},
+                      listen_case{"0.0.0.0:8080", "0.0.0.0:8080", false},
+                      listen_case{"10.1.2.3:80", "10.1.2.3:80", false},
+                      listen_case{"[::]:8080", "[::]:8080", false},
+                      listen_case{"[2001:db8::1]:443", "[2001:db8::1]:443", false}));
+
+TEST(config, splits_base_url) {
+  struct split {
+    const char* url;
+    const char* host;
+    const char* port;
+    const char* path_prefix;
+  };
+  for (const auto& [url, host, port, path_prefix] : {
+           split{"https://qyapi.weixin.qq.com", "qyapi.weixin.qq.com", "443", ""},
+           split{"https://qyapi.weixin.qq.com/", "qyapi.weixin.qq.com", "443", ""},
+           split{"https://wecom.example.com:8443/a/b/", "wecom.example.com", "8443", "/a/b"},
+           split{"https://10.0.0.5/wecom", "10.0.0.5", "443", "/wecom"},
+           split{"https://[::1]:9443", "::1", "9443", ""},
+       }) {
+    const auto settings =
+        parse_config(with("/upstream", R"({"base_url": ")" + std::string(url) + R"("})"));
+    EXPECT_EQ(settings.upstream.base_url, url);
+    EXPECT_EQ(settings.upstream.host, host) << url;
+    EXPECT_EQ(settings.upstream.port, port) << url;
+    EXPECT_EQ(settings.upstream.path_prefix, path_prefix) << url;
+  }
+}
+
+TEST(config, splits_redis_url_shapes) {
+  struct expected {
+    const char* url;
+    const char* host;
+    std::uint16_t port;
+    const char* unix_path;
+    const char* password;
+    unsigned database;
+  };
+  for (const auto& shape : std::vector<expected>{
+           {"redis://127.0.0.1:6379", "127.0.0.1", 6379, "", "", 0},
+           {"redis://redis.internal:6380/", "redis.internal", 6380, "", "", 0},
+           {"redis://[::1]:6379/15", "::1", 6379, "", "", 15},
+           {"redis://:hunter2@h:6379/0", "h", 6379, "", "hunter2", 0},
+           {"redis://:p@ss:w/rd@h:6379", "h", 6379, "", "p@ss:w/rd", 0},
+           {"unix:///run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", 0}}) {
+    const auto redis = parse_config(with("/redis/url", json_string(shape.url))).redis.value();
+    EXPECT_EQ(redis.host, shape.host) << shape.url;
+    EXPECT_EQ(redis.port, shape.port) << shape.url;
+    EXPECT_EQ(redis.unix_path, shape.unix_path) << shape.url;
+    EXPECT_EQ(redis.password, shape.password) << shape.url;
+    EXPECT_EQ(redis.database, shape.database) << shape.url;
+  }
+}
+
+TEST(config, secret_file_loses_exactly_one_trailing_newline) {
+  const temp_directory files;
+  for (const auto& [contents, secret] : std::vector<std::pair<std::string, std::string>>{
+           {"hunter2", "hunter2"}, {"hunter2\n", "hunter2"}, {"hunter2\r\n", "hunter2"}}) {
+    const auto file = files.write("secret", contents);
+    const auto settings = parse_config(with(
+        "/apps/hr", R"({"corpid": "ww1", "secret_file": )" + json_string(file.string()) + "}"));
+    EXPECT_EQ(settings.apps[0].secret, secret);
+  }
+  for (const std::string contents : {"hunter2\n\n", "hunter2 x\n", "\n", ""}) {
+    const auto file = files.write("secret", contents);
+    const auto error = error_of(with(
+        "/apps/hr", R"({"corpid": "ww1", "secret_file": )" + json_string(file.string()) + "}"));
+    EXPECT_EQ(error.field(), "apps.hr.secret_file");
+    EXPECT_EQ(std::string(error.what()).find(secret_marker), std::string::npos) << error.what();
+  }
+}
+
+TEST(config, relative_secret_file_is_found_in_credentials_directory) {
+  const temp_directory credentials;
+  credentials.write("hr", "hunter2-from-systemd\n");
+  const scoped_env env("CREDENTIALS_DIRECTORY", credentials.path().c_str());
+  const auto settings = parse_config(with("/apps/hr", R"({"corpid": "ww1", "secret_file": "hr"})"));
+  EXPECT_EQ(settings.apps[0].secret, "hunter2-from-systemd");
+
+  const auto error = error_of(with("/apps/hr", R"({"corpid": "ww1", "secret_file": "nope"})"));
+  EXPECT_EQ(error.field(), "apps.hr.secret_file");
+  EXPECT_NE(std::string(error.what()).find((credentials.path() / "nope").string()),
+            std::string::npos)
+      << error.what();
+}
+
+TEST(config, secret_env_set_but_empty_is_refused) {
+  const scoped_env env("TOKEN_BROKER_TEST_EMPTY_SECRET", "");
+  const auto error = error_of(
+      with("/apps/hr", R"({"corpid": "ww1", "secret_env": "TOKEN_BROKER_TEST_EMPTY_SECRET"})"));
+  EXPECT_EQ(error.field(), "apps.hr.secret_env");
+  EXPECT_STREQ(error.what(),
+               "apps.hr.secret_env: environment variable TOKEN_BROKER_TEST_EMPTY_SECRET is empty");
+}
+
+TEST(config, secret_env_value_is_never_quoted) {
+  const scoped_env env("TOKEN_BROKER_TEST_SPACED_SECRET", "hunter2 with spaces");
+  const auto error = error_of(
+      with("/apps/hr", R"({"corpid": "ww1", "secret_env": "TOKEN_BROKER_TEST_SPACED_SECRET"})"));
+  EXPECT_EQ(error.field(), "apps.hr.secret_env");
+  EXPECT_EQ(std::string(error.what()).find(secret_marker), std::string::npos) << error.what();
+}
+
+struct error_case {
+  const char* name;
+  std::string document;
+  std::string field;
+  std::string reason;  // a part of the reason
+};
+
+class config_error_test : public ::testing::TestWithParam<error_case> {};
+
+TEST_P(config_error_test, names_the_field_and_hides_secrets) {
+  const auto error = error_of(GetParam().document);
+  const std::string message = error.what();
+  EXPECT_EQ(error.field(), GetParam().field) << message;
+  EXPECT_NE(message.find(GetParam().reason), std::string::npos) << message;
+  EXPECT_EQ(message.find(secret_marker), std::string::npos) << message;
+}
+
+const std::string two_apps = R"({"listen": "127.0.0.1:8080", "apps": {
+  "hr": {"corpid": "ww1", "secret": "hunter2-hr"},
+  "payroll": {"corpid": "ww2", "secret": "hunter2-payroll"}}})";
+
+std::string with_client(std::string_view client) {
+  return with("/clients/billing", client);
+}
+
+// clang-format off
+INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
+  error_case{"syntax_error", R"({"listen": "127.0.0.1:8080",, "apps": {}})", "", "invalid JSON at line 1, column 29"},
+  error_case{"syntax_error_quotes_no_text", R"({"apps": {"hr": {"secret": "hunter2\q"}}})", "", "invalid JSON at line 1"},
+  error_case{"number_too_large", R"({"listen": "127.0.0.1:8080", "threads": 1e999})", "", "invalid JSON: a number is too large"},
+  error_case{"not_an_object", "[1, 2]", "", "the config must be a JSON object"},
+  error_case{"unknown_top_level_key", with("/lsiten", "1"), "lsiten", "unknown key"},
+  error_case{"unknown_app_key", with("/apps/hr/secrett", R"("hunter2")"), "apps.hr.secrett", "unknown key"},
+  error_case{"unknown_upstream_key", with("/upstream/timeout", "5"), "upstream.timeout", "unknown key"},
+  error_case{"unknown_refresh_key", with("/refresh/ahead", "5"), "refresh.ahead", "unknown key"},
+  error_case{"unknown_redis_key", with("/redis", R"({"url": "redis://h:6379", "password": "hunter2"})"), "redis.password", "unknown key"},
+  error_case{"unknown_client_key", with_client(R"({"key_sha256": ")" + key_a + R"(", "apps": ["hr"], "app": []})"), "clients.billing.app", "unknown key"},
+  error_case{"duplicate_app", R"({"listen": "127.0.0.1:8080", "apps": {"hr": {"corpid": "ww1", "secret": "hunter2-a"}, "hr": {"corpid": "ww2", "secret": "hunter2-b"}}})", "apps.hr", "duplicate key"},
+  error_case{"duplicate_nested_key", R"({"listen": "127.0.0.1:8080", "apps": {"hr": {"corpid": "ww1", "secret": "hunter2-a", "secret": "hunter2-b"}}})", "apps.hr.secret", "duplicate key"},
+  error_case{"threads_as_string", with("/threads", R"("2")"), "threads", "must be an integer from 1 to 256"},
+  error_case{"threads_as_float", with("/threads", "2.0"), "threads", "must be an integer from 1 to 256"},
+  error_case{"threads_zero", with("/threads", "0"), "threads", "must be an integer from 1 to 256"},
+  error_case{"threads_too_many", with("/threads", "257"), "threads", "must be an integer from 1 to 256"},
+  error_case{"threads_huge", with("/threads", "18446744073709551615"), "threads", "must be an integer from 1 to 256"},
+  error_case{"log_level_unknown", with("/log_level", R"("verbose")"), "log_level", "must be one of trace, debug"},
+  error_case{"upstream_not_object", with("/upstream", "[]"), "upstream", "must be an object"},
+  error_case{"timeout_too_short", with("/upstream/timeout_ms", "99"), "upstream.timeout_ms", "from 100 to 120000"},
+  error_case{"timeout_too_long", with("/upstream/timeout_ms", "120001"), "upstream.timeout_ms", "from 100 to 120000"},
+  error_case{"ahead_negative", with("/refresh/ahead_s", "-1"), "refresh.ahead_s", "from 0 to 86400"},
+  error_case{"jitter_too_long", with("/refresh/jitter_s", "3601"), "refresh.jitter_s", "from 0 to 3600"},
+  error_case{"retry_min_zero", with("/refresh/retry_min_ms", "0"), "refresh.retry_min_ms", "from 1 to 3600000"},
+  error_case{"retry_max_too_long", with("/refresh/retry_max_ms", "3600001"), "refresh.retry_max_ms", "from 1 to 3600000"},
+  error_case{"min_interval_too_long", with("/refresh/min_interval_s", "3601"), "refresh.min_interval_s", "from 0 to 3600"},
+  error_case{"retry_max_below_min", with("/refresh", R"({"retry_min_ms": 1000, "retry_max_ms": 999})"), "refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms"},
+  error_case{"retry_min_above_default_max", with("/refresh/retry_min_ms", "120000"), "refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms"},
+  error_case{"listen_missing", without("/listen"), "listen", "is required"},
+  error_case{"listen_not_string", with("/listen", "8080"), "listen", "must be a string"},
+  error_case{"listen_missing_port", with("/listen", R"("127.0.0.1")"), "listen", "missing port"},
+  error_case{"listen_hostname", with("/listen", R"("broker.internal:8080")"), "listen", "must be an IP address or localhost"},
+  error_case{"listen_missing_host", with("/listen", R"(":8080")"), "listen", "missing host"},
+  error_case{"listen_port_zero", with("/listen", R"("127.0.0.1:0")"), "listen", "port must be from 1 to 65535"},
+  error_case{"listen_port_too_big", with("/listen", R"("127.0.0.1:65536")"), "listen", "port must be from 1 to 65535"},
+  error_case{"listen_port_named", with("/listen", R"("127.0.0.1:http")"), "listen", "port must be from 1 to 65535"},
+  error_case{"listen_ipv6_without_brackets", with("/listen", R"("::1:8080")"), "listen", "brackets"},
+  error_case{"listen_relative_unix_path", with("/listen", R"("unix:run/api.sock")"), "listen", "must be absolute"},
+  error_case{"open_api_on_all_interfaces", with("/listen", R"("0.0.0.0:8080")"), "clients", "required when listen is not loopback or a unix socket"},
+  error_case{"open_api_on_lan_with_empty_clients", with("/clients", "{}", with("/listen", R"("10.1.2.3:8080")")), "clients", "required when listen is not loopback"},
+  error_case{"base_url_http", with("/upstream/base_url", R"("http://qyapi.weixin.qq.com")"), "upstream.base_url", "must start with https://"},
+  error_case{"base_url_query", with("/upstream/base_url", R"("https://qyapi.weixin.qq.com/?a=1")"), "upstream.base_url", "query"},
+  error_case{"base_url_fragment", with("/upstream/base_url", R"("https://qyapi.weixin.qq.com#x")"), "upstream.base_url", "fragment"},
+  error_case{"base_url_userinfo", with("/upstream/base_url", R"("https://user:hunter2@qyapi.weixin.qq.com")"), "upstream.base_url", "user name or password"},
+  error_case{"base_url_bad_port", with("/upstream/base_url", R"("https://qyapi.weixin.qq.com:99999")"), "upstream.base_url", "valid host and port"},
+  error_case{"base_url_no_host", with("/upstream/base_url", R"("https:///cgi")"), "upstream.base_url", "valid host and port"},
+  error_case{"ca_file_unreadable", with("/upstream/ca_file", R"("/nonexistent/token-broker-ca.pem")"), "upstream.ca_file", "cannot read /nonexistent/token-broker-ca.pem: No such file or directory"},
+  error_case{"ca_file_empty", with("/upstream/ca_file", R"("")"), "upstream.ca_file", "must be a file path or null"},
+  error_case{"apps_missing", without("/apps"), "apps", "is required"},
+  error_case{"apps_empty", with("/apps", "{}"), "apps", "at least one app"},
+  error_case{"apps_not_object", with("/apps", "[]"), "apps", "must be an object"},
+  error_case{"app_id_with_space", with("/apps/h r", R"({"corpid": "ww2", "secret": "hunter2-x"})"), "apps.h r", "app id must match [A-Za-z0-9_.-]{1,64}"},
+  error_case{"app_id_too_long", with("/apps/" + std::string(65, 'a'), R"({"corpid": "ww2", "secret": "hunter2-x"})"), "apps." + std::string(65, 'a'), "app id must match"},
+  error_case{"app_not_object", with("/apps/hr", R"("hunter2")"), "apps.hr", "must be an object"},
+  error_case{"corpid_missing", without("/apps/hr/corpid"), "apps.hr.corpid", "is required"},
+  error_case{"corpid_empty", with("/apps/hr/corpid", R"("")"), "apps.hr.corpid", "must be a non-empty string"},
+  error_case{"corpid_with_space", with("/apps/hr/corpid", R"("ww 1")"), "apps.hr.corpid", "without spaces"},
+  error_case{"corpid_too_long", with("/apps/hr/corpid", json_string(std::string(65, 'w'))), "apps.hr.corpid", "at most 64"},
+  error_case{"agentid_negative", with("/apps/hr/agentid", "-1"), "apps.hr.agentid", "must be an integer from 0"},
+  error_case{"agentid_as_string", with("/apps/hr/agentid", R"("1000002")"), "apps.hr.agentid", "must be an integer from 0"},
+  error_case{"no_secret_source", without("/apps/hr/secret"), "apps.hr", "needs exactly one of secret, secret_env, secret_file"},
+  error_case{"two_secret_sources", with("/apps/hr/secret_file", R"("/etc/hostname")"), "apps.hr", "has more than one of secret, secret_env, secret_file"},
+  error_case{"secret_empty", with("/apps/hr/secret", R"("")"), "apps.hr.secret", "must be a non-empty string"},
+  error_case{"secret_with_space", with("/apps/hr/secret", R"("hunter2 with a space")"), "apps.hr.secret", "must be a non-empty string"},
+  error_case{"secret_with_newline", with("/apps/hr/secret", R"("hunter2\n")"), "apps.hr.secret", "must be a non-empty string"},
+  error_case{"secret_not_string", with("/apps/hr/secret", "12345"), "apps.hr.secret", "must be a non-empty string"},
+  error_case{"secret_env_unset", with("/apps/hr", R"({"corpid": "ww1", "secret_env": "TOKEN_BROKER_TEST_NEVER_SET"})"), "apps.hr.secret_env", "environment variable TOKEN_BROKER_TEST_NEVER_SET is not set"},
+  error_case{"secret_env_not_a_name", with("/apps/hr", R"({"corpid": "ww1", "secret_env": "hunter2-pasted-here"})"), "apps.hr.secret_env", "must be the name of an environment variable"},
+  error_case{"secret_file_unreadable", with("/apps/hr", R"({"corpid": "ww1", "secret_file": "/nonexistent/token-broker-secret"})"), "apps.hr.secret_file", "cannot read /nonexistent/token-broker-secret: No such file or directory"},
+  error_case{"secret_file_empty_path", with("/apps/hr", R"({"corpid": "ww1", "secret_file": ""})"), "apps.hr.secret_file", "must be a file path"},
+  error_case{"same_corpid_and_secret", with("/apps/hr2", R"({"corpid": "ww1", "secret": "hunter2-hr"})"), "apps.hr2", "same corpid and secret as apps.hr"},
+  error_case{"clients_not_object", with("/clients", "[]"), "clients", "must be an object"},
+  error_case{"client_bad_name", with("/clients/bill ing", R"({"key_sha256": ")" + key_a + R"(", "apps": ["hr"]})"), "clients.bill ing", "client name must match"},
+  error_case{"client_key_missing", with_client(R"({"apps": ["hr"]})"), "clients.billing.key_sha256", "is required"},
+  error_case{"client_key_not_hex", with_client(R"({"key_sha256": ")" + std::string(64, 'g') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},
+  error_case{"client_key_too_short", with_client(R"({"key_sha256": ")" + std::string(63, 'a') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},
+  error_case{"client_key_with_sign", with_client(R"({"key_sha256": "+a)" + std::string(62, 'a') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},
+  error_case{"client_apps_missing", with_client(R"({"key_sha256": ")" + key_a + R"("})"), "clients.billing.apps", "is required"},
+  error_case{"client_apps_empty", with_client(R"({"key_sha256": ")" + key_a + R"(", "apps": []})"), "clients.billing.apps", "must be a non-empty array"},
+  error_case{"client_apps_not_array", with_client(R"({"key_sha256": ")" + key_a + R"(", "apps": "hr"})"), "clients.billing.apps", "must be a non-empty array"},
+  error_case{"client_app_not_string", with_client(R"({"key_sha256": ")" + key_a + R"(", "apps": ["hr", 1]})"), "clients.billing.apps[1]", "must be an app id"},
+  error_case{"client_unknown_app", with("/clients/billing", R"({"key_sha256": ")" + key_a + R"(", "apps": ["payroll", "hr"]})"), "clients.billing.apps[0]", "unknown app \"payroll\""},
+  error_case{"client_star_not_alone", with("/clients/billing", R"({"key_sha256": ")" + key_a + R"(", "apps": ["hr", "*"]})", two_apps), "clients.billing.apps[1]", "\"*\" must be the only entry"},
+  error_case{"clients_share_a_key", with("/clients", R"({"billing": {"key_sha256": ")" + key_a + R"(", "apps": ["hr"]}, "admin": {"key_sha256": ")" + std::string(64, 'A') + R"(", "apps": ["*"]}})"), "clients.admin.key_sha256", "same key as clients.billing"},
+  error_case{"redis_not_object", with("/redis", R"("redis://h:6379")"), "redis", "must be an object"},
+  error_case{"redis_url_missing", with("/redis", "{}"), "redis.url", "is required"},
+  error_case{"redis_url_wrong_scheme", with("/redis/url", R"("http://:hunter2@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_without_port", with("/redis/url", R"("redis://:hunter2@h")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_with_user_name", with("/redis/url", R"("redis://default:hunter2@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_empty_password", with("/redis/url", R"("redis://:@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_bad_database", with("/redis/url", R"("redis://:hunter2@h:6379/zero")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_relative_socket", with("/redis/url", R"("unix://hunter2/redis.sock")"), "redis.url", "must look like redis://"},
+  error_case{"redis_key_prefix_too_long", with("/redis", R"({"url": "redis://h:6379", "key_prefix": ")" + std::string(129, 'k') + R"("})"), "redis.key_prefix", "at most 128 characters"}
+), [](const auto& test) { return std::string(test.param.name); });
+// clang-format on
+
+}  // namespace
+}  // namespace token_broker

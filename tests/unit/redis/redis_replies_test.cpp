@@ -1,0 +1,63 @@
+// Script answers and events read as the broker uses them (redis_replies.hpp); what the fuzzer
+// found in them is in fuzz_regression_test.cpp.
+#include "token_broker/redis/redis_replies.hpp"
+
+#include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
+
+#include <memory>
+
+namespace token_broker {
+namespace {
+
+using namespace std::chrono_literals;
+
+const time_point sent_at = time_point{} + std::chrono::hours{1000};
+
+redis_reply read_reply(std::string_view resp) {
+  const std::unique_ptr<redisReader, decltype(&redisReaderFree)> reader(redisReaderCreate(),
+                                                                        &redisReaderFree);
+  redisReaderFeed(reader.get(), resp.data(), resp.size());
+  void* raw = nullptr;
+  if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK || raw == nullptr) {
+    ADD_FAILURE() << "not one whole reply";
+    return {};
+  }
+  auto reply = from_hiredis(*static_cast<const redisReply*>(raw));
+  freeReplyObject(raw);
+  return reply;
+}
+
+// A present key with its time left and digest, and an absent one; a time left out of range
+// or a digest of the wrong form is no token.
+TEST(redis_replies, stored_digests_read_as_written) {
+  const auto digests =
+      stored_digests(read_reply("*6\r\n:7199000\r\n$16\r\n0123456789abcdef\r\n:-2\r\n$0\r\n\r\n"
+                                ":9223372036854775807\r\n$16\r\n0123456789abcdef\r\n"),
+                     3, sent_at);
+  ASSERT_TRUE(digests);
+  ASSERT_EQ(digests->size(), 3u);
+  EXPECT_TRUE((*digests)[0].present);
+  EXPECT_EQ((*digests)[0].expires_at, sent_at + 7199000ms);
+  EXPECT_EQ((*digests)[0].digest, "0123456789abcdef");
+  EXPECT_FALSE((*digests)[1].present);
+  EXPECT_FALSE((*digests)[2].present);
+  EXPECT_FALSE(stored_digests(read_reply("*1\r\n:1\r\n"), 1, sent_at)) << "not a pair per key";
+}
+
+TEST(redis_replies, save_outcomes_read_one_per_token) {
+  const auto outcomes = save_results(read_reply("*3\r\n:1\r\n:0\r\n:-1\r\n"), 4);
+  EXPECT_EQ(outcomes,
+            (std::vector<save_outcome>{save_outcome::written, save_outcome::written,
+                                       save_outcome::newer_kept, save_outcome::unavailable}));
+}
+
+TEST(redis_replies, events_name_the_app_of_an_access_token) {
+  EXPECT_EQ(event_app(R"({"kind":"access_token","app":"hr","event":"refreshed"})"), "hr");
+  EXPECT_EQ(event_app(R"({"app":"hr","event":"refreshed"})"), "hr") << "a v1 broker's event";
+  EXPECT_FALSE(event_app(R"({"kind":"jsapi_ticket","app":"hr","event":"refreshed"})"));
+  EXPECT_FALSE(event_app(R"({"kind":"access_token","app":7})"));
+}
+
+}  // namespace
+}  // namespace token_broker
