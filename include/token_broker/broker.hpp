@@ -22,7 +22,7 @@ namespace token_broker {
 
 // One configured app and its access_token.
 struct app_entry {
-  app_config app;
+  std::shared_ptr<const app_config> app;  // shared with the token's source
   std::shared_ptr<credential_refresher> token;
 };
 
@@ -34,6 +34,9 @@ struct credential_match {
 
 class app_set {
  public:
+  app_set() = default;
+  explicit app_set(std::vector<app_entry> apps);
+
   // The app's access_token, null when there is no such app; lives as long as the set does.
   credential_refresher* find(std::string_view app_id) const;
   const app_entry* entry(std::string_view app_id) const;
@@ -41,13 +44,12 @@ class app_set {
   // Compares the secret's digest with every app of that corpid, in constant time.
   credential_match match_credentials(std::string_view corpid, std::string_view secret) const;
 
-  void add(app_entry app);
-
  private:
+  // Indices into in_order_, sorted: a hundred thousand apps cost no tree nodes.
   std::vector<app_entry> in_order_;
-  std::map<std::string, std::size_t, std::less<>> by_id_;                   // into in_order_
-  std::vector<sha256_digest> secret_digests_;                               // parallel to in_order_
-  std::map<std::string, std::vector<std::size_t>, std::less<>> by_corpid_;  // into in_order_
+  std::vector<sha256_digest> secret_digests_;  // parallel to in_order_
+  std::vector<std::uint32_t> by_id_;
+  std::vector<std::uint32_t> by_corpid_;
 };
 
 // What a reload changed, by app id.
@@ -84,7 +86,7 @@ class broker {
   reload_summary reload(const config& next);
 
  private:
-  std::shared_ptr<credential_refresher> make_refresher(const app_config& app,
+  std::shared_ptr<credential_refresher> make_refresher(std::shared_ptr<const app_config> app,
                                                        credential_refresher::origin how);
 
   supervisor tasks_;

@@ -4,8 +4,12 @@
 
 namespace token_broker {
 
+gettoken_source::gettoken_source(std::string_view corpid, std::string_view secret)
+    : app_(std::make_shared<const app_config>(
+          app_config{.corpid = std::string(corpid), .secret = std::string(secret)})) {}
+
 upstream_request gettoken_source::request(std::string_view) const {
-  return upstream_request{.target = gettoken_target(corpid_, secret_)};
+  return upstream_request{.target = gettoken_target(app_->corpid, app_->secret)};
 }
 
 fetch_result gettoken_source::read(const upstream_response& answer) const {
@@ -14,11 +18,6 @@ fetch_result gettoken_source::read(const upstream_response& answer) const {
   auto& issued = std::get<issued_token>(parsed);
   return fetched_token{std::move(issued.access_token), issued.expires_in, answer.sent_at,
                        answer.received_at, answer.sent_at_wall};
-}
-
-bool gettoken_source::same_as(const credential_source& other) const {
-  const auto* same_kind = dynamic_cast<const gettoken_source*>(&other);
-  return same_kind && same_kind->corpid_ == corpid_ && same_kind->secret_ == secret_;
 }
 
 bool rejects_access_token(int errcode) {

@@ -294,12 +294,12 @@ std::variant<answer, waiting_request> request_handler::list_apps(const call& ask
   auto listing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!asking.auth.may_read(asking.client, app.app.id)) continue;
+    if (!asking.auth.may_read(asking.client, app.app->id)) continue;
     const auto view = app.token->view();
     const token* current = view->servable(now);
     listing.push_back({
-        {"app", app.app.id},
-        {"corpid", app.app.corpid},
+        {"app", app.app->id},
+        {"corpid", app.app->corpid},
         {"state", to_string(view->state_at(now))},
         {"expires_at", current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
                                : nlohmann::ordered_json(nullptr)},
@@ -313,7 +313,7 @@ std::variant<answer, waiting_request> request_handler::readyz(const call&) {
   auto failing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!app.token->view()->servable(now)) failing.push_back(app.app.id);
+    if (!app.token->view()->servable(now)) failing.push_back(app.app->id);
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
   return json_response(http::status::service_unavailable,

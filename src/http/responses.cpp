@@ -25,13 +25,13 @@ response error_response(http::status status, std::string_view code, std::string_
 
 token_answer our_token_answer(std::shared_ptr<const app_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
-  const auto* body = &view->answers.ours;
+  const auto body = view->answers.ours();
   return token_answer{std::move(view), body, expires_in};
 }
 
 token_answer wecom_token_answer(std::shared_ptr<const app_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
-  const auto* body = &view->answers.wecom;
+  const auto body = view->answers.wecom();
   return token_answer{std::move(view), body, expires_in};
 }
 
@@ -41,7 +41,7 @@ unsigned status_of(const answer& outgoing) {
 }
 
 token_answer_bytes::token_answer_bytes(const token_answer& outgoing, bool keep_alive)
-    : body_(*outgoing.body) {
+    : body_(outgoing.body) {
   // By hand rather than with fmt: this runs for every token answer, and the profile showed
   // fmt's format-string parsing as the largest cost left in it.
   seconds_size_ = static_cast<std::size_t>(

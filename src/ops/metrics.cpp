@@ -88,14 +88,19 @@ void request_metrics::render(std::string& out) const {
                  cumulative, static_cast<double>(sum_ns) / 1e9, cumulative);
 }
 
+namespace {
+std::mutex failures_mutex;
+}  // namespace
+
 void upstream_metrics::record_failure(int errcode) {
-  const std::lock_guard lock(mutex_);
-  ++failures_[errcode];
+  const std::lock_guard lock(failures_mutex);
+  if (!failures_) failures_ = std::make_unique<std::map<int, std::uint64_t>>();
+  ++(*failures_)[errcode];
 }
 
 std::map<int, std::uint64_t> upstream_metrics::failures() const {
-  const std::lock_guard lock(mutex_);
-  return failures_;
+  const std::lock_guard lock(failures_mutex);
+  return failures_ ? *failures_ : std::map<int, std::uint64_t>{};
 }
 
 std::string render_metrics(const request_metrics& requests, const app_set& apps,
@@ -121,7 +126,7 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
                    "\"ok\"}} {1}\n"
                    "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
                    "\"error\"}} {2}\n",
-                   app.app.id, results.ok(), failed);
+                   app.app->id, results.ok(), failed);
   }
   append_metric_header(out, "token_broker_refresh_failures_total", "counter",
                        "Failed gettoken calls by app and WeCom errcode (-1: network, TLS, HTTP "
@@ -131,7 +136,7 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
       fmt::format_to(std::back_inserter(out),
                      "token_broker_refresh_failures_total{{app=\"{}\",kind=\"access_token\","
                      "errcode=\"{}\"}} {}\n",
-                     app.app.id, errcode, count);
+                     app.app->id, errcode, count);
     }
   }
   append_metric_header(out, "token_broker_token_expiry_timestamp_seconds", "gauge",
@@ -143,7 +148,7 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
     fmt::format_to(
         std::back_inserter(out),
         "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"access_token\"}} {}\n",
-        app.app.id, current ? unix_seconds(current->expires_at_wall) : 0);
+        app.app->id, current ? unix_seconds(current->expires_at_wall) : 0);
   }
   if (redis_up) {
     append_metric_header(out, "token_broker_redis_up", "gauge",

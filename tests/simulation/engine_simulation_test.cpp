@@ -50,7 +50,6 @@ class ticket_source final : public credential_source {
                          seconds{json.at("expires_in").get<int>()}, answer.sent_at,
                          answer.received_at, answer.sent_at_wall};
   }
-  bool same_as(const credential_source&) const override { return false; }
 
  private:
   std::string app_;
@@ -68,8 +67,7 @@ struct replica {
     engine.start(tasks);
     for (int app = 0; app < apps; ++app) {
       auto refresher = std::make_shared<simulated_refresher>(
-          engine, credential_id{credential_kind::access_token, corpid_of(app)}, corpid_of(app),
-          gettoken_for(app));
+          engine, credential_id{credential_kind::access_token, corpid_of(app)}, gettoken_for(app));
       tokens.push_back(refresher);
       engine.add(std::move(refresher));
     }
@@ -287,7 +285,7 @@ TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_re
   auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
   broker.start(1);
   auto ticket = std::make_shared<simulated_refresher>(
-      broker.engine, credential_id{credential_kind::access_token, "ticket"}, "ticket",
+      broker.engine, credential_id{credential_kind::access_token, "ticket"},
       std::make_unique<ticket_source>(corpid_of(0)));
   broker.engine.add(ticket);
   run_for(io_, 1s);

@@ -89,6 +89,7 @@ class basic_engine {
   std::map<credential_id, std::shared_ptr<refresher>> registry_;
   std::set<std::pair<time_point, refresher*>> due_;  // one entry per idle credential
   std::size_t running_ = 0;                          // tasks of credentials under way
+  std::size_t ended_since_trim_ = 0;
   timer wake_;
   time_point wake_at_{};
   bool stopping_ = false;

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "token_broker/core/memory.hpp"
 #include "token_broker/credentials/engine.hpp"
 #include "token_broker/credentials/refresher_impl.hpp"
 #include "token_broker/credentials/store_sync_impl.hpp"
@@ -19,6 +20,9 @@ constexpr std::chrono::milliseconds max_sleep{30000};
 // waits for Redis or an upstream slot (16): a start with 100,000 credentials due at once
 // starting them all would hold them all, and the heap would keep that peak long after.
 constexpr std::size_t max_running = 64;
+
+// So many tasks ending make a burst worth giving memory back after.
+constexpr std::size_t burst = 1000;
 
 }  // namespace engine_detail
 
@@ -185,9 +189,17 @@ asio::awaitable<void> basic_engine<Clock>::run() {
 template <class Clock>
 void basic_engine<Clock>::task_ended(refresher& credential) {
   --running_;
+  ++ended_since_trim_;
   credential.set_running(false);
   plan(credential);
-  if (!due_.empty() && due_.begin()->first <= Clock::now()) wake_.cancel();
+  if (!due_.empty() && due_.begin()->first <= Clock::now()) {
+    wake_.cancel();
+  } else if (running_ == 0 && ended_since_trim_ >= engine_detail::burst) {
+    // A burst is over (a start, a reload, a wave of refreshes): the heap it grew is free
+    // again but scattered between what stays, which the allocator keeps resident.
+    ended_since_trim_ = 0;
+    release_free_memory();
+  }
 }
 
 }  // namespace token_broker

@@ -64,12 +64,13 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   // value is fetched with the new ones, proving they work).
   enum class origin { configured, credentials_changed };
 
-  // `label` names it in answers and metrics (an app id); `source` is how it is fetched.
-  basic_refresher(engine_type& engine, credential_id id, std::string label,
-                  std::unique_ptr<credential_source> source, origin how = origin::configured);
+  // `source` is how it is fetched.
+  basic_refresher(engine_type& engine, credential_id id, std::unique_ptr<credential_source> source,
+                  origin how = origin::configured);
 
   const credential_id& id() const { return id_; }
-  const std::string& label() const { return label_; }
+  // How answers and metrics name it: its scope (an app id).
+  const std::string& label() const { return id_.scope; }
   const credential_source& source() const { return *source_; }
   std::shared_ptr<const credential_view> view() const { return view_.load(); }
   // For the hot path: read through a published<credential_view>::reader.
@@ -82,9 +83,9 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   asio::awaitable<token_outcome> invalidate(std::string value);
 
   // The engine's side, on its strand.
-  void begin();                   // plans its first task
-  asio::awaitable<void> run();    // its task when due: the first looks at the store, any may
-                                  // refresh; plans the next
+  void begin();                 // plans its first task
+  asio::awaitable<void> run();  // its task when due: the first looks at the store, any may
+                                // refresh; plans the next
   // Adopts the store's value if it is newer than the one held.
   asio::awaitable<void> load_from_store();
   // The store's name for it. Its keys are per app until the store learns credential kinds.
@@ -113,7 +114,6 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
 
   engine_type& engine_;
   const credential_id id_;
-  const std::string label_;
   const std::unique_ptr<credential_source> source_;
 
   // Everything below is touched only on the engine's strand.

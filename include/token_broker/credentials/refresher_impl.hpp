@@ -30,11 +30,10 @@ inline std::int64_t milliseconds_between(time_point from, time_point to) {
 }  // namespace refresher_detail
 
 template <class Clock>
-basic_refresher<Clock>::basic_refresher(engine_type& engine, credential_id id, std::string label,
+basic_refresher<Clock>::basic_refresher(engine_type& engine, credential_id id,
                                         std::unique_ptr<credential_source> source, origin how)
     : engine_(engine),
       id_(std::move(id)),
-      label_(std::move(label)),
       source_(std::move(source)),
       lifecycle_(engine.refresh_policy()),
       random_(std::random_device{}()),
@@ -294,7 +293,7 @@ void basic_refresher<Clock>::publish() {
   // A revoked value is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
-    view->answers = prepare_token_answers(label_, *held);
+    view->answers = prepare_token_answers(label(), *held);
   }
   view_.store(std::move(view));
 

@@ -28,24 +28,20 @@ class credential_source {
   virtual upstream_request request(std::string_view dependency_value) const = 0;
   // Upstream's answer read strictly: the credential, or why not.
   virtual fetch_result read(const upstream_response& answer) const = 0;
-  // Whether this source fetches the same thing as `other` (a reload keeps a credential whose
-  // source did not change, with its value).
-  virtual bool same_as(const credential_source& other) const = 0;
 };
 
 // An app's access_token: GET /cgi-bin/gettoken?corpid=…&corpsecret=…
 class gettoken_source final : public credential_source {
  public:
-  gettoken_source(std::string_view corpid, std::string_view secret)
-      : corpid_(corpid), secret_(secret) {}
+  // Shares the app's config (a hundred thousand apps hold their secrets once).
+  explicit gettoken_source(std::shared_ptr<const app_config> app) : app_(std::move(app)) {}
+  gettoken_source(std::string_view corpid, std::string_view secret);
 
   upstream_request request(std::string_view dependency_value) const override;
   fetch_result read(const upstream_response& answer) const override;
-  bool same_as(const credential_source& other) const override;
 
  private:
-  std::string corpid_;
-  std::string secret_;
+  std::shared_ptr<const app_config> app_;
 };
 
 // Whether `errcode` says the access_token a call carried is not (or no longer) valid.

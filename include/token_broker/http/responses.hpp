@@ -22,7 +22,7 @@ response error_response(http::status status, std::string_view code, std::string_
 // Holding the view keeps that text alive until the answer is written.
 struct token_answer {
   std::shared_ptr<const app_view> view;  // servable at `now`
-  const prepared_body* body;
+  prepared_body body;                    // views into the view's text
   std::int64_t expires_in;
 };
 // 200 {"app","access_token","expires_in","expires_at"}
@@ -47,7 +47,7 @@ class token_answer_bytes {
   std::size_t head_size_;
   std::array<char, 24> seconds_;
   std::size_t seconds_size_;
-  const prepared_body& body_;
+  prepared_body body_;
 };
 // 503 unavailable, with WeCom's errcode/errmsg when upstream is the reason, and Retry-After.
 response unavailable_response(std::string_view app_id, const token_outcome& outcome);

@@ -3,6 +3,7 @@
 // hot path builds no JSON and allocates nothing.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -11,14 +12,26 @@
 
 namespace token_broker {
 
+// One answer's body around its `expires_in`: views into prepared_token_answers' text.
 struct prepared_body {
-  std::string before_expires_in;  // {"app":"hr","access_token":"…","expires_in":
-  std::string after_expires_in;   // ,"expires_at":1790000000}
+  std::string_view before_expires_in;  // {"app":"hr","access_token":"…","expires_in":
+  std::string_view after_expires_in;   // ,"expires_at":1790000000}
 };
 
-struct prepared_token_answers {
-  prepared_body ours;   // GET /v1/apps/{app}/token, SPEC §4
-  prepared_body wecom;  // GET /cgi-bin/gettoken, WeCom's own shape
+// Both answers in one allocation: a hundred thousand credentials hold one of these each.
+class prepared_token_answers {
+ public:
+  prepared_token_answers() = default;
+  prepared_token_answers(const prepared_body& ours, const prepared_body& wecom);
+
+  prepared_body ours() const { return part(0); }   // GET /v1/apps/{app}/token, SPEC §4
+  prepared_body wecom() const { return part(2); }  // GET /cgi-bin/gettoken, WeCom's shape
+
+ private:
+  prepared_body part(std::size_t first) const;
+
+  std::string text_;
+  std::array<std::uint32_t, 4> ends_{};  // where each of the four pieces ends in text_
 };
 
 prepared_token_answers prepare_token_answers(std::string_view app_id, const token& current);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -56,7 +57,9 @@ class request_metrics {
   std::array<shard, shard_count> shards_{};
 };
 
-// One app's gettoken results. Failures are rare, so they take a lock; successes do not.
+// One credential's upstream results. Failures are rare, so they take a lock (one for every
+// credential) and their counts are allocated on the first; successes take neither. A hundred
+// thousand credentials hold one of these each.
 class upstream_metrics {
  public:
   void record_ok() { ok_.fetch_add(1, std::memory_order_relaxed); }
@@ -68,8 +71,7 @@ class upstream_metrics {
 
  private:
   std::atomic<std::uint64_t> ok_{0};
-  mutable std::mutex mutex_;
-  std::map<int, std::uint64_t> failures_;
+  std::unique_ptr<std::map<int, std::uint64_t>> failures_;  // under failures_mutex
 };
 
 class app_set;

@@ -22,7 +22,7 @@ using namespace std::chrono_literals;
 std::shared_ptr<credential_refresher> make_refresher(credential_engine& engine, std::string id,
                                                      std::string secret) {
   return std::make_shared<credential_refresher>(
-      engine, credential_id{credential_kind::access_token, id}, id,
+      engine, credential_id{credential_kind::access_token, id},
       std::make_unique<gettoken_source>("ww0123456789abcdef", secret));
 }
 
@@ -64,7 +64,7 @@ TEST(app_refresher_test, a_cool_down_in_its_last_millisecond_is_waited_out_not_s
   engine.start(tasks);
   const app_config app{.id = "hr", .corpid = "ww0123456789abcdef", .secret = "s"};
   engine.add(std::make_shared<credential_refresher>(
-      engine, credential_id{credential_kind::access_token, app.id}, app.id,
+      engine, credential_id{credential_kind::access_token, app.id},
       std::make_unique<gettoken_source>(app.corpid, app.secret)));
   io.run_for(watched);
   engine.stop();
