@@ -75,7 +75,7 @@ class broker {
   const published<app_set>& published_apps() const { return apps_; }
   // Whether the shared store is reachable; empty without one.
   std::optional<bool> store_up() const { return store_->up(); }
-  // The process's long-lived tasks: the refreshers, the store's connections, and whatever
+  // The process's long-lived tasks: the credential scheduler, the store's connections, and whatever
   // else the daemon spawns through it.
   supervisor& tasks() { return tasks_; }
   const supervisor& tasks() const { return tasks_; }

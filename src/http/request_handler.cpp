@@ -16,7 +16,7 @@ struct worker_reads {
   published<client_auth>::reader auth;
   published<app_set>::reader apps;
   const app_set* views_of = nullptr;  // the set whose apps `views` holds
-  std::unordered_map<const credential_refresher*, published<app_view>::reader> views;
+  std::unordered_map<const credential_refresher*, published<credential_view>::reader> views;
 
   const app_set& current_apps(const broker& source) {
     const auto& set = apps.current(source.published_apps());
@@ -26,7 +26,7 @@ struct worker_reads {
     }
     return *set;
   }
-  const std::shared_ptr<const app_view>& current_view(const credential_refresher& app) {
+  const std::shared_ptr<const credential_view>& current_view(const credential_refresher& app) {
     return views[&app].current(app.published_view());
   }
 };

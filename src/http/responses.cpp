@@ -23,13 +23,13 @@ response error_response(http::status status, std::string_view code, std::string_
                        nlohmann::ordered_json{{"error", code}, {"message", message}}.dump());
 }
 
-token_answer our_token_answer(std::shared_ptr<const app_view> view, time_point now) {
+token_answer our_token_answer(std::shared_ptr<const credential_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
   const auto body = view->answers.ours();
   return token_answer{std::move(view), body, expires_in};
 }
 
-token_answer wecom_token_answer(std::shared_ptr<const app_view> view, time_point now) {
+token_answer wecom_token_answer(std::shared_ptr<const credential_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
   const auto body = view->answers.wecom();
   return token_answer{std::move(view), body, expires_in};

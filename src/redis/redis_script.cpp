@@ -25,7 +25,7 @@ asio::awaitable<std::optional<redis_reply>> redis_script::run(
   }
   if (error) co_return std::nullopt;
   if (reply.type == redis_reply::kind::error) {
-    spdlog::warn("redis script failed: {}", reply.text);
+    spdlog::warn("redis script failed: {}", connection.redacted(reply.text));
     co_return std::nullopt;
   }
   co_return std::move(reply);

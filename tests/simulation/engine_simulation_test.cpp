@@ -330,6 +330,54 @@ TEST_F(engine_simulation, stop_answers_every_waiting_caller_at_once) {
   }
 }
 
+// A reload removes a credential, or replaces it (new secret), while its refresh is under way:
+// the old one is never planned again (no spinning, no use after it is gone), the new one
+// serves.
+TEST_F(engine_simulation, a_credential_removed_or_replaced_mid_refresh_is_never_planned_again) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 5s);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(2);
+  run_for(io_, 1s);  // both calls under way
+  const credential_id removed{credential_kind::access_token, corpid_of(0)};
+  broker.engine.remove(removed);
+  broker.engine.add(std::make_shared<simulated_refresher>(
+      broker.engine, credential_id{credential_kind::access_token, corpid_of(1)}, gettoken_for(1)));
+  broker.tokens[0].reset();  // nothing but its own task holds the removed one now
+  broker.tokens[1].reset();
+  run_for(io_, 10s);
+
+  std::size_t handlers = 0;
+  const auto end = simulated_clock::now() + 1h;
+  while (simulated_clock::now() < end) {
+    io_.restart();
+    handlers += io_.poll();
+    simulated_clock::current += 100ms;
+  }
+  EXPECT_LE(handlers, 3600 / 30 + 10) << "an ended credential is being planned again";
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 1);
+  EXPECT_EQ(wecom.calls(corpid_of(1)), 2) << "the old one's call, then the new one's";
+  EXPECT_FALSE(broker.engine.find(removed));
+  const auto replaced = broker.engine.find({credential_kind::access_token, corpid_of(1)});
+  ASSERT_TRUE(replaced);
+  const auto view = replaced->view();
+  ASSERT_TRUE(view->servable(simulated_clock::now()));
+  EXPECT_TRUE(wecom.valid(corpid_of(1), view->current->value));
+}
+
+// As many credentials due at once as the engine runs tasks for (64), and their first calls
+// fail: the retries, due a second later, are not held back to the scheduler's 30 s re-plan.
+TEST_F(engine_simulation, retries_behind_a_full_set_of_tasks_start_when_due) {
+  constexpr int apps = 64;  // every task slot taken at once, freed before the retries are due
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
+  wecom.fail_next(apps, -1);
+  auto& broker =
+      add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{}, 5000ms, 16);
+  broker.start(apps);
+  run_for(io_, 10s);
+  for (int app = 0; app < apps; ++app) EXPECT_TRUE(broker.served(app)) << corpid_of(app);
+  EXPECT_EQ(wecom.calls(), 2 * apps);
+}
+
 // The idle cost does not grow with the number of credentials: with 10,000 of them fresh, an
 // hour without a refresh due runs a handful of scheduler wake-ups, not one per credential.
 TEST_F(engine_simulation, idle_work_does_not_grow_with_the_number_of_credentials) {

@@ -1,8 +1,9 @@
-// The long-lived tasks of the process (refreshers, Redis connections, the accept loop, the
-// systemd watchdog feeder, the signal handler), kept running: a task spawned here that ends
-// with an exception is logged, counted and restarted after a backoff, and while it is down
-// GET /healthz says so (SPEC §4). Every expected failure is handled inside the tasks; an
-// exception reaching the supervisor is a broken invariant, which must not end a task for good.
+// The long-lived tasks of the process (the credential scheduler and store sync, the Redis
+// connections, the accept loop, the systemd watchdog feeder, the signal handler), kept running: a
+// task spawned here that ends with an exception is logged, counted and restarted after a backoff,
+// and while it is down GET /healthz says so (SPEC §4). Every expected failure is handled inside the
+// tasks; an exception reaching the supervisor is a broken invariant, which must not end a task for
+// good.
 #pragma once
 
 #include <chrono>
@@ -39,8 +40,8 @@ class supervisor {
 
   // Runs `body()` on `executor` until it ends normally, running it again after each end by
   // exception. `kind` labels the restart metric and must come from a small fixed set
-  // ("refresher", "redis", …); `name` says which task in the log and in /healthz ("app=hr
-  // refresher"). Each of `secrets` is masked wherever an exception's message is logged.
+  // ("scheduler", "redis", …); `name` says which task in the log and in /healthz ("credential
+  // scheduler"). Each of `secrets` is masked wherever an exception's message is logged.
   void spawn(asio::any_io_executor executor, std::string kind, std::string name, task body,
              std::vector<std::string> secrets = {});
 

@@ -112,7 +112,9 @@ void basic_engine<Clock>::store_returned() {
 template <class Clock>
 void basic_engine<Clock>::load_from_store(refresher& credential) {
   if (stopping_) return;
-  asio::co_spawn(strand_, credential.load_from_store(), log_failure(credential));
+  // The load holds its refresher: a reload may remove it while Redis answers.
+  auto load = [holder = credential.shared_from_this()] { return holder->load_from_store(); };
+  asio::co_spawn(strand_, std::move(load), log_failure(credential));
 }
 
 template <class Clock>
@@ -140,7 +142,8 @@ void basic_engine<Clock>::unqueue(refresher& credential) {
 template <class Clock>
 void basic_engine<Clock>::plan(refresher& credential) {
   unqueue(credential);
-  if (stopping_ || credential.busy()) return;  // its task plans again when it ends
+  // A busy one plans again when its task ends; an ended one (removed, replaced) never again.
+  if (stopping_ || credential.busy() || credential.ended()) return;
   const auto at = credential.next_attempt_at();
   due_.emplace(at, &credential);
   credential.queued_at() = at;
@@ -156,6 +159,8 @@ std::function<void(std::exception_ptr)> basic_engine<Clock>::log_failure(
       std::rethrow_exception(failure);
     } catch (const std::exception& error) {
       spdlog::error("{}: a task ended unexpectedly: {}", name, error.what());
+    } catch (...) {
+      spdlog::error("{}: a task ended unexpectedly", name);
     }
   };
 }
@@ -172,8 +177,12 @@ asio::awaitable<void> basic_engine<Clock>::run() {
       ++running_;
       // The task holds its refresher: a removal meanwhile does not pull it away.
       auto task = [this, holder = credential->shared_from_this()]() -> asio::awaitable<void> {
-        co_await holder->run();
-        task_ended(*holder);
+        try {
+          co_await holder->run();
+        } catch (...) {
+          spdlog::error("{}: its task ended unexpectedly", log_name(holder->id()));
+        }
+        task_ended(*holder);  // whatever happened: the slot is given back, the next planned
       };
       asio::co_spawn(strand_, std::move(task), log_failure(*credential));
     }
@@ -192,6 +201,8 @@ void basic_engine<Clock>::task_ended(refresher& credential) {
   ++ended_since_trim_;
   credential.set_running(false);
   plan(credential);
+  // Refreshes that came due while every slot was taken start now (one planned earlier than
+  // the scheduler's wake-up has woken it already: plan()).
   if (!due_.empty() && due_.begin()->first <= Clock::now()) {
     wake_.cancel();
   } else if (running_ == 0 && ended_since_trim_ >= engine_detail::burst) {

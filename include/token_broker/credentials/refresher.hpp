@@ -40,7 +40,6 @@ struct credential_view {
     return state == app_state::fresh && !servable(now) ? app_state::unknown : state;
   }
 };
-using app_view = credential_view;
 
 // The answer to someone who needs the credential: it, or why there is none and when to come
 // back.
@@ -92,6 +91,9 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   const std::string& store_key() const { return id_.scope; }
   void end();  // stopped or removed: no more refreshes, waiters answered
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
+  bool ended() const { return ended_; }
+  // The engine has not started its first task (which looks at the store) yet.
+  bool started() const { return !first_run_; }
   // A task of it runs, or a refresh is under way: it plans itself when that ends.
   bool busy() const { return running_ || lifecycle_.in_flight(); }
   void set_running(bool running) { running_ = running; }
@@ -101,8 +103,10 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
 
  private:
   asio::awaitable<void> negotiate_and_call();
-  asio::awaitable<void> call_upstream(const upstream_caller::slot& held, bool holds_permit);
-  asio::awaitable<fetch_result> fetch(const upstream_caller::slot& held);
+  // `upstream` is the client `held` is a slot of: a reload may replace the one in force.
+  asio::awaitable<void> call_upstream(upstream_caller& upstream, const upstream_caller::slot& held,
+                                      bool holds_permit);
+  asio::awaitable<fetch_result> fetch(upstream_caller& upstream, const upstream_caller::slot& held);
   asio::awaitable<void> save_held();
   bool adopt_stored(const stored_token& stored);
   void record(const fetch_result& result, time_point started_at);

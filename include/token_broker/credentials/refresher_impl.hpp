@@ -110,10 +110,10 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
     }
     switch (answer.permit) {
       case refresh_permit::granted:
-        co_await call_upstream(held, true);
+        co_await call_upstream(*upstream, held, true);
         co_return;
       case refresh_permit::unavailable:
-        co_await call_upstream(held, false);
+        co_await call_upstream(*upstream, held, false);
         co_return;
       case refresh_permit::cooling_down: {
         // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
@@ -144,7 +144,8 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
 // The dependency is waited for while this call holds its upstream slot: a stall, bounded by
 // the wait limit, is possible only if every slot is held by such a wait at once.
 template <class Clock>
-asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(const upstream_caller::slot& held) {
+asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(upstream_caller& upstream,
+                                                            const upstream_caller::slot& held) {
   std::shared_ptr<basic_refresher> dependency;
   std::string carried;
   const auto unavailable_dependency = [](const token_outcome& outcome) {
@@ -162,9 +163,8 @@ asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(const upstream_calle
     if (!outcome.view) co_return unavailable_dependency(outcome);
     carried = outcome.view->current->value;
   }
-  const auto upstream = engine_.upstream();
   for (bool retried = false;; retried = true) {
-    auto call = upstream->call(held, source_->request(carried));
+    auto call = upstream.call(held, source_->request(carried));
     const auto answer = co_await std::move(call);
     if (const auto* failure = std::get_if<fetch_failure>(&answer)) co_return *failure;
     auto result = source_->read(std::get<upstream_response>(answer));
@@ -182,13 +182,14 @@ asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(const upstream_calle
 }
 
 template <class Clock>
-asio::awaitable<void> basic_refresher<Clock>::call_upstream(const upstream_caller::slot& held,
+asio::awaitable<void> basic_refresher<Clock>::call_upstream(upstream_caller& upstream,
+                                                            const upstream_caller::slot& held,
                                                             bool holds_permit) {
   using namespace refresher_detail;
   const auto started_at = Clock::now();
   lifecycle_.attempt_started(started_at);
   const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
-  auto operation = fetch(held);
+  auto operation = fetch(upstream, held);
   const auto result = co_await std::move(operation);
   if (ended_) {
     lifecycle_.attempt_withdrawn(std::nullopt);

@@ -91,6 +91,8 @@ asio::awaitable<void> basic_store_sync<Clock>::compare(
   std::vector<refresher*> behind_credentials;
   std::size_t loading = 0;
   for (std::size_t i = 0; i < credentials.size(); ++i) {
+    // Not started yet: its first task looks at the store anyway, a bounded number at once.
+    if (!credentials[i]->started()) continue;
     const auto view = credentials[i]->view();
     const token* held = view->servable(now);
     switch (compare_with_store(held, (*stored)[i])) {

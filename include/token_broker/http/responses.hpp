@@ -21,14 +21,14 @@ response error_response(http::status status, std::string_view code, std::string_
 // A 200 token answer: the body prepared with the token, around the seconds left at `now`.
 // Holding the view keeps that text alive until the answer is written.
 struct token_answer {
-  std::shared_ptr<const app_view> view;  // servable at `now`
-  prepared_body body;                    // views into the view's text
+  std::shared_ptr<const credential_view> view;  // servable at `now`
+  prepared_body body;                           // views into the view's text
   std::int64_t expires_in;
 };
 // 200 {"app","access_token","expires_in","expires_at"}
-token_answer our_token_answer(std::shared_ptr<const app_view> view, time_point now);
+token_answer our_token_answer(std::shared_ptr<const credential_view> view, time_point now);
 // 200 {"errcode":0,"errmsg":"ok","access_token","expires_in"}: WeCom's shape for the drop-in
-token_answer wecom_token_answer(std::shared_ptr<const app_view> view, time_point now);
+token_answer wecom_token_answer(std::shared_ptr<const credential_view> view, time_point now);
 
 // Everything the API sends: a token answer, written straight from its prepared text (the
 // hot path), or any other response.

@@ -57,6 +57,8 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
 
   // Its connection loop, as a task of `tasks`: restarted should it ever end unexpectedly.
   void start(supervisor& tasks);
+  // `text` (a reply, an error) with the password masked, for a log line.
+  std::string redacted(std::string text) const;
   void stop();
   // Connected, authenticated and on the configured database.
   bool up() const { return up_.load(std::memory_order_acquire); }
@@ -86,7 +88,6 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   void drop();
   void notify() { state_changed_.cancel(); }
   std::string endpoint() const;
-  std::string redacted(std::string text) const;
   struct socket_watch {
     bool wanted = false;   // hiredis asked for this direction
     bool waiting = false;  // an async_wait is outstanding

@@ -52,7 +52,7 @@ class cooling_down_store final : public token_store {
 };
 
 // Found by the fault soak: up to 14 questions to Redis (and log lines) in one millisecond.
-TEST(app_refresher_test, a_cool_down_in_its_last_millisecond_is_waited_out_not_spun_on) {
+TEST(refresher_test, a_cool_down_in_its_last_millisecond_is_waited_out_not_spun_on) {
   constexpr auto watched = 200ms;
   const auto level = spdlog::get_level();
   spdlog::set_level(spdlog::level::off);  // one line per question otherwise
@@ -104,7 +104,7 @@ class store_failing_once final : public token_store {
 // answered 200: the app never got a token again. Now a credential has no task of its own to
 // lose: the failed look at the store is logged, the refresh still happens, and /healthz has
 // nothing to report (the scheduler itself is supervised: supervisor_test).
-TEST(app_refresher_test, a_store_that_throws_does_not_end_a_credentials_refreshing) {
+TEST(refresher_test, a_store_that_throws_does_not_end_a_credentials_refreshing) {
   const auto level = spdlog::get_level();
   spdlog::set_level(spdlog::level::off);
   asio::io_context io;

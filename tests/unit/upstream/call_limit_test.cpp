@@ -74,7 +74,7 @@ TEST(call_limit_test, many_coroutines_on_several_threads_never_exceed_the_capaci
     ++done;
   };
   for (int i = 0; i < callers; ++i) {
-    // Each on a strand of its own, as each app's refresher is.
+    // Each on a strand of its own: callers may come from any executor.
     asio::co_spawn(asio::make_strand(io), caller(), asio::detached);
   }
   std::vector<std::thread> threads;
