@@ -105,10 +105,14 @@ std::string make_owner_id() {
   return fmt::format("{}:{}:{:016x}", host.data(), getpid(), random());
 }
 
-// The time `expires_at` leaves from `now`, in whole milliseconds, rounded down: what Redis
-// counts from when the script runs, a moment later.
+// Redis counts the time left from when the script runs, a one-way trip after `now`; this much
+// is taken off for that trip (generously: a busy Redis, a loaded host), so that the key never
+// outlives the token. Nothing to a real token's two hours.
+constexpr milliseconds write_trip_allowance{10};
+
+// The time `expires_at` leaves from `now`, in whole milliseconds, rounded down, less the trip.
 long long milliseconds_left(time_point expires_at, time_point now) {
-  return std::chrono::floor<milliseconds>(expires_at - now).count();
+  return (std::chrono::floor<milliseconds>(expires_at - now) - write_trip_allowance).count();
 }
 
 }  // namespace
