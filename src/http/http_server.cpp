@@ -7,6 +7,8 @@
 
 #include <filesystem>
 
+#include "token_broker/core/counted.hpp"
+
 namespace token_broker {
 
 struct http_server::shared_state {
@@ -36,18 +38,6 @@ using std::chrono::steady_clock;
 template <class Protocol>
 using socket_for =
     typename Protocol::socket::template rebind_executor<asio::io_context::executor_type>::other;
-
-// Counts something for exactly as long as it lives.
-class counted {
- public:
-  explicit counted(std::atomic<std::size_t>& count) : count_(count) { ++count_; }
-  ~counted() { --count_; }
-  counted(const counted&) = delete;
-  counted& operator=(const counted&) = delete;
-
- private:
-  std::atomic<std::size_t>& count_;
-};
 
 // A connection's socket and the deadline its current phase must meet. Arming a timer for
 // every read and write cost a timer-queue insert and cancel per request, the largest cost

@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "token_broker/core/counted.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -37,18 +39,6 @@ worker_reads& reads_of(const request_handler* handler) {
   if (this_worker.handler != handler) this_worker = worker_reads{.handler = handler};
   return this_worker;
 }
-
-// Counts something for exactly as long as it lives.
-class counted {
- public:
-  explicit counted(std::atomic<std::size_t>& count) : count_(count) { ++count_; }
-  ~counted() { --count_; }
-  counted(const counted&) = delete;
-  counted& operator=(const counted&) = delete;
-
- private:
-  std::atomic<std::size_t>& count_;
-};
 
 // WeCom answers a gettoken it cannot serve with -1 "system busy"; so do we when upstream
 // gave no reason of its own.
