@@ -112,6 +112,7 @@ void basic_engine<Clock>::store_returned() {
 template <class Clock>
 void basic_engine<Clock>::load_from_store(refresher& credential) {
   if (stopping_) return;
+  if (credential.busy()) return credential.defer_load();  // task_ended() loads
   // The load holds its refresher: a reload may remove it while Redis answers.
   auto load = [holder = credential.shared_from_this()] { return holder->load_from_store(); };
   asio::co_spawn(strand_, std::move(load), log_failure(credential));
@@ -200,6 +201,7 @@ void basic_engine<Clock>::task_ended(refresher& credential) {
   --running_;
   ++ended_since_trim_;
   credential.set_running(false);
+  if (credential.take_deferred_load()) load_from_store(credential);
   plan(credential);
   // Refreshes that came due while every slot was taken start now (one planned earlier than
   // the scheduler's wake-up has woken it already: plan()).

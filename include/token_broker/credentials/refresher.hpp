@@ -97,6 +97,10 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   // A task of it runs, or a refresh is under way: it plans itself when that ends.
   bool busy() const { return running_ || lifecycle_.in_flight(); }
   void set_running(bool running) { running_ = running; }
+  // A look at the store asked for while busy waits for the task's end: a value adopted while
+  // a call is under way could be overwritten by that call's older answer.
+  void defer_load() { load_deferred_ = true; }
+  bool take_deferred_load() { return std::exchange(load_deferred_, false); }
   time_point next_attempt_at() const { return lifecycle_.next_attempt_at(); }
   // The engine's bookkeeping: where this refresher stands in its queue of due refreshes.
   std::optional<time_point>& queued_at() { return queued_at_; }
@@ -129,6 +133,7 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   bool ended_ = false;
   bool first_run_ = true;  // the store is not looked at yet
   bool running_ = false;
+  bool load_deferred_ = false;
 
   upstream_metrics upstream_results_;  // any thread
   published<credential_view> view_;
