@@ -121,6 +121,28 @@ class engine_simulation : public ::testing::Test {
     return *replicas_.back();
   }
 
+  // `count` replicas sharing `redis`, each serving `apps`.
+  void start_replicas(int count, simulated_redis& redis, simulated_wecom& wecom, int apps,
+                      milliseconds wait_limit = 5000ms) {
+    for (int i = 0; i < count; ++i) {
+      add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
+                  refresh_config{}, wait_limit);
+    }
+    for (auto& each : replicas_) each->start(apps);
+  }
+
+  // The handlers the loop runs over `span` of simulated time: what idle credentials cost.
+  std::size_t handlers_over(simulated_clock::duration span) {
+    std::size_t handlers = 0;
+    const auto end = simulated_clock::now() + span;
+    while (simulated_clock::now() < end) {
+      io_.restart();
+      handlers += io_.poll();
+      simulated_clock::current += 100ms;
+    }
+    return handlers;
+  }
+
   // Runs `span`, checking every `every` what each replica serves for each of `apps`.
   served_ledger run_checking(simulated_wecom& wecom, int apps, simulated_clock::duration span,
                              simulated_clock::duration every = 1s) {
@@ -183,11 +205,7 @@ TEST_F(engine_simulation, three_replicas_make_one_call_per_refresh_between_them)
   constexpr int apps = 20;
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 200ms);
   simulated_redis redis(io_);
-  for (int i = 0; i < 3; ++i) {
-    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
-                refresh_config{});
-  }
-  for (auto& each : replicas_) each->start(apps);
+  start_replicas(3, redis, wecom, apps);
 
   const auto ledger = run_checking(wecom, apps, 6h);
   EXPECT_EQ(ledger.rejected, 0);
@@ -203,12 +221,7 @@ TEST_F(engine_simulation, a_backlog_longer_than_the_lease_still_makes_one_call_p
   constexpr int apps = 48;
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 1500ms);
   simulated_redis redis(io_);
-  constexpr auto timeout = 2500ms;
-  for (int i = 0; i < 3; ++i) {
-    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
-                refresh_config{}, timeout, 16);
-  }
-  for (auto& each : replicas_) each->start(apps);
+  start_replicas(3, redis, wecom, apps, 2500ms);
   run_for(io_, 30s);
 
   EXPECT_EQ(wecom.calls(), apps);
@@ -224,11 +237,7 @@ TEST_F(engine_simulation, a_store_outage_across_a_refresh_is_served_through_and_
   constexpr int apps = 5;
   simulated_wecom wecom(behaviour::new_token_each_call, 3600s, 100ms);
   simulated_redis redis(io_);
-  for (int i = 0; i < 2; ++i) {
-    add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
-                refresh_config{});
-  }
-  for (auto& each : replicas_) each->start(apps);
+  start_replicas(2, redis, wecom, apps);
   run_for(io_, 1h - 15min);
   redis.set_up(false);
   auto ledger = run_checking(wecom, apps, 30min);
@@ -346,13 +355,7 @@ TEST_F(engine_simulation, a_credential_removed_or_replaced_mid_refresh_is_never_
   broker.tokens[1].reset();
   run_for(io_, 10s);
 
-  std::size_t handlers = 0;
-  const auto end = simulated_clock::now() + 1h;
-  while (simulated_clock::now() < end) {
-    io_.restart();
-    handlers += io_.poll();
-    simulated_clock::current += 100ms;
-  }
+  const auto handlers = handlers_over(1h);
   EXPECT_LE(handlers, 3600 / 30 + 10) << "an ended credential is being planned again";
   EXPECT_EQ(wecom.calls(corpid_of(0)), 1);
   EXPECT_EQ(wecom.calls(corpid_of(1)), 2) << "the old one's call, then the new one's";
@@ -388,13 +391,7 @@ TEST_F(engine_simulation, idle_work_does_not_grow_with_the_number_of_credentials
   run_for(io_, 30s);
   ASSERT_EQ(wecom.calls(), apps);
 
-  std::size_t handlers = 0;
-  const auto end = simulated_clock::now() + 1h;
-  while (simulated_clock::now() < end) {
-    io_.restart();
-    handlers += io_.poll();
-    simulated_clock::current += 100ms;
-  }
+  const auto handlers = handlers_over(1h);
   EXPECT_LE(handlers, 3600 / 30 + 10);
   EXPECT_EQ(wecom.calls(), apps);
 }
