@@ -59,7 +59,7 @@ void check_conversion(const redisReply& raw, const redis_reply& converted) {
 void use_stored(const stored_token& stored, time_point now) {
   if (stored.expires_at <= now) finding("a stored token read with no time left");
   const auto adopted = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
-  (void)prepare_token_answers("app", adopted);
+  (void)prepare_token_answers("app", token_broker::credential_kind::access_token, adopted);
   (void)seconds_left(adopted, now);
 }
 
@@ -90,7 +90,7 @@ void read_reply(const redisReply& raw) {
   if (const auto digests = stored_digests(reply, reply.elements.size() / 2, sent_at)) {
     use_digests(*digests, sent_at);
   }
-  if (const auto payload = message_payload(reply)) (void)event_app(*payload);
+  if (const auto payload = message_payload(reply)) (void)event_credential(*payload);
 }
 
 // hiredis 0.14 allocates an array as large as the count the server sends: "*922337270" asks
@@ -133,6 +133,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     read_reply(*static_cast<const redisReply*>(reply));
     freeReplyObject(reply);
   }
-  (void)event_app(std::string_view(reinterpret_cast<const char*>(data), size));
+  (void)event_credential(std::string_view(reinterpret_cast<const char*>(data), size));
   return 0;
 }

@@ -1,4 +1,4 @@
-// Fuzzes the reading of upstream's gettoken answer: parse_gettoken_answer(status, body).
+// Fuzzes the reading of upstream's gettoken answer: parse_credential_answer for "access_token".
 // Input: the first byte picks the HTTP status, the rest is the body.
 //
 // Beyond crashes and sanitizer reports, a finding is an answer read against its promise
@@ -73,10 +73,10 @@ void check_token(unsigned status, const nlohmann::json& json, const issued_token
   const auto fields = read_fields(json);
   if (!fields.errcode_integer || !fields.errcode_zero) finding("a token without errcode 0");
   if (!fields.access_token || !fields.access_token->is_string() ||
-      fields.access_token->get<std::string>() != answer.access_token) {
+      fields.access_token->get<std::string>() != answer.value) {
     finding("the token is not the answer's access_token");
   }
-  const auto& value = answer.access_token;
+  const auto& value = answer.value;
   if (value.empty() || value.size() > token_broker::max_token_size) finding("token size");
   for (const char c : value) {
     if (c <= 0x20 || c >= 0x7f) finding("a token with a character that is not printable ASCII");
@@ -104,7 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const unsigned status = statuses[data[0] % std::size(statuses)];
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
 
-  const auto parsed = token_broker::parse_gettoken_answer(status, body);
+  const auto parsed = token_broker::parse_credential_answer("access_token", status, body);
   const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (const auto* answer = std::get_if<issued_token>(&parsed)) {
     check_token(status, json, *answer);

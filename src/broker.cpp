@@ -56,6 +56,26 @@ credential_match app_set::match_credentials(std::string_view corpid,
   return match;
 }
 
+credential_refresher* app_entry::credential(credential_kind kind) const {
+  switch (kind) {
+    case credential_kind::access_token:
+      return token.get();
+    case credential_kind::jsapi_ticket:
+      return jsapi_ticket.get();
+    case credential_kind::agent_ticket:
+      return agent_ticket.get();
+  }
+  return nullptr;
+}
+
+std::vector<credential_refresher*> app_entry::credentials() const {
+  std::vector<credential_refresher*> every{token.get()};
+  for (auto* ticket : {jsapi_ticket.get(), agent_ticket.get()}) {
+    if (ticket) every.push_back(ticket);
+  }
+  return every;
+}
+
 broker::broker(asio::any_io_executor executor, const config& settings,
                std::unique_ptr<token_store> store)
     : store_(std::move(store)),
@@ -64,8 +84,7 @@ broker::broker(asio::any_io_executor executor, const config& settings,
               std::make_shared<upstream_client>(settings.upstream), *store_) {
   std::vector<app_entry> apps;
   for (const auto& app : settings.apps) {
-    auto shared = std::make_shared<const app_config>(app);
-    apps.push_back({shared, make_refresher(shared, credential_refresher::origin::configured)});
+    apps.push_back(make_entry(std::make_shared<const app_config>(app), nullptr));
   }
   apps_.store(std::make_shared<const app_set>(std::move(apps)));
 }
@@ -74,23 +93,54 @@ broker::~broker() {
   stop();
 }
 
-std::shared_ptr<credential_refresher> broker::make_refresher(std::shared_ptr<const app_config> app,
-                                                             credential_refresher::origin how) {
-  credential_id id{credential_kind::access_token, app->id};
-  return std::make_shared<credential_refresher>(
-      engine_, std::move(id), std::make_unique<gettoken_source>(std::move(app)), how);
+std::shared_ptr<credential_refresher> broker::make_refresher(
+    const std::shared_ptr<const app_config>& app, credential_kind kind,
+    credential_refresher::origin how) {
+  std::unique_ptr<credential_source> source;
+  if (kind == credential_kind::access_token) {
+    source = std::make_unique<gettoken_source>(app);
+  } else {
+    source = std::make_unique<ticket_source>(app, kind);
+  }
+  return std::make_shared<credential_refresher>(engine_, credential_id{kind, app->id},
+                                                std::move(source), how);
+}
+
+// Credentials of an app whose corpid and secret stay are kept with the values they hold; with
+// new ones, every credential of the app starts over and proves them (origin
+// credentials_changed: nothing is adopted from the store, which holds the old ones' values).
+app_entry broker::make_entry(std::shared_ptr<const app_config> app, const app_entry* existing) {
+  const bool same_credentials = existing && existing->app->corpid == app->corpid &&
+                                existing->app->secret == app->secret;
+  const auto how = existing && !same_credentials ? credential_refresher::origin::credentials_changed
+                                                 : credential_refresher::origin::configured;
+  const auto keep_or_make = [&](credential_kind kind, bool configured) {
+    std::shared_ptr<credential_refresher> kept;
+    if (same_credentials) {
+      if (auto* held = existing->credential(kind)) kept = held->shared_from_this();
+    }
+    if (!configured) return std::shared_ptr<credential_refresher>();
+    return kept ? kept : make_refresher(app, kind, how);
+  };
+  app_entry entry{.app = app};
+  entry.token = keep_or_make(credential_kind::access_token, true);
+  entry.jsapi_ticket = keep_or_make(credential_kind::jsapi_ticket, app->jsapi_ticket);
+  entry.agent_ticket = keep_or_make(credential_kind::agent_ticket, app->agent_ticket);
+  return entry;
 }
 
 void broker::start() {
   engine_.start(tasks_);
   // Each loop holds the set it walks: a reload may replace apps_ meanwhile.
   const auto configured = apps();
-  for (const auto& app : configured->in_order()) engine_.add(app.token);
-  store_->start(tasks_, [this](const std::string& app_id) {
-    if (app_id.empty()) {
-      engine_.store_returned();
+  for (const auto& app : configured->in_order()) {
+    for (auto* credential : app.credentials()) engine_.add(credential->shared_from_this());
+  }
+  store_->start(tasks_, [this](const std::optional<credential_id>& id) {
+    if (id) {
+      engine_.store_changed(*id);
     } else {
-      engine_.store_changed({credential_kind::access_token, app_id});
+      engine_.store_returned();
     }
   });
 }
@@ -113,24 +163,32 @@ reload_summary broker::reload(const config& next) {
   reload_summary summary;
   for (const auto& app : next.apps) {
     const auto* existing = previous->entry(app.id);
-    auto shared = std::make_shared<const app_config>(app);
-    if (existing && existing->app->corpid == app.corpid && existing->app->secret == app.secret) {
-      updated.push_back({shared, existing->token});
+    auto entry = make_entry(std::make_shared<const app_config>(app), existing);
+    if (!existing) {
+      summary.added.push_back(app.id);
+    } else if (entry.token.get() == existing->token.get()) {
       ++summary.kept;
-      continue;
+    } else {
+      summary.credentials_changed.push_back(app.id);
     }
-    auto refresher =
-        make_refresher(shared, existing ? credential_refresher::origin::credentials_changed
-                                        : credential_refresher::origin::configured);
-    (existing ? summary.credentials_changed : summary.added).push_back(app.id);
-    updated.push_back({shared, refresher});
-    engine_.add(std::move(refresher));  // replaces one of the same id
+    for (auto* credential : entry.credentials()) {
+      // A new refresher replaces the one of the same id in the engine.
+      if (!existing || existing->credential(credential->id().kind) != credential) {
+        engine_.add(credential->shared_from_this());
+      }
+    }
+    if (existing) {
+      for (auto* before : existing->credentials()) {
+        if (!entry.credential(before->id().kind)) engine_.remove(before->id());
+      }
+    }
+    updated.push_back(std::move(entry));
   }
   auto next_set = std::make_shared<const app_set>(std::move(updated));
   for (const auto& app : previous->in_order()) {
     if (next_set->entry(app.app->id)) continue;
     summary.removed.push_back(app.app->id);
-    engine_.remove(app.token->id());
+    for (auto* credential : app.credentials()) engine_.remove(credential->id());
   }
   apps_.store(std::move(next_set));
   return summary;

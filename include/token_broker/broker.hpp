@@ -1,5 +1,5 @@
 // The configured apps and the engine that keeps their credentials fresh: what the HTTP side
-// asks for tokens. The set of apps is immutable and replaced whole by a reload, so a request
+// asks for tokens and tickets. The set of apps is immutable and replaced whole by a reload, so a request
 // sees one config, old or new.
 #pragma once
 
@@ -20,10 +20,17 @@
 
 namespace token_broker {
 
-// One configured app and its access_token.
+// One configured app and its credentials.
 struct app_entry {
-  std::shared_ptr<const app_config> app;  // shared with the token's source
+  std::shared_ptr<const app_config> app;  // shared with the credentials' sources
   std::shared_ptr<credential_refresher> token;
+  std::shared_ptr<credential_refresher> jsapi_ticket;  // null unless configured
+  std::shared_ptr<credential_refresher> agent_ticket;  // null unless configured
+
+  // The app's credential of `kind`, or null when it is not configured.
+  credential_refresher* credential(credential_kind kind) const;
+  // Every credential of the app, its access_token first.
+  std::vector<credential_refresher*> credentials() const;
 };
 
 // The outcome of WeCom-style credentials (corpid + corpsecret) checked against the config.
@@ -75,6 +82,8 @@ class broker {
   const published<app_set>& published_apps() const { return apps_; }
   // Whether the shared store is reachable; empty without one.
   std::optional<bool> store_up() const { return store_->up(); }
+  // Which app an access_token handed out belongs to (the drop-ins keyed by a token).
+  const handed_out_tokens& handed_out() const { return engine_.handed_out(); }
   // The process's long-lived tasks: the credential scheduler, the store's connections, and whatever
   // else the daemon spawns through it.
   supervisor& tasks() { return tasks_; }
@@ -86,7 +95,10 @@ class broker {
   reload_summary reload(const config& next);
 
  private:
-  std::shared_ptr<credential_refresher> make_refresher(std::shared_ptr<const app_config> app,
+  // The entry for `app`, with refreshers made for what is new or changed since `existing`.
+  app_entry make_entry(std::shared_ptr<const app_config> app, const app_entry* existing);
+  std::shared_ptr<credential_refresher> make_refresher(const std::shared_ptr<const app_config>& app,
+                                                       credential_kind kind,
                                                        credential_refresher::origin how);
 
   supervisor tasks_;

@@ -353,13 +353,19 @@ upstream_config read_upstream(const json& value) {
 refresh_config read_refresh(const json& value) {
   require_object(value, "refresh");
   reject_unknown_keys(value, "refresh",
-                      {"ahead_s", "jitter_s", "retry_min_ms", "retry_max_ms", "min_interval_s"});
+                      {"ahead_s", "jitter_s", "retry_min_ms", "retry_max_ms", "min_interval_s",
+                       "ticket_calls_per_hour"});
   refresh_config refresh;
   read_duration(value, "refresh", "ahead_s", 0, 86400, refresh.ahead);
   read_duration(value, "refresh", "jitter_s", 0, 3600, refresh.jitter);
   read_duration(value, "refresh", "retry_min_ms", 1, 3600000, refresh.retry_min);
   read_duration(value, "refresh", "retry_max_ms", 1, 3600000, refresh.retry_max);
   read_duration(value, "refresh", "min_interval_s", 0, 3600, refresh.min_interval);
+  if (const auto* calls = find_member(value, "ticket_calls_per_hour")) {
+    // WeCom allows 100 an hour per app; more would only be refused upstream.
+    refresh.ticket_calls_per_hour =
+        static_cast<unsigned>(read_integer(*calls, "refresh.ticket_calls_per_hour", 1, 100));
+  }
   if (refresh.retry_max < refresh.retry_min) {
     throw config_error("refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms (" +
                                                    std::to_string(refresh.retry_min.count()) + ")");
@@ -481,11 +487,34 @@ void read_secret(const json& value, const std::string& path, app_config& app) {
   }
 }
 
+// "tickets": ["jsapi", "agent_config"], each at most once; agent_config needs the agentid the
+// front end passes to wx.agentConfig.
+void read_tickets(const json& value, const std::string& path, app_config& app) {
+  const auto field = member(path, "tickets");
+  constexpr std::string_view rule = R"(must be an array of "jsapi" and "agent_config")";
+  if (!value.is_array()) throw config_error(field, std::string(rule));
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const auto name = read_string(value[i], element(field, i), rule);
+    if (name != "jsapi" && name != "agent_config") {
+      throw config_error(element(field, i), "unknown ticket \"" + printable(name) + "\": " +
+                                                std::string(rule));
+    }
+    bool& wanted = name == "jsapi" ? app.jsapi_ticket : app.agent_ticket;
+    if (wanted) throw config_error(element(field, i), "\"" + name + "\" is listed twice");
+    wanted = true;
+  }
+  if (app.agent_ticket && !app.agentid) {
+    throw config_error(member(path, "agentid"),
+                       "is required with the \"agent_config\" ticket (wx.agentConfig needs it)");
+  }
+}
+
 app_config read_app(const std::string& id, const json& value) {
   const auto path = member("apps", id);
   if (!is_id(id)) throw config_error(path, "app id " + std::string(id_rule));
   require_object(value, path);
-  reject_unknown_keys(value, path, {"corpid", "agentid", "secret", "secret_env", "secret_file"});
+  reject_unknown_keys(value, path,
+                      {"corpid", "agentid", "secret", "secret_env", "secret_file", "tickets"});
 
   app_config app;
   app.id = id;
@@ -500,6 +529,7 @@ app_config read_app(const std::string& id, const json& value) {
   if (const auto* agentid = find_member(value, "agentid")) {
     app.agentid = read_integer(*agentid, member(path, "agentid"), 0, max_agentid);
   }
+  if (const auto* tickets = find_member(value, "tickets")) read_tickets(*tickets, path, app);
   read_secret(value, path, app);
   return app;
 }

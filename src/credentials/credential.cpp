@@ -1,13 +1,39 @@
 #include "token_broker/credentials/credential.hpp"
 
+#include <array>
+#include <utility>
+
 namespace token_broker {
+namespace {
+
+constexpr std::array<std::pair<credential_kind, std::string_view>, 3> kind_names{{
+    {credential_kind::access_token, "access_token"},
+    {credential_kind::jsapi_ticket, "jsapi_ticket"},
+    {credential_kind::agent_ticket, "agent_ticket"},
+}};
+
+}  // namespace
 
 std::string_view to_string(credential_kind kind) {
-  switch (kind) {
-    case credential_kind::access_token:
-      break;
+  for (const auto& [each, name] : kind_names) {
+    if (each == kind) return name;
   }
   return "access_token";
+}
+
+std::optional<credential_kind> credential_kind_named(std::string_view name) {
+  for (const auto& [each, known] : kind_names) {
+    if (known == name) return each;
+  }
+  return std::nullopt;
+}
+
+std::string_view value_field(credential_kind kind) {
+  return kind == credential_kind::access_token ? "access_token" : "ticket";
+}
+
+bool is_ticket(credential_kind kind) {
+  return kind == credential_kind::jsapi_ticket || kind == credential_kind::agent_ticket;
 }
 
 std::string to_string(const credential_id& id) {
@@ -15,7 +41,8 @@ std::string to_string(const credential_id& id) {
 }
 
 std::string log_name(const credential_id& id) {
-  return "app=" + id.scope;
+  if (id.kind == credential_kind::access_token) return "app=" + id.scope;
+  return "app=" + id.scope + " kind=" + std::string(to_string(id.kind));
 }
 
 }  // namespace token_broker

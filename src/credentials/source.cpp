@@ -12,12 +12,34 @@ upstream_request gettoken_source::request(std::string_view) const {
   return upstream_request{.target = gettoken_target(app_->corpid, app_->secret)};
 }
 
-fetch_result gettoken_source::read(const upstream_response& answer) const {
-  auto parsed = parse_gettoken_answer(answer.status, answer.body);
+namespace {
+
+// Upstream's answer with the credential in `field`, its expiry counted from the call's start.
+fetch_result read_answer(std::string_view field, const upstream_response& answer) {
+  auto parsed = parse_credential_answer(field, answer.status, answer.body);
   if (auto* failure = std::get_if<fetch_failure>(&parsed)) return std::move(*failure);
   auto& issued = std::get<issued_token>(parsed);
-  return fetched_token{std::move(issued.access_token), issued.expires_in, answer.sent_at,
+  return fetched_token{std::move(issued.value), issued.expires_in, answer.sent_at,
                        answer.received_at, answer.sent_at_wall};
+}
+
+}  // namespace
+
+fetch_result gettoken_source::read(const upstream_response& answer) const {
+  return read_answer("access_token", answer);
+}
+
+upstream_request ticket_source::request(std::string_view access_token) const {
+  std::string target = kind_ == credential_kind::jsapi_ticket ? "/cgi-bin/get_jsapi_ticket"
+                                                              : "/cgi-bin/ticket/get";
+  target += "?access_token=";
+  percent_encode(target, access_token);
+  if (kind_ == credential_kind::agent_ticket) target += "&type=agent_config";
+  return upstream_request{.target = std::move(target)};
+}
+
+fetch_result ticket_source::read(const upstream_response& answer) const {
+  return read_answer("ticket", answer);
 }
 
 bool rejects_access_token(int errcode) {

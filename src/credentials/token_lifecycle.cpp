@@ -146,6 +146,14 @@ void token_lifecycle::attempt_succeeded(const fetched_token& fetched, double jit
 
 void token_lifecycle::attempt_failed(fetch_failure failure, time_point now, double jitter_unit) {
   in_flight_ = false;
+  if (failure.kind == failure_class::rationed) {
+    // No call was made and none may be before the budget allows: the held value cannot be
+    // replaced, so it is served until its expiry, even one reported dead (SPEC §3).
+    revoked_ = false;
+    scheduled_at_ = now + failure.retry_after;
+    last_failure_ = std::move(failure);
+    return;
+  }
   ++consecutive_failures_;
   scheduled_at_ = now + backoff(failure.kind, jitter_unit);
   last_failure_ = std::move(failure);

@@ -50,12 +50,29 @@ fetch_failure failure_or_busy(const token_outcome& outcome) {
 
 std::span<const request_handler::endpoint> request_handler::endpoints() {
   using enum http::verb;
-  static constexpr std::array<endpoint, 7> table{{
-      {{get, "/v1/apps/{app}/token", access::client, "token"}, &request_handler::app_token},
+  using enum credential_kind;
+  using self = request_handler;
+  static constexpr std::array<endpoint, 14> table{{
+      {{get, "/v1/apps/{app}/token", access::client, "token"}, &self::app_credential<access_token>},
       {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
-       &request_handler::invalidate_token},
-      {{get, "/v1/apps", access::client, "apps"}, &request_handler::list_apps},
-      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &request_handler::wecom_gettoken},
+       &self::invalidate<access_token>},
+      {{get, "/v1/apps/{app}/jsapi_ticket", access::client, "jsapi_ticket"},
+       &self::app_credential<jsapi_ticket>},
+      {{post, "/v1/apps/{app}/jsapi_ticket/invalidate", access::client, "jsapi_ticket_invalidate"},
+       &self::invalidate<jsapi_ticket>},
+      {{get, "/v1/apps/{app}/agent_ticket", access::client, "agent_ticket"},
+       &self::app_credential<agent_ticket>},
+      {{post, "/v1/apps/{app}/agent_ticket/invalidate", access::client, "agent_ticket_invalidate"},
+       &self::invalidate<agent_ticket>},
+      {{post, "/v1/apps/{app}/jssdk_signature", access::client, "jssdk_signature"},
+       &self::jssdk_signature},
+      {{get, "/v1/apps", access::client, "apps"}, &self::list_apps},
+      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &self::wecom_gettoken},
+      // Keyed by a token the broker handed out, as WeCom keys them.
+      {{get, "/cgi-bin/get_jsapi_ticket", access::anyone, "get_jsapi_ticket"},
+       &self::wecom_ticket<jsapi_ticket>},
+      {{get, "/cgi-bin/ticket/get", access::anyone, "ticket_get"},
+       &self::wecom_ticket<agent_ticket>},
       {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
       {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
       {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
@@ -176,9 +193,9 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
       return refusal;
     }
   }
-  credential_refresher* app = nullptr;
+  const app_entry* app = nullptr;
   if (const auto app_id = matched.parameters["app"]; !app_id.empty()) {
-    app = reads.current_apps(apps_).find(app_id);
+    app = reads.current_apps(apps_).entry(app_id);
     if (!app) return error_response(http::status::not_found, "unknown_app", "no such app");
     if (!auth->may_read(client, app_id)) {
       return error_response(http::status::forbidden, "forbidden",
@@ -188,27 +205,110 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
   return (this->*entry.handle)(call{matched, incoming, *auth, client, app});
 }
 
-std::variant<answer, waiting_request> request_handler::app_token(const call& current) {
-  // The hot path: the answer prepared with the token; no lock, no wait, no JSON.
+namespace {
+
+response not_configured(const app_config& app, credential_kind kind) {
+  return error_response(http::status::not_found, "not_configured",
+                        "app " + app.id + " has no " + std::string(to_string(kind)) +
+                            " configured (apps." + app.id + ".tickets)");
+}
+
+}  // namespace
+
+template <credential_kind kind>
+std::variant<answer, waiting_request> request_handler::app_credential(const call& current) {
+  auto* credential = current.app->credential(kind);
+  if (!credential) return not_configured(*current.app->app, kind);
+  // The hot path: the answer prepared with the value; no lock, no wait, no JSON.
   const auto now = clock::now();
-  if (const auto& seen = reads_of(this).current_view(*current.app); seen->servable(now)) {
+  if (const auto& seen = reads_of(this).current_view(*credential); seen->servable(now)) {
     return our_token_answer(seen, now);
   }
-  return waiting_request{.app = current.app->shared_from_this(),
+  return waiting_request{.credential = credential->shared_from_this(),
                          .then = waiting_request::our_token};
 }
 
-std::variant<answer, waiting_request> request_handler::invalidate_token(const call& current) {
+template <credential_kind kind>
+std::variant<answer, waiting_request> request_handler::invalidate(const call& current) {
+  auto* credential = current.app->credential(kind);
+  if (!credential) return not_configured(*current.app->app, kind);
+  const auto field = value_field(kind);
   const auto json =
       nlohmann::json::parse(current.incoming.body(), nullptr, /*allow_exceptions=*/false);
-  const auto reported = json.is_object() ? json.find("access_token") : json.end();
+  const auto reported = json.is_object() ? json.find(field) : json.end();
   if (!json.is_object() || reported == json.end() || !reported->is_string()) {
     return error_response(http::status::bad_request, "bad_request",
-                          R"(the body must be {"access_token":"<the rejected token>"})");
+                          "the body must be {\"" + std::string(field) + "\":\"<the rejected " +
+                              std::string(field) + ">\"}");
   }
-  return waiting_request{.app = current.app->shared_from_this(),
+  return waiting_request{.credential = credential->shared_from_this(),
                          .then = waiting_request::invalidation,
                          .reported = reported->get<std::string>()};
+}
+
+std::variant<answer, waiting_request> request_handler::jssdk_signature(const call& current) {
+  const auto& entry = *current.app;
+  if (!entry.jsapi_ticket && !entry.agent_ticket) {
+    return error_response(http::status::not_found, "not_configured",
+                          "app " + entry.app->id + " has no ticket configured (apps." +
+                              entry.app->id + ".tickets)");
+  }
+  auto read = read_signature_request(current.incoming.body(), unix_seconds(wall_clock::now()));
+  if (auto* problem = std::get_if<std::string>(&read)) {
+    return error_response(http::status::bad_request, "bad_request", *problem);
+  }
+  auto signs = std::make_shared<const waiting_request::signing>(waiting_request::signing{
+      entry.app, std::move(std::get<signature_request>(read)), entry.jsapi_ticket,
+      entry.agent_ticket});
+  const auto now = clock::now();
+  auto& reads = reads_of(this);
+  const auto servable = [&](const credential_refresher* ticket) -> const credential_view* {
+    if (!ticket) return nullptr;
+    const auto& seen = reads.current_view(*ticket);
+    return seen->servable(now) ? seen.get() : nullptr;
+  };
+  const auto* jsapi = servable(entry.jsapi_ticket.get());
+  const auto* agent = servable(entry.agent_ticket.get());
+  if ((jsapi || !entry.jsapi_ticket) && (agent || !entry.agent_ticket)) {
+    return signature_answer(*signs, jsapi, agent);
+  }
+  return waiting_request{.then = waiting_request::signature, .signs = std::move(signs)};
+}
+
+response request_handler::signature_answer(const waiting_request::signing& signs,
+                                           const credential_view* jsapi_ticket,
+                                           const credential_view* agent_ticket) {
+  const auto& [app, asked, jsapi, agent] = signs;
+  nlohmann::ordered_json body{
+      {"app", app->id},
+      {"corpid", app->corpid},
+      {"agentid", app->agentid ? nlohmann::ordered_json(*app->agentid) : nullptr},
+      {"url", asked.url},
+      {"noncestr", asked.noncestr},
+      {"timestamp", asked.timestamp},
+  };
+  const auto sign = [&](const credential_view& ticket) {
+    return nlohmann::ordered_json{
+        {"signature", token_broker::jssdk_signature(ticket.current->value, asked.noncestr,
+                                                    asked.timestamp, asked.url)}};
+  };
+  if (jsapi_ticket) body["config"] = sign(*jsapi_ticket);
+  if (agent_ticket) body["agent_config"] = sign(*agent_ticket);
+  return json_response(http::status::ok, body.dump());
+}
+
+asio::awaitable<answer> request_handler::wait_and_sign(const waiting_request::signing& signs) {
+  std::shared_ptr<const credential_view> seen[2];
+  std::size_t i = 0;
+  for (const auto& ticket : {signs.jsapi_ticket, signs.agent_ticket}) {
+    const auto slot = i++;
+    if (!ticket) continue;
+    auto waiting = ticket->wait_for_token();  // named: g++ 12 mishandles temporaries here
+    auto outcome = co_await std::move(waiting);
+    if (!outcome.view) co_return unavailable_response(ticket->id(), outcome);
+    seen[slot] = std::move(outcome.view);
+  }
+  co_return signature_answer(signs, seen[0].get(), seen[1].get());
 }
 
 std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call& current) {
@@ -236,7 +336,39 @@ std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call
   if (const auto& seen = reads.current_view(*match.app); seen->servable(now)) {
     return wecom_token_answer(seen, now);
   }
-  return waiting_request{.app = match.app->shared_from_this(),
+  return waiting_request{.credential = match.app->shared_from_this(),
+                         .then = waiting_request::wecom_token};
+}
+
+// WeCom's answers, HTTP 200 with an errcode, so that SDKs behave as they would there.
+template <credential_kind kind>
+std::variant<answer, waiting_request> request_handler::wecom_ticket(const call& current) {
+  const auto query = query_parameters::parse(current.matched.query);
+  if (!query) {
+    return error_response(http::status::bad_request, "bad_request",
+                          "malformed percent-encoding in the query");
+  }
+  const auto* access_token = query->find("access_token");
+  if (!access_token || access_token->empty()) {
+    return wecom_error_response(41001, "access_token missing");
+  }
+  if (kind == credential_kind::agent_ticket) {
+    const auto* type = query->find("type");
+    if (!type || *type != "agent_config") {
+      return wecom_error_response(40097, "invalid args: type must be agent_config");
+    }
+  }
+  auto& reads = reads_of(this);
+  const auto now = clock::now();
+  const auto app_id = apps_.handed_out().app_of(*access_token, now);
+  const auto* entry = app_id ? reads.current_apps(apps_).entry(*app_id) : nullptr;
+  if (!entry) return wecom_error_response(40014, "invalid access_token");
+  auto* ticket = entry->credential(kind);
+  if (!ticket) return wecom_error_response(48002, "api forbidden: ticket not configured");
+  if (const auto& seen = reads.current_view(*ticket); seen->servable(now)) {
+    return wecom_token_answer(seen, now);
+  }
+  return waiting_request{.credential = ticket->shared_from_this(),
                          .then = waiting_request::wecom_token};
 }
 
@@ -257,27 +389,51 @@ std::variant<answer, waiting_request> request_handler::metrics(const call&) {
 }
 
 asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
-  auto& app = *waiting.app;
-  auto operation = waiting.then == waiting_request::invalidation ? app.invalidate(waiting.reported)
-                                                                 : app.wait_for_token();
+  if (waiting.then == waiting_request::signature) {
+    auto signing = wait_and_sign(*waiting.signs);
+    co_return co_await std::move(signing);
+  }
+  auto& credential = *waiting.credential;
+  auto operation = waiting.then == waiting_request::invalidation
+                       ? credential.invalidate(waiting.reported)
+                       : credential.wait_for_token();
   auto outcome = co_await std::move(operation);
   co_return answer_waited(waiting, std::move(outcome));
 }
 
 answer request_handler::answer_waited(const waiting_request& waiting, token_outcome outcome) {
-  const auto& app = *waiting.app;
+  if (waiting.then == waiting_request::signature) {
+    return unavailable_response(waiting.signs->jsapi_ticket ? waiting.signs->jsapi_ticket->id()
+                                                            : waiting.signs->agent_ticket->id(),
+                                outcome);
+  }
+  const auto& credential = *waiting.credential;
   if (waiting.then == waiting_request::wecom_token) {
     if (outcome.view) return wecom_token_answer(std::move(outcome.view), clock::now());
     const auto failure = failure_or_busy(outcome);
     return wecom_error_response(failure.errcode, failure.errmsg);
   }
   if (outcome.view) return our_token_answer(std::move(outcome.view), clock::now());
-  return unavailable_response(app.label(), outcome);
+  return unavailable_response(credential.id(), outcome);
 }
 
 void request_handler::close_waits() {
   waits_closed_ = true;
 }
+
+namespace {
+
+// A credential as /v1/apps shows it: its state and when its servable value expires.
+void describe(nlohmann::ordered_json& into, const credential_refresher& credential,
+              time_point now) {
+  const auto view = credential.view();
+  const token* current = view->servable(now);
+  into["state"] = to_string(view->state_at(now));
+  into["expires_at"] = current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
+                               : nlohmann::ordered_json(nullptr);
+}
+
+}  // namespace
 
 std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {
   const auto now = clock::now();
@@ -285,25 +441,33 @@ std::variant<answer, waiting_request> request_handler::list_apps(const call& ask
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
     if (!asking.auth.may_read(asking.client, app.app->id)) continue;
-    const auto view = app.token->view();
-    const token* current = view->servable(now);
-    listing.push_back({
-        {"app", app.app->id},
-        {"corpid", app.app->corpid},
-        {"state", to_string(view->state_at(now))},
-        {"expires_at", current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
-                               : nlohmann::ordered_json(nullptr)},
-    });
+    nlohmann::ordered_json listed{{"app", app.app->id}, {"corpid", app.app->corpid}};
+    describe(listed, *app.token, now);
+    // v2: each configured ticket, by kind.
+    if (app.jsapi_ticket || app.agent_ticket) {
+      auto& tickets = listed["tickets"] = nlohmann::ordered_json::object();
+      for (const auto* ticket : {app.jsapi_ticket.get(), app.agent_ticket.get()}) {
+        if (ticket) describe(tickets[std::string(to_string(ticket->id().kind))], *ticket, now);
+      }
+    }
+    listing.push_back(std::move(listed));
   }
   return json_response(http::status::ok, listing.dump());
 }
 
+// "hr" for an app's token, "hr/jsapi_ticket" for a ticket, as metrics name other credentials.
 std::variant<answer, waiting_request> request_handler::readyz(const call&) {
   const auto now = clock::now();
   auto failing = nlohmann::ordered_json::array();
   const auto apps = apps_.apps();  // held: a reload may replace the set meanwhile
   for (const auto& app : apps->in_order()) {
-    if (!app.token->view()->servable(now)) failing.push_back(app.app->id);
+    for (const auto* credential : app.credentials()) {
+      if (credential->view()->servable(now)) continue;
+      const auto kind = credential->id().kind;
+      failing.push_back(kind == credential_kind::access_token
+                            ? app.app->id
+                            : app.app->id + "/" + std::string(to_string(kind)));
+    }
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
   return json_response(http::status::service_unavailable,

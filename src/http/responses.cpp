@@ -67,14 +67,17 @@ std::array<asio::const_buffer, 4> token_answer_bytes::buffers() const {
           asio::buffer(seconds_.data(), seconds_size_), asio::buffer(body_.after_expires_in)};
 }
 
-response unavailable_response(std::string_view app_id, const token_outcome& outcome) {
+response unavailable_response(const credential_id& id, const token_outcome& outcome) {
   nlohmann::ordered_json body{{"error", "unavailable"}};
+  const auto missing = "no valid " + std::string(to_string(id.kind)) + " for app " + id.scope;
   if (outcome.failure) {
-    body["message"] = "no valid token for app " + std::string(app_id) + ": upstream failing";
+    body["message"] = missing + (outcome.failure->kind == failure_class::rationed
+                                     ? ": its call budget is spent"
+                                     : ": upstream failing");
     body["errcode"] = outcome.failure->errcode;
     body["errmsg"] = outcome.failure->errmsg;
   } else {
-    body["message"] = "no valid token for app " + std::string(app_id) + " yet";
+    body["message"] = missing + " yet";
   }
   auto reply = json_response(http::status::service_unavailable, body.dump());
   reply.set(http::field::retry_after, std::to_string(outcome.retry_after.count()));

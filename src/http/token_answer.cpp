@@ -46,11 +46,13 @@ prepared_body prepared_token_answers::part(std::size_t first) const {
 }
 
 // ordered_json: keys go out in the order SPEC §4 lists them.
-prepared_token_answers prepare_token_answers(std::string_view app_id, const token& current) {
+prepared_token_answers prepare_token_answers(std::string_view app_id, credential_kind kind,
+                                             const token& current) {
+  const auto field = value_field(kind);
   const auto ours =
       nlohmann::ordered_json{
           {"app", app_id},
-          {"access_token", current.value},
+          {field, current.value},
           {"expires_in", placeholder_seconds},
           {"expires_at", unix_seconds(current.expires_at_wall)},
       }
@@ -59,7 +61,7 @@ prepared_token_answers prepare_token_answers(std::string_view app_id, const toke
       nlohmann::ordered_json{
           {"errcode", 0},
           {"errmsg", "ok"},
-          {"access_token", current.value},
+          {field, current.value},
           {"expires_in", placeholder_seconds},
       }
           .dump();

@@ -112,44 +112,51 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
                  TOKEN_BROKER_VERSION);
   requests.render(out);
 
-  // App ids are [A-Za-z0-9_.-]: label values that need no escaping. `kind` (SPEC §6 v2) is the
-  // credential kind; every credential is an app's access_token until tickets and third-party
-  // credentials arrive.
+  // App ids are [A-Za-z0-9_.-] and kinds fixed words: label values that need no escaping.
+  const auto each_credential = [&](auto&& write) {
+    for (const auto& app : apps.in_order()) {
+      for (const auto* credential : app.credentials()) {
+        write(app.app->id, to_string(credential->id().kind), *credential);
+      }
+    }
+  };
   append_metric_header(out, "token_broker_upstream_requests_total", "counter",
-                       "gettoken calls made by this process, by app and result.");
-  for (const auto& app : apps.in_order()) {
-    const auto& results = app.token->upstream_results();
+                       "Credential calls upstream made by this process, by app, kind and result.");
+  each_credential([&](const std::string& app, std::string_view kind,
+                      const credential_refresher& credential) {
+    const auto& results = credential.upstream_results();
     std::uint64_t failed = 0;
     for (const auto& [errcode, count] : results.failures()) failed += count;
     fmt::format_to(std::back_inserter(out),
-                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
-                   "\"ok\"}} {1}\n"
-                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"access_token\",result="
-                   "\"error\"}} {2}\n",
-                   app.app->id, results.ok(), failed);
-  }
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"{1}\",result=\"ok\"}} "
+                   "{2}\n"
+                   "token_broker_upstream_requests_total{{app=\"{0}\",kind=\"{1}\",result="
+                   "\"error\"}} {3}\n",
+                   app, kind, results.ok(), failed);
+  });
   append_metric_header(out, "token_broker_refresh_failures_total", "counter",
-                       "Failed gettoken calls by app and WeCom errcode (-1: network, TLS, HTTP "
-                       "or an unreadable answer).");
-  for (const auto& app : apps.in_order()) {
-    for (const auto& [errcode, count] : app.token->upstream_results().failures()) {
+                       "Failed credential calls by app, kind and WeCom errcode (-1: network, TLS, "
+                       "HTTP or an unreadable answer).");
+  each_credential([&](const std::string& app, std::string_view kind,
+                      const credential_refresher& credential) {
+    for (const auto& [errcode, count] : credential.upstream_results().failures()) {
       fmt::format_to(std::back_inserter(out),
-                     "token_broker_refresh_failures_total{{app=\"{}\",kind=\"access_token\","
-                     "errcode=\"{}\"}} {}\n",
-                     app.app->id, errcode, count);
+                     "token_broker_refresh_failures_total{{app=\"{}\",kind=\"{}\",errcode=\"{}\"}} "
+                     "{}\n",
+                     app, kind, errcode, count);
     }
-  }
+  });
   append_metric_header(out, "token_broker_token_expiry_timestamp_seconds", "gauge",
-                       "Unix time at which the app's servable token expires; 0 when it has none.");
+                       "Unix time at which the servable credential expires; 0 when there is none.");
   const auto now = clock::now();
-  for (const auto& app : apps.in_order()) {
-    const auto view = app.token->view();
+  each_credential([&](const std::string& app, std::string_view kind,
+                      const credential_refresher& credential) {
+    const auto view = credential.view();
     const token* current = view->servable(now);
-    fmt::format_to(
-        std::back_inserter(out),
-        "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"access_token\"}} {}\n",
-        app.app->id, current ? unix_seconds(current->expires_at_wall) : 0);
-  }
+    fmt::format_to(std::back_inserter(out),
+                   "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"{}\"}} {}\n",
+                   app, kind, current ? unix_seconds(current->expires_at_wall) : 0);
+  });
   if (redis_up) {
     append_metric_header(out, "token_broker_redis_up", "gauge",
                          "1 while the connection to Redis is up.");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "token_broker/credentials/call_budget.hpp"
 #include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
@@ -81,13 +82,18 @@ std::optional<std::string_view> message_payload(const redis_reply& message) {
   return std::nullopt;
 }
 
-std::optional<std::string> event_app(std::string_view payload) {
+std::optional<credential_id> event_credential(std::string_view payload) {
   const auto event = nlohmann::json::parse(payload, nullptr, false);
   if (!event.is_object() || !event.contains("app") || !event["app"].is_string()) {
     return std::nullopt;
   }
-  if (event.contains("kind") && event["kind"] != "access_token") return std::nullopt;
-  return event["app"].get<std::string>();
+  auto kind = std::optional(credential_kind::access_token);
+  if (event.contains("kind")) {
+    const auto& named = event["kind"];
+    kind = named.is_string() ? credential_kind_named(named.get<std::string>()) : std::nullopt;
+  }
+  if (!kind) return std::nullopt;
+  return credential_id{*kind, event["app"].get<std::string>()};
 }
 
 std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at) {
@@ -130,6 +136,17 @@ refresh_permit_answer refresh_permit_from(const redis_reply& reply, time_point s
       .wait = milliseconds{std::clamp(reply.elements[1].integer, 0LL, longest_ttl_ms)},
       .stored = stored_at(reply, 2, sent_at),
   };
+}
+
+call_budget_answer call_budget_from(const redis_reply& reply) {
+  if (reply.elements.size() != 2 || reply.elements[0].type != redis_reply::kind::integer ||
+      reply.elements[1].type != redis_reply::kind::integer) {
+    return call_budget_answer{};
+  }
+  if (reply.elements[0].integer == 1) return {call_budget_answer::verdict::granted};
+  return {call_budget_answer::verdict::spent,
+          milliseconds{std::clamp(reply.elements[1].integer, 1LL,
+                                  static_cast<long long>(call_budget_window.count()))}};
 }
 
 }  // namespace token_broker

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "token_broker/credentials/call_budget.hpp"
 #include "token_broker/credentials/token_lifecycle.hpp"
 #include "token_broker/redis/redis_replies.hpp"
 #include "token_broker/redis/redis_script.hpp"
@@ -59,6 +60,22 @@ const redis_script save_script(fmt::format(
     "end\n"
     "return outcomes\n",
     expiry_rounding.count()));
+
+// KEYS: budget. ARGV: limit, window_ms, a member no other call uses. → {1, 0} counted, or
+// {0, wait_ms} when `limit` calls were counted in the window: the wait until the oldest of them
+// leaves it. Times are Redis's own (TIME; scripts replicate their effects, Redis ≥ 5).
+const redis_script budget_script(
+    "local now = redis.call('TIME')\n"
+    "now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)\n"
+    "local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)\n"
+    "if redis.call('ZCARD', KEYS[1]) >= limit then\n"
+    "  local frees = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')\n"
+    "  return {0, tonumber(frees[2]) + window - now}\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[1], now, ARGV[3])\n"
+    "redis.call('PEXPIRE', KEYS[1], window)\n"
+    "return {1, 0}\n");
 
 // KEYS: token keys. → {ttl_ms, digest} per key, flat; ttl -2 and "" for an absent key. Enough
 // to tell whether a replica holds what Redis holds, without sending the values.
@@ -124,22 +141,21 @@ redis_token_store::redis_token_store(asio::any_io_executor executor, const redis
       events_(std::make_shared<redis_connection>(executor, settings, "events")) {
   // Loaded before any other command on each connection: the first calls find the scripts.
   std::vector<std::vector<std::string>> load_scripts;
-  for (const auto* script :
-       {&load_script, &save_script, &digests_script, &request_script, &release_script}) {
+  for (const auto* script : {&load_script, &save_script, &digests_script, &request_script,
+                             &release_script, &budget_script}) {
     load_scripts.push_back(script->load_command());
   }
   commands_->on_connect_send(std::move(load_scripts));
 }
 
-void redis_token_store::start(supervisor& tasks,
-                              std::function<void(const std::string& app_id)> changed) {
+void redis_token_store::start(supervisor& tasks, change_listener changed) {
   changed_ = std::move(changed);
   // Writes and events may have been missed while a connection was down: the broker compares
-  // every app with the store.
-  commands_->on_up([this] { changed_(""); });
-  events_->on_up([this] { changed_(""); });
+  // every credential with the store.
+  commands_->on_up([this] { changed_(std::nullopt); });
+  events_->on_up([this] { changed_(std::nullopt); });
   events_->subscribe(prefix_ + "events", [this](std::string_view payload) {
-    if (const auto app = event_app(payload)) changed_(*app);
+    if (const auto id = event_credential(payload)) changed_(id);
   });
   commands_->start(tasks);
   events_->start(tasks);
@@ -150,8 +166,16 @@ void redis_token_store::stop() {
   events_->stop();
 }
 
-std::string redis_token_store::key(std::string_view kind, const std::string& app_id) const {
-  return prefix_ + std::string(kind) + ":" + app_id;
+std::string redis_token_store::value_key(const credential_id& id) const {
+  return prefix_ + to_string(id);
+}
+
+// An app's access_token keeps v1's internal keys ("lock:hr"), so that a v1 and a v2 replica
+// side by side during an upgrade still share one lock; other kinds name theirs.
+std::string redis_token_store::internal_key(std::string_view purpose,
+                                            const credential_id& id) const {
+  return prefix_ + std::string(purpose) + ":" +
+         (id.kind == credential_kind::access_token ? id.scope : to_string(id));
 }
 
 asio::awaitable<void> redis_token_store::settle() {
@@ -165,9 +189,9 @@ asio::awaitable<void> redis_token_store::settle() {
   }
 }
 
-asio::awaitable<std::optional<stored_token>> redis_token_store::load(const std::string& app_id) {
+asio::awaitable<std::optional<stored_token>> redis_token_store::load(const credential_id& id) {
   // Arguments are named before each co_await: g++ 12 miscompiles braced lists in its operand.
-  std::vector<std::string> keys{key("access_token", app_id)};
+  std::vector<std::string> keys{value_key(id)};
   std::vector<std::string> no_arguments;
   const auto sent_at = clock::now();
   const auto reply = co_await load_script.run(*commands_, std::move(keys), std::move(no_arguments));
@@ -175,15 +199,15 @@ asio::awaitable<std::optional<stored_token>> redis_token_store::load(const std::
   co_return loaded_token(*reply, sent_at);
 }
 
-asio::awaitable<save_outcome> redis_token_store::save(const std::string& app_id,
+asio::awaitable<save_outcome> redis_token_store::save(const credential_id& id,
                                                       const stored_token& token) {
-  std::vector<std::pair<std::string, stored_token>> one{{app_id, token}};
+  std::vector<std::pair<credential_id, stored_token>> one{{id, token}};
   const auto outcomes = co_await save_all(std::move(one));
   co_return outcomes.front();
 }
 
 asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
-    std::vector<std::pair<std::string, stored_token>> tokens) {
+    std::vector<std::pair<credential_id, stored_token>> tokens) {
   std::vector<save_outcome> outcomes;
   outcomes.reserve(tokens.size());
   for (std::size_t first = 0; first < tokens.size(); first += batch_keys) {
@@ -194,15 +218,15 @@ asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
     const auto now = clock::now();
     const auto wall_now = wall_clock::now();
     for (auto i = first; i < last; ++i) {
-      const auto& [app_id, token] = tokens[i];
+      const auto& [id, token] = tokens[i];
       const auto left = milliseconds_left(token.expires_at, now);
-      keys.push_back(key("access_token", app_id));
+      keys.push_back(value_key(id));
       arguments.push_back(token.value);
       arguments.push_back(std::to_string(left));
       // The wall-clock expiry is for people and readers, never compared by a replica.
       arguments.push_back(
-          nlohmann::json{{"kind", "access_token"},
-                         {"app", app_id},
+          nlohmann::json{{"kind", to_string(id.kind)},
+                         {"app", id.scope},
                          {"event", "refreshed"},
                          {"expires_at", unix_seconds(wall_now + milliseconds{left})}}
               .dump());
@@ -216,13 +240,13 @@ asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
 }
 
 asio::awaitable<std::optional<std::vector<stored_digest>>> redis_token_store::digests(
-    std::vector<std::string> app_ids) {
+    std::vector<credential_id> ids) {
   std::vector<stored_digest> digests;
-  digests.reserve(app_ids.size());
-  for (std::size_t first = 0; first < app_ids.size(); first += batch_keys) {
-    const auto last = std::min(app_ids.size(), first + batch_keys);
+  digests.reserve(ids.size());
+  for (std::size_t first = 0; first < ids.size(); first += batch_keys) {
+    const auto last = std::min(ids.size(), first + batch_keys);
     std::vector<std::string> keys;
-    for (auto i = first; i < last; ++i) keys.push_back(key("access_token", app_ids[i]));
+    for (auto i = first; i < last; ++i) keys.push_back(value_key(ids[i]));
     std::vector<std::string> no_arguments;
     const auto sent_at = clock::now();
     const auto reply =
@@ -236,9 +260,9 @@ asio::awaitable<std::optional<std::vector<stored_digest>>> redis_token_store::di
 }
 
 asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(
-    const std::string& app_id, bool forced, milliseconds call_timeout) {
-  std::vector<std::string> keys{key("lock", app_id), key("cooldown", app_id),
-                                key("access_token", app_id)};
+    const credential_id& id, bool forced, milliseconds call_timeout) {
+  std::vector<std::string> keys{internal_key("lock", id), internal_key("cooldown", id),
+                                value_key(id)};
   // Sized per request, so that it follows a reload's upstream.timeout_ms.
   const auto lease = call_timeout + lease_margin;
   std::vector<std::string> arguments{owner_, std::to_string(lease.count()), forced ? "1" : "0"};
@@ -248,12 +272,23 @@ asio::awaitable<refresh_permit_answer> redis_token_store::request_refresh(
   co_return refresh_permit_from(*reply, sent_at);
 }
 
-asio::awaitable<void> redis_token_store::release_refresh(const std::string& app_id,
+asio::awaitable<void> redis_token_store::release_refresh(const credential_id& id,
                                                          milliseconds cool_down) {
-  std::vector<std::string> keys{key("lock", app_id), key("cooldown", app_id)};
+  std::vector<std::string> keys{internal_key("lock", id), internal_key("cooldown", id)};
   std::vector<std::string> arguments{owner_,
                                      std::to_string(std::max(milliseconds{0}, cool_down).count())};
   co_await release_script.run(*commands_, std::move(keys), std::move(arguments));
+}
+
+asio::awaitable<call_budget_answer> redis_token_store::spend_call(const credential_id& id,
+                                                                 unsigned limit) {
+  std::vector<std::string> keys{internal_key("calls", id)};
+  std::vector<std::string> arguments{std::to_string(limit),
+                                     std::to_string(call_budget_window.count()),
+                                     fmt::format("{}:{}", owner_, ++calls_counted_)};
+  const auto reply = co_await budget_script.run(*commands_, std::move(keys), std::move(arguments));
+  if (!reply) co_return call_budget_answer{};
+  co_return call_budget_from(*reply);
 }
 
 }  // namespace token_broker

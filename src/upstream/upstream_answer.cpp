@@ -15,7 +15,7 @@ constexpr std::int64_t max_expires_in_s = 30 * 24 * 3600;
 
 fetch_failure garbage(std::string what) {
   return fetch_failure{failure_class::transient, local_failure_errcode,
-                       "unusable gettoken answer: " + std::move(what)};
+                       "unusable upstream answer: " + std::move(what)};
 }
 
 // WeCom's errcodes are ints. A wider number would wrap in get<int>(): 4294967296 to 0, "ok".
@@ -46,11 +46,12 @@ bool is_plain_token(std::string_view value) {
          std::all_of(value.begin(), value.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
-std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
-                                                                std::string_view body) {
+std::variant<issued_token, fetch_failure> parse_credential_answer(std::string_view value_field,
+                                                                  unsigned http_status,
+                                                                  std::string_view body) {
   if (http_status != 200) {
     return fetch_failure{failure_class::transient, local_failure_errcode,
-                         "gettoken answered HTTP " + std::to_string(http_status)};
+                         "upstream answered HTTP " + std::to_string(http_status)};
   }
   const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded()) return garbage("not JSON");
@@ -70,12 +71,14 @@ std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_st
     return fetch_failure{classify_errcode(code), code, std::move(message)};
   }
 
-  const auto access_token = json.find("access_token");
-  if (access_token == json.end() || !access_token->is_string()) {
-    return garbage("access_token missing or not a string");
+  const auto field = json.find(value_field);
+  if (field == json.end() || !field->is_string()) {
+    return garbage(std::string(value_field) + " missing or not a string");
   }
-  auto value = access_token->get<std::string>();
-  if (!is_plain_token(value)) return garbage("access_token empty, too long or not printable");
+  auto value = field->get<std::string>();
+  if (!is_plain_token(value)) {
+    return garbage(std::string(value_field) + " empty, too long or not printable");
+  }
 
   const auto expires_in = json.find("expires_in");
   if (expires_in == json.end() || !expires_in->is_number_integer()) {

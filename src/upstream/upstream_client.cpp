@@ -22,19 +22,6 @@ constexpr std::uint32_t max_answer_header = 16 * 1024;
 // dropped at the moment it is reused costs a retry.
 constexpr std::chrono::seconds max_idle{25};
 
-void percent_encode(std::string& out, std::string_view text) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  for (const unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 0xf];
-    }
-  }
-}
-
 fetch_failure local_failure(std::string errmsg) {
   return fetch_failure{failure_class::transient, local_failure_errcode, std::move(errmsg)};
 }
@@ -69,6 +56,19 @@ struct upstream_client::exchange {
   bool reusable = false;        // the connection can carry another request
   upstream_response response;
 };
+
+void percent_encode(std::string& out, std::string_view text) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  for (const unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    }
+  }
+}
 
 std::string gettoken_target(std::string_view corpid, std::string_view secret) {
   std::string target = "/cgi-bin/gettoken?corpid=";

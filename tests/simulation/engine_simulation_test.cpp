@@ -29,31 +29,14 @@ std::unique_ptr<credential_source> gettoken_for(int app) {
   return std::make_unique<gettoken_source>(corpid_of(app), "secret");
 }
 
-// A JS-SDK-ticket-like credential: fetched with its app's access_token.
-class ticket_source final : public credential_source {
- public:
-  explicit ticket_source(std::string app) : app_(std::move(app)) {}
-  std::optional<credential_id> dependency() const override {
-    return credential_id{credential_kind::access_token, app_};
-  }
-  upstream_request request(std::string_view access_token) const override {
-    return {.target = "/cgi-bin/get_jsapi_ticket?access_token=" + std::string(access_token)};
-  }
-  fetch_result read(const upstream_response& answer) const override {
-    const auto json = nlohmann::json::parse(answer.body);
-    const int errcode = json.at("errcode").get<int>();
-    if (errcode != 0) {
-      return fetch_failure{classify_errcode(errcode), errcode,
-                           json.at("errmsg").get<std::string>()};
-    }
-    return fetched_token{json.at("ticket").get<std::string>(),
-                         seconds{json.at("expires_in").get<int>()}, answer.sent_at,
-                         answer.received_at, answer.sent_at_wall};
-  }
-
- private:
-  std::string app_;
-};
+// The corp's JS-SDK ticket of app `app`, fetched with its access_token.
+std::shared_ptr<simulated_refresher> jsapi_ticket_of(simulated_engine& engine, int app) {
+  auto config = std::make_shared<const app_config>(
+      app_config{.id = corpid_of(app), .corpid = corpid_of(app), .secret = "secret"});
+  return std::make_shared<simulated_refresher>(
+      engine, credential_id{credential_kind::jsapi_ticket, corpid_of(app)},
+      std::make_unique<ticket_source>(config, credential_kind::jsapi_ticket));
+}
 
 // One broker: its store connection, upstream client and engine, wired as broker.cpp wires them.
 struct replica {
@@ -63,19 +46,24 @@ struct replica {
         engine(io.get_executor(), policy, wait_limit,
                std::make_shared<simulated_upstream>(wecom, slots), *store) {}
 
-  void start(int apps) {
+  // Each of `apps` with its access_token, and its jsapi_ticket if `with_tickets`.
+  void start(int apps, bool with_tickets = false) {
     engine.start(tasks);
     for (int app = 0; app < apps; ++app) {
       auto refresher = std::make_shared<simulated_refresher>(
           engine, credential_id{credential_kind::access_token, corpid_of(app)}, gettoken_for(app));
       tokens.push_back(refresher);
       engine.add(std::move(refresher));
+      if (with_tickets) {
+        tickets.push_back(jsapi_ticket_of(engine, app));
+        engine.add(tickets.back());
+      }
     }
-    store->start(tasks, [this](const std::string& key) {
-      if (key.empty()) {
-        engine.store_returned();
+    store->start(tasks, [this](const std::optional<credential_id>& id) {
+      if (id) {
+        engine.store_changed(*id);
       } else {
-        engine.store_changed({credential_kind::access_token, key});
+        engine.store_returned();
       }
     });
   }
@@ -90,6 +78,7 @@ struct replica {
   supervisor tasks;
   simulated_engine engine;
   std::vector<std::shared_ptr<simulated_refresher>> tokens;
+  std::vector<std::shared_ptr<simulated_refresher>> tickets;
   mutable std::shared_ptr<const credential_view> view;
 };
 
@@ -121,14 +110,16 @@ class engine_simulation : public ::testing::Test {
     return *replicas_.back();
   }
 
-  // `count` replicas sharing `redis`, each serving `apps`.
+  // `count` replicas sharing `redis`, each serving `apps` (and their tickets if
+  // `with_tickets`).
   void start_replicas(int count, simulated_redis& redis, simulated_wecom& wecom, int apps,
-                      milliseconds wait_limit = 5000ms) {
+                      milliseconds wait_limit = 5000ms, bool with_tickets = false,
+                      const refresh_config& policy = {}) {
     for (int i = 0; i < count; ++i) {
       add_replica(std::make_unique<simulated_store>(redis, "replica" + std::to_string(i)), wecom,
-                  refresh_config{}, wait_limit);
+                  policy, wait_limit);
     }
-    for (auto& each : replicas_) each->start(apps);
+    for (auto& each : replicas_) each->start(apps, with_tickets);
   }
 
   // The handlers the loop runs over `span` of simulated time: what idle credentials cost.
@@ -248,7 +239,7 @@ TEST_F(engine_simulation, a_store_outage_across_a_refresh_is_served_through_and_
   EXPECT_EQ(ledger.rejected, 0);
   EXPECT_EQ(ledger.none, 0);
   for (int app = 0; app < apps; ++app) {
-    const auto stored = redis.token(corpid_of(app));
+    const auto stored = redis.token({credential_kind::access_token, corpid_of(app)});
     ASSERT_TRUE(stored) << corpid_of(app);
     EXPECT_TRUE(wecom.valid(corpid_of(app), stored->value));
   }
@@ -293,9 +284,7 @@ TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_re
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
   auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
   broker.start(1);
-  auto ticket = std::make_shared<simulated_refresher>(
-      broker.engine, credential_id{credential_kind::access_token, "ticket"},
-      std::make_unique<ticket_source>(corpid_of(0)));
+  auto ticket = jsapi_ticket_of(broker.engine, 0);
   broker.engine.add(ticket);
   run_for(io_, 1s);
   ASSERT_TRUE(ticket->view()->servable(simulated_clock::now()));
@@ -314,6 +303,86 @@ TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_re
   EXPECT_EQ(wecom.calls("ticket:" + corpid_of(0)), 3) << "rejected once, then once more";
   EXPECT_EQ(wecom.calls(corpid_of(0)), 2) << "the rejected token was replaced once";
   EXPECT_TRUE(wecom.valid(corpid_of(0), broker.served(0)->value));
+}
+
+// With one upstream slot (every slot busy, as in a backlog), a ticket whose call meets a revoked
+// token gives its slot back while the token is refreshed: holding it would stall both until
+// the wait limit.
+TEST_F(engine_simulation, a_dependent_credential_never_holds_a_slot_while_its_dependency_refreshes) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
+  auto& broker =
+      add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{}, 5000ms, 1);
+  broker.start(1, /*with_tickets=*/true);
+  run_for(io_, 1s);
+  const auto& ticket = broker.tickets[0];
+  ASSERT_TRUE(ticket->view()->servable(simulated_clock::now()));
+
+  run_for(io_, 10s);
+  wecom.revoke(corpid_of(0));
+  token_outcome renewed;
+  asio::co_spawn(io_, ticket->invalidate(ticket->view()->current->value),
+                 [&renewed](std::exception_ptr, token_outcome outcome) { renewed = outcome; });
+  run_for(io_, 1s);
+  ASSERT_TRUE(renewed.view) << "answered within a second, not after the 5 s wait limit";
+  EXPECT_EQ(wecom.calls("ticket:" + corpid_of(0)), 3);
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 2);
+}
+
+// SPEC §3 refresh.ticket_calls_per_hour: however many replicas, restarts and reports, the fleet
+// calls for a ticket at most that often in any hour. Once the budget is spent the held ticket
+// is served (reports of it included) until it expires, then nothing until the budget allows.
+TEST_F(engine_simulation, ticket_calls_stay_within_the_budget_across_replicas_and_restarts) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 1800s, 50ms);
+  simulated_redis redis(io_);
+  refresh_config policy;
+  policy.ticket_calls_per_hour = 4;
+  start_replicas(3, redis, wecom, 1, 5000ms, /*with_tickets=*/true, policy);
+  run_for(io_, 1s);
+  const std::string ticket_calls = "ticket:" + corpid_of(0);
+  ASSERT_EQ(wecom.calls(ticket_calls), 1) << "one call for three replicas";
+
+  // Twenty reports in a row, each of the ticket the reporter is served, to any replica.
+  for (int report = 0; report < 20; ++report) {
+    auto& replica = *replicas_[report % replicas_.size()];
+    const auto view = replica.tickets[0]->view();
+    ASSERT_TRUE(view->servable(simulated_clock::now())) << "report " << report;
+    asio::co_spawn(io_, replica.tickets[0]->invalidate(view->current->value), asio::detached);
+    run_for(io_, 6s);  // past the min_interval floor
+  }
+  EXPECT_EQ(wecom.calls(ticket_calls), 4);
+  EXPECT_EQ(redis.calls_counted({credential_kind::jsapi_ticket, corpid_of(0)}), 4u);
+
+  // A replica restarts: its own count is gone, the fleet's is not.
+  replicas_[0]->engine.stop();
+  add_replica(std::make_unique<simulated_store>(redis, "restarted"), wecom, policy)
+      .start(1, /*with_tickets=*/true);
+  run_for(io_, 1s);
+  auto& restarted = *replicas_.back();
+  ASSERT_TRUE(restarted.tickets[0]->view()->servable(simulated_clock::now()));
+  asio::co_spawn(io_,
+                 restarted.tickets[0]->invalidate(restarted.tickets[0]->view()->current->value),
+                 asio::detached);
+  run_for(io_, 1s);
+  EXPECT_EQ(wecom.calls(ticket_calls), 4);
+  EXPECT_TRUE(restarted.tickets[0]->view()->servable(simulated_clock::now()))
+      << "the reported ticket is served: it cannot be replaced";
+
+  // The last ticket expires 30 min after its call; the budget frees an hour after the first.
+  run_for(io_, 35min);
+  token_outcome expired;
+  asio::co_spawn(io_, restarted.tickets[0]->wait_for_token(),
+                 [&expired](std::exception_ptr, token_outcome outcome) { expired = outcome; });
+  run_for(io_, 1s);
+  EXPECT_FALSE(expired.view) << "nothing valid to serve";
+  ASSERT_TRUE(expired.failure);
+  EXPECT_EQ(expired.failure->kind, failure_class::rationed);
+  EXPECT_GT(expired.retry_after, 60s) << "come back when the budget allows";
+  run_for(io_, 30min);
+  EXPECT_EQ(wecom.calls(ticket_calls), 5) << "the first call is an hour old: one more";
+  for (std::size_t i = 1; i < replicas_.size(); ++i) {
+    const token* served = replicas_[i]->tickets[0]->view()->servable(simulated_clock::now());
+    ASSERT_TRUE(served) << "replica " << i;
+  }
 }
 
 // Issue 13, defect 5: stopping answers every caller waiting for a value at once (503 on the

@@ -1,5 +1,7 @@
 #include "simulated_redis.hpp"
 
+#include <algorithm>
+
 namespace token_broker::simulation {
 namespace {
 
@@ -23,23 +25,24 @@ void simulated_redis::set_up(bool up, bool lost_everything) {
     tokens_.clear();
     locks_.clear();
     cool_downs_.clear();
+    calls_.clear();
   }
-  if (up) announce("");
+  if (up) announce(std::nullopt);
 }
 
-std::optional<simulated_redis::entry> simulated_redis::token(const std::string& key) const {
+std::optional<simulated_redis::entry> simulated_redis::token(const credential_id& key) const {
   const auto found = tokens_.find(key);
   if (found == tokens_.end() || found->second.expires_at <= simulated_clock::now()) return {};
   return found->second;
 }
 
-std::optional<stored_token> simulated_redis::load(const std::string& key) const {
+std::optional<stored_token> simulated_redis::load(const credential_id& key) const {
   const auto held = token(key);
   if (!held) return std::nullopt;
   return stored_token{held->value, held->expires_at};
 }
 
-save_outcome simulated_redis::save(const std::string& key, const std::string& value,
+save_outcome simulated_redis::save(const credential_id& key, const std::string& value,
                                    time_point offered) {
   ++commands_;
   if (offered <= simulated_clock::now()) return save_outcome::written;
@@ -54,7 +57,7 @@ save_outcome simulated_redis::save(const std::string& key, const std::string& va
   return save_outcome::written;
 }
 
-refresh_permit_answer simulated_redis::request(const std::string& key, const std::string& owner,
+refresh_permit_answer simulated_redis::request(const credential_id& key, const std::string& owner,
                                                milliseconds lease, bool forced) {
   ++commands_;
   refresh_permit_answer answer{.permit = refresh_permit::granted};
@@ -72,7 +75,7 @@ refresh_permit_answer simulated_redis::request(const std::string& key, const std
   return answer;
 }
 
-void simulated_redis::release(const std::string& key, const std::string& owner,
+void simulated_redis::release(const credential_id& key, const std::string& owner,
                               milliseconds cool_down) {
   ++commands_;
   const auto lock = locks_.find(key);
@@ -84,19 +87,42 @@ void simulated_redis::release(const std::string& key, const std::string& owner,
   if (cool_down > milliseconds{0}) cool_downs_[key] = simulated_clock::now() + cool_down;
 }
 
-void simulated_redis::announce(const std::string& key) {
+call_budget_answer simulated_redis::spend_call(const credential_id& key, unsigned limit) {
+  ++commands_;
+  const auto now = simulated_clock::now();
+  auto& calls = calls_[key];
+  std::erase_if(calls, [&](time_point call) { return call <= now - call_budget_window; });
+  if (calls.size() >= limit) {
+    return {call_budget_answer::verdict::spent,
+            std::chrono::ceil<milliseconds>(*(calls.end() - limit) + call_budget_window - now)};
+  }
+  calls.push_back(now);
+  return {call_budget_answer::verdict::granted};
+}
+
+std::size_t simulated_redis::calls_counted(const credential_id& key) const {
+  const auto found = calls_.find(key);
+  if (found == calls_.end()) return 0;
+  const auto now = simulated_clock::now();
+  return static_cast<std::size_t>(std::count_if(found->second.begin(), found->second.end(),
+                                                [&](time_point call) {
+                                                  return call > now - call_budget_window;
+                                                }));
+}
+
+void simulated_redis::announce(const std::optional<credential_id>& key) {
   for (const auto& subscriber : subscribers_) {
     asio::post(io_, [subscriber, key] { subscriber(key); });
   }
 }
 
-asio::awaitable<std::optional<stored_token>> simulated_store::load(const std::string& key) {
+asio::awaitable<std::optional<stored_token>> simulated_store::load(const credential_id& key) {
   co_await round_trip();
   if (!redis_.up()) co_return std::nullopt;
   co_return redis_.load(key);
 }
 
-asio::awaitable<save_outcome> simulated_store::save(const std::string& key,
+asio::awaitable<save_outcome> simulated_store::save(const credential_id& key,
                                                     const stored_token& token) {
   co_await round_trip();
   if (!redis_.up()) co_return save_outcome::unavailable;
@@ -104,7 +130,7 @@ asio::awaitable<save_outcome> simulated_store::save(const std::string& key,
 }
 
 asio::awaitable<std::optional<std::vector<stored_digest>>> simulated_store::digests(
-    std::vector<std::string> keys) {
+    std::vector<credential_id> keys) {
   co_await round_trip();
   if (!redis_.up()) co_return std::nullopt;
   std::vector<stored_digest> digests;
@@ -119,7 +145,7 @@ asio::awaitable<std::optional<std::vector<stored_digest>>> simulated_store::dige
 }
 
 asio::awaitable<std::vector<save_outcome>> simulated_store::save_all(
-    std::vector<std::pair<std::string, stored_token>> tokens) {
+    std::vector<std::pair<credential_id, stored_token>> tokens) {
   co_await round_trip();
   std::vector<save_outcome> outcomes;
   for (const auto& [key, token] : tokens) {
@@ -129,7 +155,7 @@ asio::awaitable<std::vector<save_outcome>> simulated_store::save_all(
   co_return outcomes;
 }
 
-asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const std::string& key,
+asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const credential_id& key,
                                                                         bool forced,
                                                                         milliseconds call_timeout) {
   co_await round_trip();
@@ -137,10 +163,17 @@ asio::awaitable<refresh_permit_answer> simulated_store::request_refresh(const st
   co_return redis_.request(key, owner_, call_timeout + milliseconds{2000}, forced);
 }
 
-asio::awaitable<void> simulated_store::release_refresh(const std::string& key,
+asio::awaitable<void> simulated_store::release_refresh(const credential_id& key,
                                                        milliseconds cool_down) {
   co_await round_trip();
   if (redis_.up()) redis_.release(key, owner_, cool_down);
+}
+
+asio::awaitable<call_budget_answer> simulated_store::spend_call(const credential_id& key,
+                                                              unsigned limit) {
+  co_await round_trip();
+  if (!redis_.up()) co_return call_budget_answer{};
+  co_return redis_.spend_call(key, limit);
 }
 
 }  // namespace token_broker::simulation

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "simulated_clock.hpp"
+#include "token_broker/credentials/call_budget.hpp"
 #include "token_broker/credentials/token_lifecycle.hpp"
 #include "token_broker/store/token_store.hpp"
 
@@ -29,17 +30,21 @@ class simulated_redis {
     std::string value;
     time_point expires_at;
   };
-  std::optional<entry> token(const std::string& key) const;
+  std::optional<entry> token(const credential_id& key) const;
 
   // The scripts' decisions (see redis_token_store.cpp), on simulated time.
-  std::optional<stored_token> load(const std::string& key) const;
-  save_outcome save(const std::string& key, const std::string& value, time_point expires_at);
-  refresh_permit_answer request(const std::string& key, const std::string& owner,
+  std::optional<stored_token> load(const credential_id& key) const;
+  save_outcome save(const credential_id& key, const std::string& value, time_point expires_at);
+  refresh_permit_answer request(const credential_id& key, const std::string& owner,
                                 std::chrono::milliseconds lease, bool forced);
-  void release(const std::string& key, const std::string& owner,
+  void release(const credential_id& key, const std::string& owner,
                std::chrono::milliseconds cool_down);
+  // The budget script's decision: the fleet's calls for `key` in the window, on Redis's time.
+  call_budget_answer spend_call(const credential_id& key, unsigned limit);
+  // Calls counted for `key` in the window now.
+  std::size_t calls_counted(const credential_id& key) const;
 
-  void subscribe(std::function<void(const std::string&)> changed) {
+  void subscribe(token_store::change_listener changed) {
     subscribers_.push_back(std::move(changed));
   }
   int commands() const { return commands_; }
@@ -49,14 +54,15 @@ class simulated_redis {
     std::string owner;
     time_point until;
   };
-  void announce(const std::string& key);
+  void announce(const std::optional<credential_id>& key);
 
   asio::io_context& io_;
   bool up_ = true;
-  std::map<std::string, entry> tokens_;
-  std::map<std::string, lock_holder> locks_;
-  std::map<std::string, time_point> cool_downs_;
-  std::vector<std::function<void(const std::string&)>> subscribers_;
+  std::map<credential_id, entry> tokens_;
+  std::map<credential_id, lock_holder> locks_;
+  std::map<credential_id, time_point> cool_downs_;
+  std::map<credential_id, std::vector<time_point>> calls_;
+  std::vector<token_store::change_listener> subscribers_;
   int commands_ = 0;
 };
 
@@ -66,22 +72,24 @@ class simulated_store final : public token_store {
   simulated_store(simulated_redis& redis, std::string owner)
       : redis_(redis), owner_(std::move(owner)) {}
 
-  void start(supervisor&, std::function<void(const std::string&)> changed) override {
+  void start(supervisor&, change_listener changed) override {
     redis_.subscribe(std::move(changed));
   }
   bool shared() const override { return true; }
   std::optional<bool> up() const override { return redis_.up(); }
-  asio::awaitable<std::optional<stored_token>> load(const std::string& key) override;
-  asio::awaitable<save_outcome> save(const std::string& key, const stored_token& token) override;
+  asio::awaitable<std::optional<stored_token>> load(const credential_id& key) override;
+  asio::awaitable<save_outcome> save(const credential_id& key, const stored_token& token) override;
   asio::awaitable<std::optional<std::vector<stored_digest>>> digests(
-      std::vector<std::string> keys) override;
+      std::vector<credential_id> keys) override;
   asio::awaitable<std::vector<save_outcome>> save_all(
-      std::vector<std::pair<std::string, stored_token>> tokens) override;
+      std::vector<std::pair<credential_id, stored_token>> tokens) override;
   // The lease is the call's timeout and 2 s, as redis_token_store's.
   asio::awaitable<refresh_permit_answer> request_refresh(
-      const std::string& key, bool forced, std::chrono::milliseconds call_timeout) override;
-  asio::awaitable<void> release_refresh(const std::string& key,
+      const credential_id& key, bool forced, std::chrono::milliseconds call_timeout) override;
+  asio::awaitable<void> release_refresh(const credential_id& key,
                                         std::chrono::milliseconds cool_down) override;
+  asio::awaitable<call_budget_answer> spend_call(const credential_id& key,
+                                                 unsigned limit) override;
 
  private:
   simulated_redis& redis_;

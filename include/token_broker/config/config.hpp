@@ -34,6 +34,7 @@ struct refresh_config {
   std::chrono::milliseconds retry_min{500};
   std::chrono::milliseconds retry_max{60000};
   std::chrono::seconds min_interval{5};
+  unsigned ticket_calls_per_hour = 60;  // per app and ticket kind, fleet-wide (1..100)
 
   bool operator==(const refresh_config&) const = default;
 };
@@ -55,6 +56,8 @@ struct app_config {
   std::string id;
   std::string corpid;
   std::optional<std::int64_t> agentid;
+  bool jsapi_ticket = false;  // "tickets": ["jsapi"]: the corp's JS-SDK ticket
+  bool agent_ticket = false;  // "tickets": ["agent_config"]: the app's agent ticket
   secret_source source = secret_source::inline_value;
   // The resolved secret. Never log it, never put it in an error or an answer.
   std::string secret;

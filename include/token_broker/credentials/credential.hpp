@@ -1,10 +1,12 @@
 // What the broker holds: credentials, each a kind and a scope. The kind says which WeCom call
 // issues it (SPEC §1, §6 `kind`); the scope says whose it is: an app id for an app's
-// access_token, and for the kinds still to come a suite, a provider or "suite/corpid".
+// access_token and JS-SDK tickets, and for the kinds still to come a suite, a provider or
+// "suite/corpid".
 #pragma once
 
 #include <compare>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -12,10 +14,18 @@ namespace token_broker {
 
 enum class credential_kind : std::uint8_t {
   access_token,  // an app's, from GET /cgi-bin/gettoken
+  jsapi_ticket,  // the corp's JS-SDK ticket, fetched with an app's access_token
+  agent_ticket,  // an app's agent_config ticket, fetched with its access_token
 };
 
 // The name SPEC §5 and §6 use: the Redis key's first part, the `kind` label and event field.
 std::string_view to_string(credential_kind kind);
+std::optional<credential_kind> credential_kind_named(std::string_view name);
+// The field that carries the value in answers, ours and WeCom's: "access_token" or "ticket".
+std::string_view value_field(credential_kind kind);
+// JS-SDK tickets: WeCom allows few calls an hour, so the engine counts them (SPEC §3
+// refresh.ticket_calls_per_hour).
+bool is_ticket(credential_kind kind);
 
 struct credential_id {
   credential_kind kind = credential_kind::access_token;
@@ -26,7 +36,8 @@ struct credential_id {
 
 // "access_token:hr": the Redis key after the prefix.
 std::string to_string(const credential_id& id);
-// How log lines name it: "app=hr" for an app's access_token.
+// How log lines name it: "app=hr" for an app's access_token, "app=hr kind=jsapi_ticket" for
+// another kind.
 std::string log_name(const credential_id& id);
 
 }  // namespace token_broker

@@ -23,6 +23,7 @@
 #include "token_broker/core/clock.hpp"
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/credentials/credential.hpp"
+#include "token_broker/credentials/handed_out_tokens.hpp"
 #include "token_broker/credentials/refresher.hpp"
 #include "token_broker/credentials/store_sync.hpp"
 #include "token_broker/store/token_store.hpp"
@@ -68,6 +69,9 @@ class basic_engine {
   token_store& store() { return store_; }
   bool stopping() const { return stopping_; }
   std::shared_ptr<refresher> find(const credential_id& id) const;
+  // Any thread: which app a token handed out belongs to; refreshers of access_tokens tell it.
+  handed_out_tokens& handed_out() { return handed_out_; }
+  const handed_out_tokens& handed_out() const { return handed_out_; }
   std::vector<std::shared_ptr<refresher>> all() const;
   // `credential` loads the store's value (it may be newer than the one held).
   void load_from_store(refresher& credential);
@@ -95,6 +99,7 @@ class basic_engine {
   time_point wake_at_{};
   bool stopping_ = false;
   std::optional<basic_store_sync<Clock>> sync_;  // with a shared store
+  handed_out_tokens handed_out_;
 };
 
 using credential_engine = basic_engine<boot_clock>;

@@ -1,4 +1,4 @@
-// What one gettoken call produced: a token, or a classified failure.
+// What one credential call produced: a value, or a classified failure.
 #pragma once
 
 #include <chrono>
@@ -22,6 +22,7 @@ enum class failure_class {
   transient,      // -1, 45033, network, TLS, timeout, HTTP 5xx, garbage: retry with backoff
   throttled,      // 45009: WeCom's frequency limit: back off harder, keep serving
   configuration,  // wrong corpid/secret/IP whitelist…: retrying soon cannot help
+  rationed,       // no call made: the credential's call budget is spent until `retry_after`
 };
 
 // errcode -1 marks failures below WeCom's JSON (network, TLS, HTTP, unparsable answers).
@@ -31,6 +32,7 @@ struct fetch_failure {
   failure_class kind = failure_class::transient;
   int errcode = local_failure_errcode;
   std::string errmsg;  // WeCom's errmsg, or what went wrong locally; never holds a secret
+  std::chrono::milliseconds retry_after{0};  // rationed: when the budget allows a call again
 };
 
 using fetch_result = std::variant<fetched_token, fetch_failure>;

@@ -10,12 +10,14 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <variant>
 #include <string>
 #include <vector>
 
 #include "token_broker/core/asio.hpp"
 #include "token_broker/core/clock.hpp"
 #include "token_broker/core/published.hpp"
+#include "token_broker/credentials/call_budget.hpp"
 #include "token_broker/credentials/credential.hpp"
 #include "token_broker/credentials/source.hpp"
 #include "token_broker/credentials/token_lifecycle.hpp"
@@ -87,8 +89,6 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
                                 // refresh; plans the next
   // Adopts the store's value if it is newer than the one held.
   asio::awaitable<void> load_from_store();
-  // The store's name for it. Its keys are per app until the store learns credential kinds.
-  const std::string& store_key() const { return id_.scope; }
   void end();  // stopped or removed: no more refreshes, waiters answered
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
   bool ended() const { return ended_; }
@@ -107,10 +107,23 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
 
  private:
   asio::awaitable<void> negotiate_and_call();
+  // The value of the credential this one is fetched with ("" for none), or why there is none.
+  // `rejected`: the value upstream rejected, reported first (compare-and-refresh).
+  asio::awaitable<std::variant<std::string, fetch_failure>> dependency_value(
+      const std::optional<std::string>& rejected);
+  // How a call ended: done (recorded), or upstream rejected the dependency's value `carried`
+  // and nothing was recorded: the refresh goes on with a new value.
+  enum class call_end { done, dependency_rejected };
   // `upstream` is the client `held` is a slot of: a reload may replace the one in force.
-  asio::awaitable<void> call_upstream(upstream_caller& upstream, const upstream_caller::slot& held,
-                                      bool holds_permit);
-  asio::awaitable<fetch_result> fetch(upstream_caller& upstream, const upstream_caller::slot& held);
+  // `carried`: the dependency's value.
+  asio::awaitable<call_end> call_upstream(upstream_caller& upstream,
+                                          const upstream_caller::slot& held, bool holds_permit,
+                                          const std::string& carried, bool may_retry);
+  // One call: the budget spent, upstream asked, its answer read and counted.
+  asio::awaitable<fetch_result> fetch(upstream_caller& upstream, const upstream_caller::slot& held,
+                                      const std::string& carried);
+  // For a budgeted credential, counts the call it is about to make, or says why it may not.
+  asio::awaitable<std::optional<fetch_failure>> spend_budget();
   asio::awaitable<void> save_held();
   bool adopt_stored(const stored_token& stored);
   void record(const fetch_result& result, time_point started_at);
@@ -129,6 +142,7 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   std::vector<timer*> waiters_;  // callers waiting for the next change
   std::minstd_rand random_;      // jitter needs spread, not quality: 8 bytes, not 2.5 KB
   std::optional<time_point> queued_at_;
+  call_window calls_;          // budgeted kinds: this process's calls in the window
   bool ignore_store_ = false;  // credentials changed: adopt nothing until a fetch succeeds
   bool ended_ = false;
   bool first_run_ = true;  // the store is not looked at yet

@@ -59,7 +59,7 @@ asio::awaitable<void> basic_refresher<Clock>::run() {
     if (std::exchange(first_run_, false)) {
       co_await engine_.store().settle();
       // A value with time left in the store is adopted, not fetched.
-      if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+      if (const auto stored = co_await engine_.store().load(id_)) adopt_stored(*stored);
     }
     if (!ended_ && Clock::now() >= lifecycle_.next_attempt_at()) co_await negotiate_and_call();
   } catch (const std::exception& error) {
@@ -77,6 +77,13 @@ asio::awaitable<void> basic_refresher<Clock>::run() {
 // One due refresh. With a shared store the replicas first agree on who calls upstream; the
 // others adopt the caller's value. The upstream slot is taken first: the refresh lock's lease
 // then covers the call alone, never the wait in line for a slot, however long the backlog.
+//
+// A credential fetched with another's value (a ticket, with its app's token) waits for that
+// value before it takes a slot, so that no slot is held by a wait for another refresh, which
+// may need a slot itself. When upstream rejects that value (40001, 40014, 42001), the slot and
+// the lock are given back, the value is reported to its refresher (compare-and-refresh, shared
+// with every other report), and the refresh goes round once more with the value that
+// replaces it.
 template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
   using namespace refresher_detail;
@@ -84,7 +91,15 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
   publish();
   auto& store = engine_.store();
   timer follow(engine_.strand());
+  std::optional<std::string> rejected;
   while (!ended_) {
+    auto dependency = co_await dependency_value(rejected);
+    if (ended_) break;
+    if (auto* failure = std::get_if<fetch_failure>(&dependency)) {
+      record(std::move(*failure), Clock::now());
+      co_return;
+    }
+    const auto& carried = std::get<std::string>(dependency);
     const auto upstream = engine_.upstream();  // a reload may replace it meanwhile
     auto reservation = upstream->reserve();
     auto held = co_await std::move(reservation);
@@ -92,29 +107,31 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
     // New credentials call at once, as an invalidation does, past other replicas' cool-down.
     const bool forced = lifecycle_.revoked() || ignore_store_;
     // The lease covers the call alone: this refresher already holds its slot.
-    const auto answer = co_await store.request_refresh(store_key(), forced, engine_.wait_limit());
+    const auto answer = co_await store.request_refresh(id_, forced, engine_.wait_limit());
     if (ended_) {
       if (answer.permit == refresh_permit::granted) {
-        co_await store.release_refresh(store_key(), milliseconds{0});
+        co_await store.release_refresh(id_, milliseconds{0});
       }
       break;
     }
     const bool granted = answer.permit == refresh_permit::granted;
-    if (answer.stored) adopt_stored(*answer.stored);
-    // Another replica was faster: its value arrived with this answer, or with its event while
-    // this refresh waited, and the next refresh is not due before it ends.
-    if (Clock::now() < lifecycle_.next_attempt_at()) {
-      if (granted) co_await store.release_refresh(store_key(), milliseconds{0});
+    // Another replica was faster: its value arrived with this answer, and the next refresh is
+    // not due before it ends. (Looks at the store asked for meanwhile wait for this task's
+    // end: defer_load.)
+    const bool adopted = answer.stored && adopt_stored(*answer.stored);
+    if (adopted && Clock::now() < lifecycle_.next_attempt_at()) {
+      if (granted) co_await store.release_refresh(id_, milliseconds{0});
       lifecycle_.attempt_withdrawn(std::nullopt);
       co_return;
     }
     switch (answer.permit) {
       case refresh_permit::granted:
-        co_await call_upstream(*upstream, held, true);
-        co_return;
-      case refresh_permit::unavailable:
-        co_await call_upstream(*upstream, held, false);
-        co_return;
+      case refresh_permit::unavailable: {
+        const auto ended = co_await call_upstream(*upstream, held, granted, carried, !rejected);
+        if (ended == call_end::done) co_return;
+        rejected = carried;
+        continue;  // with the slot given back
+      }
       case refresh_permit::cooling_down: {
         // In a cool-down's last millisecond Redis says 0 ms left while the key still stands:
         // wait that millisecond out rather than ask again at once.
@@ -137,64 +154,87 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
   lifecycle_.attempt_withdrawn(std::nullopt);
 }
 
-// The call, with the current value of the credential it depends on, if any. When upstream
-// rejects that value, it is reported to its refresher (compare-and-refresh, shared with every
-// other report) and the call is made once more with the value that replaces it.
-//
-// The dependency is waited for while this call holds its upstream slot: a stall, bounded by
-// the wait limit, is possible only if every slot is held by such a wait at once.
 template <class Clock>
-asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(upstream_caller& upstream,
-                                                            const upstream_caller::slot& held) {
-  std::shared_ptr<basic_refresher> dependency;
-  std::string carried;
-  const auto unavailable_dependency = [](const token_outcome& outcome) {
-    return outcome.failure.value_or(
-        fetch_failure{failure_class::transient, local_failure_errcode, "no value to call with"});
-  };
-  if (const auto needed = source_->dependency()) {
-    dependency = engine_.find(*needed);
-    if (!dependency) {
-      co_return fetch_failure{failure_class::configuration, local_failure_errcode,
-                              to_string(*needed) + " is not configured"};
-    }
-    auto waiting = dependency->wait_for_token();
-    const auto outcome = co_await std::move(waiting);
-    if (!outcome.view) co_return unavailable_dependency(outcome);
-    carried = outcome.view->current->value;
+asio::awaitable<std::variant<std::string, fetch_failure>> basic_refresher<Clock>::dependency_value(
+    const std::optional<std::string>& rejected) {
+  const auto needed = source_->dependency();
+  if (!needed) co_return std::string();
+  const auto dependency = engine_.find(*needed);
+  if (!dependency) {
+    co_return fetch_failure{failure_class::configuration, local_failure_errcode,
+                            to_string(*needed) + " is not configured"};
   }
-  for (bool retried = false;; retried = true) {
-    auto call = upstream.call(held, source_->request(carried));
-    const auto answer = co_await std::move(call);
-    if (const auto* failure = std::get_if<fetch_failure>(&answer)) co_return *failure;
-    auto result = source_->read(std::get<upstream_response>(answer));
-    const auto* failure = std::get_if<fetch_failure>(&result);
-    if (!dependency || retried || !failure || !rejects_access_token(failure->errcode)) {
-      co_return result;
-    }
-    spdlog::info("{} upstream rejected the {} it was called with (errcode {}); reporting it",
-                 log_name(id_), to_string(dependency->id().kind), failure->errcode);
-    auto reporting = dependency->invalidate(carried);
-    const auto outcome = co_await std::move(reporting);
-    if (!outcome.view) co_return unavailable_dependency(outcome);
-    carried = outcome.view->current->value;
-  }
+  auto waiting = rejected ? dependency->invalidate(*rejected) : dependency->wait_for_token();
+  const auto outcome = co_await std::move(waiting);
+  if (outcome.view) co_return outcome.view->current->value;
+  co_return outcome.failure.value_or(
+      fetch_failure{failure_class::transient, local_failure_errcode,
+                    "no " + std::string(to_string(needed->kind)) + " to call with"});
 }
 
 template <class Clock>
-asio::awaitable<void> basic_refresher<Clock>::call_upstream(upstream_caller& upstream,
+asio::awaitable<std::optional<fetch_failure>> basic_refresher<Clock>::spend_budget() {
+  if (!is_ticket(id_.kind)) co_return std::nullopt;
+  const unsigned limit = engine_.refresh_policy().ticket_calls_per_hour;
+  auto wait = calls_.wait(Clock::now(), limit);
+  if (wait == std::chrono::milliseconds{0}) {
+    // The fleet's count, when there is one; this process's calls are part of it.
+    const auto counted = co_await engine_.store().spend_call(id_, limit);
+    if (counted.outcome == call_budget_answer::verdict::spent) wait = counted.wait;
+  }
+  if (wait > std::chrono::milliseconds{0}) {
+    co_return fetch_failure{
+        .kind = failure_class::rationed,
+        .errcode = local_failure_errcode,
+        .errmsg = "ticket call budget spent (" + std::to_string(limit) +
+                  " per hour, refresh.ticket_calls_per_hour): the next call is allowed in " +
+                  std::to_string(std::chrono::ceil<std::chrono::seconds>(wait).count()) + " s",
+        .retry_after = wait};
+  }
+  calls_.record(Clock::now());
+  co_return std::nullopt;
+}
+
+template <class Clock>
+asio::awaitable<fetch_result> basic_refresher<Clock>::fetch(upstream_caller& upstream,
                                                             const upstream_caller::slot& held,
-                                                            bool holds_permit) {
+                                                            const std::string& carried) {
+  if (auto refused = co_await spend_budget()) co_return std::move(*refused);
+  auto call = upstream.call(held, source_->request(carried));
+  const auto answer = co_await std::move(call);
+  auto result = std::holds_alternative<fetch_failure>(answer)
+                    ? fetch_result(std::get<fetch_failure>(answer))
+                    : source_->read(std::get<upstream_response>(answer));
+  if (const auto* failure = std::get_if<fetch_failure>(&result)) {
+    upstream_results_.record_failure(failure->errcode);
+  } else {
+    upstream_results_.record_ok();
+  }
+  co_return result;
+}
+
+template <class Clock>
+asio::awaitable<typename basic_refresher<Clock>::call_end> basic_refresher<Clock>::call_upstream(
+    upstream_caller& upstream, const upstream_caller::slot& held, bool holds_permit,
+    const std::string& carried, bool may_retry) {
   using namespace refresher_detail;
   const auto started_at = Clock::now();
   lifecycle_.attempt_started(started_at);
   const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
-  auto operation = fetch(upstream, held);
+  auto operation = fetch(upstream, held, carried);
   const auto result = co_await std::move(operation);
-  if (ended_) {
-    lifecycle_.attempt_withdrawn(std::nullopt);
-    if (holds_permit) co_await engine_.store().release_refresh(store_key(), milliseconds{0});
-    co_return;
+  const auto* failure = std::get_if<fetch_failure>(&result);
+  const bool retry = may_retry && failure && source_->dependency() &&
+                     rejects_access_token(failure->errcode) && !ended_;
+  if (ended_ || retry) {
+    if (holds_permit) co_await engine_.store().release_refresh(id_, milliseconds{0});
+    if (!retry) {
+      lifecycle_.attempt_withdrawn(std::nullopt);
+      co_return call_end::done;
+    }
+    spdlog::info("{} upstream rejected the {} it was called with (errcode {}); reporting it",
+                 log_name(id_), to_string(source_->dependency()->kind), failure->errcode);
+    co_return call_end::dependency_rejected;
   }
   record(result, started_at);
   const bool fetched = std::holds_alternative<fetched_token>(result);
@@ -207,8 +247,9 @@ asio::awaitable<void> basic_refresher<Clock>::call_upstream(upstream_caller& ups
     const auto cool_down =
         new_value ? milliseconds{0}
                   : duration_cast<milliseconds>(lifecycle_.next_attempt_at() - Clock::now());
-    co_await engine_.store().release_refresh(store_key(), cool_down);
+    co_await engine_.store().release_refresh(id_, cool_down);
   }
+  co_return call_end::done;
 }
 
 // A save that fails (the store unreachable) is not retried here: the store's return sets off
@@ -217,7 +258,7 @@ template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::save_held() {
   // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
   const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
-  const auto outcome = co_await engine_.store().save(store_key(), latest);
+  const auto outcome = co_await engine_.store().save(id_, latest);
   if (outcome == save_outcome::newer_kept) {
     spdlog::info("{} the store holds a newer value than the one held here; adopting it",
                  log_name(id_));
@@ -230,7 +271,7 @@ asio::awaitable<void> basic_refresher<Clock>::save_held() {
 template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::load_from_store() {
   try {
-    if (const auto stored = co_await engine_.store().load(store_key())) adopt_stored(*stored);
+    if (const auto stored = co_await engine_.store().load(id_)) adopt_stored(*stored);
   } catch (const std::exception& error) {
     spdlog::error("{} looking at the store failed unexpectedly: {}", log_name(id_), error.what());
   }
@@ -258,7 +299,6 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   const auto latency_ms = milliseconds_between(started_at, finished_at);
 
   if (const auto* fetched = std::get_if<fetched_token>(&result)) {
-    upstream_results_.record_ok();
     const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
     lifecycle_.attempt_succeeded(*fetched, jitter_unit());
     publish();  // served from now on, while the store is still being told
@@ -273,7 +313,6 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   }
 
   const auto& failure = std::get<fetch_failure>(result);
-  upstream_results_.record_failure(failure.errcode);
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
   spdlog::warn(
@@ -294,7 +333,16 @@ void basic_refresher<Clock>::publish() {
   // A revoked value is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
-    view->answers = prepare_token_answers(label(), *held);
+    view->answers = prepare_token_answers(label(), id_.kind, *held);
+  }
+  if (id_.kind == credential_kind::access_token) {
+    const auto before = view_.load();
+    const auto value_of = [](const credential_view& seen) {
+      return seen.current ? seen.current->value : std::string();
+    };
+    // An ended refresher's token is no longer its app's: it ages out as a replaced one.
+    engine_.handed_out().changed(id_.scope, value_of(*before),
+                                 ended_ ? std::string() : value_of(*view), now);
   }
   view_.store(std::move(view));
 

@@ -44,6 +44,25 @@ class gettoken_source final : public credential_source {
   std::shared_ptr<const app_config> app_;
 };
 
+// A JS-SDK ticket (SPEC §4): GET /cgi-bin/get_jsapi_ticket?access_token=… for the corp's
+// jsapi_ticket, GET /cgi-bin/ticket/get?access_token=…&type=agent_config for the app's agent
+// ticket; either fetched with the app's access_token.
+class ticket_source final : public credential_source {
+ public:
+  ticket_source(std::shared_ptr<const app_config> app, credential_kind kind)
+      : app_(std::move(app)), kind_(kind) {}
+
+  std::optional<credential_id> dependency() const override {
+    return credential_id{credential_kind::access_token, app_->id};
+  }
+  upstream_request request(std::string_view access_token) const override;
+  fetch_result read(const upstream_response& answer) const override;
+
+ private:
+  std::shared_ptr<const app_config> app_;
+  credential_kind kind_;
+};
+
 // Whether `errcode` says the access_token a call carried is not (or no longer) valid.
 bool rejects_access_token(int errcode);
 

@@ -79,15 +79,15 @@ asio::awaitable<void> basic_store_sync<Clock>::compare(
     std::vector<std::shared_ptr<refresher>> credentials, bool sweep) {
   if (credentials.empty()) co_return;
   auto& store = engine_.store();
-  std::vector<std::string> keys;
-  keys.reserve(credentials.size());
-  for (const auto& each : credentials) keys.push_back(each->store_key());
-  const auto stored = co_await store.digests(std::move(keys));
+  std::vector<credential_id> ids;
+  ids.reserve(credentials.size());
+  for (const auto& each : credentials) ids.push_back(each->id());
+  const auto stored = co_await store.digests(std::move(ids));
   // Unreachable: its return is noticed, and compares everything.
   if (!stored || stopping_) co_return;
 
   const auto now = Clock::now();
-  std::vector<std::pair<std::string, stored_token>> behind;
+  std::vector<std::pair<credential_id, stored_token>> behind;
   std::vector<refresher*> behind_credentials;
   std::size_t loading = 0;
   for (std::size_t i = 0; i < credentials.size(); ++i) {
@@ -101,8 +101,7 @@ asio::awaitable<void> basic_store_sync<Clock>::compare(
         ++loading;
         break;
       case store_difference::store_is_behind:
-        behind.push_back(
-            {credentials[i]->store_key(), stored_token{held->value, held->expires_at}});
+        behind.push_back({credentials[i]->id(), stored_token{held->value, held->expires_at}});
         behind_credentials.push_back(credentials[i].get());
         break;
       case store_difference::none:

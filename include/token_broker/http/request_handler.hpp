@@ -10,6 +10,7 @@
 #include "token_broker/core/asio.hpp"
 #include "token_broker/core/published.hpp"
 #include "token_broker/http/client_auth.hpp"
+#include "token_broker/http/jssdk_signature.hpp"
 #include "token_broker/http/responses.hpp"
 #include "token_broker/http/routes.hpp"
 #include "token_broker/ops/metrics.hpp"
@@ -18,12 +19,20 @@ namespace token_broker {
 
 using request = http::request<http::string_body>;
 
-// A request that must wait for an app's token (one it has none of, or an invalidation), and
-// which answer follows the wait.
+// A request that must wait for a credential (one there is no value of yet, or an
+// invalidation), and which answer follows the wait.
 struct waiting_request {
-  std::shared_ptr<credential_refresher> app;  // kept: a reload may drop it from the set meanwhile
-  enum { our_token, wecom_token, invalidation } then = our_token;
-  std::string reported;   // invalidation: the token the caller saw rejected
+  // Kept: a reload may drop it from the set meanwhile.
+  std::shared_ptr<credential_refresher> credential;
+  enum { our_token, wecom_token, invalidation, signature } then = our_token;
+  std::string reported;  // invalidation: the value the caller saw rejected
+  // signature: what to sign, for which app, and its tickets (each waited for)
+  struct signing {
+    std::shared_ptr<const app_config> app;
+    signature_request request;
+    std::shared_ptr<credential_refresher> jsapi_ticket, agent_ticket;
+  };
+  std::shared_ptr<const signing> signs;
   std::size_t route = 0;  // its route table entry, for the metrics
   std::chrono::steady_clock::time_point started_at;
 };
@@ -36,7 +45,7 @@ class request_handler {
     const request& incoming;
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
-    credential_refresher* app;    // the path's {app}, checked against the config and the client
+    const app_entry* app;  // the path's {app}, checked against the config and the client
   };
   using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
   struct endpoint {
@@ -78,13 +87,22 @@ class request_handler {
   std::variant<answer, waiting_request> decide(const route_match& matched, const request& incoming);
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
+  asio::awaitable<answer> wait_and_sign(const waiting_request::signing& signs);
+  static response signature_answer(const waiting_request::signing& signs,
+                                   const credential_view* jsapi_ticket,
+                                   const credential_view* agent_ticket);
   static response internal_error();
 
-  // The handlers, one per endpoint.
-  std::variant<answer, waiting_request> app_token(const call& current);
-  std::variant<answer, waiting_request> invalidate_token(const call& current);
+  // The handlers, one per endpoint; those of a credential kind serve tokens and tickets alike.
+  template <credential_kind kind>
+  std::variant<answer, waiting_request> app_credential(const call& current);
+  template <credential_kind kind>
+  std::variant<answer, waiting_request> invalidate(const call& current);
+  std::variant<answer, waiting_request> jssdk_signature(const call& current);
   std::variant<answer, waiting_request> list_apps(const call& current);
   std::variant<answer, waiting_request> wecom_gettoken(const call& current);
+  template <credential_kind kind>
+  std::variant<answer, waiting_request> wecom_ticket(const call& current);
   std::variant<answer, waiting_request> healthz(const call& current);
   std::variant<answer, waiting_request> readyz(const call& current);
   std::variant<answer, waiting_request> metrics(const call& current);

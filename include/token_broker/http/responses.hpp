@@ -50,7 +50,7 @@ class token_answer_bytes {
   prepared_body body_;
 };
 // 503 unavailable, with WeCom's errcode/errmsg when upstream is the reason, and Retry-After.
-response unavailable_response(std::string_view app_id, const token_outcome& outcome);
+response unavailable_response(const credential_id& id, const token_outcome& outcome);
 
 // WeCom's error shape for the drop-in /cgi-bin/gettoken (HTTP 200, like WeCom).
 response wecom_error_response(int errcode, std::string_view errmsg);

@@ -1,4 +1,4 @@
-// A token's 200 answers, serialized once when the token is published. Between two requests
+// A credential's 200 answers, serialized once when it is published. Between two requests
 // only `expires_in` changes, so an answer is the prepared text around that one number: the
 // hot path builds no JSON and allocates nothing.
 #pragma once
@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "token_broker/credentials/credential.hpp"
 #include "token_broker/credentials/token_lifecycle.hpp"
 
 namespace token_broker {
@@ -24,8 +25,8 @@ class prepared_token_answers {
   prepared_token_answers() = default;
   prepared_token_answers(const prepared_body& ours, const prepared_body& wecom);
 
-  prepared_body ours() const { return part(0); }   // GET /v1/apps/{app}/token, SPEC §4
-  prepared_body wecom() const { return part(2); }  // GET /cgi-bin/gettoken, WeCom's shape
+  prepared_body ours() const { return part(0); }   // GET /v1/apps/{app}/token, …/jsapi_ticket
+  prepared_body wecom() const { return part(2); }  // the drop-ins: WeCom's shape
 
  private:
   prepared_body part(std::size_t first) const;
@@ -34,7 +35,9 @@ class prepared_token_answers {
   std::array<std::uint32_t, 4> ends_{};  // where each of the four pieces ends in text_
 };
 
-prepared_token_answers prepare_token_answers(std::string_view app_id, const token& current);
+// The value goes in the kind's field: "access_token" or "ticket" (value_field).
+prepared_token_answers prepare_token_answers(std::string_view app_id, credential_kind kind,
+                                             const token& current);
 
 // Whole seconds left at `now`: what `expires_in` says.
 std::int64_t seconds_left(const token& current, time_point now);

@@ -30,10 +30,10 @@ redis_reply from_hiredis(const redisReply& raw);
 // nullopt for anything else (a "subscribe" confirmation).
 std::optional<std::string_view> message_payload(const redis_reply& message);
 
-// The app whose access_token an event on the events channel announces
-// ({"kind":"access_token","app":"hr","event":"refreshed",…}; a v1 broker's events have no
-// kind); nullopt for anything else.
-std::optional<std::string> event_app(std::string_view payload);
+// The credential an event on the events channel announces
+// ({"kind":"jsapi_ticket","app":"hr","event":"refreshed",…}; a v1 broker's events have no
+// kind: an access_token); nullopt for anything else, kinds this broker does not know included.
+std::optional<credential_id> event_credential(std::string_view payload);
 
 // Script answers carry times left (PTTL), never instants, and each is anchored at `sent_at`,
 // when the command was sent: the round trip can only shorten a token's life, never stretch it.
@@ -53,5 +53,9 @@ std::optional<std::vector<stored_digest>> stored_digests(const redis_reply& repl
 // The request script's answer, {verdict, wait_ms[, ttl_ms, token]}; `unavailable` when it
 // is not that shape.
 refresh_permit_answer refresh_permit_from(const redis_reply& reply, time_point sent_at);
+
+// The budget script's answer, {1, 0} granted or {0, wait_ms} spent; `not_counted` when it is
+// not that shape.
+call_budget_answer call_budget_from(const redis_reply& reply);
 
 }  // namespace token_broker

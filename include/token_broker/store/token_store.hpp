@@ -1,6 +1,7 @@
-// Where tokens live beyond one refresher, and how replicas agree on who calls upstream.
+// Where credentials live beyond one refresher, and how replicas agree on who calls upstream.
 // Without "redis" in the config it is memory_token_store: one process, nobody to agree with.
-// With it, redis_token_store: readers GET the key, replicas share one refresh.
+// With it, redis_token_store: readers GET the key, replicas share one refresh and one count
+// of budgeted calls.
 #pragma once
 
 #include <chrono>
@@ -16,6 +17,7 @@
 #include "token_broker/core/clock.hpp"
 #include "token_broker/core/secret_digest.hpp"
 #include "token_broker/core/supervisor.hpp"
+#include "token_broker/credentials/credential.hpp"
 
 namespace token_broker {
 
@@ -26,7 +28,7 @@ struct stored_token {
   time_point expires_at;
 };
 
-// What a shared store holds for one app, told without the value: cheap enough to compare
+// What a shared store holds for one credential, told without the value: cheap enough to compare
 // every app's token with the store's.
 struct stored_digest {
   bool present = false;
@@ -46,7 +48,7 @@ enum class save_outcome {
   unavailable,  // the store could not be reached; try again later
 };
 
-// Who may call upstream for an app now.
+// Who may call upstream for a credential now.
 enum class refresh_permit {
   granted,       // this process: call upstream, then release_refresh()
   busy,          // another replica is calling: wait for its token (or for its lease to end)
@@ -60,15 +62,26 @@ struct refresh_permit_answer {
   std::optional<stored_token> stored;  // the store's token when asked, if any
 };
 
+// Whether a budgeted call may be made (spend_call).
+struct call_budget_answer {
+  enum class verdict {
+    granted,      // counted: call
+    spent,        // the fleet made `limit` calls in the window: none before `wait`
+    not_counted,  // no shared count (no shared store, or unreachable): the process's decides
+  } outcome = verdict::not_counted;
+  std::chrono::milliseconds wait{0};
+};
+
 class token_store {
  public:
   virtual ~token_store() = default;
 
   // Starts the store's own activity (connections), as tasks of `tasks`. `changed` is called
-  // with an app id when the store may hold a newer token for it, and with "" when the store is
-  // reachable again: it may hold newer tokens for every app, or have lost what it held (a
-  // restart), and changes may have gone unannounced meanwhile.
-  virtual void start(supervisor& tasks, std::function<void(const std::string& app_id)> changed) {
+  // with a credential when the store may hold a newer value for it, and with nullopt when the
+  // store is reachable again: it may hold newer values for every credential, or have lost what
+  // it held (a restart), and changes may have gone unannounced meanwhile.
+  using change_listener = std::function<void(const std::optional<credential_id>&)>;
+  virtual void start(supervisor& tasks, change_listener changed) {
     (void)tasks;
     (void)changed;
   }
@@ -81,66 +94,72 @@ class token_store {
   // Returns once the store is reachable, or has had a fair chance to become so at start-up:
   // deciding before then would call upstream for a token the store already holds.
   virtual asio::awaitable<void> settle() { co_return; }
-  // The token stored for `app_id`; nullopt when there is none or the store is unreachable.
-  virtual asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) = 0;
+  // The value stored for `id`; nullopt when there is none or the store is unreachable.
+  virtual asio::awaitable<std::optional<stored_token>> load(const credential_id& id) = 0;
   // Stores `token` unless the store holds a newer one. The same token's expiry only ever
   // moves earlier.
-  virtual asio::awaitable<save_outcome> save(const std::string& app_id,
+  virtual asio::awaitable<save_outcome> save(const credential_id& id,
                                              const stored_token& token) = 0;
-  // Asks to call upstream for `app_id`, a call that `call_timeout` bounds. `forced` (an
+  // Asks to call upstream for `id`, a call that `call_timeout` bounds. `forced` (an
   // invalidation) ignores another replica's cool-down: the report says the held token is
   // dead. Ask only when ready to call at once (holding an upstream slot): a grant to a caller
   // still in line could run out before its call is over.
   virtual asio::awaitable<refresh_permit_answer> request_refresh(
-      const std::string& app_id, bool forced, std::chrono::milliseconds call_timeout) = 0;
-  // For a shared store: what it holds for each of `app_ids` (in that order), without the
-  // values; nullopt when it cannot be reached.
+      const credential_id& id, bool forced, std::chrono::milliseconds call_timeout) = 0;
+  // For a shared store: what it holds for each of `ids` (in that order), without the values;
+  // nullopt when it cannot be reached.
   virtual asio::awaitable<std::optional<std::vector<stored_digest>>> digests(
-      std::vector<std::string> app_ids) {
-    (void)app_ids;
+      std::vector<credential_id> ids) {
+    (void)ids;
     co_return std::nullopt;
   }
-  // For a shared store: save() for many apps at once, an outcome for each (in that order).
+  // For a shared store: save() for many credentials at once, an outcome for each (in order).
   virtual asio::awaitable<std::vector<save_outcome>> save_all(
-      std::vector<std::pair<std::string, stored_token>> tokens) {
+      std::vector<std::pair<credential_id, stored_token>> tokens) {
     co_return std::vector<save_outcome>(tokens.size(), save_outcome::unavailable);
   }
   // Ends a granted refresh. A positive `cool_down` tells the other replicas not to call
   // upstream for that long (a failure's backoff, or until a returned token can be replaced).
-  virtual asio::awaitable<void> release_refresh(const std::string& app_id,
+  virtual asio::awaitable<void> release_refresh(const credential_id& id,
                                                 std::chrono::milliseconds cool_down) = 0;
+  // For a shared store: counts one call for `id` if the fleet made fewer than `limit` in the
+  // last call_budget_window, on the store's clock (no replica's clock counts).
+  virtual asio::awaitable<call_budget_answer> spend_call(const credential_id& id, unsigned limit) {
+    (void)id;
+    (void)limit;
+    co_return call_budget_answer{};
+  }
 };
 
 class memory_token_store final : public token_store {
  public:
   bool shared() const override { return false; }
 
-  asio::awaitable<std::optional<stored_token>> load(const std::string& app_id) override {
+  asio::awaitable<std::optional<stored_token>> load(const credential_id& id) override {
     const std::lock_guard lock(mutex_);
-    const auto found = tokens_.find(app_id);
+    const auto found = tokens_.find(id);
     if (found == tokens_.end()) co_return std::nullopt;
     co_return found->second;
   }
 
-  asio::awaitable<save_outcome> save(const std::string& app_id,
-                                     const stored_token& token) override {
+  asio::awaitable<save_outcome> save(const credential_id& id, const stored_token& token) override {
     const std::lock_guard lock(mutex_);
-    tokens_.insert_or_assign(app_id, token);
+    tokens_.insert_or_assign(id, token);
     co_return save_outcome::written;
   }
 
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool,
+  asio::awaitable<refresh_permit_answer> request_refresh(const credential_id&, bool,
                                                          std::chrono::milliseconds) override {
     co_return refresh_permit_answer{.permit = refresh_permit::granted};
   }
 
-  asio::awaitable<void> release_refresh(const std::string&, std::chrono::milliseconds) override {
+  asio::awaitable<void> release_refresh(const credential_id&, std::chrono::milliseconds) override {
     co_return;
   }
 
  private:
   std::mutex mutex_;
-  std::map<std::string, stored_token> tokens_;
+  std::map<credential_id, stored_token> tokens_;
 };
 
 }  // namespace token_broker

@@ -1,5 +1,5 @@
-// Strict reading of a gettoken answer: anything but WeCom's exact success shape is a
-// classified failure, never a token.
+// Strict reading of a credential call's answer (gettoken, the ticket calls): anything but
+// WeCom's exact success shape is a classified failure, never a credential.
 #pragma once
 
 #include <chrono>
@@ -15,7 +15,7 @@ namespace token_broker {
 // in one namespace break the one-definition rule, and the linker may then pick either's
 // inline members (a destructor, say) for both.
 struct issued_token {
-  std::string access_token;
+  std::string value;
   std::chrono::seconds expires_in{0};
 };
 
@@ -26,7 +26,9 @@ inline constexpr std::size_t max_token_size = 512;
 // into JSON, HTTP headers and Redis as they are.
 bool is_plain_token(std::string_view value);
 
-std::variant<issued_token, fetch_failure> parse_gettoken_answer(unsigned http_status,
-                                                                std::string_view body);
+// `value_field` names the credential in the answer: "access_token", "ticket".
+std::variant<issued_token, fetch_failure> parse_credential_answer(std::string_view value_field,
+                                                                  unsigned http_status,
+                                                                  std::string_view body);
 
 }  // namespace token_broker

@@ -40,6 +40,8 @@ struct upstream_response {
 // An answer, or a failure below WeCom's JSON (network, TLS, timeout), classified transient.
 using upstream_result = std::variant<upstream_response, fetch_failure>;
 
+// Appends `text` to `out` percent-encoded for a query (all but RFC 3986's unreserved).
+void percent_encode(std::string& out, std::string_view text);
 // GET /cgi-bin/gettoken for `corpid` and `secret`, percent-encoded.
 std::string gettoken_target(std::string_view corpid, std::string_view secret);
 

@@ -199,12 +199,28 @@ TEST(config, applies_defaults) {
   EXPECT_EQ(settings.refresh.retry_min, 500ms);
   EXPECT_EQ(settings.refresh.retry_max, 60000ms);
   EXPECT_EQ(settings.refresh.min_interval, 5s);
+  EXPECT_EQ(settings.refresh.ticket_calls_per_hour, 60u);
+  EXPECT_FALSE(settings.apps[0].jsapi_ticket) << "only configured tickets are fetched";
+  EXPECT_FALSE(settings.apps[0].agent_ticket);
   EXPECT_EQ(settings.redis, std::nullopt);
   EXPECT_TRUE(settings.clients.empty());
 
   EXPECT_EQ(parse_config(with("/redis", "null")).redis, std::nullopt);
   EXPECT_EQ(parse_config(with("/redis", R"({"url": "redis://h:6379"})")).redis->key_prefix,
             "wecom:");
+}
+
+TEST(config, reads_tickets) {
+  const auto settings = parse_config(with(
+      "/refresh/ticket_calls_per_hour", "20",
+      with("/apps/hr/tickets", R"(["agent_config", "jsapi"])", with("/apps/hr/agentid", "7"))));
+  EXPECT_TRUE(settings.apps[0].jsapi_ticket);
+  EXPECT_TRUE(settings.apps[0].agent_ticket);
+  EXPECT_EQ(settings.refresh.ticket_calls_per_hour, 20u);
+  const auto jsapi_only = parse_config(with("/apps/hr/tickets", R"(["jsapi"])"));
+  EXPECT_TRUE(jsapi_only.apps[0].jsapi_ticket) << "the corp ticket needs no agentid";
+  EXPECT_FALSE(jsapi_only.apps[0].agent_ticket);
+  EXPECT_FALSE(parse_config(with("/apps/hr/tickets", "[]")).apps[0].jsapi_ticket);
 }
 
 // The shipped example stays loadable: only its placeholders need real values.
@@ -466,6 +482,13 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"corpid_too_long", with("/apps/hr/corpid", json_string(std::string(65, 'w'))), "apps.hr.corpid", "at most 64"},
   error_case{"agentid_negative", with("/apps/hr/agentid", "-1"), "apps.hr.agentid", "must be an integer from 0"},
   error_case{"agentid_as_string", with("/apps/hr/agentid", R"("1000002")"), "apps.hr.agentid", "must be an integer from 0"},
+  error_case{"tickets_not_array", with("/apps/hr/tickets", R"("jsapi")"), "apps.hr.tickets", R"(must be an array of "jsapi" and "agent_config")"},
+  error_case{"ticket_unknown", with("/apps/hr/tickets", R"(["jsapi", "suite"])"), "apps.hr.tickets[1]", R"(unknown ticket "suite")"},
+  error_case{"ticket_not_string", with("/apps/hr/tickets", "[1]"), "apps.hr.tickets[0]", "must be an array"},
+  error_case{"ticket_twice", with("/apps/hr/tickets", R"(["jsapi", "jsapi"])"), "apps.hr.tickets[1]", "listed twice"},
+  error_case{"agent_ticket_without_agentid", with("/apps/hr/tickets", R"(["agent_config"])"), "apps.hr.agentid", R"(is required with the "agent_config" ticket)"},
+  error_case{"ticket_calls_zero", with("/refresh/ticket_calls_per_hour", "0"), "refresh.ticket_calls_per_hour", "from 1 to 100"},
+  error_case{"ticket_calls_above_wecoms", with("/refresh/ticket_calls_per_hour", "101"), "refresh.ticket_calls_per_hour", "from 1 to 100"},
   error_case{"no_secret_source", without("/apps/hr/secret"), "apps.hr", "needs exactly one of secret, secret_env, secret_file"},
   error_case{"two_secret_sources", with("/apps/hr/secret_file", R"("/etc/hostname")"), "apps.hr", "has more than one of secret, secret_env, secret_file"},
   error_case{"secret_empty", with("/apps/hr/secret", R"("")"), "apps.hr.secret", "must be a non-empty string"},

@@ -31,20 +31,20 @@ std::shared_ptr<credential_refresher> make_refresher(credential_engine& engine, 
 class cooling_down_store final : public token_store {
  public:
   bool shared() const override { return true; }
-  asio::awaitable<std::optional<stored_token>> load(const std::string&) override {
+  asio::awaitable<std::optional<stored_token>> load(const credential_id&) override {
     co_return std::nullopt;
   }
-  asio::awaitable<save_outcome> save(const std::string&, const stored_token&) override {
+  asio::awaitable<save_outcome> save(const credential_id&, const stored_token&) override {
     co_return save_outcome::written;
   }
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool,
+  asio::awaitable<refresh_permit_answer> request_refresh(const credential_id&, bool,
                                                          std::chrono::milliseconds) override {
     ++requests;
     // Answered from the io loop, as a round trip to Redis is.
     co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
     co_return refresh_permit_answer{.permit = refresh_permit::cooling_down, .wait = 0ms};
   }
-  asio::awaitable<void> release_refresh(const std::string&, std::chrono::milliseconds) override {
+  asio::awaitable<void> release_refresh(const credential_id&, std::chrono::milliseconds) override {
     co_return;
   }
 
@@ -81,18 +81,18 @@ TEST(refresher_test, a_cool_down_in_its_last_millisecond_is_waited_out_not_spun_
 class store_failing_once final : public token_store {
  public:
   bool shared() const override { return false; }
-  asio::awaitable<std::optional<stored_token>> load(const std::string&) override {
+  asio::awaitable<std::optional<stored_token>> load(const credential_id&) override {
     if (++loads == 1) throw std::runtime_error("broken invariant in the store");
     co_return held;
   }
-  asio::awaitable<save_outcome> save(const std::string&, const stored_token&) override {
+  asio::awaitable<save_outcome> save(const credential_id&, const stored_token&) override {
     co_return save_outcome::written;
   }
-  asio::awaitable<refresh_permit_answer> request_refresh(const std::string&, bool,
+  asio::awaitable<refresh_permit_answer> request_refresh(const credential_id&, bool,
                                                          std::chrono::milliseconds) override {
     co_return refresh_permit_answer{.permit = refresh_permit::granted, .stored = held};
   }
-  asio::awaitable<void> release_refresh(const std::string&, std::chrono::milliseconds) override {
+  asio::awaitable<void> release_refresh(const credential_id&, std::chrono::milliseconds) override {
     co_return;
   }
 
@@ -144,20 +144,20 @@ class granting_store final : public token_store {
   explicit granting_store(const upstream_client& upstream) : upstream_(upstream) {}
 
   bool shared() const override { return true; }
-  asio::awaitable<std::optional<stored_token>> load(const std::string&) override {
+  asio::awaitable<std::optional<stored_token>> load(const credential_id&) override {
     co_return std::nullopt;
   }
-  asio::awaitable<save_outcome> save(const std::string&, const stored_token&) override {
+  asio::awaitable<save_outcome> save(const credential_id&, const stored_token&) override {
     ++saves;
     co_return save_outcome::written;
   }
   asio::awaitable<refresh_permit_answer> request_refresh(
-      const std::string&, bool, std::chrono::milliseconds call_timeout) override {
+      const credential_id&, bool, std::chrono::milliseconds call_timeout) override {
     slots_in_use_when_asked.push_back(upstream_.calls().in_use());
     leases_asked.push_back(call_timeout);
     co_return refresh_permit_answer{.permit = refresh_permit::granted};
   }
-  asio::awaitable<void> release_refresh(const std::string&,
+  asio::awaitable<void> release_refresh(const credential_id&,
                                         std::chrono::milliseconds cool_down) override {
     releases.push_back(cool_down);
     co_return;

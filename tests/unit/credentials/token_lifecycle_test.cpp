@@ -354,4 +354,23 @@ TEST_F(token_lifecycle_test, a_pending_attempt_makes_callers_wait_without_counti
 }
 
 }  // namespace
+// A budgeted credential (a JS-SDK ticket) whose budget is spent: no call was made, so the held
+// value, even one reported dead, is served until its expiry, and the next attempt waits for
+// the budget.
+TEST_F(token_lifecycle_test, a_spent_call_budget_serves_the_held_value_and_waits_for_the_budget) {
+  succeed(t0_, answer("A", 7200s, t0_));
+  const auto report = t0_ + 60s;
+  ASSERT_TRUE(lifecycle_.invalidate("A", report));
+  ASSERT_EQ(lifecycle_.servable(report), nullptr);
+  lifecycle_.attempt_started(report + 5s);
+  lifecycle_.attempt_failed(
+      fetch_failure{.kind = failure_class::rationed, .errmsg = "spent", .retry_after = 1200s},
+      report + 5s, no_jitter);
+  ASSERT_NE(lifecycle_.servable(report + 5s), nullptr) << "served again: it cannot be replaced";
+  EXPECT_EQ(lifecycle_.servable(report + 5s)->value, "A");
+  EXPECT_EQ(lifecycle_.next_attempt_at(), report + 5s + 1200s);
+  EXPECT_EQ(lifecycle_.state(report + 5s), app_state::failing);
+  EXPECT_EQ(lifecycle_.servable(t0_ + 7200s), nullptr) << "never past its expiry";
+}
+
 }  // namespace token_broker

@@ -7,6 +7,8 @@
 
 #include <memory>
 
+#include "token_broker/credentials/call_budget.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -52,12 +54,35 @@ TEST(redis_replies, save_outcomes_read_one_per_token) {
                                        save_outcome::newer_kept, save_outcome::unavailable}));
 }
 
-TEST(redis_replies, events_name_the_app_of_an_access_token) {
-  EXPECT_EQ(event_app(R"({"kind":"access_token","app":"hr","event":"refreshed"})"), "hr");
-  EXPECT_EQ(event_app(R"({"app":"hr","event":"refreshed"})"), "hr") << "a v1 broker's event";
-  EXPECT_FALSE(event_app(R"({"kind":"jsapi_ticket","app":"hr","event":"refreshed"})"));
-  EXPECT_FALSE(event_app(R"({"kind":"access_token","app":7})"));
+TEST(redis_replies, events_name_a_credential_by_kind_and_app) {
+  using enum credential_kind;
+  EXPECT_EQ(event_credential(R"({"kind":"access_token","app":"hr","event":"refreshed"})"),
+            (credential_id{access_token, "hr"}));
+  EXPECT_EQ(event_credential(R"({"app":"hr","event":"refreshed"})"),
+            (credential_id{access_token, "hr"}))
+      << "a v1 broker's event";
+  EXPECT_EQ(event_credential(R"({"kind":"jsapi_ticket","app":"hr","event":"refreshed"})"),
+            (credential_id{jsapi_ticket, "hr"}));
+  EXPECT_EQ(event_credential(R"({"kind":"agent_ticket","app":"hr","event":"refreshed"})"),
+            (credential_id{agent_ticket, "hr"}));
+  EXPECT_FALSE(event_credential(R"({"kind":"suite_token","app":"s","event":"refreshed"})"))
+      << "a kind this broker does not hold";
+  EXPECT_FALSE(event_credential(R"({"kind":7,"app":"hr"})"));
+  EXPECT_FALSE(event_credential(R"({"kind":"access_token","app":7})"));
 }
 
 }  // namespace
+TEST(redis_replies, budget_answers_grant_or_name_the_wait) {
+  using verdict = call_budget_answer::verdict;
+  EXPECT_EQ(call_budget_from(read_reply("*2\r\n:1\r\n:0\r\n")).outcome, verdict::granted);
+  const auto spent = call_budget_from(read_reply("*2\r\n:0\r\n:1500\r\n"));
+  EXPECT_EQ(spent.outcome, verdict::spent);
+  EXPECT_EQ(spent.wait, std::chrono::milliseconds{1500});
+  EXPECT_EQ(call_budget_from(read_reply("*2\r\n:0\r\n:99999999999\r\n")).wait,
+            call_budget_window)
+      << "never a wait longer than the window";
+  EXPECT_EQ(call_budget_from(read_reply("*1\r\n:1\r\n")).outcome, verdict::not_counted);
+  EXPECT_EQ(call_budget_from(read_reply("$2\r\nok\r\n")).outcome, verdict::not_counted);
+}
+
 }  // namespace token_broker

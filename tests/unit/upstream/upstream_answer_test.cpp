@@ -13,29 +13,29 @@ const fetch_failure& failure_of(const std::variant<issued_token, fetch_failure>&
 }
 
 TEST(upstream_answer, success) {
-  const auto parsed = parse_gettoken_answer(
+  const auto parsed = parse_credential_answer("access_token", 
       200, R"({"errcode":0,"errmsg":"ok","access_token":"abc-DEF_123","expires_in":7200})");
   const auto& answer = std::get<issued_token>(parsed);
-  EXPECT_EQ(answer.access_token, "abc-DEF_123");
+  EXPECT_EQ(answer.value, "abc-DEF_123");
   EXPECT_EQ(answer.expires_in, 7200s);
 }
 
 TEST(upstream_answer, wecom_errors_keep_errcode_errmsg_and_class) {
   const auto parsed =
-      parse_gettoken_answer(200, R"({"errcode":40001,"errmsg":"invalid secret, hint: [x]"})");
+      parse_credential_answer("access_token", 200, R"({"errcode":40001,"errmsg":"invalid secret, hint: [x]"})");
   EXPECT_EQ(failure_of(parsed).errcode, 40001);
   EXPECT_EQ(failure_of(parsed).errmsg, "invalid secret, hint: [x]");
   EXPECT_EQ(failure_of(parsed).kind, failure_class::configuration);
 
-  EXPECT_EQ(failure_of(parse_gettoken_answer(200, R"({"errcode":45009,"errmsg":"x"})")).kind,
+  EXPECT_EQ(failure_of(parse_credential_answer("access_token", 200, R"({"errcode":45009,"errmsg":"x"})")).kind,
             failure_class::throttled);
-  EXPECT_EQ(failure_of(parse_gettoken_answer(200, R"({"errcode":-1,"errmsg":"busy"})")).kind,
+  EXPECT_EQ(failure_of(parse_credential_answer("access_token", 200, R"({"errcode":-1,"errmsg":"busy"})")).kind,
             failure_class::transient);
 }
 
 TEST(upstream_answer, long_errmsg_is_cut) {
   const std::string body = R"({"errcode":-1,"errmsg":")" + std::string(5000, 'x') + R"("})";
-  EXPECT_EQ(failure_of(parse_gettoken_answer(200, body)).errmsg.size(), 256u);
+  EXPECT_EQ(failure_of(parse_credential_answer("access_token", 200, body)).errmsg.size(), 256u);
 }
 
 struct garbage_case {
@@ -47,7 +47,7 @@ struct garbage_case {
 class upstream_garbage : public ::testing::TestWithParam<garbage_case> {};
 
 TEST_P(upstream_garbage, is_a_transient_local_failure) {
-  const auto parsed = parse_gettoken_answer(GetParam().status, GetParam().body);
+  const auto parsed = parse_credential_answer("access_token", GetParam().status, GetParam().body);
   ASSERT_TRUE(std::holds_alternative<fetch_failure>(parsed));
   EXPECT_EQ(failure_of(parsed).kind, failure_class::transient);
   EXPECT_EQ(failure_of(parsed).errcode, local_failure_errcode);
@@ -89,7 +89,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(upstream_answer, token_of_512_bytes_is_accepted) {
   const auto parsed =
-      parse_gettoken_answer(200, R"({"errcode":0,"errmsg":"ok","access_token":")" +
+      parse_credential_answer("access_token", 200, R"({"errcode":0,"errmsg":"ok","access_token":")" +
                                      std::string(512, 'a') + R"(","expires_in":7200})");
   EXPECT_TRUE(std::holds_alternative<issued_token>(parsed));
 }

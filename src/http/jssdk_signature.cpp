@@ -1,0 +1,120 @@
+#include "token_broker/http/jssdk_signature.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "token_broker/core/secret_digest.hpp"
+
+namespace token_broker {
+namespace {
+
+constexpr std::size_t max_url_size = 2048;
+constexpr std::size_t max_noncestr_size = 64;
+constexpr std::size_t generated_noncestr_size = 16;
+
+// `prefix` in lower case.
+bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
+  return text.size() >= prefix.size() &&
+         std::equal(prefix.begin(), prefix.end(), text.begin(), [](char lower, char seen) {
+           return std::tolower(static_cast<unsigned char>(seen)) == lower;
+         });
+}
+
+// Unpredictable, so that a signature cannot be made ahead for a page a caller has not asked.
+std::string random_noncestr() {
+  static constexpr std::string_view alphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::array<unsigned char, generated_noncestr_size> random{};
+  if (RAND_bytes(random.data(), static_cast<int>(random.size())) != 1) {
+    throw std::runtime_error("the system's random source failed");
+  }
+  std::string noncestr;
+  // 256 is not a multiple of 62: a slight bias, harmless for a nonce.
+  for (const auto byte : random) noncestr += alphabet[byte % alphabet.size()];
+  return noncestr;
+}
+
+bool is_plain_word(std::string_view text) {
+  return std::all_of(text.begin(), text.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+}  // namespace
+
+std::string jssdk_signature(std::string_view ticket, std::string_view noncestr,
+                            std::int64_t timestamp, std::string_view url) {
+  std::string signed_text;
+  signed_text.reserve(ticket.size() + noncestr.size() + url.size() + 64);
+  signed_text.append("jsapi_ticket=").append(ticket);
+  signed_text.append("&noncestr=").append(noncestr);
+  signed_text.append("&timestamp=").append(std::to_string(timestamp));
+  signed_text.append("&url=").append(url);
+  return sha1_hex(signed_text);
+}
+
+std::optional<std::string_view> signable_url(std::string_view url) {
+  if (url.size() > max_url_size || !is_plain_word(url)) return std::nullopt;
+  std::size_t scheme = 0;
+  if (starts_with_ignoring_case(url, "https://")) {
+    scheme = 8;
+  } else if (starts_with_ignoring_case(url, "http://")) {
+    scheme = 7;
+  } else {
+    return std::nullopt;
+  }
+  const auto host_end = url.find_first_of("/?#", scheme);
+  if ((host_end == std::string_view::npos ? url.size() : host_end) == scheme) return std::nullopt;
+  return url.substr(0, url.find('#'));
+}
+
+std::variant<signature_request, std::string> read_signature_request(std::string_view body,
+                                                                    std::int64_t now_unix) {
+  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) {
+    return std::string(R"(the body must be a JSON object {"url":"https://…"})");
+  }
+  signature_request request{.timestamp = now_unix};
+  const auto url = json.find("url");
+  if (url == json.end() || !url->is_string()) {
+    return std::string(R"("url" is required: the page's absolute http(s) URL)");
+  }
+  const auto signable = signable_url(url->get_ref<const std::string&>());
+  if (!signable) {
+    return std::string(R"("url" must be an absolute http(s) URL of at most 2048 bytes)");
+  }
+  request.url = *signable;
+  if (const auto noncestr = json.find("noncestr"); noncestr != json.end()) {
+    if (!noncestr->is_string() || noncestr->get_ref<const std::string&>().empty() ||
+        noncestr->get_ref<const std::string&>().size() > max_noncestr_size ||
+        !is_plain_word(noncestr->get_ref<const std::string&>())) {
+      return std::string(R"("noncestr" must be 1 to 64 printable characters without spaces)");
+    }
+    request.noncestr = noncestr->get<std::string>();
+  } else {
+    request.noncestr = random_noncestr();
+  }
+  if (const auto timestamp = json.find("timestamp"); timestamp != json.end()) {
+    // A number, or the digits of one, as front ends pass it either way.
+    std::int64_t seconds = -1;
+    if (timestamp->is_number_integer()) {
+      seconds = timestamp->get<std::int64_t>();
+    } else if (timestamp->is_string()) {
+      const auto& digits = timestamp->get_ref<const std::string&>();
+      if (!digits.empty() && digits.size() <= 12 &&
+          std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        seconds = std::stoll(digits);
+      }
+    }
+    if (seconds < 0 || seconds > 99'999'999'999) {
+      return std::string(R"("timestamp" must be Unix seconds, a non-negative integer)");
+    }
+    request.timestamp = seconds;
+  }
+  return request;
+}
+
+}  // namespace token_broker

@@ -1,0 +1,84 @@
+// JS-SDK signatures (SPEC §4): WeCom's own test vector, and what a request may ask.
+#include "token_broker/http/jssdk_signature.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace token_broker {
+namespace {
+
+const signature_request& request_of(const std::variant<signature_request, std::string>& read) {
+  if (const auto* problem = std::get_if<std::string>(&read)) ADD_FAILURE() << *problem;
+  return std::get<signature_request>(read);
+}
+
+TEST(jssdk_signature, matches_wecoms_test_vector) {
+  EXPECT_EQ(jssdk_signature("sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-"
+                            "HhTdfl2fzFy1AOcHKP7qg",
+                            "Wm3WZYTPz0wzccnW", 1414587457, "http://mp.weixin.qq.com?params=value"),
+            "0f9de62fce790f9a083d5c99e95740ceb90c27ed");
+}
+
+TEST(jssdk_signature, signs_the_url_without_its_fragment) {
+  EXPECT_EQ(signable_url("https://app.example.com/page?a=1#section"),
+            "https://app.example.com/page?a=1");
+  EXPECT_EQ(signable_url("HTTP://Example.com"), "HTTP://Example.com");
+  EXPECT_EQ(signable_url("https://example.com#"), "https://example.com");
+  const auto read = read_signature_request(
+      R"({"url":"http://mp.weixin.qq.com?params=value#top","noncestr":"Wm3WZYTPz0wzccnW","timestamp":1414587457})",
+      1);
+  EXPECT_EQ(request_of(read).url, "http://mp.weixin.qq.com?params=value");
+  EXPECT_EQ(request_of(read).noncestr, "Wm3WZYTPz0wzccnW");
+  EXPECT_EQ(request_of(read).timestamp, 1414587457);
+}
+
+TEST(jssdk_signature, refuses_what_is_not_an_absolute_http_url) {
+  for (const std::string& bad : std::vector<std::string>{
+           "", "/relative/page", "mp.weixin.qq.com", "ftp://example.com/", "https://",
+        "https:///path", "https://#x", "javascript:alert(1)", "https://exa mple.com/",
+        "https://example.com/\n", "https://example.com/" + std::string(2030, 'a')}) {
+    EXPECT_FALSE(signable_url(bad)) << bad;
+  }
+  EXPECT_TRUE(signable_url("https://example.com/" + std::string(2028, 'a'))) << "2048 bytes";
+}
+
+TEST(jssdk_signature, fills_a_missing_noncestr_and_timestamp) {
+  const auto first = request_of(read_signature_request(R"({"url":"https://a.example/"})", 1700));
+  const auto second = request_of(read_signature_request(R"({"url":"https://a.example/"})", 1700));
+  EXPECT_EQ(first.timestamp, 1700);
+  ASSERT_EQ(first.noncestr.size(), 16u);
+  for (const char c : first.noncestr) EXPECT_TRUE(std::isalnum(static_cast<unsigned char>(c)));
+  EXPECT_NE(first.noncestr, second.noncestr) << "random";
+  EXPECT_EQ(request_of(read_signature_request(
+                           R"({"url":"https://a.example/","timestamp":"1414587457"})", 1))
+                .timestamp,
+            1414587457)
+      << "the digits of a number, as front ends often send it";
+}
+
+TEST(jssdk_signature, names_what_is_wrong_with_a_request) {
+  const auto problem = [](std::string_view body) {
+    const auto read = read_signature_request(body, 1);
+    return std::holds_alternative<std::string>(read) ? std::get<std::string>(read) : "";
+  };
+  EXPECT_NE(problem("not json"), "");
+  EXPECT_NE(problem("[]"), "");
+  EXPECT_NE(problem("{}").find("url"), std::string::npos);
+  EXPECT_NE(problem(R"({"url":7})").find("url"), std::string::npos);
+  EXPECT_NE(problem(R"({"url":"/relative"})").find("absolute"), std::string::npos);
+  EXPECT_NE(problem(R"({"url":"https://a.example/","noncestr":""})").find("noncestr"),
+            std::string::npos);
+  EXPECT_NE(problem(R"({"url":"https://a.example/","noncestr":"a b"})").find("noncestr"),
+            std::string::npos);
+  EXPECT_NE(problem(R"({"url":"https://a.example/","timestamp":-1})").find("timestamp"),
+            std::string::npos);
+  EXPECT_NE(problem(R"({"url":"https://a.example/","timestamp":"12x"})").find("timestamp"),
+            std::string::npos);
+  EXPECT_NE(problem(R"({"url":"https://a.example/","timestamp":1.5})").find("timestamp"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace token_broker
