@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "token_broker/core/asio.hpp"
 
@@ -121,18 +122,48 @@ response json_response(std::string body) {
   return make_response(http::status::ok, "application/json; charset=UTF-8", std::move(body));
 }
 
-// What one gettoken call meets: WeCom's JSON answer, unless the script says otherwise.
-struct gettoken_outcome {
-  std::string json;               // the answer (also for a delay fault; empty for the others)
+// The kinds of value the fake issues; each app (secret) has a series of values of each kind.
+enum class credential_kind { access_token, jsapi_ticket, agent_config_ticket };
+
+credential_kind credential_of(ticket_kind kind) {
+  return kind == ticket_kind::jsapi ? credential_kind::jsapi_ticket
+                                    : credential_kind::agent_config_ticket;
+}
+
+// Tickets carry their kind in front, so a value handed out where another kind belongs shows at
+// a glance in a failing test; tokens stay bare, as WeCom's are.
+std::string new_value(credential_kind kind) {
+  switch (kind) {
+    case credential_kind::access_token:
+      return random_token();
+    case credential_kind::jsapi_ticket:
+      return "jsapi-" + random_token();
+    case credential_kind::agent_config_ticket:
+      return "agent-" + random_token();
+  }
+  throw std::logic_error("unknown credential kind");
+}
+
+// The field of WeCom's answer that carries the value.
+std::string_view value_field(credential_kind kind) {
+  return kind == credential_kind::access_token ? "access_token" : "ticket";
+}
+
+// What one gettoken or ticket call meets: WeCom's JSON answer, unless the script says otherwise.
+struct call_outcome {
+  std::string json;               // the answer (also for a delay or truncated_json fault)
   std::optional<fault> scripted;  // the scripted fault this call consumed, if any
 };
 
-// WeCom's bookkeeping: apps, issued tokens, scripts and counters. No I/O, so the HTTP side
-// and the test thread share it under one mutex.
+// WeCom's bookkeeping: apps, issued tokens and tickets, scripts, quotas and counters. No I/O, so
+// the HTTP side and the test thread share it under one mutex.
 class wecom_model {
  public:
-  wecom_model(expiry_behaviour behaviour, std::chrono::seconds lifetime)
-      : behaviour_(behaviour), lifetime_(lifetime) {}
+  explicit wecom_model(const fake_options& options)
+      : behaviour_(options.behaviour),
+        lifetime_(options.lifetime),
+        ticket_lifetime_(options.ticket_lifetime),
+        ticket_quota_(options.ticket_calls_per_hour) {}
 
   void add_app(const std::string& corpid, const std::string& secret) {
     const std::scoped_lock lock(mutex_);
@@ -149,32 +180,52 @@ class wecom_model {
     lifetime_ = lifetime;
   }
 
-  void script_faults(const std::string& secret, std::vector<fault> faults) {
+  void set_ticket_lifetime(std::optional<std::chrono::seconds> lifetime) {
     const std::scoped_lock lock(mutex_);
-    auto& script = secrets_[secret].script;
+    ticket_lifetime_ = lifetime;
+  }
+
+  void set_ticket_quota(int calls_per_hour) {
+    const std::scoped_lock lock(mutex_);
+    ticket_quota_ = calls_per_hour;
+  }
+
+  void script_faults(const std::string& secret, credential_kind kind, std::vector<fault> faults) {
+    const std::scoped_lock lock(mutex_);
+    auto& script = series_[{secret, kind}].script;
     script.insert(script.end(), std::make_move_iterator(faults.begin()),
                   std::make_move_iterator(faults.end()));
   }
 
-  void revoke_tokens(const std::string& secret) {
+  void revoke(const std::string& secret, credential_kind kind) {
+    const auto now = system_clock::now();
     const std::scoped_lock lock(mutex_);
-    for (auto& [value, token] : tokens_) {
-      if (token.secret == secret) token.revoked = true;
+    for (auto& [value, issued] : issued_) {
+      if (issued.secret == secret && issued.kind == kind && !issued.revoked_at) {
+        issued.revoked_at = now;
+      }
     }
-    if (const auto found = secrets_.find(secret); found != secrets_.end()) {
-      found->second.current_token.clear();
+    if (const auto found = series_.find({secret, kind}); found != series_.end()) {
+      found->second.current.clear();
     }
   }
 
-  int calls(const std::string& secret) const {
+  int calls(const std::string& secret, credential_kind kind) const {
     const std::scoped_lock lock(mutex_);
-    const auto found = secrets_.find(secret);
-    return found == secrets_.end() ? 0 : found->second.calls;
+    const auto found = series_.find({secret, kind});
+    return found == series_.end() ? 0 : found->second.calls;
   }
 
   int calls() const {
     const std::scoped_lock lock(mutex_);
     return total_calls_;
+  }
+
+  int ticket_calls(std::optional<ticket_kind> kind) const {
+    const std::scoped_lock lock(mutex_);
+    if (!kind) return total_ticket_calls_;
+    const auto found = ticket_calls_by_kind_.find(*kind);
+    return found == ticket_calls_by_kind_.end() ? 0 : found->second;
   }
 
   // A gettoken request read and not yet answered (or dropped): concurrency as upstream sees it.
@@ -206,7 +257,7 @@ class wecom_model {
     return calls_by_corpid_;
   }
 
-  // GET /fake/stats: corpids are not secret; secrets stay out.
+  // GET /fake/stats: corpids are not secret; secrets, tokens and tickets stay out.
   std::string stats_json() const {
     const std::scoped_lock lock(mutex_);
     nlohmann::ordered_json body;
@@ -214,22 +265,36 @@ class wecom_model {
     body["by_corpid"] = calls_by_corpid_;
     body["max_concurrent_gettoken_calls"] = max_in_flight_;
     body["tls_handshakes"] = handshakes_;
+    body["ticket_calls"] = total_ticket_calls_;
+    nlohmann::ordered_json by_kind;
+    for (const auto kind : {ticket_kind::jsapi, ticket_kind::agent_config}) {
+      const auto found = ticket_calls_by_kind_.find(kind);
+      by_kind[to_string(kind)] = found == ticket_calls_by_kind_.end() ? 0 : found->second;
+    }
+    body["ticket_calls_by_kind"] = std::move(by_kind);
     return body.dump();
   }
 
-  token_status check(const std::string& access_token) const {
+  token_status check(const std::string& value, credential_kind kind,
+                     std::optional<system_clock::time_point> at = std::nullopt) const {
     const std::scoped_lock lock(mutex_);
-    return status_of(access_token, system_clock::now());
+    return status_of(value, kind, at.value_or(system_clock::now()));
   }
 
-  std::optional<system_clock::time_point> expires_at(const std::string& access_token) const {
+  std::optional<system_clock::time_point> expires_at(const std::string& value) const {
     const std::scoped_lock lock(mutex_);
-    const auto found = tokens_.find(access_token);
-    if (found == tokens_.end()) return std::nullopt;
+    const auto found = issued_.find(value);
+    if (found == issued_.end()) return std::nullopt;
     return found->second.expires_at;
   }
 
-  gettoken_outcome gettoken(const query_parameters& parameters) {
+  std::vector<std::string> issued(const std::string& secret, credential_kind kind) const {
+    const std::scoped_lock lock(mutex_);
+    const auto found = series_.find({secret, kind});
+    return found == series_.end() ? std::vector<std::string>{} : found->second.issued;
+  }
+
+  call_outcome gettoken(const query_parameters& parameters) {
     const auto corpid = parameter(parameters, "corpid");
     const auto secret = parameter(parameters, "corpsecret");
     const auto now = system_clock::now();
@@ -237,29 +302,43 @@ class wecom_model {
 
     ++total_calls_;
     if (corpid) ++calls_by_corpid_[*corpid];
-    if (secret) ++secrets_[*secret].calls;
+    if (secret) ++series_[{*secret, credential_kind::access_token}].calls;
     if (!corpid || corpid->empty()) return {wecom_json(41002, "corpid missing"), std::nullopt};
     if (!secret || secret->empty()) return {wecom_json(41004, "corpsecret missing"), std::nullopt};
     const auto app = secrets_by_corpid_.find(*corpid);
     if (app == secrets_by_corpid_.end()) return {wecom_json(40013, "invalid corpid"), std::nullopt};
     if (!app->second.contains(*secret)) return {wecom_json(40001, "invalid secret"), std::nullopt};
+    return answer({*secret, credential_kind::access_token}, now);
+  }
 
-    auto& record = secrets_[*secret];
-    if (!record.script.empty()) {
-      fault next = std::move(record.script.front());
-      record.script.pop_front();
-      switch (next.kind) {
-        case fault_kind::errcode:
-          return {wecom_json(next.errcode, next.errmsg), std::move(next)};
-        case fault_kind::delay:
-          // Issued now, sent later: like a slow network on the way back, the token has aged
-          // by the time it arrives, which a broker counting from receipt would miss.
-          return {token_answer(*secret, record, now), std::move(next)};
-        default:
-          return {std::string{}, std::move(next)};
-      }
+  // GET /cgi-bin/get_jsapi_ticket, /cgi-bin/ticket/get: `kind` is none for a ticket/get whose
+  // type is missing or not one WeCom serves there. The token names the app.
+  call_outcome ticket(std::optional<ticket_kind> kind, const query_parameters& parameters) {
+    const auto access_token = parameter(parameters, "access_token").value_or("");
+    const auto now = system_clock::now();
+    const std::scoped_lock lock(mutex_);
+
+    ++total_ticket_calls_;
+    if (kind) ++ticket_calls_by_kind_[*kind];
+    const auto token = issued_.find(access_token);
+    const bool token_known =
+        token != issued_.end() && token->second.kind == credential_kind::access_token;
+    if (kind && token_known) ++series_[{token->second.secret, credential_of(*kind)}].calls;
+    if (access_token.empty()) return {wecom_json(41001, "access_token missing"), std::nullopt};
+    switch (status_of(access_token, credential_kind::access_token, now)) {
+      case token_status::valid:
+        break;
+      case token_status::expired:
+        return {wecom_json(42001, "access_token expired"), std::nullopt};
+      case token_status::invalid:
+        return {wecom_json(40014, "invalid access_token"), std::nullopt};
     }
-    return {token_answer(*secret, record, now), std::nullopt};
+    if (!kind) return {wecom_json(40097, "invalid args"), std::nullopt};
+    const series_key key{token->second.secret, credential_of(*kind)};
+    if (!within_quota(series_[key], now)) {
+      return {wecom_json(45009, "api freq out of limit"), std::nullopt};
+    }
+    return answer(key, now);
   }
 
   // POST /cgi-bin/service/get_suite_token: the body is recorded as it came, and a body with
@@ -289,7 +368,7 @@ class wecom_model {
   // WeCom's answer to an API call made with `access_token` (e.g. /cgi-bin/user/get).
   std::string api_answer(const std::optional<std::string>& access_token) const {
     if (!access_token || access_token->empty()) return wecom_json(41001, "access_token missing");
-    switch (check(*access_token)) {
+    switch (check(*access_token, credential_kind::access_token)) {
       case token_status::valid:
         return wecom_json(0, "ok");
       case token_status::expired:
@@ -301,50 +380,96 @@ class wecom_model {
   }
 
  private:
-  struct issued_token {
+  using series_key = std::pair<std::string, credential_kind>;  // secret, kind
+
+  struct issued_value {
     std::string secret;
+    credential_kind kind;
     system_clock::time_point issued_at;
     system_clock::time_point expires_at;
-    bool revoked = false;
+    std::optional<system_clock::time_point> revoked_at;
   };
 
-  struct secret_record {
+  // One app's values of one kind and the calls for them.
+  struct series {
     int calls = 0;
     std::deque<fault> script;
-    std::string current_token;  // empty: none issued yet, or revoked
+    std::string current;                               // empty: none issued yet, or revoked
+    std::vector<std::string> issued;                   // oldest first
+    std::deque<system_clock::time_point> let_through;  // by the quota, in the last hour
   };
 
-  token_status status_of(const std::string& access_token, system_clock::time_point now) const {
-    const auto found = tokens_.find(access_token);
-    if (found == tokens_.end() || found->second.revoked) return token_status::invalid;
-    return now < found->second.expires_at ? token_status::valid : token_status::expired;
+  token_status status_of(const std::string& value, credential_kind kind,
+                         system_clock::time_point at) const {
+    const auto found = issued_.find(value);
+    if (found == issued_.end() || found->second.kind != kind) return token_status::invalid;
+    const auto& issued = found->second;
+    if (issued.revoked_at && *issued.revoked_at <= at) return token_status::invalid;
+    return at < issued.expires_at ? token_status::valid : token_status::expired;
   }
 
-  std::string token_answer(const std::string& secret, secret_record& record,
-                           system_clock::time_point now) {
+  // WeCom's frequency limit on tickets: a rolling hour of the calls it let through.
+  bool within_quota(series& record, system_clock::time_point now) const {
+    while (!record.let_through.empty() && record.let_through.front() <= now - 1h) {
+      record.let_through.pop_front();
+    }
+    if (std::cmp_greater_equal(record.let_through.size(), std::max(ticket_quota_, 0))) return false;
+    record.let_through.push_back(now);
+    return true;
+  }
+
+  // A call that passed its checks meets the next scripted fault, or gets its value.
+  call_outcome answer(const series_key& key, system_clock::time_point now) {
+    auto& record = series_[key];
+    if (record.script.empty()) return {issue(key, record, now), std::nullopt};
+    fault next = std::move(record.script.front());
+    record.script.pop_front();
+    switch (next.kind) {
+      case fault_kind::errcode:
+        return {wecom_json(next.errcode, next.errmsg), std::move(next)};
+      case fault_kind::delay:
+        // Issued now, sent later: like a slow network on the way back, the value has aged
+        // by the time it arrives, which a broker counting from receipt would miss.
+        return {issue(key, record, now), std::move(next)};
+      case fault_kind::truncated_json: {
+        // Cut inside the value's field name: only a JSON parser can tell.
+        const auto field = value_field(key.second);
+        return {R"({"errcode":0,"errmsg":"ok",")" + std::string(field.substr(0, field.size() / 2)),
+                std::move(next)};
+      }
+      default:
+        return {std::string{}, std::move(next)};
+    }
+  }
+
+  std::string issue(const series_key& key, series& record, system_clock::time_point now) {
+    const auto kind = key.second;
     if (behaviour_ != expiry_behaviour::new_token_each_call &&
-        status_of(record.current_token, now) == token_status::valid) {
-      const auto& current = tokens_.at(record.current_token);
+        status_of(record.current, kind, now) == token_status::valid) {
+      const auto& current = issued_.at(record.current);
       if (behaviour_ == expiry_behaviour::same_token_keeps_expiry) {
-        return token_json(record.current_token, current.expires_at - current.issued_at);
+        return value_json(kind, record.current, current.expires_at - current.issued_at);
       }
       // Truncation floors, so the answer never promises more than the truth. With less than
-      // a whole second left, "expires_in":0 would be useless; a fresh token is issued instead.
+      // a whole second left, "expires_in":0 would be useless; a fresh value is issued instead.
       const auto seconds_left =
           std::chrono::duration_cast<std::chrono::seconds>(current.expires_at - now);
-      if (seconds_left.count() >= 1) return token_json(record.current_token, seconds_left);
+      if (seconds_left.count() >= 1) return value_json(kind, record.current, seconds_left);
     }
-    record.current_token = random_token();
-    tokens_.emplace(record.current_token, issued_token{secret, now, now + lifetime_});
-    return token_json(record.current_token, lifetime_);
+    const auto lifetime =
+        kind == credential_kind::access_token ? lifetime_ : ticket_lifetime_.value_or(lifetime_);
+    record.current = new_value(kind);
+    record.issued.push_back(record.current);
+    issued_.emplace(record.current, issued_value{key.first, kind, now, now + lifetime});
+    return value_json(kind, record.current, lifetime);
   }
 
-  static std::string token_json(const std::string& access_token,
+  static std::string value_json(credential_kind kind, const std::string& value,
                                 system_clock::duration expires_in) {
     nlohmann::ordered_json body;
     body["errcode"] = 0;
     body["errmsg"] = "ok";
-    body["access_token"] = access_token;
+    body[value_field(kind)] = value;
     body["expires_in"] = std::chrono::duration_cast<std::chrono::seconds>(expires_in).count();
     return body.dump();
   }
@@ -352,12 +477,16 @@ class wecom_model {
   mutable std::mutex mutex_;
   expiry_behaviour behaviour_;
   std::chrono::seconds lifetime_;
+  std::optional<std::chrono::seconds> ticket_lifetime_;
+  int ticket_quota_;
   std::map<std::string, std::set<std::string>> secrets_by_corpid_;
-  std::map<std::string, secret_record> secrets_;
-  std::map<std::string, issued_token> tokens_;  // every token ever issued, by value
+  std::map<series_key, series> series_;
+  std::map<std::string, issued_value> issued_;  // every token and ticket ever issued, by value
   std::map<std::string, int> calls_by_corpid_;
+  std::map<ticket_kind, int> ticket_calls_by_kind_;
   std::vector<std::string> suite_token_requests_;
   int total_calls_ = 0;
+  int total_ticket_calls_ = 0;
   int in_flight_ = 0;
   int max_in_flight_ = 0;
   int handshakes_ = 0;
@@ -372,10 +501,11 @@ struct reply {
   response answer;
 };
 
-reply gettoken_reply(gettoken_outcome outcome) {
+reply call_reply(call_outcome outcome) {
   if (!outcome.scripted) return {.answer = json_response(std::move(outcome.json))};
   switch (outcome.scripted->kind) {
     case fault_kind::errcode:
+    case fault_kind::truncated_json:  // framed by Content-Length: only a JSON parser can tell
       return {.answer = json_response(std::move(outcome.json))};
     case fault_kind::delay:
       return {.delay = outcome.scripted->delay, .answer = json_response(std::move(outcome.json))};
@@ -385,9 +515,6 @@ reply gettoken_reply(gettoken_outcome outcome) {
                   make_response(http::status::ok, "text/html; charset=UTF-8",
                                 "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>"
                                 "<body><h1>502 Bad Gateway</h1></body></html>\n")};
-    case fault_kind::truncated_json:
-      // Framed correctly by Content-Length: only the JSON parser can tell it is cut.
-      return {.answer = json_response(R"({"errcode":0,"errmsg":"ok","access_tok)")};
     case fault_kind::http_500:
       return {.answer = make_response(http::status::internal_server_error, "text/plain",
                                       "internal server error\n")};
@@ -411,8 +538,19 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
   // Matched on the ending so a base_url with a path prefix (a private deployment behind a
   // gateway) reaches the same routes.
   if (request.method() == http::verb::get && path.ends_with("/cgi-bin/gettoken")) {
-    auto next = gettoken_reply(model.gettoken(parameters));
+    auto next = call_reply(model.gettoken(parameters));
     next.gettoken = true;
+    next.delay += answer_delay;
+    return next;
+  }
+  if (request.method() == http::verb::get &&
+      (path.ends_with("/cgi-bin/get_jsapi_ticket") || path.ends_with("/cgi-bin/ticket/get"))) {
+    // ticket/get serves agent_config tickets only; jsapi ones have their own path.
+    const auto kind =
+        path.ends_with("/cgi-bin/get_jsapi_ticket")       ? std::optional{ticket_kind::jsapi}
+        : parameter(parameters, "type") == "agent_config" ? std::optional{ticket_kind::agent_config}
+                                                          : std::nullopt;
+    auto next = call_reply(model.ticket(kind, parameters));
     next.delay += answer_delay;
     return next;
   }
@@ -421,6 +559,17 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
   }
   if (request.method() == http::verb::get && path == "/fake/stats") {
     return {.answer = json_response(model.stats_json())};
+  }
+  if (request.method() == http::verb::get && path == "/fake/ticket_status") {
+    const auto kind = parameter(parameters, "kind");
+    for (const auto known : {ticket_kind::jsapi, ticket_kind::agent_config}) {
+      if (kind != to_string(known)) continue;
+      const auto status =
+          model.check(parameter(parameters, "ticket").value_or(""), credential_of(known));
+      return {.answer = json_response(nlohmann::json{{"status", to_string(status)}}.dump())};
+    }
+    return {.answer = make_response(http::status::bad_request, "text/plain",
+                                    "kind must be jsapi or agent_config\n")};
   }
   if (request.method() == http::verb::get && path.ends_with("/cgi-bin/user/get")) {
     return {.answer = json_response(model.api_answer(parameter(parameters, "access_token")))};
@@ -545,9 +694,7 @@ asio::ssl::context server_tls_context(const tls_material& material) {
 // uses are still alive.
 struct fake_wecom::state {
   explicit state(const fake_options& options)
-      : model(options.behaviour, options.lifetime),
-        tls(server_tls_context(options.tls)),
-        answer_delay(options.answer_delay) {
+      : model(options), tls(server_tls_context(options.tls)), answer_delay(options.answer_delay) {
     const tcp::endpoint endpoint(asio::ip::make_address(options.host), options.port);
     acceptor.open(endpoint.protocol());
     acceptor.set_option(asio::socket_base::reuse_address(true));
@@ -603,12 +750,29 @@ void fake_wecom::set_lifetime(std::chrono::seconds lifetime) {
   state_->model.set_lifetime(lifetime);
 }
 
+void fake_wecom::set_ticket_lifetime(std::optional<std::chrono::seconds> lifetime) {
+  state_->model.set_ticket_lifetime(lifetime);
+}
+
+void fake_wecom::set_ticket_quota(int calls_per_hour) {
+  state_->model.set_ticket_quota(calls_per_hour);
+}
+
 void fake_wecom::script_faults(const std::string& secret, std::vector<fault> faults) {
-  state_->model.script_faults(secret, std::move(faults));
+  state_->model.script_faults(secret, credential_kind::access_token, std::move(faults));
+}
+
+void fake_wecom::script_ticket_faults(const std::string& secret, ticket_kind kind,
+                                      std::vector<fault> faults) {
+  state_->model.script_faults(secret, credential_of(kind), std::move(faults));
 }
 
 void fake_wecom::revoke_tokens(const std::string& secret) {
-  state_->model.revoke_tokens(secret);
+  state_->model.revoke(secret, credential_kind::access_token);
+}
+
+void fake_wecom::revoke_tickets(const std::string& secret, ticket_kind kind) {
+  state_->model.revoke(secret, credential_of(kind));
 }
 
 int fake_wecom::tls_handshakes() const {
@@ -633,7 +797,7 @@ std::vector<std::string> fake_wecom::suite_token_requests() const {
 }
 
 int fake_wecom::gettoken_calls(const std::string& secret) const {
-  return state_->model.calls(secret);
+  return state_->model.calls(secret, credential_kind::access_token);
 }
 
 int fake_wecom::gettoken_calls() const {
@@ -649,12 +813,35 @@ std::map<std::string, int> fake_wecom::gettoken_calls_by_corpid() const {
 }
 
 token_status fake_wecom::check(const std::string& access_token) const {
-  return state_->model.check(access_token);
+  return state_->model.check(access_token, credential_kind::access_token);
 }
 
 std::optional<std::chrono::system_clock::time_point> fake_wecom::expires_at(
-    const std::string& access_token) const {
-  return state_->model.expires_at(access_token);
+    const std::string& value) const {
+  return state_->model.expires_at(value);
+}
+
+int fake_wecom::ticket_calls(const std::string& secret, ticket_kind kind) const {
+  return state_->model.calls(secret, credential_of(kind));
+}
+
+int fake_wecom::ticket_calls(ticket_kind kind) const {
+  return state_->model.ticket_calls(kind);
+}
+
+int fake_wecom::ticket_calls() const {
+  return state_->model.ticket_calls(std::nullopt);
+}
+
+token_status fake_wecom::check_ticket(
+    ticket_kind kind, const std::string& ticket,
+    std::optional<std::chrono::system_clock::time_point> at) const {
+  return state_->model.check(ticket, credential_of(kind), at);
+}
+
+std::vector<std::string> fake_wecom::issued_tickets(const std::string& secret,
+                                                    ticket_kind kind) const {
+  return state_->model.issued(secret, credential_of(kind));
 }
 
 std::string to_string(token_status status) {
@@ -667,6 +854,10 @@ std::string to_string(token_status status) {
       return "invalid";
   }
   return "unknown";
+}
+
+std::string to_string(ticket_kind kind) {
+  return kind == ticket_kind::jsapi ? "jsapi" : "agent_config";
 }
 
 }  // namespace token_broker::fake

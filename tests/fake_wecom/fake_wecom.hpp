@@ -1,9 +1,12 @@
 // A fake of WeCom's credential endpoints over real TLS, for tests and the demo.
 //
-// It issues tokens under one of the three expiry behaviours SPEC §1 says the broker must
-// survive, follows a per-call script of faults, counts calls, and answers whether a token is
-// still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid). `GET /fake/stats`
-// reports the call and TLS handshake counts for scripts (the benchmark): never a secret.
+// It issues tokens (gettoken) and JS-SDK tickets (get_jsapi_ticket, ticket/get?type=agent_config)
+// under one of the three expiry behaviours SPEC §1 says the broker must survive, follows a
+// per-call script of faults, counts calls, limits ticket calls per hour as WeCom does, and answers
+// whether a token is still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid).
+// `GET /fake/stats` reports the call and TLS handshake counts for scripts (the benchmark): never a
+// secret, token or ticket. `GET /fake/ticket_status?ticket=X&kind=jsapi|agent_config` answers
+// {"status":"valid|expired|invalid"} for scripts that check a ticket out of process.
 #pragma once
 
 #include <chrono>
@@ -41,16 +44,24 @@ struct fault {
   std::chrono::milliseconds delay{0};
 };
 
-enum class token_status { valid, expired, invalid };
+enum class token_status { valid, expired, invalid };  // invalid: never issued, or revoked
+
+// A jsapi ticket (GET /cgi-bin/get_jsapi_ticket) or an agent_config one (GET
+// /cgi-bin/ticket/get?type=agent_config). Each app (secret) has tickets of each kind, apart.
+enum class ticket_kind { jsapi, agent_config };
 
 struct fake_options {
   std::string host = "127.0.0.1";
   std::uint16_t port = 0;  // 0: any free port
   expiry_behaviour behaviour = expiry_behaviour::new_token_each_call;
   std::chrono::seconds lifetime{7200};
-  // Every gettoken answer is sent this long after its request (a slow upstream), on top of
-  // any scripted delay; the token is issued when the request arrives.
+  // Every gettoken and ticket answer is sent this long after its request (a slow upstream), on
+  // top of any scripted delay; the value is issued when the request arrives.
   std::chrono::milliseconds answer_delay{0};
+  std::optional<std::chrono::seconds> ticket_lifetime;  // none: tickets live as long as tokens
+  // Ticket calls let through per app and kind in any rolling hour (those the token check passed
+  // and the quota did not refuse); beyond it, 45009.
+  int ticket_calls_per_hour = 100;
   tls_material tls;  // the server's certificate and key (and the CA that signed it)
 };
 
@@ -66,15 +77,24 @@ class fake_wecom {
 
   void add_app(const std::string& corpid, const std::string& secret);
   void set_behaviour(expiry_behaviour behaviour);
-  void set_lifetime(std::chrono::seconds lifetime);
+  void set_lifetime(std::chrono::seconds lifetime);  // tokens', and tickets' unless set apart
+  void set_ticket_lifetime(std::optional<std::chrono::seconds> lifetime);
+  // Applies to later calls; the calls already answered in the last hour still count.
+  void set_ticket_quota(int calls_per_hour);
 
   // The next gettoken calls for `secret` meet these faults in order, one per call; once the
   // script runs out, calls are answered normally.
   void script_faults(const std::string& secret, std::vector<fault> faults);
+  // The same for the ticket calls of `kind` made with a token issued for `secret`. A call the
+  // token check or the quota refuses does not consume a fault.
+  void script_ticket_faults(const std::string& secret, ticket_kind kind, std::vector<fault> faults);
 
   // Revokes the token currently issued for `secret` (and any other live ones): WeCom's
-  // early revocation. The next gettoken issues a new token.
+  // early revocation. The next gettoken issues a new token. Ticket calls made with a revoked
+  // token answer 40014; the tickets already issued stand.
   void revoke_tokens(const std::string& secret);
+  // The same for the tickets of `kind` issued for `secret`: the next ticket call issues anew.
+  void revoke_tickets(const std::string& secret, ticket_kind kind);
 
   // TLS handshakes completed: connections that a client keeps alive are counted once.
   int tls_handshakes() const;
@@ -91,10 +111,24 @@ class fake_wecom {
   // Every call that named a corpid, by that corpid (unknown ones included).
   std::map<std::string, int> gettoken_calls_by_corpid() const;
   token_status check(const std::string& access_token) const;
-  // The expiry `access_token` was issued with, which no later same-token answer moves; none
-  // for a token this fake never issued.
-  std::optional<std::chrono::system_clock::time_point> expires_at(
-      const std::string& access_token) const;
+  // The expiry a token or ticket was issued with, which no later same-value answer moves; none
+  // for a value this fake never issued.
+  std::optional<std::chrono::system_clock::time_point> expires_at(const std::string& value) const;
+
+  // Ticket calls made with a token issued for `secret` (expired or revoked ones included), every
+  // answer counted: refused, over quota, faulty.
+  int ticket_calls(const std::string& secret, ticket_kind kind) const;
+  int ticket_calls(ticket_kind kind) const;  // all calls of that kind, unknown tokens included
+  int ticket_calls() const;                  // all, a ticket/get without a valid type included
+  // Whether `ticket`, a ticket of `kind` this fake issued, is good at `at` (default: now): not
+  // expired and not revoked by then. A jsapi ticket is never a valid agent_config one. Not
+  // checked against its issue time, so a signature's whole-second timestamp can be passed.
+  token_status check_ticket(
+      ticket_kind kind, const std::string& ticket,
+      std::optional<std::chrono::system_clock::time_point> at = std::nullopt) const;
+  // Every ticket of `kind` issued for `secret`, oldest first: for finding which one a JS-SDK
+  // signature was made with.
+  std::vector<std::string> issued_tickets(const std::string& secret, ticket_kind kind) const;
 
  private:
   struct state;
@@ -102,5 +136,6 @@ class fake_wecom {
 };
 
 std::string to_string(token_status status);
+std::string to_string(ticket_kind kind);  // "jsapi", "agent_config": as in ?type= and the stats
 
 }  // namespace token_broker::fake

@@ -1,12 +1,18 @@
 // fake-wecom: the fake of WeCom as a process, for the demo and for scripts.
 //
 //   fake-wecom [--port N] [--ca-out FILE] [--port-file FILE] [--behaviour same|remaining|new]
-//              [--lifetime SECONDS] [--delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
+//              [--lifetime SECONDS] [--ticket-lifetime SECONDS] [--ticket-quota N]
+//              [--delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
 //
 // --app-file reads one CORPID:SECRET per line (blank lines and #comments skipped), so a
 // benchmark can register thousands of apps without putting secrets on the command line.
 // GET /fake/stats answers {"gettoken_calls":N,"by_corpid":{"ww…":n,…},
-// "max_concurrent_gettoken_calls":M,"tls_handshakes":H}; H counts its own request's handshake.
+// "max_concurrent_gettoken_calls":M,"tls_handshakes":H,"ticket_calls":T,
+// "ticket_calls_by_kind":{"jsapi":j,"agent_config":a}}; H counts its own request's handshake.
+// GET /fake/ticket_status?ticket=X&kind=jsapi|agent_config answers
+// {"status":"valid|expired|invalid"}.
+// --ticket-lifetime defaults to --lifetime; --ticket-quota (ticket calls per app, kind and hour)
+// to WeCom's 100.
 //
 // Runs until SIGINT or SIGTERM, then exits 0. Bad arguments exit 2.
 #include <cstdio>
@@ -35,13 +41,16 @@ struct arguments {
   std::optional<std::filesystem::path> port_file;
   fake::expiry_behaviour behaviour = fake::expiry_behaviour::same_token_keeps_expiry;
   std::chrono::seconds lifetime{7200};
+  std::optional<std::chrono::seconds> ticket_lifetime;
+  int ticket_calls_per_hour = 100;
   std::chrono::milliseconds answer_delay{0};
   std::vector<std::pair<std::string, std::string>> apps;  // corpid, secret
 };
 
 constexpr const char* usage =
     "usage: fake-wecom [--port N] [--ca-out FILE] [--port-file FILE]\n"
-    "                  [--behaviour same|remaining|new] [--lifetime SECONDS] [--delay-ms N]\n"
+    "                  [--behaviour same|remaining|new] [--lifetime SECONDS]\n"
+    "                  [--ticket-lifetime SECONDS] [--ticket-quota N] [--delay-ms N]\n"
     "                  [--app CORPID:SECRET]... [--app-file FILE]\n";
 
 fake::expiry_behaviour parse_behaviour(const std::string& text) {
@@ -88,6 +97,10 @@ arguments parse_arguments(int argc, char** argv) {
       parsed.behaviour = parse_behaviour(value);
     } else if (flag == "--lifetime") {
       parsed.lifetime = std::chrono::seconds{parse_number(flag, value, 1, 30L * 24 * 3600)};
+    } else if (flag == "--ticket-lifetime") {
+      parsed.ticket_lifetime = std::chrono::seconds{parse_number(flag, value, 1, 30L * 24 * 3600)};
+    } else if (flag == "--ticket-quota") {
+      parsed.ticket_calls_per_hour = static_cast<int>(parse_number(flag, value, 0, 1000000));
     } else if (flag == "--delay-ms") {
       parsed.answer_delay = std::chrono::milliseconds{parse_number(flag, value, 0, 600000)};
     } else if (flag == "--app") {
@@ -140,6 +153,8 @@ int main(int argc, char** argv) {
         .behaviour = parsed.behaviour,
         .lifetime = parsed.lifetime,
         .answer_delay = parsed.answer_delay,
+        .ticket_lifetime = parsed.ticket_lifetime,
+        .ticket_calls_per_hour = parsed.ticket_calls_per_hour,
         .tls = std::move(tls),
     });
     for (const auto& [corpid, secret] : parsed.apps) server.add_app(corpid, secret);

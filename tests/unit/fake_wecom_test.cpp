@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -141,6 +142,49 @@ nlohmann::json gettoken(const fake_wecom& fake, const std::string& secret,
 
 bool is_token_character(char c) {
   return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+}
+
+constexpr ticket_kind both_kinds[] = {ticket_kind::jsapi, ticket_kind::agent_config};
+
+std::string ticket_target(ticket_kind kind, const std::string& access_token) {
+  return kind == ticket_kind::jsapi
+             ? "/cgi-bin/get_jsapi_ticket?access_token=" + access_token
+             : "/cgi-bin/ticket/get?access_token=" + access_token + "&type=agent_config";
+}
+
+// One JSON answer over TLS, as gettoken() does: its raw body.
+std::string json_body(const fake_wecom& fake, const std::string& target) {
+  const auto result = fetch(fake, target);
+  EXPECT_FALSE(result.error) << result.error.message();
+  if (result.responses.size() != 1) return {};
+  const auto& answer = result.responses.front();
+  EXPECT_EQ(answer.result(), http::status::ok);
+  EXPECT_TRUE(answer[http::field::content_type].starts_with("application/json"));
+  return answer.body();
+}
+
+nlohmann::json get_ticket(const fake_wecom& fake, ticket_kind kind,
+                          const std::string& access_token) {
+  return nlohmann::json::parse(json_body(fake, ticket_target(kind, access_token)));
+}
+
+std::string token_of(const fake_wecom& fake, const std::string& secret) {
+  return gettoken(fake, secret)["access_token"].get<std::string>();
+}
+
+std::string ticket_of(const fake_wecom& fake, ticket_kind kind, const std::string& access_token) {
+  return get_ticket(fake, kind, access_token)["ticket"].get<std::string>();
+}
+
+// The fake's lifetimes run in real time: a test that must see one end polls for it.
+template <class Condition>
+bool eventually(Condition done, steady_clock::duration limit = 3s) {
+  const auto deadline = steady_clock::now() + limit;
+  while (!done()) {
+    if (steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
 }
 
 TEST(fake_wecom, answers_gettoken_in_wecom_shape) {
@@ -482,6 +526,284 @@ TEST(fake_wecom, client_trusting_another_ca_fails_verification) {
   EXPECT_EQ(result.error.category(), asio::error::get_ssl_category()) << result.error.message();
   EXPECT_EQ(result.verify_result, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
   EXPECT_EQ(fake->gettoken_calls(), 0);
+}
+
+TEST(fake_wecom, answers_both_ticket_endpoints_in_wecom_shape) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    const auto answer = get_ticket(*fake, kind, token);
+    EXPECT_EQ(answer["errcode"], 0);
+    EXPECT_EQ(answer["errmsg"], "ok");
+    EXPECT_EQ(answer["expires_in"], 7200);
+    const auto ticket = answer["ticket"].get<std::string>();
+    EXPECT_TRUE(ticket.starts_with(kind == ticket_kind::jsapi ? "jsapi-" : "agent-"));
+    EXPECT_GE(ticket.size(), 64u);
+    EXPECT_TRUE(std::all_of(ticket.begin(), ticket.end(), is_token_character));
+    EXPECT_EQ(fake->check_ticket(kind, ticket), token_status::valid);
+    EXPECT_TRUE(fake->expires_at(ticket).has_value());
+    EXPECT_EQ(fake->issued_tickets(secret_a, kind), std::vector{ticket});
+    EXPECT_EQ(fake->ticket_calls(secret_a, kind), 1);
+  }
+  EXPECT_EQ(fake->ticket_calls(), 2);
+  EXPECT_EQ(fake->gettoken_calls(), 1);
+}
+
+TEST(fake_wecom, tickets_are_apart_by_app_and_kind) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  const auto token_a = token_of(*fake, secret_a);
+  const auto jsapi_a = ticket_of(*fake, ticket_kind::jsapi, token_a);
+  const auto agent_a = ticket_of(*fake, ticket_kind::agent_config, token_a);
+  const auto jsapi_b = ticket_of(*fake, ticket_kind::jsapi, token_of(*fake, secret_b));
+
+  EXPECT_NE(jsapi_a, agent_a);
+  EXPECT_NE(jsapi_a, jsapi_b);
+  // A ticket is good only as what it is: not as the other kind, not as an access token.
+  EXPECT_EQ(fake->check_ticket(ticket_kind::agent_config, jsapi_a), token_status::invalid);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, agent_a), token_status::invalid);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, token_a), token_status::invalid);
+  EXPECT_EQ(fake->check(jsapi_a), token_status::invalid);
+  EXPECT_EQ(json_body(*fake, "/cgi-bin/user/get?access_token=" + jsapi_a),
+            R"({"errcode":40014,"errmsg":"invalid access_token"})");
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, jsapi_a)["errcode"], 40014);
+
+  EXPECT_EQ(fake->ticket_calls(secret_a, ticket_kind::jsapi), 1);
+  EXPECT_EQ(fake->ticket_calls(secret_a, ticket_kind::agent_config), 1);
+  EXPECT_EQ(fake->ticket_calls(secret_b, ticket_kind::jsapi), 1);
+  EXPECT_EQ(fake->ticket_calls(secret_b, ticket_kind::agent_config), 0);
+}
+
+TEST(fake_wecom, same_token_keeps_expiry_repeats_the_ticket_with_the_full_lifetime) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    const auto first = get_ticket(*fake, kind, token_of(*fake, secret_a));
+    const auto ticket = first["ticket"].get<std::string>();
+    const auto issued_expiry = fake->expires_at(ticket);
+    const auto second = get_ticket(*fake, kind, token_of(*fake, secret_a));
+    EXPECT_EQ(second["ticket"], ticket);
+    // A full lifetime claimed although time has passed: (b) would answer 7199 here.
+    EXPECT_EQ(second["expires_in"], 7200);
+    EXPECT_EQ(fake->expires_at(ticket), issued_expiry);
+  }
+}
+
+TEST(fake_wecom, same_token_keeps_expiry_issues_a_new_ticket_once_it_expires) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  fake->set_ticket_lifetime(1s);  // the token lives on: only the tickets expire
+  const auto token = token_of(*fake, secret_a);
+  std::map<ticket_kind, std::string> first;
+  for (const auto kind : both_kinds) first[kind] = ticket_of(*fake, kind, token);
+  for (const auto kind : both_kinds) {
+    EXPECT_EQ(get_ticket(*fake, kind, token)["ticket"], first[kind]);
+  }
+
+  ASSERT_TRUE(eventually([&] {
+    return fake->check_ticket(ticket_kind::jsapi, first[ticket_kind::jsapi]) ==
+               token_status::expired &&
+           fake->check_ticket(ticket_kind::agent_config, first[ticket_kind::agent_config]) ==
+               token_status::expired;
+  }));
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    const auto next = get_ticket(*fake, kind, token);
+    EXPECT_NE(next["ticket"], first[kind]);
+    EXPECT_EQ(next["expires_in"], 1);
+    EXPECT_EQ(fake->check(token), token_status::valid);
+  }
+}
+
+TEST(fake_wecom, same_token_seconds_left_repeats_the_ticket_with_the_seconds_left) {
+  const auto fake = start_fake(expiry_behaviour::same_token_seconds_left);
+  const auto token = token_of(*fake, secret_a);
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    const auto ticket = ticket_of(*fake, kind, token);
+    const auto expiry = fake->expires_at(ticket).value();
+    const auto before = std::chrono::system_clock::now();
+    const auto second = get_ticket(*fake, kind, token);
+    const auto after = std::chrono::system_clock::now();
+    EXPECT_EQ(second["ticket"], ticket);
+    // Whole seconds left when the fake answered, floored: already below the full 7200.
+    const auto left = second["expires_in"].get<long>();
+    EXPECT_LT(left, 7200);
+    EXPECT_GE(left, std::chrono::duration_cast<std::chrono::seconds>(expiry - after).count());
+    EXPECT_LE(left, std::chrono::duration_cast<std::chrono::seconds>(expiry - before).count());
+  }
+}
+
+TEST(fake_wecom, new_token_each_call_issues_a_new_ticket_and_older_ones_stay_valid) {
+  const auto fake = start_fake(expiry_behaviour::new_token_each_call);
+  const auto token = token_of(*fake, secret_a);
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    const auto first = ticket_of(*fake, kind, token);
+    const auto answer = get_ticket(*fake, kind, token);
+    const auto second = answer["ticket"].get<std::string>();
+    EXPECT_NE(second, first);
+    EXPECT_EQ(answer["expires_in"], 7200);
+    EXPECT_EQ(fake->check_ticket(kind, first), token_status::valid);
+    EXPECT_EQ(fake->check_ticket(kind, second), token_status::valid);
+    EXPECT_EQ(fake->issued_tickets(secret_a, kind), (std::vector{first, second}));
+  }
+}
+
+TEST(fake_wecom, ticket_calls_with_an_expired_token_answer_42001) {
+  const auto fake = start_fake();
+  fake->set_lifetime(0s);  // issued already expired: no waiting
+  const auto token = token_of(*fake, secret_a);
+  ASSERT_EQ(fake->check(token), token_status::expired);
+  for (const auto kind : both_kinds) {
+    EXPECT_EQ(json_body(*fake, ticket_target(kind, token)),
+              R"({"errcode":42001,"errmsg":"access_token expired"})");
+    EXPECT_EQ(fake->ticket_calls(secret_a, kind), 1);  // refused, and counted
+    EXPECT_TRUE(fake->issued_tickets(secret_a, kind).empty());
+  }
+}
+
+TEST(fake_wecom, ticket_calls_with_an_unknown_revoked_or_missing_token_are_refused) {
+  const auto fake = start_fake();
+  const auto revoked = token_of(*fake, secret_a);
+  fake->revoke_tokens(secret_a);
+  for (const auto kind : both_kinds) {
+    SCOPED_TRACE(to_string(kind));
+    EXPECT_EQ(json_body(*fake, ticket_target(kind, revoked)),
+              R"({"errcode":40014,"errmsg":"invalid access_token"})");
+    EXPECT_EQ(json_body(*fake, ticket_target(kind, "made-up")),
+              R"({"errcode":40014,"errmsg":"invalid access_token"})");
+    EXPECT_EQ(get_ticket(*fake, kind, "")["errcode"], 41001);
+    // The revoked token still names its app; the made-up and missing ones name none.
+    EXPECT_EQ(fake->ticket_calls(secret_a, kind), 1);
+    EXPECT_EQ(fake->ticket_calls(kind), 3);
+  }
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_of(*fake, secret_a))["errcode"], 0);
+}
+
+TEST(fake_wecom, ticket_get_without_the_agent_config_type_answers_invalid_args) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  for (const auto& query : {std::string{}, std::string{"&type=jsapi"}}) {
+    const auto answer = json_body(*fake, "/cgi-bin/ticket/get?access_token=" + token + query);
+    EXPECT_EQ(answer, R"({"errcode":40097,"errmsg":"invalid args"})");
+  }
+  EXPECT_EQ(fake->ticket_calls(), 2);
+  EXPECT_EQ(fake->ticket_calls(ticket_kind::agent_config), 0);
+  EXPECT_EQ(fake->ticket_calls(ticket_kind::jsapi), 0);
+}
+
+TEST(fake_wecom, revoke_tickets_revokes_that_app_and_kind_and_the_next_call_issues_anew) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  const auto token_a = token_of(*fake, secret_a);
+  const auto jsapi_a = ticket_of(*fake, ticket_kind::jsapi, token_a);
+  const auto agent_a = ticket_of(*fake, ticket_kind::agent_config, token_a);
+  const auto jsapi_b = ticket_of(*fake, ticket_kind::jsapi, token_of(*fake, secret_b));
+  const auto before_revocation = std::chrono::system_clock::now();
+
+  fake->revoke_tickets(secret_a, ticket_kind::jsapi);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, jsapi_a), token_status::invalid);
+  // Good when a signature made before the revocation used it.
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, jsapi_a, before_revocation),
+            token_status::valid);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::agent_config, agent_a), token_status::valid);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, jsapi_b), token_status::valid);
+  EXPECT_EQ(fake->check(token_a), token_status::valid);
+
+  const auto renewed = ticket_of(*fake, ticket_kind::jsapi, token_a);
+  EXPECT_NE(renewed, jsapi_a);
+  EXPECT_EQ(fake->check_ticket(ticket_kind::jsapi, renewed), token_status::valid);
+  EXPECT_EQ(ticket_of(*fake, ticket_kind::agent_config, token_a), agent_a);
+  EXPECT_EQ(fake->issued_tickets(secret_a, ticket_kind::jsapi), (std::vector{jsapi_a, renewed}));
+}
+
+TEST(fake_wecom, ticket_calls_beyond_the_hourly_quota_answer_45009) {
+  const auto fake = start_fake(expiry_behaviour::same_token_keeps_expiry);
+  fake->set_ticket_quota(3);
+  const auto token_a = token_of(*fake, secret_a);
+  for (int call = 1; call <= 3; ++call) {
+    EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_a)["errcode"], 0) << call;
+  }
+  EXPECT_EQ(json_body(*fake, ticket_target(ticket_kind::jsapi, token_a)),
+            R"({"errcode":45009,"errmsg":"api freq out of limit"})");
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_a)["errcode"], 45009);
+  EXPECT_EQ(fake->ticket_calls(secret_a, ticket_kind::jsapi), 5);  // refused ones included
+
+  // The quota is per app and kind.
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::agent_config, token_a)["errcode"], 0);
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_of(*fake, secret_b))["errcode"], 0);
+}
+
+TEST(fake_wecom, ticket_faults_are_per_app_and_kind_and_refused_calls_do_not_consume_them) {
+  const auto fake = start_fake();
+  fake->script_ticket_faults(
+      secret_a, ticket_kind::jsapi,
+      {fault{.errcode = -1, .errmsg = "system busy"}, fault{.kind = fault_kind::truncated_json}});
+  const auto token_a = token_of(*fake, secret_a);
+
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, "made-up")["errcode"], 40014);
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::agent_config, token_a)["errcode"], 0);
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_of(*fake, secret_b))["errcode"], 0);
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);
+
+  EXPECT_EQ(json_body(*fake, ticket_target(ticket_kind::jsapi, token_a)),
+            R"({"errcode":-1,"errmsg":"system busy"})");
+  const auto truncated = json_body(*fake, ticket_target(ticket_kind::jsapi, token_a));
+  EXPECT_TRUE(truncated.starts_with(R"({"errcode":0)")) << truncated;
+  EXPECT_FALSE(nlohmann::json::accept(truncated));
+  EXPECT_EQ(get_ticket(*fake, ticket_kind::jsapi, token_a)["errcode"], 0);
+  EXPECT_EQ(fake->ticket_calls(secret_a, ticket_kind::jsapi), 3);
+}
+
+TEST(fake_wecom, ticket_calls_meet_the_answer_delay) {
+  const auto fake =
+      std::make_unique<fake_wecom>(fake_options{.answer_delay = 200ms, .tls = shared_tls()});
+  fake->add_app(corpid, secret_a);
+  const auto token = token_of(*fake, secret_a);
+  for (const auto kind : both_kinds) {
+    const auto started = steady_clock::now();
+    EXPECT_EQ(get_ticket(*fake, kind, token)["errcode"], 0);
+    EXPECT_GE(steady_clock::now() - started, 200ms);
+  }
+}
+
+TEST(fake_wecom, stats_count_ticket_calls_by_kind_and_name_no_value) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  const auto jsapi = ticket_of(*fake, ticket_kind::jsapi, token);
+  get_ticket(*fake, ticket_kind::jsapi, "made-up");
+  const auto agent = ticket_of(*fake, ticket_kind::agent_config, token);
+  json_body(*fake, "/cgi-bin/ticket/get?access_token=" + token);  // no type: only the total
+
+  const auto stats = json_body(*fake, "/fake/stats");
+  const auto body = nlohmann::json::parse(stats);
+  EXPECT_EQ(body["ticket_calls"], 4);
+  EXPECT_EQ(body["ticket_calls_by_kind"], (nlohmann::json{{"jsapi", 2}, {"agent_config", 1}}));
+  EXPECT_EQ(body["gettoken_calls"], 1);
+  for (const auto& value : {token, jsapi, agent, secret_a}) {
+    EXPECT_EQ(stats.find(value), std::string::npos);
+  }
+}
+
+TEST(fake_wecom, ticket_status_endpoint_answers_a_tickets_status_for_its_kind) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  const auto jsapi = ticket_of(*fake, ticket_kind::jsapi, token);
+  fake->set_ticket_lifetime(0s);  // issued already expired: no waiting
+  const auto expired = ticket_of(*fake, ticket_kind::agent_config, token);
+
+  const auto status = [&](const std::string& ticket, const std::string& kind) {
+    return json_body(*fake, "/fake/ticket_status?ticket=" + ticket + "&kind=" + kind);
+  };
+  EXPECT_EQ(status(jsapi, "jsapi"), R"({"status":"valid"})");
+  EXPECT_EQ(status(jsapi, "agent_config"), R"({"status":"invalid"})");
+  EXPECT_EQ(status(expired, "agent_config"), R"({"status":"expired"})");
+  EXPECT_EQ(status("made-up", "jsapi"), R"({"status":"invalid"})");
+  EXPECT_EQ(status(token, "jsapi"), R"({"status":"invalid"})");
+
+  const auto bad_kind = fetch(*fake, "/fake/ticket_status?ticket=" + jsapi + "&kind=other");
+  ASSERT_EQ(bad_kind.responses.size(), 1u);
+  EXPECT_EQ(bad_kind.responses[0].result(), http::status::bad_request);
+  EXPECT_EQ(fake->ticket_calls(), 2);  // status checks are not ticket calls
 }
 
 }  // namespace
