@@ -6,14 +6,14 @@
 // configured and once on an open API; a request that cannot be read, by answer_unreadable.
 //
 // The broker behind the handlers is real and never touches the network: a memory store
-// preloaded with tokens for "hr" and "crm", which their refreshers adopt while the io_context
-// runs during setup; "cold" has no token (its requests wait, which is not run here). After
-// setup the io_context never runs again.
+// preloaded with tokens for "hr" and "crm" and hr's jsapi_ticket, which their refreshers adopt
+// while the io_context runs during setup; "cold" has no token (its requests wait, which is not
+// run here). After setup the io_context never runs again.
 //
 // Beyond crashes and sanitizer reports, a finding is an answer that breaks SPEC §4: a status
 // outside the API's set (a 500 means an exception escaped), a JSON body that does not parse,
-// a wrong Content-Length, an app secret or client key in any answer, a token in an answer
-// that is not that app's token answer, or the caller's corpsecret echoed back.
+// a wrong Content-Length, an app secret or client key in any answer, a token or ticket in an
+// answer that is not that app's token or ticket answer, or the caller's corpsecret echoed back.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -39,12 +39,14 @@ using namespace token_broker;
 
 struct fuzz_app {
   std::string id, corpid, secret, token;  // token: "" for none
+  std::string jsapi_ticket;               // "" for none configured
 };
 
 const std::vector<fuzz_app> fuzz_apps = {
-    {"hr", "wwfuzzcorp0001", "hr-secret-Xq7v2LpR9s", "HR-TOKEN-6f1c2a9b5e3d"},
-    {"crm", "wwfuzzcorp0001", "crm-secret-Mn4Kd8Tz1w", "CRM-TOKEN-0d8e4b7a1c9f"},
-    {"cold", "wwfuzzcorp0002", "cold-secret-Pb6Hy3Jc5e", ""},
+    {"hr", "wwfuzzcorp0001", "hr-secret-Xq7v2LpR9s", "HR-TOKEN-6f1c2a9b5e3d",
+     "HR-JSAPI-TICKET-4a7d9c2e8b1f"},
+    {"crm", "wwfuzzcorp0001", "crm-secret-Mn4Kd8Tz1w", "CRM-TOKEN-0d8e4b7a1c9f", ""},
+    {"cold", "wwfuzzcorp0002", "cold-secret-Pb6Hy3Jc5e", "", ""},
 };
 // Bearer keys: billing may read hr, admin every app.
 const std::string billing_key = "billing-key-Rt5Wq1Zx8Vb3";
@@ -69,6 +71,7 @@ config fuzz_config() {
   nlohmann::json apps = nlohmann::json::object();
   for (const auto& app : fuzz_apps) {
     apps[app.id] = {{"corpid", app.corpid}, {"secret", app.secret}};
+    if (!app.jsapi_ticket.empty()) apps[app.id]["tickets"] = {"jsapi"};
   }
   const nlohmann::json document = {
       {"listen", "127.0.0.1:8080"},
@@ -97,12 +100,16 @@ struct fixture {
   fixture() {
     auto store = std::make_unique<memory_token_store>();
     // save() takes its arguments by reference: they must outlive the run below.
-    std::vector<stored_token> tokens;
-    tokens.reserve(fuzz_apps.size());
+    std::vector<std::pair<credential_id, stored_token>> values;
+    values.reserve(2 * fuzz_apps.size());
+    const auto store_value = [&](credential_kind kind, const fuzz_app& app, std::string value) {
+      if (value.empty()) return;
+      values.push_back({{kind, app.id}, {std::move(value), clock::now() + std::chrono::hours{24}}});
+      asio::co_spawn(io, store->save(values.back().first, values.back().second), asio::detached);
+    };
     for (const auto& app : fuzz_apps) {
-      if (app.token.empty()) continue;
-      tokens.push_back({app.token, clock::now() + std::chrono::hours{24}});
-      asio::co_spawn(io, store->save(app.id, tokens.back()), asio::detached);
+      store_value(credential_kind::access_token, app, app.token);
+      store_value(credential_kind::jsapi_ticket, app, app.jsapi_ticket);
     }
     io.run();
     io.restart();
@@ -112,17 +119,20 @@ struct fixture {
     for (int turn = 0; turn < 10000 && !tokens_published(); ++turn) {
       io.run_one_for(std::chrono::milliseconds{10});
     }
-    if (!tokens_published()) finding("setup: the stored tokens were not adopted");
+    if (!tokens_published()) finding("setup: the stored tokens and tickets were not adopted");
     guarded = std::make_unique<request_handler>(*apps, settings.clients);
     open = std::make_unique<request_handler>(*apps, std::vector<client_config>{});
   }
 
   bool tokens_published() const {
     const auto set = apps->apps();
+    const auto servable = [](const credential_refresher* credential) {
+      return credential && credential->view()->servable(clock::now());
+    };
     for (const auto& app : fuzz_apps) {
-      if (app.token.empty()) continue;
-      const auto* refresher = set->find(app.id);
-      if (!refresher || !refresher->view()->servable(clock::now())) return false;
+      const auto* entry = set->entry(app.id);
+      if (!app.token.empty() && !servable(entry->token.get())) return false;
+      if (!app.jsapi_ticket.empty() && !servable(entry->jsapi_ticket.get())) return false;
     }
     return true;
   }
@@ -194,7 +204,7 @@ void check_any(const seen_answer& seen) {
 struct asked_for {
   std::string_view label;  // the endpoint's metric label; empty for no endpoint
   std::string app;
-  std::optional<std::string> corpid, corpsecret;
+  std::optional<std::string> corpid, corpsecret, access_token;
 };
 
 asked_for read_request(const request& incoming) {
@@ -207,12 +217,13 @@ asked_for read_request(const request& incoming) {
   if (const auto query = query_parameters::parse(matched.query)) {
     if (const auto* corpid = query->find("corpid")) asked.corpid = *corpid;
     if (const auto* corpsecret = query->find("corpsecret")) asked.corpsecret = *corpsecret;
+    if (const auto* token = query->find("access_token")) asked.access_token = *token;
   }
   return asked;
 }
 
 // The token an answer may hold: the one its request asked for, when it was answered 200.
-const fuzz_app* entitled_app(const asked_for& call, const seen_answer& seen) {
+const fuzz_app* entitled_to_token(const asked_for& call, const seen_answer& seen) {
   if (seen.status != 200) return nullptr;
   for (const auto& app : fuzz_apps) {
     if (call.label == "token" && call.app == app.id) return &app;
@@ -223,13 +234,27 @@ const fuzz_app* entitled_app(const asked_for& call, const seen_answer& seen) {
   return nullptr;
 }
 
+// The same for a jsapi_ticket: asked for by app, or by a token of the app (the drop-in).
+const fuzz_app* entitled_to_ticket(const asked_for& call, const seen_answer& seen) {
+  if (seen.status != 200) return nullptr;
+  for (const auto& app : fuzz_apps) {
+    if (call.label == "jsapi_ticket" && call.app == app.id) return &app;
+    if (call.label == "get_jsapi_ticket" && call.access_token == app.token) return &app;
+  }
+  return nullptr;
+}
+
 void check_answer(const asked_for& call, const answer& outgoing) {
   const auto seen = look_at(outgoing);
   check_any(seen);
-  const auto* entitled = entitled_app(call, seen);
+  const auto* token_owner = entitled_to_token(call, seen);
+  const auto* ticket_owner = entitled_to_ticket(call, seen);
   for (const auto& app : fuzz_apps) {
-    if (!app.token.empty() && &app != entitled && contains(seen, app.token)) {
+    if (!app.token.empty() && &app != token_owner && contains(seen, app.token)) {
       finding("app " + app.id + "'s token in an answer for something else");
+    }
+    if (!app.jsapi_ticket.empty() && &app != ticket_owner && contains(seen, app.jsapi_ticket)) {
+      finding("app " + app.id + "'s ticket in an answer for something else");
     }
   }
   // Short values also occur in answers by chance ("ok"); a longer one is an echo.

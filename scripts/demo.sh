@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: builds token-broker, starts the bundled fake of WeCom (HTTPS, with a CA made for
-# this run) and the broker on config/demo.json, fetches one token with curl, then runs until
-# Ctrl-C. With --once it stops after the first token (CI uses that).
+# this run) and the broker on config/demo.json, fetches one token and one JS-SDK signature with
+# curl, then runs until Ctrl-C. With --once it stops after those (CI uses that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 once=false
@@ -50,11 +50,19 @@ for _ in $(seq 100); do
 done
 [ -n "$answer" ] || { echo "the broker did not hand out a token" >&2; exit 1; }
 
+signature=$(curl -sf -X POST -H 'Content-Type: application/json' \
+  -d '{"url": "https://intranet.example.com/page?id=1#top"}' \
+  http://127.0.0.1:8080/v1/apps/demo/jssdk_signature) ||
+  { echo "the broker did not sign a page" >&2; exit 1; }
+
 echo
 echo "token-broker answered: $answer"
+echo "and signed a page for wx.config and wx.agentConfig: $signature"
 echo
 echo "Try it yourself:"
 echo "  curl -s http://127.0.0.1:8080/v1/apps/demo/token"
+echo "  curl -s http://127.0.0.1:8080/v1/apps/demo/jsapi_ticket"
+echo "  curl -s -d '{\"url\":\"https://intranet.example.com/\"}' http://127.0.0.1:8080/v1/apps/demo/jssdk_signature"
 echo "  curl -s http://127.0.0.1:8080/v1/apps"
 echo
 $once && exit 0

@@ -257,9 +257,7 @@ std::variant<answer, waiting_request> request_handler::jssdk_signature(const cal
   if (auto* problem = std::get_if<std::string>(&read)) {
     return error_response(http::status::bad_request, "bad_request", *problem);
   }
-  auto signs = std::make_shared<const waiting_request::signing>(waiting_request::signing{
-      entry.app, std::move(std::get<signature_request>(read)), entry.jsapi_ticket,
-      entry.agent_ticket});
+  auto& asked = std::get<signature_request>(read);
   const auto now = clock::now();
   auto& reads = reads_of(this);
   const auto servable = [&](const credential_refresher* ticket) -> const credential_view* {
@@ -270,19 +268,21 @@ std::variant<answer, waiting_request> request_handler::jssdk_signature(const cal
   const auto* jsapi = servable(entry.jsapi_ticket.get());
   const auto* agent = servable(entry.agent_ticket.get());
   if ((jsapi || !entry.jsapi_ticket) && (agent || !entry.agent_ticket)) {
-    return signature_answer(*signs, jsapi, agent);
+    return signature_answer(*entry.app, asked, jsapi, agent);
   }
-  return waiting_request{.then = waiting_request::signature, .signs = std::move(signs)};
+  return waiting_request{.then = waiting_request::signature,
+                         .signs = std::make_shared<const waiting_request::signing>(
+                             waiting_request::signing{entry.app, std::move(asked),
+                                                      entry.jsapi_ticket, entry.agent_ticket})};
 }
 
-response request_handler::signature_answer(const waiting_request::signing& signs,
+response request_handler::signature_answer(const app_config& app, const signature_request& asked,
                                            const credential_view* jsapi_ticket,
                                            const credential_view* agent_ticket) {
-  const auto& [app, asked, jsapi, agent] = signs;
   nlohmann::ordered_json body{
-      {"app", app->id},
-      {"corpid", app->corpid},
-      {"agentid", app->agentid ? nlohmann::ordered_json(*app->agentid) : nullptr},
+      {"app", app.id},
+      {"corpid", app.corpid},
+      {"agentid", app.agentid ? nlohmann::ordered_json(*app.agentid) : nullptr},
       {"url", asked.url},
       {"noncestr", asked.noncestr},
       {"timestamp", asked.timestamp},
@@ -297,18 +297,20 @@ response request_handler::signature_answer(const waiting_request::signing& signs
   return json_response(http::status::ok, body.dump());
 }
 
+// Each configured ticket waited for in turn: the second wait is short or none, as both
+// refresh from one token.
 asio::awaitable<answer> request_handler::wait_and_sign(const waiting_request::signing& signs) {
-  std::shared_ptr<const credential_view> seen[2];
-  std::size_t i = 0;
-  for (const auto& ticket : {signs.jsapi_ticket, signs.agent_ticket}) {
-    const auto slot = i++;
-    if (!ticket) continue;
-    auto waiting = ticket->wait_for_token();  // named: g++ 12 mishandles temporaries here
+  const std::array<std::shared_ptr<credential_refresher>, 2> tickets{signs.jsapi_ticket,
+                                                                     signs.agent_ticket};
+  std::array<std::shared_ptr<const credential_view>, 2> seen;
+  for (std::size_t i = 0; i < tickets.size(); ++i) {
+    if (!tickets[i]) continue;
+    auto waiting = tickets[i]->wait_for_token();  // named: g++ 12 mishandles temporaries here
     auto outcome = co_await std::move(waiting);
-    if (!outcome.view) co_return unavailable_response(ticket->id(), outcome);
-    seen[slot] = std::move(outcome.view);
+    if (!outcome.view) co_return unavailable_response(tickets[i]->id(), outcome);
+    seen[i] = std::move(outcome.view);
   }
-  co_return signature_answer(signs, seen[0].get(), seen[1].get());
+  co_return signature_answer(*signs.app, signs.request, seen[0].get(), seen[1].get());
 }
 
 std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call& current) {

@@ -328,6 +328,27 @@ TEST_F(engine_simulation, a_dependent_credential_never_holds_a_slot_while_its_de
   EXPECT_EQ(wecom.calls(corpid_of(0)), 2);
 }
 
+// A cold start with more credentials than tasks run at once (64), half of them tickets: a
+// ticket that started before its token would hold a task while it waits for that token,
+// and enough of them would hold every task, so no token could start. Tokens start first.
+TEST_F(engine_simulation, a_cold_start_with_many_tickets_starts_the_tokens_first) {
+  constexpr int apps = 300;
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 50ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  // The tickets made first: the engine must not start credentials in the order they came.
+  for (int app = 0; app < apps; ++app) broker.tickets.push_back(jsapi_ticket_of(broker.engine, app));
+  broker.start(apps);
+  for (const auto& ticket : broker.tickets) broker.engine.add(ticket);
+  run_for(io_, 3s);
+  int served = 0;
+  for (const auto& ticket : broker.tickets) {
+    if (ticket->view()->servable(simulated_clock::now())) ++served;
+  }
+  EXPECT_EQ(served, apps) << "every ticket within 3 s (300 tokens and 300 tickets, 16 slots, "
+                             "50 ms each: 2 s of calls)";
+  EXPECT_EQ(wecom.calls(), 2 * apps) << "no ticket failed for want of its token";
+}
+
 // SPEC §3 refresh.ticket_calls_per_hour: however many replicas, restarts and reports, the fleet
 // calls for a ticket at most that often in any hour. Once the budget is spent the held ticket
 // is served (reports of it included) until it expires, then nothing until the budget allows.

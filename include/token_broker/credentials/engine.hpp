@@ -92,7 +92,16 @@ class basic_engine {
   std::chrono::milliseconds wait_limit_;
   std::shared_ptr<upstream_caller> upstream_;
   std::map<credential_id, std::shared_ptr<refresher>> registry_;
-  std::set<std::pair<time_point, refresher*>> due_;  // one entry per idle credential
+  // One entry per idle credential, by when it is due; of those due at one time, credentials
+  // others are fetched with (tokens) first: a ticket started before its token would hold one
+  // of the tasks while it waits for that token, and enough of them would hold them all.
+  struct due_entry {
+    time_point at;
+    bool dependent;
+    refresher* credential;
+    auto operator<=>(const due_entry&) const = default;
+  };
+  std::set<due_entry> due_;
   std::size_t running_ = 0;                          // tasks of credentials under way
   std::size_t ended_since_trim_ = 0;
   timer wake_;

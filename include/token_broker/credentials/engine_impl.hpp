@@ -135,7 +135,7 @@ std::vector<std::shared_ptr<basic_refresher<Clock>>> basic_engine<Clock>::all() 
 template <class Clock>
 void basic_engine<Clock>::unqueue(refresher& credential) {
   if (auto& queued = credential.queued_at()) {
-    due_.erase({*queued, &credential});
+    due_.erase({*queued, credential.dependent(), &credential});
     queued.reset();
   }
 }
@@ -146,7 +146,7 @@ void basic_engine<Clock>::plan(refresher& credential) {
   // A busy one plans again when its task ends; an ended one (removed, replaced) never again.
   if (stopping_ || credential.busy() || credential.ended()) return;
   const auto at = credential.next_attempt_at();
-  due_.emplace(at, &credential);
+  due_.insert({at, credential.dependent(), &credential});
   credential.queued_at() = at;
   if (at < wake_at_) wake_.cancel();  // the scheduler sleeps past it: wake it to re-plan
 }
@@ -170,8 +170,8 @@ template <class Clock>
 asio::awaitable<void> basic_engine<Clock>::run() {
   while (!stopping_) {
     const auto now = Clock::now();
-    while (!due_.empty() && due_.begin()->first <= now && running_ < engine_detail::max_running) {
-      auto* credential = due_.begin()->second;
+    while (!due_.empty() && due_.begin()->at <= now && running_ < engine_detail::max_running) {
+      auto* credential = due_.begin()->credential;
       due_.erase(due_.begin());
       credential->queued_at().reset();
       credential->set_running(true);
@@ -189,7 +189,7 @@ asio::awaitable<void> basic_engine<Clock>::run() {
     }
     // With every task slot taken, the next to end wakes the scheduler.
     const bool full = running_ >= engine_detail::max_running;
-    wake_at_ = std::min(due_.empty() || full ? time_point::max() : due_.begin()->first,
+    wake_at_ = std::min(due_.empty() || full ? time_point::max() : due_.begin()->at,
                         now + engine_detail::max_sleep);
     wake_.expires_at(wake_at_);
     co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -205,7 +205,7 @@ void basic_engine<Clock>::task_ended(refresher& credential) {
   plan(credential);
   // Refreshes that came due while every slot was taken start now (one planned earlier than
   // the scheduler's wake-up has woken it already: plan()).
-  if (!due_.empty() && due_.begin()->first <= Clock::now()) {
+  if (!due_.empty() && due_.begin()->at <= Clock::now()) {
     wake_.cancel();
   } else if (running_ == 0 && ended_since_trim_ >= engine_detail::burst) {
     // A burst is over (a start, a reload, a wave of refreshes): the heap it grew is free

@@ -73,6 +73,8 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   // How answers and metrics name it: its scope (an app id).
   const std::string& label() const { return id_.scope; }
   const credential_source& source() const { return *source_; }
+  // Fetched with another credential's value (source().dependency()).
+  bool dependent() const { return dependent_; }
   std::shared_ptr<const credential_view> view() const { return view_.load(); }
   // For the hot path: read through a published<credential_view>::reader.
   const published<credential_view>& published_view() const { return view_; }
@@ -136,6 +138,7 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   engine_type& engine_;
   const credential_id id_;
   const std::unique_ptr<credential_source> source_;
+  const bool dependent_;
 
   // Everything below is touched only on the engine's strand.
   token_lifecycle lifecycle_;

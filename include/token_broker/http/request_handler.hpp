@@ -88,7 +88,8 @@ class request_handler {
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   asio::awaitable<answer> wait_and_sign(const waiting_request::signing& signs);
-  static response signature_answer(const waiting_request::signing& signs,
+  // 200 with a signature per ticket given (null: not configured).
+  static response signature_answer(const app_config& app, const signature_request& asked,
                                    const credential_view* jsapi_ticket,
                                    const credential_view* agent_ticket);
   static response internal_error();
