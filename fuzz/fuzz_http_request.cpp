@@ -185,8 +185,16 @@ bool contains(const seen_answer& seen, std::string_view text) {
   return seen.head.find(text) != std::string::npos || seen.body.find(text) != std::string::npos;
 }
 
-// What every answer must be, whatever was asked.
-void check_any(const seen_answer& seen) {
+// `value` in the answer, and not because the request carried it: an answer may echo what the
+// caller sent (a signature's url and noncestr), which is no leak.
+bool leaked(const seen_answer& seen, const request* incoming, std::string_view value) {
+  return contains(seen, value) &&
+         (!incoming || (incoming->target().find(value) == std::string_view::npos &&
+                        incoming->body().find(value) == std::string::npos));
+}
+
+// What every answer must be, whatever was asked (`incoming`: null for an unreadable one).
+void check_any(const seen_answer& seen, const request* incoming) {
   static constexpr unsigned api_statuses[] = {200, 400, 401, 403, 404, 405, 413, 431, 503};
   if (std::find(std::begin(api_statuses), std::end(api_statuses), seen.status) ==
       std::end(api_statuses)) {
@@ -194,10 +202,11 @@ void check_any(const seen_answer& seen) {
   }
   if (seen.json && !nlohmann::json::accept(seen.body)) finding("a JSON body that is not JSON");
   for (const auto& app : fuzz_apps) {
-    if (contains(seen, app.secret)) finding("app " + app.id + "'s secret in an answer");
+    if (leaked(seen, incoming, app.secret)) finding("app " + app.id + "'s secret in an answer");
   }
-  if (contains(seen, billing_key) || contains(seen, admin_key))
+  if (leaked(seen, incoming, billing_key) || leaked(seen, incoming, admin_key)) {
     finding("a client key in an answer");
+  }
 }
 
 // What a request asked for, as the route table reads it.
@@ -244,16 +253,17 @@ const fuzz_app* entitled_to_ticket(const asked_for& call, const seen_answer& see
   return nullptr;
 }
 
-void check_answer(const asked_for& call, const answer& outgoing) {
+void check_answer(const asked_for& call, const request& incoming, const answer& outgoing) {
   const auto seen = look_at(outgoing);
-  check_any(seen);
+  check_any(seen, &incoming);
   const auto* token_owner = entitled_to_token(call, seen);
   const auto* ticket_owner = entitled_to_ticket(call, seen);
   for (const auto& app : fuzz_apps) {
-    if (!app.token.empty() && &app != token_owner && contains(seen, app.token)) {
+    if (!app.token.empty() && &app != token_owner && leaked(seen, &incoming, app.token)) {
       finding("app " + app.id + "'s token in an answer for something else");
     }
-    if (!app.jsapi_ticket.empty() && &app != ticket_owner && contains(seen, app.jsapi_ticket)) {
+    if (!app.jsapi_ticket.empty() && &app != ticket_owner &&
+        leaked(seen, &incoming, app.jsapi_ticket)) {
       finding("app " + app.id + "'s ticket in an answer for something else");
     }
   }
@@ -270,7 +280,9 @@ void answer_request(const request& incoming) {
   for (auto* handler : {state->guarded.get(), state->open.get()}) {
     auto decided = handler->answer_or_wait(incoming);
     // A waiting request's answer needs the io_context to run: not fuzzed here.
-    if (const auto* outgoing = std::get_if<answer>(&decided)) check_answer(call, *outgoing);
+    if (const auto* outgoing = std::get_if<answer>(&decided)) {
+      check_answer(call, incoming, *outgoing);
+    }
   }
 }
 
@@ -278,7 +290,7 @@ void refuse_unreadable(const error_code& error) {
   for (auto* handler : {state->guarded.get(), state->open.get()}) {
     if (const auto refusal = handler->answer_unreadable(error)) {
       const auto seen = look_at(answer(*refusal));
-      check_any(seen);
+      check_any(seen, nullptr);
       if (seen.status != 400 && seen.status != 413 && seen.status != 431) {
         finding("an unreadable request answered " + std::to_string(seen.status));
       }

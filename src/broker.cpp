@@ -110,8 +110,8 @@ std::shared_ptr<credential_refresher> broker::make_refresher(
 // new ones, every credential of the app starts over and proves them (origin
 // credentials_changed: nothing is adopted from the store, which holds the old ones' values).
 app_entry broker::make_entry(std::shared_ptr<const app_config> app, const app_entry* existing) {
-  const bool same_credentials = existing && existing->app->corpid == app->corpid &&
-                                existing->app->secret == app->secret;
+  const bool same_credentials =
+      existing && existing->app->corpid == app->corpid && existing->app->secret == app->secret;
   const auto how = existing && !same_credentials ? credential_refresher::origin::credentials_changed
                                                  : credential_refresher::origin::configured;
   const auto keep_or_make = [&](credential_kind kind, bool configured) {

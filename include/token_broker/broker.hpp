@@ -1,6 +1,6 @@
 // The configured apps and the engine that keeps their credentials fresh: what the HTTP side
-// asks for tokens and tickets. The set of apps is immutable and replaced whole by a reload, so a request
-// sees one config, old or new.
+// asks for tokens and tickets. The set of apps is immutable and replaced whole by a reload, so a
+// request sees one config, old or new.
 #pragma once
 
 #include <map>

@@ -496,8 +496,8 @@ void read_tickets(const json& value, const std::string& path, app_config& app) {
   for (std::size_t i = 0; i < value.size(); ++i) {
     const auto name = read_string(value[i], element(field, i), rule);
     if (name != "jsapi" && name != "agent_config") {
-      throw config_error(element(field, i), "unknown ticket \"" + printable(name) + "\": " +
-                                                std::string(rule));
+      throw config_error(element(field, i),
+                         "unknown ticket \"" + printable(name) + "\": " + std::string(rule));
     }
     bool& wanted = name == "jsapi" ? app.jsapi_ticket : app.agent_ticket;
     if (wanted) throw config_error(element(field, i), "\"" + name + "\" is listed twice");

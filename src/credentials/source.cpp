@@ -30,8 +30,8 @@ fetch_result gettoken_source::read(const upstream_response& answer) const {
 }
 
 upstream_request ticket_source::request(std::string_view access_token) const {
-  std::string target = kind_ == credential_kind::jsapi_ticket ? "/cgi-bin/get_jsapi_ticket"
-                                                              : "/cgi-bin/ticket/get";
+  std::string target =
+      kind_ == credential_kind::jsapi_ticket ? "/cgi-bin/get_jsapi_ticket" : "/cgi-bin/ticket/get";
   target += "?access_token=";
   percent_encode(target, access_token);
   if (kind_ == credential_kind::agent_ticket) target += "&type=agent_config";

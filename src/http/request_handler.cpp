@@ -249,9 +249,9 @@ std::variant<answer, waiting_request> request_handler::invalidate(const call& cu
 std::variant<answer, waiting_request> request_handler::jssdk_signature(const call& current) {
   const auto& entry = *current.app;
   if (!entry.jsapi_ticket && !entry.agent_ticket) {
-    return error_response(http::status::not_found, "not_configured",
-                          "app " + entry.app->id + " has no ticket configured (apps." +
-                              entry.app->id + ".tickets)");
+    return error_response(
+        http::status::not_found, "not_configured",
+        "app " + entry.app->id + " has no ticket configured (apps." + entry.app->id + ".tickets)");
   }
   auto read = read_signature_request(current.incoming.body(), unix_seconds(wall_clock::now()));
   if (auto* problem = std::get_if<std::string>(&read)) {
@@ -270,10 +270,10 @@ std::variant<answer, waiting_request> request_handler::jssdk_signature(const cal
   if ((jsapi || !entry.jsapi_ticket) && (agent || !entry.agent_ticket)) {
     return signature_answer(*entry.app, asked, jsapi, agent);
   }
-  return waiting_request{.then = waiting_request::signature,
-                         .signs = std::make_shared<const waiting_request::signing>(
-                             waiting_request::signing{entry.app, std::move(asked),
-                                                      entry.jsapi_ticket, entry.agent_ticket})};
+  return waiting_request{
+      .then = waiting_request::signature,
+      .signs = std::make_shared<const waiting_request::signing>(waiting_request::signing{
+          entry.app, std::move(asked), entry.jsapi_ticket, entry.agent_ticket})};
 }
 
 response request_handler::signature_answer(const app_config& app, const signature_request& asked,

@@ -71,9 +71,9 @@ response unavailable_response(const credential_id& id, const token_outcome& outc
   nlohmann::ordered_json body{{"error", "unavailable"}};
   const auto missing = "no valid " + std::string(to_string(id.kind)) + " for app " + id.scope;
   if (outcome.failure) {
-    body["message"] = missing + (outcome.failure->kind == failure_class::rationed
-                                     ? ": its call budget is spent"
-                                     : ": upstream failing");
+    body["message"] =
+        missing + (outcome.failure->kind == failure_class::rationed ? ": its call budget is spent"
+                                                                    : ": upstream failing");
     body["errcode"] = outcome.failure->errcode;
     body["errmsg"] = outcome.failure->errmsg;
   } else {

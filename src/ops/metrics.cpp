@@ -149,14 +149,14 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
   append_metric_header(out, "token_broker_token_expiry_timestamp_seconds", "gauge",
                        "Unix time at which the servable credential expires; 0 when there is none.");
   const auto now = clock::now();
-  each_credential([&](const std::string& app, std::string_view kind,
-                      const credential_refresher& credential) {
-    const auto view = credential.view();
-    const token* current = view->servable(now);
-    fmt::format_to(std::back_inserter(out),
-                   "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"{}\"}} {}\n",
-                   app, kind, current ? unix_seconds(current->expires_at_wall) : 0);
-  });
+  each_credential(
+      [&](const std::string& app, std::string_view kind, const credential_refresher& credential) {
+        const auto view = credential.view();
+        const token* current = view->servable(now);
+        fmt::format_to(std::back_inserter(out),
+                       "token_broker_token_expiry_timestamp_seconds{{app=\"{}\",kind=\"{}\"}} {}\n",
+                       app, kind, current ? unix_seconds(current->expires_at_wall) : 0);
+      });
   if (redis_up) {
     append_metric_header(out, "token_broker_redis_up", "gauge",
                          "1 while the connection to Redis is up.");

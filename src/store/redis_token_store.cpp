@@ -281,7 +281,7 @@ asio::awaitable<void> redis_token_store::release_refresh(const credential_id& id
 }
 
 asio::awaitable<call_budget_answer> redis_token_store::spend_call(const credential_id& id,
-                                                                 unsigned limit) {
+                                                                  unsigned limit) {
   std::vector<std::string> keys{internal_key("calls", id)};
   std::vector<std::string> arguments{std::to_string(limit),
                                      std::to_string(call_budget_window.count()),

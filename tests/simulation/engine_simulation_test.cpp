@@ -308,7 +308,8 @@ TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_re
 // With one upstream slot (every slot busy, as in a backlog), a ticket whose call meets a revoked
 // token gives its slot back while the token is refreshed: holding it would stall both until
 // the wait limit.
-TEST_F(engine_simulation, a_dependent_credential_never_holds_a_slot_while_its_dependency_refreshes) {
+TEST_F(engine_simulation,
+       a_dependent_credential_never_holds_a_slot_while_its_dependency_refreshes) {
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
   auto& broker =
       add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{}, 5000ms, 1);
@@ -336,7 +337,8 @@ TEST_F(engine_simulation, a_cold_start_with_many_tickets_starts_the_tokens_first
   simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 50ms);
   auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
   // The tickets made first: the engine must not start credentials in the order they came.
-  for (int app = 0; app < apps; ++app) broker.tickets.push_back(jsapi_ticket_of(broker.engine, app));
+  for (int app = 0; app < apps; ++app)
+    broker.tickets.push_back(jsapi_ticket_of(broker.engine, app));
   broker.start(apps);
   for (const auto& ticket : broker.tickets) broker.engine.add(ticket);
   run_for(io_, 3s);

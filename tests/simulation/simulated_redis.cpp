@@ -104,10 +104,9 @@ std::size_t simulated_redis::calls_counted(const credential_id& key) const {
   const auto found = calls_.find(key);
   if (found == calls_.end()) return 0;
   const auto now = simulated_clock::now();
-  return static_cast<std::size_t>(std::count_if(found->second.begin(), found->second.end(),
-                                                [&](time_point call) {
-                                                  return call > now - call_budget_window;
-                                                }));
+  return static_cast<std::size_t>(
+      std::count_if(found->second.begin(), found->second.end(),
+                    [&](time_point call) { return call > now - call_budget_window; }));
 }
 
 void simulated_redis::announce(const std::optional<credential_id>& key) {
@@ -170,7 +169,7 @@ asio::awaitable<void> simulated_store::release_refresh(const credential_id& key,
 }
 
 asio::awaitable<call_budget_answer> simulated_store::spend_call(const credential_id& key,
-                                                              unsigned limit) {
+                                                                unsigned limit) {
   co_await round_trip();
   if (!redis_.up()) co_return call_budget_answer{};
   co_return redis_.spend_call(key, limit);

@@ -88,8 +88,7 @@ class simulated_store final : public token_store {
       const credential_id& key, bool forced, std::chrono::milliseconds call_timeout) override;
   asio::awaitable<void> release_refresh(const credential_id& key,
                                         std::chrono::milliseconds cool_down) override;
-  asio::awaitable<call_budget_answer> spend_call(const credential_id& key,
-                                                 unsigned limit) override;
+  asio::awaitable<call_budget_answer> spend_call(const credential_id& key, unsigned limit) override;
 
  private:
   simulated_redis& redis_;

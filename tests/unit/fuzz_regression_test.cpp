@@ -33,8 +33,8 @@ bool is_valid_utf8(const std::string& text) {
 TEST(fuzz_regression, long_errmsg_is_cut_between_characters) {
   std::string errmsg = "不合法的access_token，";
   for (int i = 0; i < 60; ++i) errmsg += "请检查";
-  const auto parsed =
-      parse_credential_answer("access_token", 200, nlohmann::json{{"errcode", 40014}, {"errmsg", errmsg}}.dump());
+  const auto parsed = parse_credential_answer(
+      "access_token", 200, nlohmann::json{{"errcode", 40014}, {"errmsg", errmsg}}.dump());
   const auto& failure = std::get<fetch_failure>(parsed);
   EXPECT_EQ(failure.errcode, 40014);
   EXPECT_LE(failure.errmsg.size(), 256u);
@@ -46,12 +46,14 @@ TEST(fuzz_regression, long_errmsg_is_cut_between_characters) {
 // errcode-2-32.bin: get<int>() wrapped errcode 4294967296 to 0, and the failed answer's
 // access_token was taken for a token.
 TEST(fuzz_regression, errcode_beyond_int_is_not_success) {
-  const auto parsed = parse_credential_answer("access_token", 
-      200, R"({"errcode":4294967296,"errmsg":"not ok","access_token":"t","expires_in":7200})");
+  const auto parsed = parse_credential_answer(
+      "access_token", 200,
+      R"({"errcode":4294967296,"errmsg":"not ok","access_token":"t","expires_in":7200})");
   ASSERT_TRUE(std::holds_alternative<fetch_failure>(parsed));
   EXPECT_EQ(std::get<fetch_failure>(parsed).errcode, local_failure_errcode);
 
-  const auto negative = parse_credential_answer("access_token", 200, R"({"errcode":-4294967296,"errmsg":"x"})");
+  const auto negative =
+      parse_credential_answer("access_token", 200, R"({"errcode":-4294967296,"errmsg":"x"})");
   EXPECT_EQ(std::get<fetch_failure>(negative).errcode, local_failure_errcode);
 }
 

@@ -102,7 +102,7 @@ class basic_engine {
     auto operator<=>(const due_entry&) const = default;
   };
   std::set<due_entry> due_;
-  std::size_t running_ = 0;                          // tasks of credentials under way
+  std::size_t running_ = 0;  // tasks of credentials under way
   std::size_t ended_since_trim_ = 0;
   timer wake_;
   time_point wake_at_{};

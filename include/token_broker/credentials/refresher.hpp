@@ -10,8 +10,8 @@
 #include <memory>
 #include <optional>
 #include <random>
-#include <variant>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "token_broker/core/asio.hpp"

@@ -1,6 +1,7 @@
 // The life of one credential (an app's token, a ticket…) as pure decisions: when to call
 // upstream, what a fetch result means, what may be handed out. No I/O and no clock of its own:
-// time comes in as arguments, and so does randomness (a "unit" in [0, 1)), so every rule is unit-tested deterministically.
+// time comes in as arguments, and so does randomness (a "unit" in [0, 1)), so every rule is
+// unit-tested deterministically.
 #pragma once
 
 #include <chrono>

@@ -45,7 +45,7 @@ class request_handler {
     const request& incoming;
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
-    const app_entry* app;  // the path's {app}, checked against the config and the client
+    const app_entry* app;         // the path's {app}, checked against the config and the client
   };
   using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
   struct endpoint {

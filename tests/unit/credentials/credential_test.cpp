@@ -15,8 +15,8 @@ using namespace std::chrono_literals;
 const time_point t0 = time_point{} + std::chrono::hours{24 * 365};
 
 TEST(credential, kinds_carry_the_names_of_the_contract) {
-  for (const auto kind :
-       {credential_kind::access_token, credential_kind::jsapi_ticket, credential_kind::agent_ticket}) {
+  for (const auto kind : {credential_kind::access_token, credential_kind::jsapi_ticket,
+                          credential_kind::agent_ticket}) {
     EXPECT_EQ(credential_kind_named(to_string(kind)), kind);
   }
   EXPECT_EQ(to_string(credential_id{credential_kind::jsapi_ticket, "hr"}), "jsapi_ticket:hr");

@@ -37,8 +37,8 @@ TEST(jssdk_signature, signs_the_url_without_its_fragment) {
 TEST(jssdk_signature, refuses_what_is_not_an_absolute_http_url) {
   for (const std::string& bad : std::vector<std::string>{
            "", "/relative/page", "mp.weixin.qq.com", "ftp://example.com/", "https://",
-        "https:///path", "https://#x", "javascript:alert(1)", "https://exa mple.com/",
-        "https://example.com/\n", "https://example.com/" + std::string(2030, 'a')}) {
+           "https:///path", "https://#x", "javascript:alert(1)", "https://exa mple.com/",
+           "https://example.com/\n", "https://example.com/" + std::string(2030, 'a')}) {
     EXPECT_FALSE(signable_url(bad)) << bad;
   }
   EXPECT_TRUE(signable_url("https://example.com/" + std::string(2028, 'a'))) << "2048 bytes";

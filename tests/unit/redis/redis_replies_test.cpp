@@ -78,8 +78,7 @@ TEST(redis_replies, budget_answers_grant_or_name_the_wait) {
   const auto spent = call_budget_from(read_reply("*2\r\n:0\r\n:1500\r\n"));
   EXPECT_EQ(spent.outcome, verdict::spent);
   EXPECT_EQ(spent.wait, std::chrono::milliseconds{1500});
-  EXPECT_EQ(call_budget_from(read_reply("*2\r\n:0\r\n:99999999999\r\n")).wait,
-            call_budget_window)
+  EXPECT_EQ(call_budget_from(read_reply("*2\r\n:0\r\n:99999999999\r\n")).wait, call_budget_window)
       << "never a wait longer than the window";
   EXPECT_EQ(call_budget_from(read_reply("*1\r\n:1\r\n")).outcome, verdict::not_counted);
   EXPECT_EQ(call_budget_from(read_reply("$2\r\nok\r\n")).outcome, verdict::not_counted);

@@ -13,24 +13,29 @@ const fetch_failure& failure_of(const std::variant<issued_token, fetch_failure>&
 }
 
 TEST(upstream_answer, success) {
-  const auto parsed = parse_credential_answer("access_token", 
-      200, R"({"errcode":0,"errmsg":"ok","access_token":"abc-DEF_123","expires_in":7200})");
+  const auto parsed = parse_credential_answer(
+      "access_token", 200,
+      R"({"errcode":0,"errmsg":"ok","access_token":"abc-DEF_123","expires_in":7200})");
   const auto& answer = std::get<issued_token>(parsed);
   EXPECT_EQ(answer.value, "abc-DEF_123");
   EXPECT_EQ(answer.expires_in, 7200s);
 }
 
 TEST(upstream_answer, wecom_errors_keep_errcode_errmsg_and_class) {
-  const auto parsed =
-      parse_credential_answer("access_token", 200, R"({"errcode":40001,"errmsg":"invalid secret, hint: [x]"})");
+  const auto parsed = parse_credential_answer(
+      "access_token", 200, R"({"errcode":40001,"errmsg":"invalid secret, hint: [x]"})");
   EXPECT_EQ(failure_of(parsed).errcode, 40001);
   EXPECT_EQ(failure_of(parsed).errmsg, "invalid secret, hint: [x]");
   EXPECT_EQ(failure_of(parsed).kind, failure_class::configuration);
 
-  EXPECT_EQ(failure_of(parse_credential_answer("access_token", 200, R"({"errcode":45009,"errmsg":"x"})")).kind,
-            failure_class::throttled);
-  EXPECT_EQ(failure_of(parse_credential_answer("access_token", 200, R"({"errcode":-1,"errmsg":"busy"})")).kind,
-            failure_class::transient);
+  EXPECT_EQ(
+      failure_of(parse_credential_answer("access_token", 200, R"({"errcode":45009,"errmsg":"x"})"))
+          .kind,
+      failure_class::throttled);
+  EXPECT_EQ(
+      failure_of(parse_credential_answer("access_token", 200, R"({"errcode":-1,"errmsg":"busy"})"))
+          .kind,
+      failure_class::transient);
 }
 
 TEST(upstream_answer, long_errmsg_is_cut) {
@@ -89,8 +94,9 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(upstream_answer, token_of_512_bytes_is_accepted) {
   const auto parsed =
-      parse_credential_answer("access_token", 200, R"({"errcode":0,"errmsg":"ok","access_token":")" +
-                                     std::string(512, 'a') + R"(","expires_in":7200})");
+      parse_credential_answer("access_token", 200,
+                              R"({"errcode":0,"errmsg":"ok","access_token":")" +
+                                  std::string(512, 'a') + R"(","expires_in":7200})");
   EXPECT_TRUE(std::holds_alternative<issued_token>(parsed));
 }
 
