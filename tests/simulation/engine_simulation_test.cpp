@@ -278,6 +278,39 @@ TEST_F(engine_simulation, concurrent_reports_of_a_revoked_token_share_one_refres
   EXPECT_EQ(wecom.calls(corpid_of(0)), 2) << "a stale report calls nothing";
 }
 
+// A replica that has not heard of another's new value yet (its event on the way) is told that
+// value is dead: it looks at the store before it answers, rather than hand back the older
+// value it holds, and the report is compare-and-refresh against the store's value, as it would
+// be at the replica that fetched it.
+TEST_F(engine_simulation, a_report_of_a_value_not_held_looks_at_the_store_first) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 50ms);
+  simulated_redis redis(io_);
+  start_replicas(2, redis, wecom, 1);
+  run_for(io_, 1s);
+  auto& first = *replicas_[0];
+  auto& second = *replicas_[1];
+  const auto revoked = first.served(0)->value;
+  wecom.revoke(corpid_of(0));
+
+  token_outcome renewed;
+  asio::co_spawn(io_, first.tokens[0]->invalidate(revoked),
+                 [&renewed](std::exception_ptr, token_outcome outcome) { renewed = outcome; });
+  // Until the first replica has its answer: the second has not compared with the store yet
+  // (it gathers events for 10 ms).
+  while (!renewed.view) run_for(io_, 1ms);
+  const auto replacement = renewed.view->current->value;
+  ASSERT_EQ(second.served(0)->value, revoked) << "the second replica is behind";
+
+  token_outcome answered;
+  asio::co_spawn(io_, second.tokens[0]->invalidate(replacement),
+                 [&answered](std::exception_ptr, token_outcome outcome) { answered = outcome; });
+  while (!answered.view) run_for(io_, 1ms);
+  EXPECT_NE(answered.view->current->value, revoked) << "never the value reported dead first";
+  EXPECT_NE(answered.view->current->value, replacement);
+  EXPECT_TRUE(wecom.valid(corpid_of(0), answered.view->current->value));
+  EXPECT_EQ(wecom.calls(corpid_of(0)), 3) << "one refresh per report of a current value";
+}
+
 // A credential fetched with another's value: when upstream rejects that value, it is reported
 // (its refresher fetches a new one) and the call is made once more with the new one.
 TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_retries_once) {
