@@ -279,22 +279,13 @@ response request_handler::signature_answer(const waiting_request::signing& signs
                                            const credential_view* jsapi_ticket,
                                            const credential_view* agent_ticket) {
   const auto& [app, asked, jsapi, agent] = signs;
-  nlohmann::ordered_json body{
-      {"app", app->id},
-      {"corpid", app->corpid},
-      {"agentid", app->agentid ? nlohmann::ordered_json(*app->agentid) : nullptr},
-      {"url", asked.url},
-      {"noncestr", asked.noncestr},
-      {"timestamp", asked.timestamp},
+  const auto ticket_of = [](const credential_view* ticket) -> std::optional<std::string_view> {
+    if (!ticket) return std::nullopt;
+    return ticket->current->value;
   };
-  const auto sign = [&](const credential_view& ticket) {
-    return nlohmann::ordered_json{
-        {"signature", token_broker::jssdk_signature(ticket.current->value, asked.noncestr,
-                                                    asked.timestamp, asked.url)}};
-  };
-  if (jsapi_ticket) body["config"] = sign(*jsapi_ticket);
-  if (agent_ticket) body["agent_config"] = sign(*agent_ticket);
-  return json_response(http::status::ok, body.dump());
+  return json_response(http::status::ok, token_broker::signature_answer(
+                                             app->id, app->corpid, app->agentid, asked,
+                                             ticket_of(jsapi_ticket), ticket_of(agent_ticket)));
 }
 
 asio::awaitable<answer> request_handler::wait_and_sign(const waiting_request::signing& signs) {
