@@ -43,6 +43,26 @@ bool is_plain_word(std::string_view text) {
   return std::all_of(text.begin(), text.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
+// `text` as a JSON string. Written by hand rather than through a JSON tree, which took about
+// a fifth of the signature route's time.
+void append_json_string(std::string& out, std::string_view text) {
+  static constexpr std::string_view hex = "0123456789abcdef";
+  out += '"';
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += "\\u00";
+      out += hex[(c >> 4) & 0xf];
+      out += hex[c & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
 }  // namespace
 
 std::string jssdk_signature(std::string_view ticket, std::string_view noncestr,
@@ -54,6 +74,35 @@ std::string jssdk_signature(std::string_view ticket, std::string_view noncestr,
   signed_text.append("&timestamp=").append(std::to_string(timestamp));
   signed_text.append("&url=").append(url);
   return sha1_hex(signed_text);
+}
+
+std::string signature_answer(std::string_view app, std::string_view corpid,
+                             std::optional<std::int64_t> agentid, const signature_request& asked,
+                             std::optional<std::string_view> jsapi_ticket,
+                             std::optional<std::string_view> agent_ticket) {
+  std::string body;
+  body.reserve(256 + app.size() + corpid.size() + asked.url.size() + asked.noncestr.size());
+  body += R"({"app":)";
+  append_json_string(body, app);
+  body += R"(,"corpid":)";
+  append_json_string(body, corpid);
+  body += R"(,"agentid":)";
+  body += agentid ? std::to_string(*agentid) : "null";
+  body += R"(,"url":)";
+  append_json_string(body, asked.url);
+  body += R"(,"noncestr":)";
+  append_json_string(body, asked.noncestr);
+  body += R"(,"timestamp":)";
+  body += std::to_string(asked.timestamp);
+  const auto append_part = [&](std::string_view member, std::string_view ticket) {
+    body.append(",\"").append(member).append(R"(":{"signature":")");
+    body += jssdk_signature(ticket, asked.noncestr, asked.timestamp, asked.url);
+    body += "\"}";
+  };
+  if (jsapi_ticket) append_part("config", *jsapi_ticket);
+  if (agent_ticket) append_part("agent_config", *agent_ticket);
+  body += '}';
+  return body;
 }
 
 std::optional<std::string_view> signable_url(std::string_view url) {

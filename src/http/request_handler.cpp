@@ -279,22 +279,13 @@ std::variant<answer, waiting_request> request_handler::jssdk_signature(const cal
 response request_handler::signature_answer(const app_config& app, const signature_request& asked,
                                            const credential_view* jsapi_ticket,
                                            const credential_view* agent_ticket) {
-  nlohmann::ordered_json body{
-      {"app", app.id},
-      {"corpid", app.corpid},
-      {"agentid", app.agentid ? nlohmann::ordered_json(*app.agentid) : nullptr},
-      {"url", asked.url},
-      {"noncestr", asked.noncestr},
-      {"timestamp", asked.timestamp},
+  const auto ticket_of = [](const credential_view* ticket) -> std::optional<std::string_view> {
+    if (!ticket) return std::nullopt;
+    return ticket->current->value;
   };
-  const auto sign = [&](const credential_view& ticket) {
-    return nlohmann::ordered_json{
-        {"signature", token_broker::jssdk_signature(ticket.current->value, asked.noncestr,
-                                                    asked.timestamp, asked.url)}};
-  };
-  if (jsapi_ticket) body["config"] = sign(*jsapi_ticket);
-  if (agent_ticket) body["agent_config"] = sign(*agent_ticket);
-  return json_response(http::status::ok, body.dump());
+  return json_response(http::status::ok, token_broker::signature_answer(
+                                             app.id, app.corpid, app.agentid, asked,
+                                             ticket_of(jsapi_ticket), ticket_of(agent_ticket)));
 }
 
 // Each configured ticket waited for in turn: the second wait is short or none, as both

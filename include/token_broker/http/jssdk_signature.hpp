@@ -27,6 +27,14 @@ struct signature_request {
 std::variant<signature_request, std::string> read_signature_request(std::string_view body,
                                                                     std::int64_t now_unix);
 
+// The answer (SPEC §4): {"app","corpid","agentid","url","noncestr","timestamp",
+// "config":{"signature"},"agent_config":{"signature"}}, "config" present when a jsapi ticket
+// is given, "agent_config" when an agent_config ticket is; agentid null when there is none.
+std::string signature_answer(std::string_view app, std::string_view corpid,
+                             std::optional<std::int64_t> agentid, const signature_request& asked,
+                             std::optional<std::string_view> jsapi_ticket,
+                             std::optional<std::string_view> agent_ticket);
+
 // `url` as signed: an absolute http(s) URL of at most 2048 bytes with a host, no whitespace or
 // control characters, cut at its '#'; nullopt when it is not one.
 std::optional<std::string_view> signable_url(std::string_view url);

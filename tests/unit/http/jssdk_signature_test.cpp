@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,46 @@ TEST(jssdk_signature, names_what_is_wrong_with_a_request) {
             std::string::npos);
   EXPECT_NE(problem(R"({"url":"https://a.example/","timestamp":1.5})").find("timestamp"),
             std::string::npos);
+}
+
+// The answer is written by hand for speed: byte for byte what a JSON library writes, escapes
+// included, with each part only when its ticket is there.
+TEST(jssdk_signature, answer_is_the_json_a_library_would_write) {
+  const signature_request asked{
+      .url = R"(https://a.example/p?q="x"\y)", .noncestr = R"(n"o\nce)", .timestamp = 1414587457};
+  const std::string corpid =
+      "ww\x01"
+      "corp\x1f";  // control characters go out as \u00XX
+  const auto expected = [&](std::optional<std::int64_t> agentid, const char* jsapi,
+                            const char* agent) {
+    nlohmann::ordered_json body{{"app", "hr"},
+                                {"corpid", corpid},
+                                {"agentid", agentid ? nlohmann::ordered_json(*agentid) : nullptr},
+                                {"url", asked.url},
+                                {"noncestr", asked.noncestr},
+                                {"timestamp", asked.timestamp}};
+    const auto sign = [&](const char* ticket) {
+      return nlohmann::ordered_json{
+          {"signature", jssdk_signature(ticket, asked.noncestr, asked.timestamp, asked.url)}};
+    };
+    if (jsapi) body["config"] = sign(jsapi);
+    if (agent) body["agent_config"] = sign(agent);
+    return body.dump();
+  };
+  EXPECT_EQ(signature_answer("hr", corpid, 1000002, asked, "ticket-j", "ticket-a"),
+            expected(1000002, "ticket-j", "ticket-a"));
+  EXPECT_EQ(signature_answer("hr", corpid, std::nullopt, asked, "ticket-j", std::nullopt),
+            expected(std::nullopt, "ticket-j", nullptr));
+  EXPECT_EQ(signature_answer("hr", corpid, 7, asked, std::nullopt, "ticket-a"),
+            expected(7, nullptr, "ticket-a"));
+  const auto vector = nlohmann::json::parse(signature_answer(
+      "hr", "ww", std::nullopt,
+      {.url = "http://mp.weixin.qq.com?params=value",
+       .noncestr = "Wm3WZYTPz0wzccnW",
+       .timestamp = 1414587457},
+      "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg",
+      std::nullopt));
+  EXPECT_EQ(vector["config"]["signature"], "0f9de62fce790f9a083d5c99e95740ceb90c27ed");
 }
 
 }  // namespace
