@@ -368,17 +368,19 @@ asio::awaitable<token_outcome> basic_refresher<Clock>::invalidate(std::string va
 
 // A report of a value this replica does not hold may name one another replica has fetched
 // since (its event still on the way) and the caller has found dead: the store is looked at
-// before the held value is handed back. Without a shared store, or while a refresh is under
-// way (it looks at the store itself), the held value is the answer.
+// before the held value is handed back. Without a shared store, or while a refresh of this
+// replica is under way (another look could race with its answer), the held value is the answer.
 template <class Clock>
 asio::awaitable<token_outcome> basic_refresher<Clock>::invalidate_on_strand(std::string value) {
   if (!ended_ && lifecycle_.invalidate(value, Clock::now())) {
     publish();  // due at once
   } else if (!ended_ && engine_.store().shared() && !busy()) {
+    // Whatever the store holds that is newer is adopted; if that is the value reported, the
+    // report is about the current value after all.
     const auto stored = co_await engine_.store().load(id_);
-    if (stored && stored->value == value && !ended_ && !busy()) {
-      adopt_stored(*stored);
-      if (lifecycle_.invalidate(value, Clock::now())) publish();
+    if (stored && !ended_ && !busy() && adopt_stored(*stored) &&
+        lifecycle_.invalidate(value, Clock::now())) {
+      publish();
     }
   }
   co_return co_await wait_on_strand();
