@@ -153,17 +153,7 @@ INSTANTIATE_TEST_SUITE_P(behaviours, lifetime_test,
                          ::testing::Values(expiry_behaviour::same_token_keeps_expiry,
                                            expiry_behaviour::same_token_seconds_left,
                                            expiry_behaviour::new_token_each_call),
-                         [](const auto& test) {
-                           switch (test.param) {
-                             case expiry_behaviour::same_token_keeps_expiry:
-                               return "a_same_token_full_expires_in";
-                             case expiry_behaviour::same_token_seconds_left:
-                               return "b_same_token_seconds_left";
-                             case expiry_behaviour::new_token_each_call:
-                               break;
-                           }
-                           return "c_new_token_each_call";
-                         });
+                         [](const auto& test) { return behaviour_test_name(test.param, "token"); });
 
 TEST_F(binary_test, every_fault_script_recovers) {
   struct scripted {

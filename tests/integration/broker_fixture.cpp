@@ -159,4 +159,17 @@ http_answer broker_fixture::await_token(const broker_process& broker, const std:
   return answer;
 }
 
+std::string behaviour_test_name(fake::expiry_behaviour behaviour, std::string_view issued) {
+  const std::string what(issued);
+  switch (behaviour) {
+    case fake::expiry_behaviour::same_token_keeps_expiry:
+      return "a_same_" + what + "_full_expires_in";
+    case fake::expiry_behaviour::same_token_seconds_left:
+      return "b_same_" + what + "_seconds_left";
+    case fake::expiry_behaviour::new_token_each_call:
+      break;
+  }
+  return "c_new_" + what + "_each_call";
+}
+
 }  // namespace token_broker::testing

@@ -11,6 +11,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "broker_process.hpp"
@@ -32,6 +33,10 @@ std::int64_t expires_at_of(const http_answer& answer);  // Unix seconds
 std::string hex_sha256(const std::string& key);
 // The value of one sample on a /metrics page, or -1 when the series is not there.
 double metric_sample(const std::string& page, const std::string& series);
+
+// A parameterized test's name for an expiry behaviour, naming what the fake issues ("token",
+// "ticket"): "a_same_token_full_expires_in", "b_…_seconds_left", "c_new_…_each_call".
+std::string behaviour_test_name(fake::expiry_behaviour behaviour, std::string_view issued);
 
 class broker_fixture : public ::testing::Test {
  protected:

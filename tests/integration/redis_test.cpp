@@ -17,6 +17,7 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -100,9 +101,7 @@ class redis_test : public broker_fixture {
   void SetUp() override {
     broker_fixture::SetUp();
     try {
-      fixture_port_ = fixture_redis_port();
-      redis_ = std::make_unique<redis_client>(fixture_port_);
-      redis_->flush_prefix(prefix_);  // left over from an earlier run that had our pid
+      keys_.emplace(prefix_);
     } catch (const std::exception& failure) {
       FAIL() << failure.what();
     }
@@ -110,11 +109,7 @@ class redis_test : public broker_fixture {
 
   void TearDown() override {
     broker_fixture::TearDown();  // stops the brokers first: nothing writes our keys after this
-    try {
-      if (redis_) redis_->flush_prefix(prefix_);
-    } catch (const std::exception&) {
-      // The fixture server is gone; it takes our keys with it.
-    }
+    keys_.reset();
   }
 
   std::string token_key(const std::string& app) const { return prefix_ + "access_token:" + app; }
@@ -132,7 +127,7 @@ class redis_test : public broker_fixture {
   std::vector<broker_process*> start_replicas(int count, const json& changes = json::object()) {
     std::vector<broker_process*> replicas;
     for (int i = 0; i < count; ++i) {
-      replicas.push_back(&start_broker(redis_config(redis_url(fixture_port_), changes)));
+      replicas.push_back(&start_broker(redis_config(redis_url(keys_->port()), changes)));
     }
     return replicas;
   }
@@ -178,27 +173,27 @@ class redis_test : public broker_fixture {
   }
 
   std::string prefix_ = unique_key_prefix();
-  std::uint16_t fixture_port_ = 0;
-  std::unique_ptr<redis_client> redis_;  // on the fixture server
+  std::optional<fixture_keyspace> keys_;
 };
 
 TEST_F(redis_test, a_refresh_writes_the_token_with_its_expiry_and_announces_it) {
   const auto hr = add_app("hr");
   // Subscribed before the broker starts, so its very first refresh is heard.
-  redis_subscriber events(fixture_port_, events_channel());
-  const auto& broker = start_broker(redis_config(redis_url(fixture_port_)));
+  redis_subscriber events(keys_->port(), events_channel());
+  const auto& broker = start_broker(redis_config(redis_url(keys_->port())));
   const auto answer = await_token(broker, "hr", 5s);
   ASSERT_EQ(answer.status, 200u) << answer.error << answer.body;
   const auto token = token_of(answer);
   const auto expires_at = expires_at_of(answer);
 
-  ASSERT_TRUE(await_value(*redis_, token_key("hr"), token, 3s)) << "the token never reached Redis";
-  const auto stored = redis_->get_with_pttl(token_key("hr"));
+  ASSERT_TRUE(await_value(keys_->client(), token_key("hr"), token, 3s))
+      << "the token never reached Redis";
+  const auto stored = keys_->client().get_with_pttl(token_key("hr"));
   // expires_at is floored to the second and PTTL read a moment before `now`: the difference
   // lies in [0, 1 s) plus the time between the two reads.
   EXPECT_NEAR(stored.pttl, expires_at * 1000 - unix_ms_now(), 1500)
       << "the key must expire when the token does";
-  EXPECT_EQ(expect_no_later_than_true_expiry(*redis_, "hr"), token);
+  EXPECT_EQ(expect_no_later_than_true_expiry(keys_->client(), "hr"), token);
 
   const auto message = events.next_message(5s);
   ASSERT_TRUE(message.has_value()) << "nothing published on " << events_channel();
@@ -225,7 +220,7 @@ TEST_F(redis_test, a_same_token_refresh_keeps_the_true_expiry_in_redis) {
   // ahead_s is capped at half the lifetime: the refresh comes at 4 s, well inside the window
   // in which WeCom repeats the token.
   const auto& broker = start_broker(redis_config(
-      redis_url(fixture_port_), {{"refresh", {{"ahead_s", 6}, {"min_interval_s", 1}}}}));
+      redis_url(keys_->port()), {{"refresh", {{"ahead_s", 6}, {"min_interval_s", 1}}}}));
   const auto first = await_token(broker, "hr", 5s);
   ASSERT_EQ(first.status, 200u) << first.error << first.body;
 
@@ -234,7 +229,7 @@ TEST_F(redis_test, a_same_token_refresh_keeps_the_true_expiry_in_redis) {
   const auto started = steady_clock::now();
   while (steady_clock::now() - started < observed) {
     const int calls = fake_->gettoken_calls(hr.secret);
-    if (const auto stored = expect_no_later_than_true_expiry(*redis_, "hr")) {
+    if (const auto stored = expect_no_later_than_true_expiry(keys_->client(), "hr")) {
       ++samples;
       if (calls >= 2 && *stored == token_of(first)) ++samples_after_a_repeat;
     }
@@ -251,11 +246,11 @@ TEST_F(redis_test, a_same_token_refresh_keeps_the_true_expiry_in_redis) {
 
 TEST_F(redis_test, a_restarted_broker_adopts_the_token_in_redis_without_calling_upstream) {
   const auto hr = add_app("hr");
-  const auto config = redis_config(redis_url(fixture_port_));
+  const auto config = redis_config(redis_url(keys_->port()));
   auto& first = start_broker(config);
   const auto before = await_token(first, "hr", 5s);
   ASSERT_EQ(before.status, 200u) << before.error << before.body;
-  ASSERT_TRUE(await_value(*redis_, token_key("hr"), token_of(before), 3s));
+  ASSERT_TRUE(await_value(keys_->client(), token_key("hr"), token_of(before), 3s));
   EXPECT_EQ(first.stop(SIGTERM, 5s), 0);
 
   const auto& second = start_broker(config);
@@ -361,11 +356,11 @@ TEST_F(redis_test, a_killed_lock_holder_is_taken_over_once_its_lease_runs_out) {
   std::optional<std::string> holder;  // "<hostname>:<pid>:<random hex>"
   const auto give_up_at = steady_clock::now() + 3s;
   while (!holder && steady_clock::now() < give_up_at) {
-    holder = redis_->get(lock_key("hr"));
+    holder = keys_->client().get(lock_key("hr"));
     if (!holder) std::this_thread::sleep_for(10ms);
   }
   ASSERT_TRUE(holder.has_value()) << "no replica took the lock for the cold refresh";
-  const auto lock_ttl = redis_->pttl(lock_key("hr"));
+  const auto lock_ttl = keys_->client().pttl(lock_key("hr"));
   EXPECT_LE(lock_ttl, lease.count()) << "the lease is upstream.timeout_ms + 2000 ms";
   EXPECT_GT(lock_ttl, lease.count() - 3000) << "the lease is upstream.timeout_ms + 2000 ms";
 
@@ -382,7 +377,8 @@ TEST_F(redis_test, a_killed_lock_holder_is_taken_over_once_its_lease_runs_out) {
   });
   ASSERT_NE(holding, replicas.end()) << "the lock names no replica of this test: " << *holder;
   ASSERT_EQ(fake_->gettoken_calls(hr.secret), 1) << "the holder's gettoken is in flight";
-  ASSERT_FALSE(redis_->get(token_key("hr")).has_value()) << "the holder finished before the kill";
+  ASSERT_FALSE(keys_->client().get(token_key("hr")).has_value())
+      << "the holder finished before the kill";
 
   const auto killed_at = steady_clock::now();
   (*holding)->stop(SIGKILL, 5s);
@@ -429,8 +425,9 @@ TEST_F(redis_test, a_backlog_of_cold_apps_makes_one_gettoken_per_app_across_repl
   const auto served_after = elapsed_ms(started);
   // A replica still holding a lock may still call: done once no lock is left.
   const auto locks_left = [&] {
-    return std::count_if(apps_.begin(), apps_.end(),
-                         [&](const app_spec& app) { return redis_->get(lock_key(app.id)); });
+    return std::count_if(apps_.begin(), apps_.end(), [&](const app_spec& app) {
+      return keys_->client().get(lock_key(app.id));
+    });
   };
   const auto give_up_at = steady_clock::now() + 5s;
   while (locks_left() > 0 && steady_clock::now() < give_up_at) std::this_thread::sleep_for(20ms);
@@ -480,7 +477,7 @@ TEST_F(redis_test, an_invalidation_at_one_replica_is_honoured_by_all) {
     ASSERT_EQ(answer.status, 200u) << answer.error << answer.body;
     EXPECT_EQ(token_of(answer), replacement);
   }
-  EXPECT_EQ(redis_->get(token_key("hr")), replacement);
+  EXPECT_EQ(keys_->client().get(token_key("hr")), replacement);
   std::cout << "[ figures  ] invalidation reported at 3 replicas; gettoken calls: "
             << fake_->gettoken_calls(hr.secret) << "\n";
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), 2);
@@ -660,7 +657,7 @@ TEST_F(redis_test, a_secret_rotated_by_reload_is_used_at_once_and_shared_through
   const std::string new_secret = hr.secret + "-rotated";
   fake_->add_app(corpid, new_secret);
   forbid_in_logs(new_secret, "the rotated secret");
-  auto rotated = redis_config(redis_url(fixture_port_));
+  auto rotated = redis_config(redis_url(keys_->port()));
   rotated["listen"] = "127.0.0.1:" + std::to_string(replicas[0]->port());
   rotated["apps"]["hr"]["secret"] = new_secret;
   reload_broker(*replicas[0], rotated);
@@ -670,7 +667,7 @@ TEST_F(redis_test, a_secret_rotated_by_reload_is_used_at_once_and_shared_through
   const auto new_token = token_of(after);
   EXPECT_NE(new_token, old_token);
   EXPECT_EQ(fake_->gettoken_calls(new_secret), 1);
-  EXPECT_TRUE(await_value(*redis_, token_key("hr"), new_token, 3s));
+  EXPECT_TRUE(await_value(keys_->client(), token_key("hr"), new_token, 3s));
   bool adopted = false;
   for (int i = 0; i < 100 && !adopted; ++i) {
     adopted = token_of(get_token(*replicas[1], "hr")) == new_token;
@@ -709,7 +706,7 @@ TEST_F(redis_test, a_unix_socket_url_reaches_redis) {
   const auto& broker = start_broker(redis_config("unix://" + socket));
   const auto answer = await_token(broker, "hr", 5s);
   ASSERT_EQ(answer.status, 200u) << answer.error << answer.body;
-  EXPECT_TRUE(await_value(*redis_, token_key("hr"), token_of(answer), 3s))
+  EXPECT_TRUE(await_value(keys_->client(), token_key("hr"), token_of(answer), 3s))
       << "the token did not reach Redis over the unix socket";
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
 }
@@ -760,7 +757,7 @@ class redis_clock_test : public redis_test {
   // more, and less only by the latency of the call that fetched it.
   void expect_true_time_left_in_redis(const std::string& app, const std::string& token) {
     const auto read_from = unix_ms_now();
-    const auto stored = redis_->get_with_pttl(token_key(app));
+    const auto stored = keys_->client().get_with_pttl(token_key(app));
     ASSERT_EQ(stored.value, token);
     const auto true_expiry = fake_->expires_at(token);
     ASSERT_TRUE(true_expiry.has_value());
@@ -783,11 +780,11 @@ TEST_F(redis_clock_test, a_fast_clock_neither_stretches_the_key_nor_an_adopted_t
   // Refresh only 1 s before the expiry believed: a stretched expiry shows as a served token
   // that WeCom rejects, not hidden by an early refresh.
   const auto config =
-      redis_config(redis_url(fixture_port_),
+      redis_config(redis_url(keys_->port()),
                    {{"refresh", {{"ahead_s", 1}, {"jitter_s", 0}, {"min_interval_s", 0}}}});
   auto& writer = start_skewed_broker(config, 5s, "hr");
   const auto written = token_of(await_token(writer, "hr", 1s));
-  ASSERT_TRUE(await_value(*redis_, token_key("hr"), written, 3s));
+  ASSERT_TRUE(await_value(keys_->client(), token_key("hr"), written, 3s));
   expect_true_time_left_in_redis("hr", written);
   EXPECT_EQ(writer.stop(SIGTERM, 5s), 0);
 
@@ -824,10 +821,10 @@ TEST_F(redis_clock_test, a_fast_clock_neither_stretches_the_key_nor_an_adopted_t
 // not count on more time than it has.
 TEST_F(redis_clock_test, a_slow_clock_neither_shortens_the_key_nor_stretches_an_adopted_token) {
   const auto hr = add_app("hr");
-  const auto config = redis_config(redis_url(fixture_port_));
+  const auto config = redis_config(redis_url(keys_->port()));
   auto& writer = start_skewed_broker(config, -5s, "hr");
   const auto written = token_of(await_token(writer, "hr", 1s));
-  ASSERT_TRUE(await_value(*redis_, token_key("hr"), written, 3s));
+  ASSERT_TRUE(await_value(keys_->client(), token_key("hr"), written, 3s));
   expect_true_time_left_in_redis("hr", written);
   EXPECT_EQ(writer.stop(SIGTERM, 5s), 0);
 

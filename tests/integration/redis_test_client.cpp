@@ -215,4 +215,17 @@ std::optional<std::string> redis_subscriber::next_message(std::chrono::milliseco
   }
 }
 
+fixture_keyspace::fixture_keyspace(std::string prefix)
+    : prefix_(std::move(prefix)), port_(fixture_redis_port()), client_(port_) {
+  client_.flush_prefix(prefix_);
+}
+
+fixture_keyspace::~fixture_keyspace() {
+  try {
+    client_.flush_prefix(prefix_);
+  } catch (const std::exception&) {
+    // The fixture server is gone; it took the keys with it.
+  }
+}
+
 }  // namespace token_broker::testing

@@ -58,6 +58,25 @@ class redis_client {
   redis_connection connection_;
 };
 
+// A test's keys on the CTest fixture's redis-server, kept apart from other tests' by their
+// prefix: a client on the server, and the keys flushed when the test begins (left over from an
+// earlier run that had the same pid) and when it ends. Throws as fixture_redis_port() does.
+class fixture_keyspace {
+ public:
+  explicit fixture_keyspace(std::string prefix);
+  ~fixture_keyspace();  // a server that is gone took the keys with it
+  fixture_keyspace(const fixture_keyspace&) = delete;
+  fixture_keyspace& operator=(const fixture_keyspace&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  redis_client& client() { return client_; }
+
+ private:
+  std::string prefix_;
+  std::uint16_t port_;
+  redis_client client_;
+};
+
 // A connection subscribed to one channel. Subscribed once constructed: every message
 // published after that is kept for next_message.
 class redis_subscriber {

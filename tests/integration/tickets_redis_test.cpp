@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -57,9 +58,7 @@ class tickets_redis_test : public ticket_fixture {
   void SetUp() override {
     ticket_fixture::SetUp();
     try {
-      fixture_port_ = fixture_redis_port();
-      redis_ = std::make_unique<redis_client>(fixture_port_);
-      redis_->flush_prefix(prefix_);  // left over from an earlier run that had our pid
+      keys_.emplace(prefix_);
     } catch (const std::exception& failure) {
       FAIL() << failure.what();
     }
@@ -67,22 +66,17 @@ class tickets_redis_test : public ticket_fixture {
 
   void TearDown() override {
     ticket_fixture::TearDown();  // stops the brokers first: nothing writes our keys after this
-    try {
-      if (redis_) redis_->flush_prefix(prefix_);
-    } catch (const std::exception&) {
-      // The fixture server is gone; it takes our keys with it.
-    }
+    keys_.reset();
   }
 
   json redis_config(const json& changes) const {
     auto config = make_config(free_port(), changes);
-    config["redis"] = {{"url", redis_url(fixture_port_)}, {"key_prefix", prefix_}};
+    config["redis"] = {{"url", redis_url(keys_->port())}, {"key_prefix", prefix_}};
     return config;
   }
 
   std::string prefix_ = unique_key_prefix();
-  std::uint16_t fixture_port_ = 0;
-  std::unique_ptr<redis_client> redis_;
+  std::optional<fixture_keyspace> keys_;
 };
 
 TEST_F(tickets_redis_test, three_replicas_fetch_each_ticket_once_and_share_it_through_redis) {
@@ -90,7 +84,7 @@ TEST_F(tickets_redis_test, three_replicas_fetch_each_ticket_once_and_share_it_th
   // A slow first gettoken: every replica is up and asking while the fleet is still cold.
   fake_->script_faults(hr.secret, {fault{.kind = fault_kind::delay, .delay = 800ms}});
   // Subscribed before the brokers start, so that the first refreshes are heard.
-  redis_subscriber events(fixture_port_, prefix_ + "events");
+  redis_subscriber events(keys_->port(), prefix_ + "events");
   std::vector<broker_process*> replicas;
   for (int i = 0; i < 3; ++i)
     replicas.push_back(&start_broker(redis_config(both_tickets_for("hr"))));
@@ -145,7 +139,7 @@ TEST_F(tickets_redis_test, three_replicas_fetch_each_ticket_once_and_share_it_th
     const auto fresh = http_get(replicas[0]->port(), std::string("/v1/apps/hr/") + route.name);
     ASSERT_EQ(fresh.status, 200u);
     const auto read_from = unix_ms(system_clock::now());
-    const auto stored = redis_->get_with_pttl(prefix_ + route.name + ":hr");
+    const auto stored = keys_->client().get_with_pttl(prefix_ + route.name + ":hr");
     ASSERT_TRUE(stored.value) << prefix_ << route.name << ":hr is missing";
     EXPECT_TRUE(*stored.value == ticket) << route.name << ": Redis holds another ticket";
     EXPECT_NEAR(static_cast<double>(stored.pttl),
@@ -226,14 +220,14 @@ TEST_F(tickets_redis_test, the_budget_holds_fleet_wide_through_invalidations_and
   }
   const auto calls_key = prefix_ + "calls:jsapi_ticket:hr";
   const int calls = fake_->ticket_calls(hr.secret, ticket_kind::jsapi);
-  const auto counted = redis_->command({"ZCARD", calls_key}).integer;
+  const auto counted = keys_->client().command({"ZCARD", calls_key}).integer;
   std::cout << "[ figures  ] 3 replicas, 20 invalidations spread over them, "
                "ticket_calls_per_hour="
             << budget << ": " << calls << " ticket calls, " << counted << " counted in Redis\n";
   EXPECT_EQ(calls, budget) << "the first fetch and two invalidations, then none";
   EXPECT_EQ(counted, calls);
   EXPECT_TRUE(held == fake_->issued_tickets(hr.secret, ticket_kind::jsapi).back());
-  EXPECT_TRUE(redis_->get(prefix_ + "jsapi_ticket:hr") == held);
+  EXPECT_TRUE(keys_->client().get(prefix_ + "jsapi_ticket:hr") == held);
 
   // A replica restarts with no memory of the calls made: Redis remembers them for it.
   ASSERT_EQ(replicas[2]->stop(SIGTERM, 5s), 0);
@@ -247,7 +241,7 @@ TEST_F(tickets_redis_test, the_budget_holds_fleet_wide_through_invalidations_and
     EXPECT_TRUE(ticket_of(answer) == held) << "the held ticket is served on";
   }
   EXPECT_EQ(fake_->ticket_calls(hr.secret, ticket_kind::jsapi), budget);
-  EXPECT_EQ(redis_->command({"ZCARD", calls_key}).integer, budget);
+  EXPECT_EQ(keys_->client().command({"ZCARD", calls_key}).integer, budget);
   EXPECT_EQ(fake_->gettoken_calls(hr.secret), 1);
 }
 

@@ -313,15 +313,7 @@ INSTANTIATE_TEST_SUITE_P(behaviours, tickets_lifetime_test,
                                            expiry_behaviour::same_token_seconds_left,
                                            expiry_behaviour::new_token_each_call),
                          [](const auto& test) {
-                           switch (test.param) {
-                             case expiry_behaviour::same_token_keeps_expiry:
-                               return "a_same_ticket_full_expires_in";
-                             case expiry_behaviour::same_token_seconds_left:
-                               return "b_same_ticket_seconds_left";
-                             case expiry_behaviour::new_token_each_call:
-                               break;
-                           }
-                           return "c_new_ticket_each_call";
+                           return behaviour_test_name(test.param, "ticket");
                          });
 
 // The budget holds whatever the reports: of 20 back-to-back invalidations, only those within
