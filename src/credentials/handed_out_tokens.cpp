@@ -4,18 +4,18 @@
 
 namespace token_broker {
 
-void handed_out_tokens::changed(const std::string& app_id, const std::string& before,
-                                const std::string& after, time_point now) {
+void handed_out_tokens::changed(const std::string& app_id, std::string_view before,
+                                std::string_view after, time_point now) {
   if (before == after) return;
   const std::unique_lock lock(mutex_);
   if (!before.empty()) {
-    if (const auto found = by_value_.find(before);
+    if (const auto found = by_value_.find(std::string(before));
         found != by_value_.end() && found->second.app_id == app_id) {
       found->second.replaced_at = now;
-      replaced_.emplace_back(now, before);
+      replaced_.emplace_back(now, std::string(before));
     }
   }
-  if (!after.empty()) by_value_.insert_or_assign(after, holder{app_id, std::nullopt});
+  if (!after.empty()) by_value_.insert_or_assign(std::string(after), holder{app_id, std::nullopt});
   forget_replaced_before(now - grace);
 }
 

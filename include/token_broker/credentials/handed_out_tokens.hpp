@@ -22,7 +22,7 @@ class handed_out_tokens {
   static constexpr std::chrono::minutes grace{5};
 
   // Any thread. `app_id`'s token changed from `before` to `after` ("" for none).
-  void changed(const std::string& app_id, const std::string& before, const std::string& after,
+  void changed(const std::string& app_id, std::string_view before, std::string_view after,
                time_point now);
   std::optional<std::string> app_of(const std::string& value, time_point now) const;
 

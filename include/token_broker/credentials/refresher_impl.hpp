@@ -338,12 +338,12 @@ void basic_refresher<Clock>::publish() {
   }
   if (id_.kind == credential_kind::access_token) {
     const auto before = view_.load();
-    const auto value_of = [](const credential_view& seen) {
-      return seen.current ? seen.current->value : std::string();
+    const auto value_of = [](const credential_view& seen) -> std::string_view {
+      return seen.current ? std::string_view(seen.current->value) : std::string_view();
     };
     // An ended refresher's token is no longer its app's: it ages out as a replaced one.
     engine_.handed_out().changed(id_.scope, value_of(*before),
-                                 ended_ ? std::string() : value_of(*view), now);
+                                 ended_ ? std::string_view() : value_of(*view), now);
   }
   view_.store(std::move(view));
 
