@@ -130,11 +130,10 @@ asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& bu
   co_return async_error;
 }
 
-// A token answer goes out as its prepared bytes in one gathered write; anything else through
-// Beast's serializer.
+// An answer goes out in one gathered write: a token answer as its prepared bytes, anything
+// else as its head formatted here and its body.
 template <class Protocol>
 asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing, bool keep_alive) {
-  const auto as_tuple = asio::as_tuple(asio::use_awaitable);
   if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
     const token_answer_bytes bytes(*prepared, keep_alive);
     const auto buffers = bytes.buffers();  // named: g++ 12 mishandles temporaries here
@@ -142,8 +141,9 @@ asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing
   }
   auto& other = std::get<response>(outgoing);
   other.keep_alive(keep_alive);
-  auto [error, written] = co_await http::async_write(socket, other, as_tuple);
-  co_return error;
+  const auto head = response_head(other);
+  const std::array<asio::const_buffer, 2> buffers{asio::buffer(head), asio::buffer(other.body())};
+  co_return co_await send<Protocol>(socket, buffers);
 }
 
 template <class Protocol>

@@ -23,6 +23,22 @@ response error_response(http::status status, std::string_view code, std::string_
                        nlohmann::ordered_json{{"error", code}, {"message", message}}.dump());
 }
 
+std::string response_head(const response& reply) {
+  // The bytes Beast's serializer writes, formatted in one string: written with the body in
+  // one call, the answer leaves without a trip through the event loop's queue.
+  const auto reason = http::obsolete_reason(reply.result());
+  std::string head;
+  head.reserve(160);
+  head.append("HTTP/1.1 ").append(std::to_string(reply.result_int())).append(" ");
+  head.append(reason.data(), reason.size()).append("\r\n");
+  for (const auto& field : reply) {
+    head.append(field.name_string().data(), field.name_string().size()).append(": ");
+    head.append(field.value().data(), field.value().size()).append("\r\n");
+  }
+  head.append("\r\n");
+  return head;
+}
+
 token_answer our_token_answer(std::shared_ptr<const credential_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
   const auto body = view->answers.ours();

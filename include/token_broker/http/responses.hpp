@@ -15,6 +15,8 @@ namespace token_broker {
 using response = http::response<http::string_body>;
 
 response json_response(http::status status, std::string body);
+// The status line and header fields of `reply`, as they go on the wire before its body.
+std::string response_head(const response& reply);
 // {"error":"<code>","message":"…"}
 response error_response(http::status status, std::string_view code, std::string_view message);
 

@@ -81,6 +81,36 @@ TEST(jssdk_signature, names_what_is_wrong_with_a_request) {
             std::string::npos);
 }
 
+// Plain bodies are read without a JSON tree, anything else by the full parser: either way a
+// document means the same, so each pair below must read alike.
+TEST(jssdk_signature, reads_every_spelling_of_a_body_alike) {
+  const auto read = [](std::string_view body) {
+    const auto result = read_signature_request(body, 1700);
+    if (const auto* problem = std::get_if<std::string>(&result)) return "error: " + *problem;
+    const auto& request = std::get<signature_request>(result);
+    return request.url + " " + request.noncestr + " " + std::to_string(request.timestamp);
+  };
+  const std::string plain = R"({"url":"https://a.example/p?x=1","noncestr":"abc","timestamp":42})";
+  for (
+      const std::string spelling :
+      {R"( { "url" : "https://a.example/p?x=1" , "noncestr":"abc" ,"timestamp": 42 } )",
+       R"({"url":"https:\/\/a.example\/p?x=1","noncestr":"abc","timestamp":42})",
+       R"({"url":"https://a.example/p?x=1","noncestr":"\u0061bc","timestamp":42})",
+       R"({"url":"https://a.example/p?x=1","noncestr":"abc","timestamp":"42"})",
+       R"({"url":"https://b.example/","url":"https://a.example/p?x=1","noncestr":"abc","timestamp":42})",
+       R"({"other":{"nested":[1,true,null,"é"]},"url":"https://a.example/p?x=1","noncestr":"abc","timestamp":42})",
+       R"({"url":"https://a.example/p?x=1","noncestr":"abc","timestamp":42.0e0,"timestamp":42})"}) {
+    EXPECT_EQ(read(spelling), read(plain)) << spelling;
+  }
+  for (const std::string broken :
+       {R"({"url":"https://a.example/",})", R"({"url":"https://a.example/"} x)",
+        R"({"url":"https://a.example/","timestamp":042})",
+        R"({"url":"https://a.example/","timestamp":12345678901234567890})",
+        "{\"url\":\"https://a.example/\t\"}", R"({"url" "https://a.example/"})"}) {
+    EXPECT_EQ(read(broken).rfind("error: ", 0), 0u) << broken;
+  }
+}
+
 // The answer is written by hand for speed: byte for byte what a JSON library writes, escapes
 // included, with each part only when its ticket is there.
 TEST(jssdk_signature, answer_is_the_json_a_library_would_write) {
