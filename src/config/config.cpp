@@ -638,12 +638,46 @@ const app_config* config::find_app(std::string_view id) const {
   return found == apps.end() ? nullptr : &*found;
 }
 
+gateway_config read_gateway(const json& value) {
+  require_object(value, "gateway");
+  reject_unknown_keys(value, "gateway",
+                      {"enabled", "timeout_ms", "max_body_bytes", "max_connections", "budget"});
+  gateway_config gateway;
+  if (const auto* enabled = find_member(value, "enabled")) {
+    if (!enabled->is_boolean()) throw config_error("gateway.enabled", "must be true or false");
+    gateway.enabled = enabled->get<bool>();
+  }
+  read_duration(value, "gateway", "timeout_ms", 100, 600000, gateway.timeout);
+  if (const auto* bytes = find_member(value, "max_body_bytes")) {
+    gateway.max_body_bytes = static_cast<std::uint64_t>(
+        read_integer(*bytes, "gateway.max_body_bytes", 1, std::int64_t{1} << 30));
+  }
+  if (const auto* connections = find_member(value, "max_connections")) {
+    gateway.max_connections =
+        static_cast<std::uint32_t>(read_integer(*connections, "gateway.max_connections", 1, 4096));
+  }
+  if (const auto* budget = find_member(value, "budget")) {
+    require_object(*budget, "gateway.budget");
+    reject_unknown_keys(*budget, "gateway.budget", {"per_minute", "per_hour", "concurrency"});
+    const auto read_cap = [&](std::string_view key, std::uint32_t& target) {
+      if (const auto* cap = find_member(*budget, key)) {
+        target = static_cast<std::uint32_t>(
+            read_integer(*cap, member("gateway.budget", key), 0, 100'000'000));
+      }
+    };
+    read_cap("per_minute", gateway.budget.per_minute);
+    read_cap("per_hour", gateway.budget.per_hour);
+    read_cap("concurrency", gateway.budget.concurrency);
+  }
+  return gateway;
+}
+
 config parse_config(std::string_view text) {
   const auto document = parse_document(text);
   if (!document.is_object()) throw config_error("", "the config must be a JSON object");
-  reject_unknown_keys(
-      document, "",
-      {"listen", "threads", "log_level", "upstream", "refresh", "redis", "apps", "clients"});
+  reject_unknown_keys(document, "",
+                      {"listen", "threads", "log_level", "upstream", "refresh", "redis", "gateway",
+                       "apps", "clients"});
 
   config result;
   result.listen = read_listen(document);
@@ -665,6 +699,9 @@ config parse_config(std::string_view text) {
     result.refresh = read_refresh(*refresh);
   }
   if (const auto* redis = find_member(document, "redis")) result.redis = read_redis(*redis);
+  if (const auto* gateway = find_member(document, "gateway")) {
+    result.gateway = read_gateway(*gateway);
+  }
   result.apps = read_apps(document);
   if (const auto* clients = find_member(document, "clients")) {
     result.clients = read_clients(*clients, result.apps);

@@ -39,6 +39,25 @@ struct refresh_config {
   bool operator==(const refresh_config&) const = default;
 };
 
+// The gateway's ceiling per corp and WeCom API path (SPEC §8); 0 = no cap.
+struct api_budget_limits {
+  std::uint32_t per_minute = 9000;
+  std::uint32_t per_hour = 140000;
+  std::uint32_t concurrency = 0;
+
+  bool operator==(const api_budget_limits&) const = default;
+};
+
+struct gateway_config {
+  bool enabled = false;
+  std::chrono::milliseconds timeout{10000};  // connect, TLS and answer of one upstream call
+  std::uint64_t max_body_bytes = 20 * 1024 * 1024;
+  std::uint32_t max_connections = 64;  // kept-alive upstream connections, apart from refreshes
+  api_budget_limits budget;
+
+  bool operator==(const gateway_config&) const = default;
+};
+
 struct redis_config {
   std::string url;  // never log it: it may hold the password
   std::string key_prefix = "wecom:";
@@ -79,6 +98,7 @@ struct config {
   upstream_config upstream;
   refresh_config refresh;
   std::optional<redis_config> redis;
+  gateway_config gateway;
   std::vector<app_config> apps;        // in the file's order
   std::vector<client_config> clients;  // empty: open API (loopback or unix socket only)
 
