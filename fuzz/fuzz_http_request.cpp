@@ -278,7 +278,8 @@ void check_answer(const asked_for& call, const request& incoming, const answer& 
 void answer_request(const request& incoming) {
   const auto call = read_request(incoming);
   for (auto* handler : {state->guarded.get(), state->open.get()}) {
-    auto decided = handler->answer_or_wait(incoming);
+    auto asked = incoming;  // a handler may take a gateway call's body
+    auto decided = handler->answer_or_wait(asked);
     // A waiting request's answer needs the io_context to run: not fuzzed here.
     if (const auto* outgoing = std::get_if<answer>(&decided)) {
       check_answer(call, incoming, *outgoing);
@@ -322,15 +323,19 @@ class connection_input {
 
 // The rest of a request, as http::async_read reads it: parse what is buffered, read more
 // while the parser needs it, and at the end of the input tell the parser so.
-error_code read_rest(connection_input& input, beast::flat_buffer& buffer, request_parser& parser) {
+// Reads until the parser has the head (`head_only`, as http::async_read_header) or the whole
+// request (as http::async_read).
+error_code read_rest(connection_input& input, beast::flat_buffer& buffer, request_parser& parser,
+                     bool head_only = false) {
   constexpr std::size_t read_size = 65536;  // Beast's read size for a dynamic buffer
   error_code error;
-  while (!parser.is_done()) {
+  const auto enough = [&] { return head_only ? parser.is_header_done() : parser.is_done(); };
+  while (!enough()) {
     if (buffer.size() > 0) {
       buffer.consume(parser.put(buffer.data(), error));
       if (error && error != http::error::need_more) return error;
       error = {};
-      if (parser.is_done()) break;
+      if (enough()) break;
     }
     if (buffer.size() == buffer.max_size()) return http::error::buffer_overflow;
     if (!input.read(buffer, read_size)) {
@@ -361,8 +366,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     configure_request_parser(parser, limits);
     error_code error;
     buffer.consume(parser.put(buffer.data(), error));
-    if (error == http::error::need_more || (!error && !parser.is_done())) {
-      error = read_rest(input, buffer, parser);
+    if (error == http::error::need_more || (!error && !parser.is_header_done())) {
+      error = read_rest(input, buffer, parser, /*head_only=*/true);
+    }
+    if (!error && !parser.is_done()) {  // the body, capped by the route as the server does
+      const auto allowed = state->guarded->body_limit(parser.get(), limits.body_limit);
+      if (parser.content_length().value_or(0) > allowed) {
+        error = http::error::body_limit;
+      } else {
+        parser.body_limit(allowed);
+        parser.eager(true);
+        if (buffer.size() > 0) buffer.consume(parser.put(buffer.data(), error));
+        if (error == http::error::need_more || (!error && !parser.is_done())) {
+          error = read_rest(input, buffer, parser);
+        }
+      }
     }
     if (error) {
       refuse_unreadable(error);

@@ -17,6 +17,7 @@
 #include "token_broker/core/logging.hpp"
 #include "token_broker/core/secret_digest.hpp"
 #include "token_broker/core/supervisor.hpp"
+#include "token_broker/gateway/gateway.hpp"
 #include "token_broker/http/http_server.hpp"
 #include "token_broker/http/request_handler.hpp"
 #include "token_broker/ops/systemd_notify.hpp"
@@ -100,7 +101,8 @@ void warn_if_inline_secret_exposed(const std::string& path, const config& settin
 }
 
 // SIGHUP: the apps, clients, upstream and refresh settings and the log level of a valid new
-// config take effect; listen, threads and redis are bound at start and need a restart.
+// config take effect; listen, threads, redis and the gateway are bound at start and need a
+// restart.
 void reload(const std::string& path, config& running, broker& apps, request_handler& handler) {
   config next;
   try {
@@ -124,9 +126,11 @@ void reload(const std::string& path, config& running, broker& apps, request_hand
     return redis ? redis->url + '\n' + redis->key_prefix : std::string();
   };
   if (redis_identity(next.redis) != redis_identity(running.redis)) needs_restart("redis");
+  if (next.gateway != running.gateway) needs_restart("gateway");
   next.listen = running.listen;
   next.threads = running.threads;
   next.redis = running.redis;
+  next.gateway = running.gateway;
 
   warn_if_inline_secret_exposed(path, next);
   spdlog::set_level(spdlog::level::from_str(next.log_level));
@@ -223,12 +227,20 @@ int run(const std::string& config_path, config settings) {
     store = std::make_unique<memory_token_store>();
   }
   broker apps(io.get_executor(), settings, std::move(store));
-  request_handler handler(apps, settings.clients);
+  std::unique_ptr<gateway> api_gateway;
+  if (settings.gateway.enabled) {
+    api_gateway = std::make_unique<gateway>(settings.upstream, settings.gateway,
+                                            std::make_unique<unlimited_budget>());
+  }
+  request_handler handler(apps, settings.clients, api_gateway.get());
   std::optional<http_server> server;
   try {
-    server.emplace(io, settings.listen, handler,
-                   server_limits{.max_connections = connection_cap_from_fd_limit()},
-                   settings.threads);
+    server.emplace(
+        io, settings.listen, handler,
+        server_limits{
+            .max_connections = connection_cap_from_fd_limit(),
+            .gateway_body_limit = settings.gateway.enabled ? settings.gateway.max_body_bytes : 0},
+        settings.threads);
   } catch (const boost::system::system_error& error) {
     spdlog::critical("cannot listen on {}: {}", settings.listen.to_string(),
                      error.code().message());

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <filesystem>
 
 #include "token_broker/core/counted.hpp"
@@ -130,14 +131,51 @@ asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& bu
   co_return async_error;
 }
 
-// An answer goes out in one gathered write: a token answer as its prepared bytes, anything
-// else as its head formatted here and its body.
+// A relayed body goes out piece by piece as upstream sends it, framed by Content-Length when
+// upstream gave one, else chunked. Each piece must leave within request_timeout.
 template <class Protocol>
-asio::awaitable<error_code> write(socket_for<Protocol>& socket, answer& outgoing, bool keep_alive) {
+asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& outgoing,
+                                  std::chrono::milliseconds timeout) {
+  const bool chunked = !outgoing.head.has_content_length();
+  if (chunked) outgoing.head.set(http::field::transfer_encoding, "chunked");
+  const auto head = response_head(outgoing.head);
+  auto error = co_await send<Protocol>(client.socket(), asio::buffer(head));
+  while (!error) {
+    auto reading = outgoing.body->next();  // named: g++ 12 mishandles temporaries here
+    const auto piece = co_await std::move(reading);
+    if (!piece) co_return asio::error::connection_aborted;  // cut short: the client must see it
+    client.expires_after(timeout);
+    if (!chunked) {
+      if (piece->empty()) break;
+      error = co_await send<Protocol>(client.socket(), asio::buffer(*piece));
+      continue;
+    }
+    std::array<char, 20> size{};
+    const auto size_end = std::to_chars(size.begin(), size.end(), piece->size(), 16).ptr;
+    const std::array<asio::const_buffer, 4> framed{
+        asio::buffer(size.data(), static_cast<std::size_t>(size_end - size.begin())),
+        asio::buffer("\r\n", 2), asio::buffer(*piece),
+        asio::buffer(piece->empty() ? "\r\n\r\n" : "\r\n", piece->empty() ? 4 : 2)};
+    error = co_await send<Protocol>(client.socket(), framed);
+    if (piece->empty()) break;
+  }
+  co_return error;
+}
+
+// An answer goes out in one gathered write: a token answer as its prepared bytes, a relayed
+// one as upstream sends it, anything else as its head formatted here and its body.
+template <class Protocol>
+asio::awaitable<error_code> write(connection<Protocol>& client, answer& outgoing, bool keep_alive,
+                                  std::chrono::milliseconds timeout) {
+  auto& socket = client.socket();
   if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
     const token_answer_bytes bytes(*prepared, keep_alive);
     const auto buffers = bytes.buffers();  // named: g++ 12 mishandles temporaries here
     co_return co_await send<Protocol>(socket, buffers);
+  }
+  if (auto* relayed = std::get_if<relayed_answer>(&outgoing)) {
+    relayed->head.keep_alive(keep_alive);
+    co_return co_await relay(client, *relayed, timeout);
   }
   auto& other = std::get<response>(outgoing);
   other.keep_alive(keep_alive);
@@ -169,19 +207,41 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
     configure_request_parser(parser, limits);
     // Usually the whole request came with the first read: parse it here. http::async_read
     // would too, but complete through the worker's queue, behind every other connection.
+    // The head first: its route decides how large a body may be.
     error_code read_error;
     buffer.consume(parser.put(buffer.data(), read_error));
-    if (read_error == http::error::need_more || (!read_error && !parser.is_done())) {
+    if (read_error == http::error::need_more || (!read_error && !parser.is_header_done())) {
       // Once a request has begun it must arrive whole within request_timeout, however
       // slowly its bytes trickle in (slowloris).
       client.expires_after(limits.request_timeout);
-      auto [error, read] = co_await http::async_read(socket, buffer, parser, as_tuple);
+      auto [error, read] = co_await http::async_read_header(socket, buffer, parser, as_tuple);
       read_error = error;
+    }
+    if (!read_error && !parser.is_done()) {
+      const auto allowed = state.handler.body_limit(parser.get(), limits.body_limit);
+      if (parser.content_length().value_or(0) > allowed) {
+        read_error = http::error::body_limit;
+      } else {
+        parser.body_limit(allowed);
+        parser.eager(true);
+        if (parser.get()[http::field::expect] == "100-continue") {
+          const auto go_on = asio::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25);
+          read_error = co_await send<Protocol>(socket, go_on);
+        }
+        if (!read_error && buffer.size() > 0) {
+          buffer.consume(parser.put(buffer.data(), read_error));
+        }
+        if (read_error == http::error::need_more || (!read_error && !parser.is_done())) {
+          client.expires_after(limits.request_timeout);
+          auto [error, read] = co_await http::async_read(socket, buffer, parser, as_tuple);
+          read_error = error;
+        }
+      }
     }
     if (read_error) {
       if (auto refusal = state.handler.answer_unreadable(read_error)) {
-        refusal->keep_alive(false);
-        co_await http::async_write(socket, *refusal, as_tuple);
+        answer outgoing{std::move(*refusal)};
+        co_await write(client, outgoing, /*keep_alive=*/false, limits.request_timeout);
         co_await drain_before_close(client);
       }
       break;
@@ -197,7 +257,7 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
     auto& outgoing = std::get<answer>(decided);
     const bool keep_alive = parser.get().keep_alive() && !state.stopping;
     client.expires_after(limits.request_timeout);
-    const auto write_error = co_await write<Protocol>(socket, outgoing, keep_alive);
+    const auto write_error = co_await write(client, outgoing, keep_alive, limits.request_timeout);
     if (write_error || !keep_alive) break;
   }
 
@@ -334,8 +394,8 @@ class protocol_listener final : public http_server::listener {
 
 void configure_request_parser(request_parser& parser, const server_limits& limits) {
   parser.header_limit(limits.header_limit);
-  parser.body_limit(limits.body_limit);
-  parser.eager(true);
+  // The largest any route takes; a route's own limit is set once its head is read.
+  parser.body_limit(std::max(limits.body_limit, limits.gateway_body_limit));
 }
 
 std::size_t connection_cap_from_fd_limit() {

@@ -52,7 +52,7 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
   using enum http::verb;
   using enum credential_kind;
   using self = request_handler;
-  static constexpr std::array<endpoint, 14> table{{
+  static constexpr std::array<endpoint, 16> table{{
       {{get, "/v1/apps/{app}/token", access::client, "token"}, &self::app_credential<access_token>},
       {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
        &self::invalidate<access_token>},
@@ -76,11 +76,16 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
       {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
       {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
       {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
+      // The gateway's, last: any method (`unknown`), and only while it is enabled.
+      {{unknown, "/v1/apps/{app}/api/{path*}", access::client, "gateway"}, &self::api_call},
+      {{unknown, "/cgi-bin/{path*}", access::anyone, "gateway_drop_in"}, &self::wecom_api_call},
   }};
   return table;
 }
 
 namespace {
+
+constexpr std::size_t gateway_routes = 2;  // the table's last entries
 
 std::vector<std::string_view> table_labels() {
   std::vector<std::string_view> labels;
@@ -90,14 +95,30 @@ std::vector<std::string_view> table_labels() {
 
 }  // namespace
 
-request_handler::request_handler(const broker& apps, std::vector<client_config> clients)
+request_handler::request_handler(const broker& apps, std::vector<client_config> clients,
+                                 gateway* api_gateway)
     : apps_(apps),
+      gateway_(api_gateway),
       auth_(std::make_shared<const client_auth>(std::move(clients))),
       metrics_(table_labels()) {}
 
-std::variant<answer, waiting_request> request_handler::answer_or_wait(const request& incoming) {
+std::span<const request_handler::endpoint> request_handler::routes() const {
+  const auto table = endpoints();
+  return gateway_ ? table : table.first(table.size() - gateway_routes);
+}
+
+std::uint64_t request_handler::body_limit(const http::request_header<>& head,
+                                          std::uint64_t ordinary) const {
+  if (!gateway_) return ordinary;
+  const auto matched = match_route(routes(), head.method(), head.target());
+  const bool forwarded = matched.outcome == route_match::result::matched &&
+                         matched.index >= endpoints().size() - gateway_routes;
+  return forwarded ? gateway_->max_body_bytes() : ordinary;
+}
+
+std::variant<answer, waiting_request> request_handler::answer_or_wait(request& incoming) {
   const auto started_at = std::chrono::steady_clock::now();
-  const auto matched = match_route(endpoints(), incoming.method(), incoming.target());
+  const auto matched = match_route(routes(), incoming.method(), incoming.target());
   const auto route =
       matched.outcome == route_match::result::matched ? matched.index : metrics_.other();
   auto decided = [&]() -> std::variant<answer, waiting_request> {
@@ -169,7 +190,7 @@ request_handler::~request_handler() {
 }
 
 std::variant<answer, waiting_request> request_handler::decide(const route_match& matched,
-                                                              const request& incoming) {
+                                                              request& incoming) {
   if (matched.outcome == route_match::result::method_not_allowed) {
     auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
                                   "use " + matched.allow);
@@ -365,6 +386,59 @@ std::variant<answer, waiting_request> request_handler::wecom_ticket(const call& 
                          .then = waiting_request::wecom_token};
 }
 
+// SPEC §8: /v1/apps/{app}/api/{path}, for an authenticated client allowed the app.
+std::variant<answer, waiting_request> request_handler::api_call(const call& current) {
+  return forward(current, *current.app, std::string(current.matched.parameters["path"]),
+                 /*drop_in=*/false);
+}
+
+// SPEC §8: any other /cgi-bin/… call, keyed by a token this broker handed out, as WeCom keys
+// them: an SDK pointed at the broker works unchanged.
+std::variant<answer, waiting_request> request_handler::wecom_api_call(const call& current) {
+  const auto query = query_parameters::parse(current.matched.query);
+  if (!query) {
+    return error_response(http::status::bad_request, "bad_request",
+                          "malformed percent-encoding in the query");
+  }
+  const auto* access_token = query->find("access_token");
+  if (!access_token || access_token->empty()) {
+    return wecom_error_response(41001, "access_token missing");
+  }
+  auto& reads = reads_of(this);
+  const auto app_id = apps_.handed_out().app_of(*access_token, clock::now());
+  const auto* entry = app_id ? reads.current_apps(apps_).entry(*app_id) : nullptr;
+  if (!entry) return wecom_error_response(40014, "invalid access_token");
+  return forward(current, *entry, "cgi-bin/" + std::string(current.matched.parameters["path"]),
+                 /*drop_in=*/true);
+}
+
+std::variant<answer, waiting_request> request_handler::forward(const call& current,
+                                                               const app_entry& app,
+                                                               std::string api, bool drop_in) {
+  if (!is_api_path(api)) {
+    return error_response(http::status::bad_request, "bad_request",
+                          "not a WeCom API path: segments of [A-Za-z0-9_.-], 256 bytes at most");
+  }
+  if (is_credential_path(api)) {
+    return drop_in ? wecom_error_response(48002, "api forbidden: the broker hands out credentials")
+                   : error_response(http::status::forbidden, "forbidden",
+                                    "credentials come from the broker's own endpoints, not "
+                                    "through the gateway");
+  }
+  auto& incoming = current.incoming;
+  return waiting_request{.then = waiting_request::forward,
+                         .forwards = std::make_shared<gateway::call>(gateway::call{
+                             .token = app.token,
+                             .app = app.app->id,
+                             .corpid = app.app->corpid,
+                             .method = incoming.method(),
+                             .api = std::move(api),
+                             .query = std::string(current.matched.query),
+                             .content_type = std::string(incoming[http::field::content_type]),
+                             .body = std::move(incoming.body()),
+                             .drop_in = drop_in})};
+}
+
 // SPEC §4: 503 while a long-lived task is down, naming it.
 std::variant<answer, waiting_request> request_handler::healthz(const call&) {
   const auto down = apps_.tasks().down();
@@ -375,6 +449,7 @@ std::variant<answer, waiting_request> request_handler::healthz(const call&) {
 
 std::variant<answer, waiting_request> request_handler::metrics(const call&) {
   auto text = render_metrics(metrics_, *apps_.apps(), apps_.store_up());
+  if (gateway_) gateway_->render_metrics(text);
   apps_.tasks().render_metrics(text);
   auto page = json_response(http::status::ok, std::move(text));
   page.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
@@ -382,6 +457,10 @@ std::variant<answer, waiting_request> request_handler::metrics(const call&) {
 }
 
 asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
+  if (waiting.then == waiting_request::forward) {
+    auto forwarding = gateway_->forward(std::move(*waiting.forwards));
+    co_return co_await std::move(forwarding);
+  }
   if (waiting.then == waiting_request::signature) {
     auto signing = wait_and_sign(*waiting.signs);
     co_return co_await std::move(signing);
@@ -395,6 +474,10 @@ asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& 
 }
 
 answer request_handler::answer_waited(const waiting_request& waiting, token_outcome outcome) {
+  if (waiting.then == waiting_request::forward) {
+    return error_response(http::status::service_unavailable, "unavailable",
+                          "the broker is stopping");
+  }
   if (waiting.then == waiting_request::signature) {
     return unavailable_response(waiting.signs->jsapi_ticket ? waiting.signs->jsapi_ticket->id()
                                                             : waiting.signs->agent_ticket->id(),

@@ -53,6 +53,9 @@ token_answer wecom_token_answer(std::shared_ptr<const credential_view> view, tim
 
 unsigned status_of(const answer& outgoing) {
   if (const auto* other = std::get_if<response>(&outgoing)) return other->result_int();
+  if (const auto* relayed = std::get_if<relayed_answer>(&outgoing)) {
+    return relayed->head.result_int();
+  }
   return 200;
 }
 

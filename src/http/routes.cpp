@@ -10,6 +10,8 @@ int hex_value(char c) {
   return -1;
 }
 
+}  // namespace
+
 std::optional<std::string> percent_decode(std::string_view text) {
   std::string out;
   out.reserve(text.size());
@@ -27,8 +29,6 @@ std::optional<std::string> percent_decode(std::string_view text) {
   }
   return out;
 }
-
-}  // namespace
 
 std::string_view path_parameters::operator[](std::string_view name) const {
   for (std::size_t i = 0; i < count_; ++i) {

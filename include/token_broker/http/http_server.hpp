@@ -20,14 +20,16 @@ struct server_limits {
   std::chrono::milliseconds idle_timeout{60000};     // between requests on a keep-alive connection
   std::chrono::milliseconds request_timeout{10000};  // to read one request once it has begun
   std::uint32_t header_limit = 8 * 1024;
-  std::uint64_t body_limit = 16 * 1024;
+  std::uint64_t body_limit = 16 * 1024;  // for every route but the gateway's
+  std::uint64_t gateway_body_limit = 0;  // gateway.max_body_bytes when it is enabled
 };
 
 using request_parser = http::request_parser<http::string_body>;
 
-// Sets up a parser for one request as the server reads every request: the header and body
-// caps, and eager, so that one put() also parses the body that came with the header. (The
-// HTTP fuzzer sets its parser up here too, so it fuzzes what the server runs.)
+// Sets up a parser for one request as the server reads every request: the header cap and the
+// largest body cap of any route. Not eager: a put() stops after the head, whose route sets its
+// own body cap before the body is read. (The HTTP fuzzer sets its parser up here too, so it
+// fuzzes what the server runs.)
 void configure_request_parser(request_parser& parser, const server_limits& limits);
 
 // The default connection cap: what the process's file descriptor limit leaves room for.

@@ -9,6 +9,7 @@
 #include "token_broker/broker.hpp"
 #include "token_broker/core/asio.hpp"
 #include "token_broker/core/published.hpp"
+#include "token_broker/gateway/gateway.hpp"
 #include "token_broker/http/client_auth.hpp"
 #include "token_broker/http/jssdk_signature.hpp"
 #include "token_broker/http/responses.hpp"
@@ -24,7 +25,7 @@ using request = http::request<http::string_body>;
 struct waiting_request {
   // Kept: a reload may drop it from the set meanwhile.
   std::shared_ptr<credential_refresher> credential;
-  enum { our_token, wecom_token, invalidation, signature } then = our_token;
+  enum { our_token, wecom_token, invalidation, signature, forward } then = our_token;
   std::string reported;  // invalidation: the value the caller saw rejected
   // signature: what to sign, for which app, and its tickets (each waited for)
   struct signing {
@@ -33,7 +34,8 @@ struct waiting_request {
     std::shared_ptr<credential_refresher> jsapi_ticket, agent_ticket;
   };
   std::shared_ptr<const signing> signs;
-  std::size_t route = 0;  // its route table entry, for the metrics
+  std::shared_ptr<gateway::call> forwards;  // forward: the call to make through the gateway
+  std::size_t route = 0;                    // its route table entry, for the metrics
   std::chrono::steady_clock::time_point started_at;
 };
 
@@ -42,7 +44,7 @@ class request_handler {
   // What a handler is given: the matched route, the request, and who is calling.
   struct call {
     const route_match& matched;
-    const request& incoming;
+    request& incoming;  // a gateway call takes its body
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
     const app_entry* app;         // the path's {app}, checked against the config and the client
@@ -55,7 +57,9 @@ class request_handler {
   // The route table, in matching order.
   static std::span<const endpoint> endpoints();
 
-  request_handler(const broker& apps, std::vector<client_config> clients);
+  // `api_gateway`: null when the gateway is not enabled.
+  request_handler(const broker& apps, std::vector<client_config> clients,
+                  gateway* api_gateway = nullptr);
   ~request_handler();
 
   // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
@@ -64,7 +68,9 @@ class request_handler {
   // The answer, at once and counted, for every request that needs no wait; for one that
   // does, what it waits for: then co_await answer_after_wait. Most requests never enter a
   // coroutine of the handler, so they allocate no coroutine frame.
-  std::variant<answer, waiting_request> answer_or_wait(const request& incoming);
+  std::variant<answer, waiting_request> answer_or_wait(request& incoming);
+  // The largest body the route of `head` takes: the gateway's for its routes, else `ordinary`.
+  std::uint64_t body_limit(const http::request_header<>& head, std::uint64_t ordinary) const;
   asio::awaitable<answer> answer_after_wait(waiting_request waiting);
   // The answer to a request that could not be parsed (too large, malformed), or nothing when
   // there is nobody left to answer (the client went away, the read timed out).
@@ -84,7 +90,9 @@ class request_handler {
   }
 
  private:
-  std::variant<answer, waiting_request> decide(const route_match& matched, const request& incoming);
+  // The table without the gateway's routes while it is off.
+  std::span<const endpoint> routes() const;
+  std::variant<answer, waiting_request> decide(const route_match& matched, request& incoming);
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   asio::awaitable<answer> wait_and_sign(const waiting_request::signing& signs);
@@ -107,8 +115,13 @@ class request_handler {
   std::variant<answer, waiting_request> healthz(const call& current);
   std::variant<answer, waiting_request> readyz(const call& current);
   std::variant<answer, waiting_request> metrics(const call& current);
+  std::variant<answer, waiting_request> api_call(const call& current);
+  std::variant<answer, waiting_request> wecom_api_call(const call& current);
+  std::variant<answer, waiting_request> forward(const call& current, const app_entry& app,
+                                                std::string api, bool drop_in);
 
   const broker& apps_;
+  gateway* gateway_;
   published<client_auth> auth_;
   request_metrics metrics_;
   std::atomic<bool> waits_closed_{false};

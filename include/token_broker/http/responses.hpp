@@ -3,6 +3,8 @@
 #pragma once
 
 #include <array>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -32,9 +34,24 @@ token_answer our_token_answer(std::shared_ptr<const credential_view> view, time_
 // 200 {"errcode":0,"errmsg":"ok","access_token","expires_in"}: WeCom's shape for the drop-in
 token_answer wecom_token_answer(std::shared_ptr<const credential_view> view, time_point now);
 
+// A body that arrives while it is written (the gateway passing on WeCom's answer).
+class body_source {
+ public:
+  virtual ~body_source() = default;
+  // The next piece, valid until the next call; empty at the end; nullopt when the body
+  // failed midway (the caller's connection must then be cut: its head is gone already).
+  virtual asio::awaitable<std::optional<std::string_view>> next() = 0;
+};
+// `head` (status and fields, Content-Length when the size is known, else sent chunked),
+// then the pieces of `body`.
+struct relayed_answer {
+  response head;
+  std::unique_ptr<body_source> body;
+};
+
 // Everything the API sends: a token answer, written straight from its prepared text (the
-// hot path), or any other response.
-using answer = std::variant<token_answer, response>;
+// hot path), an upstream answer relayed as it arrives, or any other response.
+using answer = std::variant<token_answer, response, relayed_answer>;
 unsigned status_of(const answer& outgoing);
 
 // A token answer's bytes on the wire, the same a Beast response would have: status line and

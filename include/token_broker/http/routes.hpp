@@ -24,7 +24,7 @@ enum class access {
 };
 
 struct route {
-  http::verb method;
+  http::verb method;  // `unknown`: any method
   // Literal text and named segments: "{name}" matches one non-empty segment; a last segment
   // "{name*}" matches the non-empty rest of the path, slashes included.
   std::string_view pattern;
@@ -67,7 +67,7 @@ route_match match_route(std::span<const Entry> table, http::verb method, std::st
   for (std::size_t i = 0; i < table.size(); ++i) {
     const route& shape = table[i].shape;
     if (!match_pattern(shape.pattern, path, found.parameters)) continue;
-    if (shape.method == method) {
+    if (shape.method == method || shape.method == http::verb::unknown) {
       found.outcome = route_match::result::matched;
       found.index = i;
       found.allow.clear();
@@ -80,6 +80,9 @@ route_match match_route(std::span<const Entry> table, http::verb method, std::st
   found.parameters.clear();
   return found;
 }
+
+// `text` with its %XX escapes decoded; nullopt when one is malformed.
+std::optional<std::string> percent_decode(std::string_view text);
 
 // A query's parameters, percent-decoded. '+' stays '+': WeCom secrets may contain it, and
 // SDKs that encode spaces that way never send spaces here.

@@ -17,6 +17,7 @@
 #include "token_broker/core/clock.hpp"
 #include "token_broker/credentials/fetch_result.hpp"
 #include "token_broker/upstream/call_limit.hpp"
+#include "token_broker/upstream/connection_pool.hpp"
 
 namespace token_broker {
 
@@ -99,35 +100,22 @@ class upstream_client final : public upstream_caller {
   const call_limit& calls() const { return calls_; }
   std::chrono::milliseconds timeout() const { return config_.timeout; }
   // TLS handshakes made so far: with connections reused, far fewer than calls.
-  std::uint64_t tls_handshakes() const { return tls_handshakes_.load(std::memory_order_relaxed); }
+  std::uint64_t tls_handshakes() const { return connections_.tls_handshakes(); }
 
  private:
-  using tls_stream = beast::ssl_stream<beast::tcp_stream>;
-  struct idle_connection {
-    std::unique_ptr<tls_stream> stream;
-    std::chrono::steady_clock::time_point since;
-  };
+  using tls_stream = connection_pool::tls_stream;
   struct exchange;
 
   asio::awaitable<upstream_result> call_until(std::chrono::steady_clock::time_point deadline,
                                               const upstream_request& request);
-  asio::awaitable<std::variant<std::unique_ptr<tls_stream>, fetch_failure>> connect(
-      std::chrono::steady_clock::time_point deadline);
   asio::awaitable<exchange> send_and_receive(tls_stream& stream,
                                              std::chrono::steady_clock::time_point deadline,
                                              const upstream_request& request);
-  std::unique_ptr<tls_stream> take_idle();
-  void keep_idle(std::unique_ptr<tls_stream> stream);
 
   upstream_config config_;
-  std::string host_header_;
-  asio::ssl::context tls_;
+  // Never more idle than the slots: a call opens a connection only when none is idle.
+  connection_pool connections_;
   call_limit calls_;  // shared by every app's calls through this client
-  std::atomic<std::uint64_t> tls_handshakes_{0};
-  std::mutex idle_mutex_;
-  // Most recently used last. Never more than the slots: a call opens a connection only when
-  // none is idle.
-  std::vector<idle_connection> idle_;
 };
 
 }  // namespace token_broker

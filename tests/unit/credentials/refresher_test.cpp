@@ -115,7 +115,7 @@ TEST(refresher_test, a_store_that_throws_does_not_end_a_credentials_refreshing) 
   broker apps(io.get_executor(), settings, std::move(store));
   request_handler handler(apps, {});
   const auto ask = [&handler](std::string target) {
-    const request incoming{http::verb::get, target, 11};
+    request incoming{http::verb::get, target, 11};
     auto decided = handler.answer_or_wait(incoming);
     return std::move(std::get<answer>(decided));  // these answer without waiting
   };

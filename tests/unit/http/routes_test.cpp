@@ -60,9 +60,29 @@ TEST(routes, listing_and_probes) {
 TEST(routes, unknown_paths) {
   for (const auto* target :
        {"/", "/v1", "/v1/apps/", "/v1/apps//token", "/v1/apps/hr", "/v1/apps/hr/token/extra",
-        "/v1/apps/hr/tokens", "/cgi-bin/other", "/metrics2", "*", ""}) {
+        "/v1/apps/hr/tokens", "/metrics2", "*", ""}) {
     EXPECT_EQ(match(http::verb::get, target).outcome, result::not_found) << target;
   }
+}
+
+// The gateway's routes come last and take any method: every endpoint before them keeps its
+// own (a GET of /cgi-bin/gettoken is still the drop-in, not a forwarded call).
+TEST(routes, gateway_calls_take_any_method_after_every_other_endpoint) {
+  for (const auto method : {http::verb::get, http::verb::post, http::verb::put}) {
+    const auto api = match(method, "/v1/apps/hr/api/cgi-bin/user/get?userid=u");
+    ASSERT_EQ(api.outcome, result::matched);
+    EXPECT_EQ(label_of(api), "gateway");
+    EXPECT_EQ(api.parameters["app"], "hr");
+    EXPECT_EQ(api.parameters["path"], "cgi-bin/user/get");
+    const auto drop_in = match(method, "/cgi-bin/message/send?access_token=T");
+    ASSERT_EQ(drop_in.outcome, result::matched);
+    EXPECT_EQ(label_of(drop_in), "gateway_drop_in");
+    EXPECT_EQ(drop_in.parameters["path"], "message/send");
+  }
+  EXPECT_EQ(label_of(match(http::verb::get, "/cgi-bin/gettoken?corpid=ww01")), "gettoken");
+  EXPECT_EQ(label_of(match(http::verb::get, "/cgi-bin/ticket/get?type=agent_config")),
+            "ticket_get");
+  EXPECT_EQ(label_of(match(http::verb::get, "/v1/apps/hr/token")), "token");
 }
 
 TEST(routes, every_endpoint_has_its_own_label_and_a_known_shape) {

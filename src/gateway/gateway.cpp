@@ -1,0 +1,185 @@
+#include "token_broker/gateway/gateway.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+#include "token_broker/gateway/api_exchange.hpp"
+
+namespace token_broker {
+namespace {
+
+using std::chrono::steady_clock;
+
+// WeCom's answer's errcode, when the body is a JSON object with one.
+std::optional<int> errcode_of(std::string_view body) {
+  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return std::nullopt;
+  const auto errcode = json.find("errcode");
+  if (errcode == json.end() || !errcode->is_number_integer()) return std::nullopt;
+  return errcode->get<int>();
+}
+
+// What upstream says of a token it will not take: the caller's call is repeated once, with
+// the token that replaces it.
+bool rejects_token(int errcode) {
+  return errcode == 40001 || errcode == 40014 || errcode == 42001;
+}
+
+// Upstream's own limits: passed on, and counted apart so that operators see them.
+bool upstream_limited(int errcode) {
+  return errcode == 45009 || errcode == 45033;
+}
+
+// The rest of an answer after the bytes already read, read as the caller takes it. Holds the
+// connection and the budget's grant until the last byte is through.
+class relayed_body final : public body_source {
+ public:
+  relayed_body(std::unique_ptr<api_exchange> exchange, budget_grant grant)
+      : exchange_(std::move(exchange)), grant_(std::move(grant)) {}
+
+  asio::awaitable<std::optional<std::string_view>> next() override {
+    if (!prefix_sent_) {
+      prefix_sent_ = true;
+      if (!exchange_->prefix().empty()) co_return std::string_view(exchange_->prefix());
+    }
+    auto reading = exchange_->next_piece();  // named: g++ 12 mishandles temporaries here
+    auto piece = co_await std::move(reading);
+    if (piece && piece->empty()) {
+      exchange_->finish();
+      grant_ = budget_grant{};
+    }
+    co_return piece;
+  }
+
+ private:
+  std::unique_ptr<api_exchange> exchange_;
+  budget_grant grant_;
+  bool prefix_sent_ = false;
+};
+
+// Upstream's answer for the caller: its status and the fields that describe the body.
+answer pass_on(std::unique_ptr<api_exchange> exchange, budget_grant grant) {
+  const auto& upstream = exchange->head();
+  response head{upstream.result(), 11};
+  for (const auto field : {http::field::content_type, http::field::content_disposition}) {
+    if (const auto value = upstream[field]; !value.empty()) head.set(field, value);
+  }
+  head.set(http::field::cache_control, "no-store");  // answers may carry personal data
+  if (exchange->complete()) {
+    head.body() = exchange->prefix();
+    head.prepare_payload();
+    exchange->finish();
+    return head;
+  }
+  if (const auto length = upstream[http::field::content_length]; !length.empty()) {
+    head.set(http::field::content_length, length);
+  }
+  return relayed_answer{std::move(head),
+                        std::make_unique<relayed_body>(std::move(exchange), std::move(grant))};
+}
+
+response over_budget(const budget_refusal& refusal) {
+  auto reply = json_response(
+      http::status::ok,
+      R"json({"errcode":45009,"errmsg":"api freq out of limit (token-broker budget)"})json");
+  reply.set(http::field::retry_after, std::to_string(refusal.retry_after.count()));
+  return reply;
+}
+
+response upstream_failed(const exchange_failure& failure) {
+  return failure.timed_out
+             ? error_response(http::status::gateway_timeout, "gateway_timeout", failure.reason)
+             : error_response(http::status::bad_gateway, "bad_gateway", failure.reason);
+}
+
+// No token to call with: the token route's answer, or WeCom's shape for an SDK.
+response no_token(const gateway::call& asked, const token_outcome& outcome) {
+  if (!asked.drop_in) return unavailable_response(asked.token->id(), outcome);
+  const auto failure =
+      outcome.failure.value_or(fetch_failure{failure_class::transient, -1, "system busy"});
+  return wecom_error_response(failure.errcode, failure.errmsg);
+}
+
+}  // namespace
+
+gateway::gateway(const upstream_config& upstream, const gateway_config& settings,
+                 std::unique_ptr<api_budget> budget)
+    : settings_(settings),
+      pool_(upstream),
+      connections_(settings.max_connections),
+      budget_(std::move(budget)) {}
+
+asio::awaitable<answer> gateway::forward(call asked) {
+  const auto started = steady_clock::now();
+  const auto label = labels_.of(asked.api);
+  std::string_view outcome = "internal";
+  auto forwarding = forward_counted(asked, label, outcome);  // named: g++ 12 and temporaries
+  auto result = co_await std::move(forwarding);
+  metrics_.record(asked.app, label, outcome, steady_clock::now() - started);
+  // The path only: the query holds the token, and callers' parameters are theirs.
+  spdlog::debug("gateway app={} api={} outcome={} status={}", asked.app, label, outcome,
+                status_of(result));
+  co_return result;
+}
+
+asio::awaitable<answer> gateway::forward_counted(const call& asked, const std::string& label,
+                                                 std::string_view& outcome) {
+  token_outcome held{.view = asked.token->view()};
+  if (!held.view->servable(clock::now())) {
+    auto waiting = asked.token->wait_for_token();  // named: g++ 12 and temporaries
+    held = co_await std::move(waiting);
+  }
+  for (bool retried = false;; retried = true) {
+    if (!held.view) {
+      outcome = "no_token";
+      co_return no_token(asked, held);
+    }
+    const std::string used = held.view->current->value;
+
+    auto acquiring = budget_->try_acquire(asked.corpid, asked.api);
+    auto decision = co_await std::move(acquiring);
+    if (const auto* refusal = std::get_if<budget_refusal>(&decision)) {
+      outcome = "budget";
+      metrics_.record_rejection(asked.app, label);
+      co_return over_budget(*refusal);
+    }
+    auto grant = std::get<budget_grant>(std::move(decision));
+
+    const auto deadline = steady_clock::now() + settings_.timeout;
+    auto waiting_for_connection = connections_.acquire();
+    auto permit = co_await std::move(waiting_for_connection);
+    const api_request request{.method = asked.method,
+                              .target = "/" + asked.api + "?" + forwarded_query(asked.query, used),
+                              .content_type = asked.content_type,
+                              .body = asked.body};
+    auto starting =
+        api_exchange::start(pool_, std::move(permit), request, deadline, settings_.timeout);
+    auto started = co_await std::move(starting);
+    if (auto* failure = std::get_if<exchange_failure>(&started)) {
+      outcome = failure->timed_out ? "timeout" : "bad_gateway";
+      spdlog::warn("gateway app={} api={}: {}", asked.app, label, failure->reason);
+      co_return upstream_failed(*failure);
+    }
+    auto exchange = std::get<std::unique_ptr<api_exchange>>(std::move(started));
+
+    const auto errcode =
+        exchange->complete() ? errcode_of(exchange->prefix()) : std::optional<int>{};
+    if (errcode && rejects_token(*errcode) && !retried) {
+      exchange->finish();
+      spdlog::info(
+          "gateway app={} api={}: upstream rejected the token (errcode {}); reporting "
+          "it and calling once more",
+          asked.app, label, *errcode);
+      auto reporting = asked.token->invalidate(used);  // named: g++ 12 and temporaries
+      held = co_await std::move(reporting);
+      continue;
+    }
+    outcome = !errcode || *errcode == 0    ? "ok"
+              : upstream_limited(*errcode) ? "upstream_limited"
+                                           : "upstream_error";
+    co_return pass_on(std::move(exchange), std::move(grant));
+  }
+}
+
+}  // namespace token_broker
