@@ -110,6 +110,16 @@ gateway::gateway(const upstream_config& upstream, const gateway_config& settings
       connections_(settings.max_connections),
       budget_(std::move(budget)) {}
 
+void gateway::render_metrics(std::string& out) const {
+  metrics_.render(out);
+  out += "# HELP token_broker_gateway_upstream_handshakes_total TLS handshakes with upstream by "
+         "the gateway's connection pool.\n"
+         "# TYPE token_broker_gateway_upstream_handshakes_total counter\n"
+         "token_broker_gateway_upstream_handshakes_total ";
+  out += std::to_string(pool_.tls_handshakes());
+  out += '\n';
+}
+
 asio::awaitable<answer> gateway::forward(call asked) {
   const auto started = steady_clock::now();
   const auto label = labels_.of(asked.api);

@@ -59,7 +59,9 @@ TEST_F(gateway_test, json_multipart_and_binary_bodies_arrive_byte_identical_both
   const auto& broker = start_gateway();
 
   // JSON, with headers a caller must not pass on.
-  const json message{{"touser", "zhangsan"}, {"msgtype", "text"}, {"agentid", 1000002},
+  const json message{{"touser", "zhangsan"},
+                     {"msgtype", "text"},
+                     {"agentid", 1000002},
                      {"text", {{"content", "你好, \"gateway\" \\ ok"}}}};
   const auto sent = api(broker, {.method = "POST",
                                  .target = "cgi-bin/message/send?debug=1",
@@ -91,11 +93,11 @@ TEST_F(gateway_test, json_multipart_and_binary_bodies_arrive_byte_identical_both
                                 std::to_string(file.size()) +
                                 "\r\nContent-Type: application/octet-stream\r\n\r\n" + file +
                                 "\r\n--" + boundary + "--\r\n";
-  const auto uploaded = api(
-      broker, {.method = "POST",
-               .target = "cgi-bin/media/upload?type=file",
-               .body = multipart,
-               .headers = {{"Content-Type", "multipart/form-data; boundary=" + boundary}}});
+  const auto uploaded =
+      api(broker, {.method = "POST",
+                   .target = "cgi-bin/media/upload?type=file",
+                   .body = multipart,
+                   .headers = {{"Content-Type", "multipart/form-data; boundary=" + boundary}}});
   ASSERT_EQ(uploaded.status, 200u) << uploaded.body;
   const auto media_id = json::parse(uploaded.body).at("media_id").get<std::string>();
   EXPECT_EQ(last_call().body_sha256, fake::sha256_hex(multipart));
@@ -164,8 +166,8 @@ TEST_F(gateway_test, the_drop_in_takes_tokens_the_broker_handed_out_and_no_other
   ASSERT_NE(first, second);
 
   fake_->clear_api_calls();
-  const auto stale = http_get(broker.port(), "/cgi-bin/user/get?access_token=" + first +
-                                                 "&userid=zhangsan");
+  const auto stale =
+      http_get(broker.port(), "/cgi-bin/user/get?access_token=" + first + "&userid=zhangsan");
   ASSERT_EQ(stale.status, 200u);
   EXPECT_EQ(json::parse(stale.body)["userid"], "zhangsan");
   EXPECT_TRUE(last_call().token_ok) << "forwarded with the current token";
@@ -174,9 +176,8 @@ TEST_F(gateway_test, the_drop_in_takes_tokens_the_broker_handed_out_and_no_other
       http_get(broker.port(), "/cgi-bin/user/get?access_token=not-from-this-broker&userid=x");
   EXPECT_EQ(json::parse(unknown.body)["errcode"], 40014);
   EXPECT_EQ(fake_->api_calls().size(), 1u) << "no upstream call for an unknown token";
-  const auto credential =
-      http_call(broker.port(), {.method = "POST", .target = "/cgi-bin/gettoken?access_token=" +
-                                                            second});
+  const auto credential = http_call(
+      broker.port(), {.method = "POST", .target = "/cgi-bin/gettoken?access_token=" + second});
   EXPECT_EQ(json::parse(credential.body)["errcode"], 48002) << "credentials are not forwarded";
 }
 
@@ -226,16 +227,23 @@ TEST_F(gateway_test, the_budget_refuses_without_an_upstream_call_and_upstream_li
   // Another path has a budget of its own; WeCom's own limit passes through, counted.
   fake_->set_api_limit(corpid, "/cgi-bin/department/list", 1);
   EXPECT_EQ(json::parse(api(broker, {.target = "cgi-bin/department/list"}).body)["errcode"], 0);
-  EXPECT_EQ(json::parse(api(broker, {.target = "cgi-bin/department/list"}).body)["errcode"],
-            45009);
+  EXPECT_EQ(json::parse(api(broker, {.target = "cgi-bin/department/list"}).body)["errcode"], 45009);
 
   const auto page = http_get(broker.port(), "/metrics").body;
-  EXPECT_EQ(metric_sample(page, R"(token_broker_gateway_budget_rejections_total{app="hr",api="cgi-bin/user/get"})"),
-            1);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/user/get",outcome="ok"})"),
-            3);
-  EXPECT_EQ(metric_sample(page, R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/department/list",outcome="upstream_limited"})"),
-            1);
+  EXPECT_EQ(
+      metric_sample(
+          page, R"(token_broker_gateway_budget_rejections_total{app="hr",api="cgi-bin/user/get"})"),
+      1);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/user/get",outcome="ok"})"),
+      3);
+  EXPECT_EQ(
+      metric_sample(
+          page,
+          R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/department/list",outcome="upstream_limited"})"),
+      1);
   EXPECT_GE(metric_sample(page, R"(token_broker_gateway_request_duration_seconds_count{app="hr"})"),
             6);
 }
@@ -246,8 +254,8 @@ TEST_F(gateway_test, clients_reach_only_their_apps_and_the_gateway_is_off_unless
   const std::string key = "gateway-test-client-key";
   forbid_in_logs(key, "a client key");
   const json clients{{"svc", {{"key_sha256", hex_sha256(key)}, {"apps", {"hr"}}}}};
-  const auto& broker = start_broker(make_config(
-      free_port(), {{"gateway", {{"enabled", true}}}, {"clients", clients}}));
+  const auto& broker = start_broker(
+      make_config(free_port(), {{"gateway", {{"enabled", true}}}, {"clients", clients}}));
   const auto as_client = [&](const std::string& target) {
     return http_call(broker.port(),
                      {.target = target, .headers = {{"Authorization", "Bearer " + key}}});

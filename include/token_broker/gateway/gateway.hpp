@@ -42,7 +42,9 @@ class gateway {
   asio::awaitable<answer> forward(call asked);
 
   std::uint64_t max_body_bytes() const { return settings_.max_body_bytes; }
-  void render_metrics(std::string& out) const { metrics_.render(out); }
+  // The gateway's metrics, and its upstream TLS handshakes (with the pool kept alive, about
+  // one per connection rather than one per call).
+  void render_metrics(std::string& out) const;
   std::uint64_t tls_handshakes() const { return pool_.tls_handshakes(); }
 
  private:

@@ -223,6 +223,24 @@ TEST(config, reads_tickets) {
   EXPECT_FALSE(parse_config(with("/apps/hr/tickets", "[]")).apps[0].jsapi_ticket);
 }
 
+TEST(config, reads_the_gateway) {
+  const auto off = parse_config(with("/refresh/jitter_s", "1"));
+  EXPECT_FALSE(off.gateway.enabled);
+  EXPECT_EQ(off.gateway.timeout, 10000ms);
+  EXPECT_EQ(off.gateway.max_body_bytes, 20u * 1024 * 1024);
+  EXPECT_EQ(off.gateway.max_connections, 64u);
+  EXPECT_EQ(off.gateway.budget, (api_budget_limits{9000, 140000, 0}));
+  const auto on = parse_config(
+      with("/gateway",
+           R"({"enabled": true, "timeout_ms": 2500, "max_body_bytes": 1024, "max_connections": 8,
+          "budget": {"per_minute": 30, "per_hour": 0, "concurrency": 4}})"));
+  EXPECT_TRUE(on.gateway.enabled);
+  EXPECT_EQ(on.gateway.timeout, 2500ms);
+  EXPECT_EQ(on.gateway.max_body_bytes, 1024u);
+  EXPECT_EQ(on.gateway.max_connections, 8u);
+  EXPECT_EQ(on.gateway.budget, (api_budget_limits{30, 0, 4})) << "0: no cap";
+}
+
 // The shipped example stays loadable: only its placeholders need real values.
 TEST(config, example_file_loads_once_placeholders_are_filled) {
   const auto example_path =
@@ -489,6 +507,14 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"agent_ticket_without_agentid", with("/apps/hr/tickets", R"(["agent_config"])"), "apps.hr.agentid", R"(is required with the "agent_config" ticket)"},
   error_case{"ticket_calls_zero", with("/refresh/ticket_calls_per_hour", "0"), "refresh.ticket_calls_per_hour", "from 1 to 100"},
   error_case{"ticket_calls_above_wecoms", with("/refresh/ticket_calls_per_hour", "101"), "refresh.ticket_calls_per_hour", "from 1 to 100"},
+  error_case{"gateway_not_object", with("/gateway", "true"), "gateway", "must be an object"},
+  error_case{"gateway_unknown_key", with("/gateway/retries", "2"), "gateway.retries", "unknown key"},
+  error_case{"gateway_enabled_not_bool", with("/gateway/enabled", R"("yes")"), "gateway.enabled", "must be true or false"},
+  error_case{"gateway_timeout_too_short", with("/gateway/timeout_ms", "10"), "gateway.timeout_ms", "from 100 to 600000"},
+  error_case{"gateway_body_zero", with("/gateway/max_body_bytes", "0"), "gateway.max_body_bytes", "from 1 to"},
+  error_case{"gateway_connections_zero", with("/gateway/max_connections", "0"), "gateway.max_connections", "from 1 to 4096"},
+  error_case{"gateway_budget_unknown", with("/gateway/budget/per_day", "5"), "gateway.budget.per_day", "unknown key"},
+  error_case{"gateway_budget_negative", with("/gateway/budget/per_minute", "-1"), "gateway.budget.per_minute", "from 0 to"},
   error_case{"no_secret_source", without("/apps/hr/secret"), "apps.hr", "needs exactly one of secret, secret_env, secret_file"},
   error_case{"two_secret_sources", with("/apps/hr/secret_file", R"("/etc/hostname")"), "apps.hr", "has more than one of secret, secret_env, secret_file"},
   error_case{"secret_empty", with("/apps/hr/secret", R"("")"), "apps.hr.secret", "must be a non-empty string"},
