@@ -25,6 +25,11 @@ using std::chrono::milliseconds;
 // and a call passes when their counts plus one stay within the cap. Times are Redis's own
 // (TIME; scripts replicate their effects, Redis >= 5), so replicas' clocks never meet.
 const redis_script acquire_script(
+    // Replicas may differ in limits and lease_ttl for a while (a reload): a key's life is only
+    // ever lengthened, so that no replica cuts short what another one counts on.
+    "local function extend(key, ttl)\n"
+    "  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end\n"
+    "end\n"
     "local time = redis.call('TIME')\n"
     "local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)\n"
     "local concurrency = tonumber(ARGV[3])\n"
@@ -57,10 +62,10 @@ const redis_script acquire_script(
     "  if not live[field] then redis.call('HDEL', KEYS[1], field) end\n"
     "end\n"
     "for _, field in ipairs(current_fields) do redis.call('HINCRBY', KEYS[1], field, 1) end\n"
-    "if keep > 0 then redis.call('PEXPIRE', KEYS[1], keep) end\n"
+    "if keep > 0 then extend(KEYS[1], keep) end\n"
     "if concurrency > 0 then\n"
     "  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
+    "  extend(KEYS[2], tonumber(ARGV[2]))\n"
     "end\n"
     "return {1}\n");
 
