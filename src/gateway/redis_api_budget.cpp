@@ -35,11 +35,13 @@ const redis_script acquire_script(
     "local concurrency = tonumber(ARGV[3])\n"
     "local stored, flat = {}, redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #flat, 2 do stored[flat[i]] = tonumber(flat[i + 1]) end\n"
-    "local answer, admitted, live, current_fields, keep = {0, now, 0}, true, {}, {}, 0\n"
+    "local answer, admitted, keep = {0, now, 0}, true, 0\n"
+    "local judged, live, current_fields = {}, {}, {}\n"
     "for w = 0, tonumber(ARGV[4]) - 1 do\n"
     "  local tag, width = ARGV[5 + 4 * w], tonumber(ARGV[6 + 4 * w])\n"
     "  local buckets, cap = tonumber(ARGV[7 + 4 * w]), tonumber(ARGV[8 + 4 * w])\n"
     "  local current, counted = math.floor(now / width), 0\n"
+    "  judged[tag] = true\n"
     "  for bucket = current - buckets, current do\n"
     "    local field = tag .. ':' .. bucket\n"
     "    live[field] = true\n"
@@ -57,9 +59,13 @@ const redis_script acquire_script(
     "  if answer[3] >= concurrency then admitted = false end\n"
     "end\n"
     "if not admitted then return answer end\n"
-    // Buckets that cover no more are dropped, so the hash keeps buckets + 1 fields per window.
+    // Buckets that cover no more are dropped, so the hash keeps buckets + 1 fields per window;
+    // a window this replica does not cap is left to those that do (limits differ for a while
+    // after a reload).
     "for field in pairs(stored) do\n"
-    "  if not live[field] then redis.call('HDEL', KEYS[1], field) end\n"
+    "  if judged[string.sub(field, 1, 1)] and not live[field] then\n"
+    "    redis.call('HDEL', KEYS[1], field)\n"
+    "  end\n"
     "end\n"
     "for _, field in ipairs(current_fields) do redis.call('HINCRBY', KEYS[1], field, 1) end\n"
     "if keep > 0 then extend(KEYS[1], keep) end\n"

@@ -182,6 +182,25 @@ TEST_F(api_budget_redis_test,
   EXPECT_EQ(keys_->client().command({"ZCARD", leases}).integer, 2);
 }
 
+// After a reload, replicas may cap different windows for a while: one that does not cap the
+// hour must neither count in it nor erase what the others counted there.
+TEST_F(api_budget_redis_test, a_replica_without_an_hour_cap_leaves_the_hour_to_the_others) {
+  replica hourly(settings(), {.per_minute = 0, .per_hour = 3, .concurrency = 0}, 10s);
+  replica minutely(settings(), {.per_minute = 100, .per_hour = 0, .concurrency = 0}, 10s);
+  ASSERT_TRUE(hourly.await_connection());
+  ASSERT_TRUE(minutely.await_connection());
+
+  EXPECT_TRUE(granted(hourly.acquire()));
+  EXPECT_TRUE(granted(hourly.acquire()));
+  for (int call = 0; call < 5; ++call) EXPECT_TRUE(granted(minutely.acquire()));
+  EXPECT_TRUE(granted(hourly.acquire()));
+  const auto refused = hourly.acquire();
+  ASSERT_FALSE(granted(refused)) << "the hour's counts were lost";
+  EXPECT_EQ(std::get<budget_refusal>(refused).cap, "per_hour");
+  const auto ttl = keys_->client().pttl(prefix_ + "gateway:" + corpid + ":" + api);
+  EXPECT_GT(ttl, 60 * 60'000) << "the minute's shorter life cut the hour's short";
+}
+
 TEST_F(api_budget_redis_test, a_lease_its_holder_never_gave_back_frees_itself_after_lease_ttl) {
   constexpr auto short_lease = 300ms;
   const api_budget_limits limits{.per_minute = 0, .per_hour = 0, .concurrency = 2};
