@@ -71,8 +71,7 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
     if (!held->stream) {
       auto connected = co_await pool.connect(deadline, timeout);
       if (auto* failure = std::get_if<fetch_failure>(&connected)) {
-        const bool timed_out = failure->errmsg.find("did not answer within") != std::string::npos;
-        co_return exchange_failure{timed_out, failure->errmsg};
+        co_return exchange_failure{steady_clock::now() >= deadline, failure->errmsg};
       }
       held->stream = std::get<std::unique_ptr<connection_pool::tls_stream>>(std::move(connected));
     }

@@ -32,6 +32,8 @@ class redis_token_store final : public token_store {
 
   void start(supervisor& tasks, change_listener changed) override;
   void stop() override;
+  // The command connection, which the gateway's budget shares (one script per call).
+  std::shared_ptr<redis_connection> commands() const { return commands_; }
   // Connected (and authenticated) to Redis now.
   std::optional<bool> up() const override { return commands_->up(); }
 
