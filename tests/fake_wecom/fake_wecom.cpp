@@ -3,6 +3,8 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <charconv>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -15,6 +17,7 @@
 #include <utility>
 
 #include "token_broker/core/asio.hpp"
+#include "token_broker/core/secret_digest.hpp"
 
 namespace token_broker::fake {
 namespace {
@@ -26,10 +29,10 @@ using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 using response = http::response<http::string_body>;
 using query_parameters = std::map<std::string, std::string, std::less<>>;
 
-// A request is a few lines of headers and at most a small JSON body; more is a broken or
-// hostile client.
+// A request is a few lines of headers; its body is small JSON except for media/upload, where
+// WeCom takes files up to 20 MB and a gateway test may send up to its own limit and a bit.
 constexpr std::uint32_t request_header_limit = 8 * 1024;
-constexpr std::uint64_t request_body_limit = 1024;
+constexpr std::uint64_t request_body_limit = 32 * 1024 * 1024;
 // Deadlines so a client that stalls at any step cannot keep a connection (or a test) alive.
 constexpr auto handshake_timeout = 10s;
 constexpr auto idle_timeout = 30s;
@@ -37,6 +40,10 @@ constexpr auto write_timeout = 10s;
 constexpr auto tls_shutdown_timeout = 1s;
 // The hang fault waits for the peer to give up; bounded in case it never does.
 constexpr auto hang_limit = 10min;
+// A generated media/get body goes out in pieces this big, never whole.
+constexpr std::size_t generated_chunk_size = 64 * 1024;
+// The API calls recorded: enough for any test, bounded for a fake that runs for hours.
+constexpr std::size_t api_call_record_limit = 10'000;
 
 // Real tokens are long opaque strings; these use the URL-safe base64 alphabet so they need no
 // escaping anywhere, and are long enough that a broker truncating them would be caught.
@@ -87,8 +94,9 @@ std::string url_decode(std::string_view text) {
   return decoded;
 }
 
-query_parameters parse_query(std::string_view query) {
-  query_parameters parameters;
+// Name and value, decoded, in the order given; repeated names kept.
+std::vector<std::pair<std::string, std::string>> query_pairs(std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> pairs;
   while (!query.empty()) {
     const auto end = query.find('&');
     const auto pair = query.substr(0, end);
@@ -98,9 +106,25 @@ query_parameters parse_query(std::string_view query) {
     auto name = url_decode(pair.substr(0, equals));
     auto value =
         equals == std::string_view::npos ? std::string{} : url_decode(pair.substr(equals + 1));
+    pairs.emplace_back(std::move(name), std::move(value));
+  }
+  return pairs;
+}
+
+query_parameters parse_query(std::string_view query) {
+  query_parameters parameters;
+  for (auto& [name, value] : query_pairs(query)) {
     parameters.try_emplace(std::move(name), std::move(value));  // the first one wins
   }
   return parameters;
+}
+
+// The names only, sorted, repeats kept: a gateway that adds a second access_token shows.
+std::vector<std::string> query_keys(std::string_view query) {
+  std::vector<std::string> names;
+  for (auto& pair : query_pairs(query)) names.push_back(std::move(pair.first));
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::optional<std::string> parameter(const query_parameters& parameters, std::string_view name) {
@@ -120,6 +144,150 @@ response make_response(http::status status, std::string_view content_type, std::
 
 response json_response(std::string body) {
   return make_response(http::status::ok, "application/json; charset=UTF-8", std::move(body));
+}
+
+std::string lower_case(std::string_view text) {
+  std::string lower(text);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower;
+}
+
+std::string_view trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return {};
+  return text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
+// A header value such as `multipart/form-data; boundary="x"` or `form-data; name="media";
+// filename="a;b.txt"`: what comes before the first ';' (lower-case) and the parameters by
+// lower-case name. A quoted value may hold ';' and backslash escapes (RFC 9110 §5.6.4), which
+// SDKs use in file names.
+struct header_value {
+  std::string value;
+  std::map<std::string, std::string> parameters;
+};
+
+header_value parse_header_value(std::string_view text) {
+  header_value parsed;
+  auto at = text.find(';');
+  parsed.value = lower_case(trim(text.substr(0, at)));
+  while (at < text.size()) {
+    ++at;  // past the ';'
+    const auto equals = text.find('=', at);
+    const auto semicolon = text.find(';', at);
+    if (equals == std::string_view::npos || semicolon < equals) {
+      at = semicolon;  // a parameter without a value: nothing a test needs
+      continue;
+    }
+    auto name = lower_case(trim(text.substr(at, equals - at)));
+    at = text.find_first_not_of(" \t", equals + 1);
+    std::string value;
+    if (at < text.size() && text[at] == '"') {
+      for (++at; at < text.size() && text[at] != '"'; ++at) {
+        if (text[at] == '\\' && at + 1 < text.size()) ++at;
+        value += text[at];
+      }
+      at = text.find(';', at);
+    } else if (at < text.size()) {
+      const auto end = text.find(';', at);
+      value = trim(text.substr(at, end - at));
+      at = end;
+    }
+    parsed.parameters.try_emplace(std::move(name), std::move(value));
+  }
+  return parsed;
+}
+
+// One part of a multipart/form-data body (RFC 7578).
+struct form_part {
+  header_value disposition;  // form-data; name="…"; filename="…"
+  std::string content_type;  // empty: the part gave none
+  std::string_view data;     // into the request's body
+};
+
+// The headers of a part, from after its delimiter line to the blank line before its data.
+form_part parse_part_headers(std::string_view headers) {
+  form_part part;
+  while (!headers.empty()) {
+    const auto end = headers.find("\r\n");
+    const auto line = headers.substr(0, end);
+    headers = end == std::string_view::npos ? std::string_view{} : headers.substr(end + 2);
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    const auto name = lower_case(trim(line.substr(0, colon)));
+    const auto value = trim(line.substr(colon + 1));
+    if (name == "content-disposition") part.disposition = parse_header_value(value);
+    if (name == "content-type") part.content_type = value;
+  }
+  return part;
+}
+
+// The parts between the delimiters of `boundary` (RFC 2046 §5.1.1); none unless the body is
+// well formed up to its close delimiter, so a gateway that mangles a body is caught rather
+// than half-read.
+std::optional<std::vector<form_part>> parse_form_data(std::string_view body,
+                                                      std::string_view boundary) {
+  const auto delimiter = "--" + std::string(boundary);
+  const auto next_delimiter = "\r\n" + delimiter;
+  // A preamble before the first delimiter is allowed and ignored.
+  auto at = body.starts_with(delimiter) ? 0 : body.find(next_delimiter);
+  if (at == std::string_view::npos) return std::nullopt;
+  at = body.find(delimiter, at) + delimiter.size();
+
+  std::vector<form_part> parts;
+  for (;;) {
+    if (body.substr(at).starts_with("--")) return parts;            // the close delimiter
+    at = std::min(body.find_first_not_of(" \t", at), body.size());  // transport padding
+    if (!body.substr(at).starts_with("\r\n")) return std::nullopt;
+    // The headers end at a blank line: found from the delimiter line's own CRLF, so a part
+    // without headers (the blank line at once) is found too.
+    const auto headers_end = body.find("\r\n\r\n", at);
+    if (headers_end == std::string_view::npos) return std::nullopt;
+    auto part = parse_part_headers(body.substr(at, headers_end - at));
+    const auto data_begin = headers_end + 4;
+    const auto data_end = body.find(next_delimiter, data_begin);
+    if (data_end == std::string_view::npos) return std::nullopt;
+    part.data = body.substr(data_begin, data_end - data_begin);
+    parts.push_back(std::move(part));
+    at = data_end + next_delimiter.size();
+  }
+}
+
+// The file a multipart/form-data body carries in the field `name`: a part with a filename.
+std::optional<form_part> form_file(std::string_view content_type, std::string_view body,
+                                   std::string_view name) {
+  const auto type = parse_header_value(content_type);
+  const auto boundary = type.parameters.find("boundary");
+  if (type.value != "multipart/form-data" || boundary == type.parameters.end() ||
+      boundary->second.empty()) {
+    return std::nullopt;
+  }
+  auto parts = parse_form_data(body, boundary->second);
+  if (!parts) return std::nullopt;
+  for (auto& part : *parts) {
+    const auto& parameters = part.disposition.parameters;
+    const auto field = parameters.find("name");
+    if (part.disposition.value == "form-data" && field != parameters.end() &&
+        field->second == name && parameters.contains("filename")) {
+      return std::move(part);
+    }
+  }
+  return std::nullopt;
+}
+
+// `generated-N` with N a decimal within generated_media_limit: the size of that body.
+std::optional<std::uint64_t> generated_size(std::string_view media_id) {
+  constexpr std::string_view prefix = "generated-";
+  if (!media_id.starts_with(prefix)) return std::nullopt;
+  const auto digits = media_id.substr(prefix.size());
+  std::uint64_t size = 0;
+  const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), size);
+  if (digits.empty() || error != std::errc{} || end != digits.data() + digits.size() ||
+      size > generated_media_limit) {
+    return std::nullopt;
+  }
+  return size;
 }
 
 // The kinds of value the fake issues; each app (secret) has a series of values of each kind.
@@ -155,6 +323,76 @@ struct call_outcome {
   std::optional<fault> scripted;  // the scripted fault this call consumed, if any
 };
 
+// An ordinary API call as the model needs it: views into the HTTP request being served.
+struct api_request {
+  std::string_view method;
+  std::string_view path;      // as requested
+  std::string_view api_path;  // from "/cgi-bin/" on, whatever prefix the base_url had
+  std::string_view query;
+  const query_parameters& parameters;
+  std::string_view content_type;
+  std::string_view body;
+  std::vector<std::string> header_names;  // lower-case, sorted
+};
+
+// A file media/get sends: stored bytes, or `generated_size` bytes of generated_media.
+struct media_file {
+  std::string filename;
+  std::string content_type;
+  std::optional<std::string> bytes;  // none: generated
+  std::uint64_t generated_size = 0;
+};
+
+// What an ordinary API call gets: WeCom's JSON, or a file.
+struct api_outcome {
+  int errcode = 0;
+  std::string json;
+  std::optional<media_file> file;
+  bool hold = false;  // the hang control was on: answer only once it is off
+  std::chrono::milliseconds delay{0};
+};
+
+api_outcome api_error(int errcode, std::string_view errmsg) {
+  return {.errcode = errcode, .json = wecom_json(errcode, errmsg)};
+}
+
+// The call as recorded: everything but the token.
+api_call describe(const api_request& request) {
+  return {
+      .method = std::string(request.method),
+      .path = std::string(request.path),
+      .query_keys = query_keys(request.query),
+      .content_type = std::string(request.content_type),
+      .body_sha256 = sha256_hex(request.body),
+      .body_size = request.body.size(),
+      .headers = request.header_names,
+  };
+}
+
+nlohmann::ordered_json to_json(const api_call& call) {
+  nlohmann::ordered_json json;
+  json["method"] = call.method;
+  json["path"] = call.path;
+  json["query_keys"] = call.query_keys;
+  json["token_ok"] = call.token_ok;
+  json["token_app"] = call.token_app ? nlohmann::ordered_json(*call.token_app) : nullptr;
+  json["content_type"] = call.content_type;
+  json["body_sha256"] = call.body_sha256;
+  json["body_size"] = call.body_size;
+  json["headers"] = call.headers;
+  json["errcode"] = call.errcode ? nlohmann::ordered_json(*call.errcode) : nullptr;
+  return json;
+}
+
+// WeCom's frequency limits: a rolling window of the calls let through.
+bool admit(std::deque<system_clock::time_point>& let_through, int limit,
+           system_clock::duration window, system_clock::time_point now) {
+  while (!let_through.empty() && let_through.front() <= now - window) let_through.pop_front();
+  if (std::cmp_greater_equal(let_through.size(), std::max(limit, 0))) return false;
+  let_through.push_back(now);
+  return true;
+}
+
 // WeCom's bookkeeping: apps, issued tokens and tickets, scripts, quotas and counters. No I/O, so
 // the HTTP side and the test thread share it under one mutex.
 class wecom_model {
@@ -168,6 +406,7 @@ class wecom_model {
   void add_app(const std::string& corpid, const std::string& secret) {
     const std::scoped_lock lock(mutex_);
     secrets_by_corpid_[corpid].insert(secret);
+    corpid_by_secret_[secret] = corpid;
   }
 
   void set_behaviour(expiry_behaviour behaviour) {
@@ -272,6 +511,10 @@ class wecom_model {
       by_kind[to_string(kind)] = found == ticket_calls_by_kind_.end() ? 0 : found->second;
     }
     body["ticket_calls_by_kind"] = std::move(by_kind);
+    int api_calls = 0;
+    for (const auto& [path, calls] : api_calls_by_path_) api_calls += calls;
+    body["api_calls"] = api_calls;
+    body["api_calls_by_path"] = api_calls_by_path_;
     return body.dump();
   }
 
@@ -365,18 +608,71 @@ class wecom_model {
     return suite_token_requests_;
   }
 
-  // WeCom's answer to an API call made with `access_token` (e.g. /cgi-bin/user/get).
-  std::string api_answer(const std::optional<std::string>& access_token) const {
-    if (!access_token || access_token->empty()) return wecom_json(41001, "access_token missing");
-    switch (check(*access_token, credential_kind::access_token)) {
-      case token_status::valid:
-        return wecom_json(0, "ok");
-      case token_status::expired:
-        return wecom_json(42001, "access_token expired");
-      case token_status::invalid:
-        break;
+  // An ordinary API call: recorded, then answered as WeCom would (or held by the hang control).
+  api_outcome call_api(const api_request& request) {
+    const auto access_token = parameter(request.parameters, "access_token").value_or("");
+    auto record = describe(request);  // hashing the body needs no lock
+    const auto now = system_clock::now();
+    const std::scoped_lock lock(mutex_);
+
+    const auto status = status_of(access_token, credential_kind::access_token, now);
+    record.token_ok = status == token_status::valid;
+    record.token_app = app_of(access_token);
+    auto outcome = api_answer(request, access_token, status, now);
+    if (!outcome.file) record.errcode = outcome.errcode;
+    outcome.hold = hang_api_calls_;
+    outcome.delay = api_delay_;
+
+    ++api_calls_by_path_[record.path];
+    api_calls_.push_back(std::move(record));
+    if (api_calls_.size() > api_call_record_limit) api_calls_.pop_front();
+    return outcome;
+  }
+
+  std::vector<api_call> api_calls() const {
+    const std::scoped_lock lock(mutex_);
+    return {api_calls_.begin(), api_calls_.end()};
+  }
+
+  std::map<std::string, int> api_calls_by_path() const {
+    const std::scoped_lock lock(mutex_);
+    return api_calls_by_path_;
+  }
+
+  // GET /fake/api_calls.
+  std::string api_calls_json() const {
+    const std::scoped_lock lock(mutex_);
+    auto calls = nlohmann::ordered_json::array();
+    for (const auto& call : api_calls_) calls.push_back(to_json(call));
+    return calls.dump();
+  }
+
+  void clear_api_calls() {
+    const std::scoped_lock lock(mutex_);
+    api_calls_.clear();
+    api_calls_by_path_.clear();
+  }
+
+  void set_api_limit(const std::string& corpid, const std::string& api_path,
+                     std::optional<int> calls_per_minute) {
+    const std::scoped_lock lock(mutex_);
+    const api_key key{corpid, api_path};
+    api_let_through_.erase(key);  // a new limit counts from now
+    if (calls_per_minute) {
+      api_limits_[key] = *calls_per_minute;
+    } else {
+      api_limits_.erase(key);
     }
-    return wecom_json(40014, "invalid access_token");
+  }
+
+  void hang_api_calls(bool hang) {
+    const std::scoped_lock lock(mutex_);
+    hang_api_calls_ = hang;
+  }
+
+  void set_api_delay(std::chrono::milliseconds delay) {
+    const std::scoped_lock lock(mutex_);
+    api_delay_ = delay;
   }
 
  private:
@@ -408,14 +704,9 @@ class wecom_model {
     return at < issued.expires_at ? token_status::valid : token_status::expired;
   }
 
-  // WeCom's frequency limit on tickets: a rolling hour of the calls it let through.
+  // WeCom's frequency limit on tickets: a rolling hour.
   bool within_quota(series& record, system_clock::time_point now) const {
-    while (!record.let_through.empty() && record.let_through.front() <= now - 1h) {
-      record.let_through.pop_front();
-    }
-    if (std::cmp_greater_equal(record.let_through.size(), std::max(ticket_quota_, 0))) return false;
-    record.let_through.push_back(now);
-    return true;
+    return admit(record.let_through, ticket_quota_, 1h, now);
   }
 
   // A call that passed its checks meets the next scripted fault, or gets its value.
@@ -474,12 +765,118 @@ class wecom_model {
     return body.dump();
   }
 
+  using api_key = std::pair<std::string, std::string>;  // corpid, api path
+
+  struct stored_media {
+    std::string filename;
+    std::string content_type;
+    std::string bytes;
+  };
+
+  // The corpid of the app a token was issued for, even once expired or revoked.
+  std::optional<std::string> app_of(const std::string& access_token) const {
+    const auto issued = issued_.find(access_token);
+    if (issued == issued_.end() || issued->second.kind != credential_kind::access_token) {
+      return std::nullopt;
+    }
+    const auto app = corpid_by_secret_.find(issued->second.secret);
+    if (app == corpid_by_secret_.end()) return std::nullopt;
+    return app->second;
+  }
+
+  // The token first, as WeCom checks it, then the corp's limit for the path, then the API.
+  api_outcome api_answer(const api_request& request, const std::string& access_token,
+                         token_status status, system_clock::time_point now) {
+    if (access_token.empty()) return api_error(41001, "access_token missing");
+    if (status == token_status::expired) return api_error(42001, "access_token expired");
+    if (status == token_status::invalid) return api_error(40014, "invalid access_token");
+    if (!within_api_limit(*app_of(access_token), std::string(request.api_path), now)) {
+      return api_error(45009, "api freq out of limit");
+    }
+    if (request.api_path == "/cgi-bin/user/get") return user_get(request.parameters);
+    if (request.api_path == "/cgi-bin/message/send") return message_send(request.body);
+    if (request.api_path == "/cgi-bin/media/upload") return media_upload(request, now);
+    if (request.api_path == "/cgi-bin/media/get") return media_get(request.parameters);
+    throw std::logic_error("routed to an API the fake does not serve");
+  }
+
+  bool within_api_limit(const std::string& corpid, const std::string& api_path,
+                        system_clock::time_point now) {
+    const api_key key{corpid, api_path};
+    const auto limit = api_limits_.find(key);
+    return limit == api_limits_.end() || admit(api_let_through_[key], limit->second, 1min, now);
+  }
+
+  static api_outcome user_get(const query_parameters& parameters) {
+    const auto userid = parameter(parameters, "userid").value_or("");
+    if (userid.empty()) return api_error(41009, "missing userid");
+    nlohmann::ordered_json answer;
+    answer["errcode"] = 0;
+    answer["errmsg"] = "ok";
+    answer["userid"] = userid;
+    answer["name"] = "Fake User " + userid;
+    return {.json = answer.dump()};
+  }
+
+  api_outcome message_send(std::string_view body) {
+    // WeCom takes a JSON object; anything else, a parse error included, is 47001.
+    const auto message = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (!message.is_object()) return api_error(47001, "data format error");
+    nlohmann::ordered_json answer;
+    answer["errcode"] = 0;
+    answer["errmsg"] = "ok";
+    answer["msgid"] = "fake-msgid-" + std::to_string(++messages_sent_);
+    return {.json = answer.dump()};
+  }
+
+  // The file's media_id is the sha256 of its bytes: a test knows it without asking.
+  api_outcome media_upload(const api_request& request, system_clock::time_point now) {
+    static const std::set<std::string, std::less<>> media_types{"image", "voice", "video", "file"};
+    const auto type = parameter(request.parameters, "type").value_or("");
+    if (!media_types.contains(type)) return api_error(40004, "invalid media type");
+    const auto file = form_file(request.content_type, request.body, "media");
+    if (!file) return api_error(41005, "media data missing");
+    if (file->data.empty()) return api_error(44001, "empty media data");
+
+    auto media_id = sha256_hex(file->data);
+    media_[media_id] = stored_media{
+        .filename = file->disposition.parameters.at("filename"),
+        .content_type =
+            file->content_type.empty() ? "application/octet-stream" : file->content_type,
+        .bytes = std::string(file->data),
+    };
+    nlohmann::ordered_json answer;
+    answer["errcode"] = 0;
+    answer["errmsg"] = "ok";
+    answer["type"] = type;
+    answer["media_id"] = std::move(media_id);
+    // A string, as WeCom writes it.
+    answer["created_at"] = std::to_string(
+        std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count());
+    return {.json = answer.dump()};
+  }
+
+  api_outcome media_get(const query_parameters& parameters) const {
+    const auto media_id = parameter(parameters, "media_id").value_or("");
+    if (const auto size = generated_size(media_id)) {
+      return {.file = media_file{.filename = media_id + ".bin",
+                                 .content_type = "application/octet-stream",
+                                 .generated_size = *size}};
+    }
+    const auto stored = media_.find(media_id);
+    if (stored == media_.end()) return api_error(40007, "invalid media_id");
+    return {.file = media_file{.filename = stored->second.filename,
+                               .content_type = stored->second.content_type,
+                               .bytes = stored->second.bytes}};
+  }
+
   mutable std::mutex mutex_;
   expiry_behaviour behaviour_;
   std::chrono::seconds lifetime_;
   std::optional<std::chrono::seconds> ticket_lifetime_;
   int ticket_quota_;
   std::map<std::string, std::set<std::string>> secrets_by_corpid_;
+  std::map<std::string, std::string> corpid_by_secret_;
   std::map<series_key, series> series_;
   std::map<std::string, issued_value> issued_;  // every token and ticket ever issued, by value
   std::map<std::string, int> calls_by_corpid_;
@@ -490,16 +887,82 @@ class wecom_model {
   int in_flight_ = 0;
   int max_in_flight_ = 0;
   int handshakes_ = 0;
+  // Ordinary APIs.
+  std::deque<api_call> api_calls_;  // the most recent api_call_record_limit
+  std::map<std::string, int> api_calls_by_path_;
+  std::map<api_key, int> api_limits_;  // calls per minute
+  std::map<api_key, std::deque<system_clock::time_point>> api_let_through_;
+  std::map<std::string, stored_media> media_;  // by media_id
+  bool hang_api_calls_ = false;
+  std::chrono::milliseconds api_delay_{0};
+  int messages_sent_ = 0;
 };
 
 // What the connection does with one request.
 struct reply {
-  enum class action { answer, drop_connection, hang };
+  enum class action {
+    answer,
+    drop_connection,
+    hang,                // never answer
+    hold_until_released  // answer once the hang control is off
+  };
   action what = action::answer;
   bool gettoken = false;  // counts as a gettoken call in flight until answered or dropped
   std::chrono::milliseconds delay{0};
   response answer;
+  // The answer's body is this many bytes of generated_media, sent after `answer`'s header.
+  std::optional<std::uint64_t> generated_body;
 };
+
+// A quoted-string (RFC 9110 §5.6.4): a file name may hold quotes and backslashes.
+std::string quoted_string(std::string_view text) {
+  std::string quoted = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    quoted += c;
+  }
+  return quoted + '"';
+}
+
+// media/get's answer as WeCom sends a file: its type, and a name to save it under.
+reply file_reply(media_file file) {
+  auto answer =
+      make_response(http::status::ok, file.content_type, std::move(file.bytes).value_or(""));
+  answer.set(http::field::content_disposition,
+             "attachment; filename=" + quoted_string(file.filename));
+  if (file.bytes) return {.answer = std::move(answer)};
+  answer.content_length(file.generated_size);
+  return {.answer = std::move(answer), .generated_body = file.generated_size};
+}
+
+reply api_reply(api_outcome outcome) {
+  auto next = outcome.file ? file_reply(std::move(*outcome.file))
+                           : reply{.answer = json_response(std::move(outcome.json))};
+  if (outcome.hold) next.what = reply::action::hold_until_released;
+  next.delay = outcome.delay;
+  return next;
+}
+
+// The ordinary API ("/cgi-bin/…") a request's path names after any prefix of the base_url, if
+// the fake serves it. Any other path is a 404, as WeCom answers one it does not know.
+std::optional<std::string_view> served_api_path(std::string_view path) {
+  static constexpr std::string_view served[] = {"/cgi-bin/user/get", "/cgi-bin/message/send",
+                                                "/cgi-bin/media/upload", "/cgi-bin/media/get"};
+  const auto start = path.find("/cgi-bin/");
+  if (start == std::string_view::npos) return std::nullopt;
+  const auto api_path = path.substr(start);
+  if (std::find(std::begin(served), std::end(served), api_path) == std::end(served)) {
+    return std::nullopt;
+  }
+  return api_path;
+}
+
+std::vector<std::string> header_names(const http::request<http::string_body>& request) {
+  std::vector<std::string> names;
+  for (const auto& field : request) names.push_back(lower_case(field.name_string()));
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 reply call_reply(call_outcome outcome) {
   if (!outcome.scripted) return {.answer = json_response(std::move(outcome.json))};
@@ -531,9 +994,9 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
   const std::string_view target = request.target();
   const auto question_mark = target.find('?');
   const auto path = target.substr(0, question_mark);
-  const auto parameters =
-      parse_query(question_mark == std::string_view::npos ? std::string_view{}
-                                                          : target.substr(question_mark + 1));
+  const auto query = question_mark == std::string_view::npos ? std::string_view{}
+                                                             : target.substr(question_mark + 1);
+  const auto parameters = parse_query(query);
 
   // Matched on the ending so a base_url with a path prefix (a private deployment behind a
   // gateway) reaches the same routes.
@@ -571,18 +1034,35 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
     return {.answer = make_response(http::status::bad_request, "text/plain",
                                     "kind must be jsapi or agent_config\n")};
   }
-  if (request.method() == http::verb::get && path.ends_with("/cgi-bin/user/get")) {
-    return {.answer = json_response(model.api_answer(parameter(parameters, "access_token")))};
+  if (request.method() == http::verb::get && path == "/fake/api_calls") {
+    return {.answer = json_response(model.api_calls_json())};
+  }
+  if (request.method() == http::verb::delete_ && path == "/fake/api_calls") {
+    model.clear_api_calls();
+    return {.answer = make_response(http::status::no_content, "text/plain", "")};
+  }
+  if (const auto api_path = served_api_path(path)) {
+    return api_reply(model.call_api(api_request{
+        .method = request.method_string(),
+        .path = path,
+        .api_path = *api_path,
+        .query = query,
+        .parameters = parameters,
+        .content_type = request[http::field::content_type],
+        .body = request.body(),
+        .header_names = header_names(request),
+    }));
   }
   return {.answer = make_response(http::status::not_found, "text/plain", "not found\n")};
 }
 
-// The connections waiting for a request, for closing them as a server's idle timeout would.
-// Touched only on the fake's thread.
+// The connections waiting for a request, for closing them as a server's idle timeout would,
+// and the calls held by the hang control, for releasing them. Touched only on the fake's thread.
 struct connection_registry {
   std::set<beast::tcp_stream*> idle;     // waiting for a request
   std::set<beast::tcp_stream*> busy;     // a request read, its answer not yet written
   std::set<beast::tcp_stream*> closing;  // busy when idle ones were closed: closes once done
+  std::set<asio::steady_timer*> held;    // cancelled to release a held call
 };
 
 // Holds a hung request until the peer gives up (or the fake is destroyed, which destroys
@@ -595,6 +1075,65 @@ asio::awaitable<void> hang_until_peer_leaves(tls_stream& stream) {
         co_await stream.async_read_some(asio::buffer(ignored), asio::as_tuple(asio::use_awaitable));
     if (error) co_return;
   }
+}
+
+// Holds a call while the hang control is on: true once it is switched off (answer now), false
+// if the peer leaves first. Anything the peer sends meanwhile is read and ignored.
+asio::awaitable<bool> hold_until_released(tls_stream& stream, connection_registry& connections) {
+  using namespace asio::experimental::awaitable_operators;
+  beast::get_lowest_layer(stream).expires_after(hang_limit);
+  asio::steady_timer release(stream.get_executor(), asio::steady_timer::time_point::max());
+  struct registered {
+    connection_registry& connections;
+    asio::steady_timer* release;
+    ~registered() { connections.held.erase(release); }
+  } const held{connections, &release};
+  connections.held.insert(&release);
+
+  char ignored[512];
+  for (;;) {
+    // Named first: a temporary inside the co_await operand trips g++ 12.
+    auto released = release.async_wait(asio::as_tuple(asio::use_awaitable));
+    auto peer = stream.async_read_some(asio::buffer(ignored), asio::as_tuple(asio::use_awaitable));
+    auto first = co_await (std::move(released) || std::move(peer));
+    if (first.index() == 0) co_return true;
+    const auto [error, read] = std::get<1>(first);
+    if (error) co_return false;
+  }
+}
+
+// A generated body a chunk at a time, so tens of MiB never sit in memory at once.
+asio::awaitable<error_code> write_generated(tls_stream& stream, const response& head,
+                                            std::uint64_t size) {
+  const auto on_error = asio::as_tuple(asio::use_awaitable);
+  auto& transport = beast::get_lowest_layer(stream);
+  http::response<http::buffer_body> message{head.base()};
+  message.body().data = nullptr;
+  message.body().more = true;
+  http::response_serializer<http::buffer_body> serializer{message};
+  transport.expires_after(write_timeout);
+  auto [header_error, header_written] =
+      co_await http::async_write_header(stream, serializer, on_error);
+  if (header_error) co_return header_error;
+
+  for (std::uint64_t sent = 0; sent < size;) {
+    auto chunk = generated_media(sent, std::min<std::uint64_t>(size - sent, generated_chunk_size));
+    sent += chunk.size();
+    message.body().data = chunk.data();
+    message.body().size = chunk.size();
+    message.body().more = sent < size;
+    transport.expires_after(write_timeout);
+    auto [error, written] = co_await http::async_write(stream, serializer, on_error);
+    // need_buffer: this chunk is out and the serializer waits for the next.
+    if (error && error != http::error::need_buffer) co_return error;
+  }
+  if (!serializer.is_done()) {  // an empty body: the serializer still has to finish
+    message.body().data = nullptr;
+    message.body().more = false;
+    auto [error, written] = co_await http::async_write(stream, serializer, on_error);
+    co_return error;
+  }
+  co_return error_code{};
 }
 
 asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
@@ -645,6 +1184,10 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
       co_await hang_until_peer_leaves(stream);
       co_return;
     }
+    if (next.what == reply::action::hold_until_released) {
+      const bool released = co_await hold_until_released(stream, connections);
+      if (!released) co_return;
+    }
     if (next.delay > 0ms) {
       // On the timer, not the thread: other connections keep being served meanwhile.
       asio::steady_timer delay(stream.get_executor(), next.delay);
@@ -652,8 +1195,14 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
     }
 
     next.answer.keep_alive(request.keep_alive());
-    transport.expires_after(write_timeout);
-    auto [write_error, written] = co_await http::async_write(stream, next.answer, on_error);
+    error_code write_error;
+    if (next.generated_body) {
+      write_error = co_await write_generated(stream, next.answer, *next.generated_body);
+    } else {
+      transport.expires_after(write_timeout);
+      auto [error, written] = co_await http::async_write(stream, next.answer, on_error);
+      write_error = error;
+    }
     if (write_error || !next.answer.keep_alive() || connections.closing.contains(&transport)) break;
   }
 
@@ -775,6 +1324,40 @@ void fake_wecom::revoke_tickets(const std::string& secret, ticket_kind kind) {
   state_->model.revoke(secret, credential_of(kind));
 }
 
+std::vector<api_call> fake_wecom::api_calls() const {
+  return state_->model.api_calls();
+}
+
+std::map<std::string, int> fake_wecom::api_calls_by_path() const {
+  return state_->model.api_calls_by_path();
+}
+
+void fake_wecom::clear_api_calls() {
+  state_->model.clear_api_calls();
+}
+
+void fake_wecom::set_api_limit(const std::string& corpid, const std::string& api_path,
+                               std::optional<int> calls_per_minute) {
+  state_->model.set_api_limit(corpid, api_path, calls_per_minute);
+}
+
+void fake_wecom::hang_api_calls(bool hang) {
+  // The flag first: a call read after this is not held, one read before is already registered
+  // (route and registration run in one step on the fake's thread), so the post below sees it.
+  state_->model.hang_api_calls(hang);
+  if (hang) return;
+  std::promise<void> released;
+  asio::post(state_->io, [&] {
+    for (auto* release : state_->connections.held) release->cancel();
+    released.set_value();
+  });
+  released.get_future().wait();
+}
+
+void fake_wecom::set_api_delay(std::chrono::milliseconds delay) {
+  state_->model.set_api_delay(delay);
+}
+
 int fake_wecom::tls_handshakes() const {
   return state_->model.handshakes();
 }
@@ -842,6 +1425,35 @@ token_status fake_wecom::check_ticket(
 std::vector<std::string> fake_wecom::issued_tickets(const std::string& secret,
                                                     ticket_kind kind) const {
   return state_->model.issued(secret, credential_of(kind));
+}
+
+namespace {
+// splitmix64: a fixed, well-mixed word for each 8-byte position, computable at any offset.
+std::uint64_t pattern_word(std::uint64_t index) {
+  auto word = index + 0x9e3779b97f4a7c15;
+  word = (word ^ (word >> 30)) * 0xbf58476d1ce4e5b9;
+  word = (word ^ (word >> 27)) * 0x94d049bb133111eb;
+  return word ^ (word >> 31);
+}
+}  // namespace
+
+std::string generated_media(std::uint64_t offset, std::size_t size) {
+  std::string bytes(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) {
+    const auto at = offset + i;
+    bytes[i] = static_cast<char>(pattern_word(at / 8) >> (8 * (at % 8)));
+  }
+  return bytes;
+}
+
+std::string sha256_hex(std::string_view data) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string hex;
+  for (const auto byte : token_broker::sha256(data)) {
+    hex += digits[byte >> 4];
+    hex += digits[byte & 0xf];
+  }
+  return hex;
 }
 
 std::string to_string(token_status status) {

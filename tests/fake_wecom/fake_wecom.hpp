@@ -7,6 +7,11 @@
 // `GET /fake/stats` reports the call and TLS handshake counts for scripts (the benchmark): never a
 // secret, token or ticket. `GET /fake/ticket_status?ticket=X&kind=jsapi|agent_config` answers
 // {"status":"valid|expired|invalid"} for scripts that check a ticket out of process.
+//
+// Ordinary APIs, for the gateway's tests (what arrives upstream): `user/get`, `message/send`
+// (JSON), `media/upload` (multipart), `media/get` (binary); any other path is a 404. Each checks
+// its access_token as WeCom would, obeys a per-minute limit per corp and path, and is recorded
+// without its token: `GET /fake/api_calls` lists the calls, `DELETE /fake/api_calls` clears them.
 #pragma once
 
 #include <chrono>
@@ -15,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tls_material.hpp"
@@ -49,6 +55,29 @@ enum class token_status { valid, expired, invalid };  // invalid: never issued, 
 // A jsapi ticket (GET /cgi-bin/get_jsapi_ticket) or an agent_config one (GET
 // /cgi-bin/ticket/get?type=agent_config). Each app (secret) has tickets of each kind, apart.
 enum class ticket_kind { jsapi, agent_config };
+
+// One ordinary API call as it arrived, for a test to check what a gateway forwarded. Never the
+// token itself: only whether it was good and whose it was.
+struct api_call {
+  std::string method;                    // "GET", "POST", …
+  std::string path;                      // as requested, without the query
+  std::vector<std::string> query_keys;   // parameter names only, sorted, repeats kept
+  bool token_ok = false;                 // an access_token this fake issued, still valid
+  std::optional<std::string> token_app;  // the corpid it was issued for (expired or revoked too)
+  std::string content_type;              // empty: none sent
+  std::string body_sha256;               // lower-case hex, of the body as received
+  std::size_t body_size = 0;
+  std::vector<std::string> headers;  // the names the request carried, lower-case, sorted
+  std::optional<int> errcode;        // what the fake answered (or will, once held); none for a file
+};
+
+// `GET /cgi-bin/media/get?media_id=generated-N` sends N bytes of this pattern (N up to 64 MiB),
+// a large body without an upload: bytes [offset, offset + size) of it.
+std::string generated_media(std::uint64_t offset, std::size_t size);
+constexpr std::uint64_t generated_media_limit = 64ull * 1024 * 1024;
+
+// Lower-case hex, as api_call::body_sha256 and uploaded files' media_ids are written.
+std::string sha256_hex(std::string_view data);
 
 struct fake_options {
   std::string host = "127.0.0.1";
@@ -95,6 +124,23 @@ class fake_wecom {
   void revoke_tokens(const std::string& secret);
   // The same for the tickets of `kind` issued for `secret`: the next ticket call issues anew.
   void revoke_tickets(const std::string& secret, ticket_kind kind);
+
+  // Ordinary API calls (user/get, message/send, media/upload, media/get), oldest first; the
+  // most recent 10,000 are kept.
+  std::vector<api_call> api_calls() const;
+  // Every ordinary API call by its path as requested, since the last clear_api_calls().
+  std::map<std::string, int> api_calls_by_path() const;
+  void clear_api_calls();  // the record and the counts by path
+  // At most `calls_per_minute` calls of `api_path` (e.g. "/cgi-bin/message/send") for the
+  // corp in any rolling minute, counting those let through; beyond it 45009, as WeCom does.
+  // None: no limit. Checked after the token, so a refused token does not use the allowance.
+  void set_api_limit(const std::string& corpid, const std::string& api_path,
+                     std::optional<int> calls_per_minute);
+  // While on, ordinary API calls are read, recorded and never answered; switching it off
+  // answers the calls held so far. Credential calls (gettoken, tickets) are never held.
+  void hang_api_calls(bool hang);
+  // Every ordinary API answer is sent this long after its request (answer_delay's twin).
+  void set_api_delay(std::chrono::milliseconds delay);
 
   // TLS handshakes completed: connections that a client keeps alive are counted once.
   int tls_handshakes() const;

@@ -2,17 +2,27 @@
 //
 //   fake-wecom [--port N] [--ca-out FILE] [--port-file FILE] [--behaviour same|remaining|new]
 //              [--lifetime SECONDS] [--ticket-lifetime SECONDS] [--ticket-quota N]
-//              [--delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
+//              [--delay-ms N] [--api-delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
 //
 // --app-file reads one CORPID:SECRET per line (blank lines and #comments skipped), so a
 // benchmark can register thousands of apps without putting secrets on the command line.
 // GET /fake/stats answers {"gettoken_calls":N,"by_corpid":{"ww…":n,…},
 // "max_concurrent_gettoken_calls":M,"tls_handshakes":H,"ticket_calls":T,
-// "ticket_calls_by_kind":{"jsapi":j,"agent_config":a}}; H counts its own request's handshake.
+// "ticket_calls_by_kind":{"jsapi":j,"agent_config":a},"api_calls":A,
+// "api_calls_by_path":{"/cgi-bin/user/get":n,…}}; H counts its own request's handshake.
 // GET /fake/ticket_status?ticket=X&kind=jsapi|agent_config answers
 // {"status":"valid|expired|invalid"}.
 // --ticket-lifetime defaults to --lifetime; --ticket-quota (ticket calls per app, kind and hour)
 // to WeCom's 100.
+//
+// Ordinary APIs check the access_token (41001, 40014, 42001) and answer WeCom's shapes:
+// GET /cgi-bin/user/get?userid=U, POST /cgi-bin/message/send (a JSON object, else 47001),
+// POST /cgi-bin/media/upload?type=file (multipart/form-data, field "media"; media_id = sha256 hex
+// of the file), GET /cgi-bin/media/get?media_id=M (the file; M = generated-N: N bytes of a fixed
+// pattern, N <= 64 MiB; else 40007); any other path is a 404.
+// --api-delay-ms delays their answers. GET /fake/api_calls lists them (never the token):
+// [{"method","path","query_keys","token_ok","token_app","content_type","body_sha256",
+// "body_size","headers","errcode"}]; DELETE /fake/api_calls clears that list and the counts.
 //
 // Runs until SIGINT or SIGTERM, then exits 0. Bad arguments exit 2.
 #include <cstdio>
@@ -44,6 +54,7 @@ struct arguments {
   std::optional<std::chrono::seconds> ticket_lifetime;
   int ticket_calls_per_hour = 100;
   std::chrono::milliseconds answer_delay{0};
+  std::chrono::milliseconds api_delay{0};
   std::vector<std::pair<std::string, std::string>> apps;  // corpid, secret
 };
 
@@ -51,7 +62,7 @@ constexpr const char* usage =
     "usage: fake-wecom [--port N] [--ca-out FILE] [--port-file FILE]\n"
     "                  [--behaviour same|remaining|new] [--lifetime SECONDS]\n"
     "                  [--ticket-lifetime SECONDS] [--ticket-quota N] [--delay-ms N]\n"
-    "                  [--app CORPID:SECRET]... [--app-file FILE]\n";
+    "                  [--api-delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]\n";
 
 fake::expiry_behaviour parse_behaviour(const std::string& text) {
   if (text == "same") return fake::expiry_behaviour::same_token_keeps_expiry;
@@ -103,6 +114,8 @@ arguments parse_arguments(int argc, char** argv) {
       parsed.ticket_calls_per_hour = static_cast<int>(parse_number(flag, value, 0, 1000000));
     } else if (flag == "--delay-ms") {
       parsed.answer_delay = std::chrono::milliseconds{parse_number(flag, value, 0, 600000)};
+    } else if (flag == "--api-delay-ms") {
+      parsed.api_delay = std::chrono::milliseconds{parse_number(flag, value, 0, 600000)};
     } else if (flag == "--app") {
       parsed.apps.push_back(parse_app(flag, value));
     } else if (flag == "--app-file") {
@@ -158,6 +171,7 @@ int main(int argc, char** argv) {
         .tls = std::move(tls),
     });
     for (const auto& [corpid, secret] : parsed.apps) server.add_app(corpid, secret);
+    server.set_api_delay(parsed.api_delay);
 
     if (parsed.port_file) write_atomically(*parsed.port_file, std::to_string(server.port()) + "\n");
     std::cout << "fake-wecom listening on " << server.base_url() << std::endl;

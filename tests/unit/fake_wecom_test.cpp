@@ -17,6 +17,7 @@ namespace {
 using namespace std::chrono_literals;
 using asio::ip::tcp;
 using std::chrono::steady_clock;
+using request = http::request<http::string_body>;
 using response = http::response<http::string_body>;
 
 const std::string corpid = "ww0123456789abcdef";
@@ -47,6 +48,7 @@ struct client_options {
   std::string trusted_ca_pem = shared_tls().ca_pem;
   std::string verify_host = "localhost";  // the name the certificate must carry
   steady_clock::duration deadline = 5s;   // for the whole exchange
+  std::uint64_t body_limit = 64 * 1024;   // of each answer
 };
 
 struct exchange_result {
@@ -55,11 +57,10 @@ struct exchange_result {
   std::vector<response> responses;  // one per request answered before any failure
 };
 
-// GETs each target in turn over one TLS connection to 127.0.0.1, verifying the server the way
+// Sends each request in turn over one TLS connection to 127.0.0.1, verifying the server the way
 // the broker does: a chosen CA, SNI and a host name check.
 asio::awaitable<void> run_exchange(std::uint16_t port, asio::ssl::context& tls,
-                                   const client_options& options,
-                                   const std::vector<std::string>& targets,
+                                   const client_options& options, std::vector<request> requests,
                                    exchange_result& result) {
   const auto on_error = asio::as_tuple(asio::use_awaitable);
   beast::ssl_stream<beast::tcp_stream> stream(co_await asio::this_coro::executor, tls);
@@ -86,16 +87,16 @@ asio::awaitable<void> run_exchange(std::uint16_t port, asio::ssl::context& tls,
   }
 
   beast::flat_buffer buffer;
-  for (const auto& target : targets) {
-    http::request<http::empty_body> request{http::verb::get, target, 11};
-    request.set(http::field::host, "localhost:" + std::to_string(port));
-    auto [write_error, written] = co_await http::async_write(stream, request, on_error);
+  for (auto& next : requests) {
+    next.set(http::field::host, "localhost:" + std::to_string(port));
+    next.prepare_payload();
+    auto [write_error, written] = co_await http::async_write(stream, next, on_error);
     if (write_error) {
       result.error = write_error;
       co_return;
     }
     http::response_parser<http::string_body> parser;
-    parser.body_limit(64 * 1024);
+    parser.body_limit(options.body_limit);
     auto [read_error, read] = co_await http::async_read(stream, buffer, parser, on_error);
     if (read_error) {
       result.error = read_error;
@@ -107,8 +108,8 @@ asio::awaitable<void> run_exchange(std::uint16_t port, asio::ssl::context& tls,
   // that just drop the connection.
 }
 
-exchange_result exchange(std::uint16_t port, const std::vector<std::string>& targets,
-                         const client_options& options = {}) {
+exchange_result exchange_requests(std::uint16_t port, std::vector<request> requests,
+                                  const client_options& options = {}) {
   asio::io_context io;
   asio::ssl::context tls(asio::ssl::context::tls_client);
   tls.add_certificate_authority(asio::buffer(options.trusted_ca_pem));
@@ -118,9 +119,16 @@ exchange_result exchange(std::uint16_t port, const std::vector<std::string>& tar
   const auto rethrow = [](const std::exception_ptr& failure) {
     if (failure) std::rethrow_exception(failure);
   };
-  asio::co_spawn(io, run_exchange(port, tls, options, targets, result), rethrow);
+  asio::co_spawn(io, run_exchange(port, tls, options, std::move(requests), result), rethrow);
   io.run();
   return result;
+}
+
+exchange_result exchange(std::uint16_t port, const std::vector<std::string>& targets,
+                         const client_options& options = {}) {
+  std::vector<request> requests;
+  for (const auto& target : targets) requests.emplace_back(http::verb::get, target, 11);
+  return exchange_requests(port, std::move(requests), options);
 }
 
 exchange_result fetch(const fake_wecom& fake, const std::string& target,
@@ -314,17 +322,22 @@ TEST(fake_wecom, check_reports_expired_after_the_lifetime) {
   EXPECT_EQ(result.responses[0].body(), R"({"errcode":42001,"errmsg":"access_token expired"})");
 }
 
-TEST(fake_wecom, user_get_answers_like_a_wecom_api) {
+TEST(fake_wecom, user_get_answers_the_user_like_wecom) {
   const auto fake = start_fake();
   const auto token = gettoken(*fake, secret_a)["access_token"].get<std::string>();
 
-  const auto result =
-      exchange(fake->port(), {"/cgi-bin/user/get?access_token=" + token,
-                              "/cgi-bin/user/get?access_token=made-up", "/cgi-bin/user/get"});
-  ASSERT_EQ(result.responses.size(), 3u);
-  EXPECT_EQ(result.responses[0].body(), R"({"errcode":0,"errmsg":"ok"})");
+  const auto result = exchange(
+      fake->port(), {"/cgi-bin/user/get?access_token=" + token + "&userid=zhangsan",
+                     "/cgi-bin/user/get?access_token=made-up&userid=x",
+                     "/cgi-bin/user/get?userid=x", "/cgi-bin/user/get?access_token=" + token,
+                     "/prefix/cgi-bin/user/get?access_token=" + token + "&userid=lisi"});
+  ASSERT_EQ(result.responses.size(), 5u);
+  EXPECT_EQ(result.responses[0].body(),
+            R"({"errcode":0,"errmsg":"ok","userid":"zhangsan","name":"Fake User zhangsan"})");
   EXPECT_EQ(result.responses[1].body(), R"({"errcode":40014,"errmsg":"invalid access_token"})");
-  EXPECT_EQ(nlohmann::json::parse(result.responses[2].body())["errcode"], 41001);
+  EXPECT_EQ(result.responses[2].body(), R"({"errcode":41001,"errmsg":"access_token missing"})");
+  EXPECT_EQ(result.responses[3].body(), R"({"errcode":41009,"errmsg":"missing userid"})");
+  EXPECT_EQ(nlohmann::json::parse(result.responses[4].body())["userid"], "lisi");
   EXPECT_EQ(fake->check("made-up"), token_status::invalid);
   EXPECT_EQ(to_string(token_status::expired), "expired");
 }
@@ -804,6 +817,284 @@ TEST(fake_wecom, ticket_status_endpoint_answers_a_tickets_status_for_its_kind) {
   ASSERT_EQ(bad_kind.responses.size(), 1u);
   EXPECT_EQ(bad_kind.responses[0].result(), http::status::bad_request);
   EXPECT_EQ(fake->ticket_calls(), 2);  // status checks are not ticket calls
+}
+
+// --- Ordinary APIs, as a gateway's tests see them upstream ---
+
+request api_request(http::verb verb, const std::string& target, const std::string& content_type,
+                    std::string body) {
+  request call{verb, target, 11};
+  if (!content_type.empty()) call.set(http::field::content_type, content_type);
+  call.body() = std::move(body);
+  return call;
+}
+
+// One call over TLS that must be answered; its answer.
+response call_api(const fake_wecom& fake, request call, const client_options& options = {}) {
+  std::vector<request> requests;
+  requests.push_back(std::move(call));
+  auto result = exchange_requests(fake.port(), std::move(requests), options);
+  EXPECT_FALSE(result.error) << result.error.message();
+  if (result.responses.size() != 1) return response{};
+  return std::move(result.responses.front());
+}
+
+response post(const fake_wecom& fake, const std::string& target, const std::string& content_type,
+              std::string body) {
+  return call_api(fake, api_request(http::verb::post, target, content_type, std::move(body)));
+}
+
+nlohmann::json json_of(const response& answer) {
+  EXPECT_EQ(answer.result(), http::status::ok);
+  EXPECT_TRUE(answer[http::field::content_type].starts_with("application/json"));
+  return nlohmann::json::parse(answer.body(), nullptr, /*allow_exceptions=*/false);
+}
+
+const std::string boundary = "----fake-boundary-7MA4YWxk";
+
+// A multipart/form-data body with a text field first and the file in "media", as SDKs send it.
+std::string form_data(const std::string& filename, const std::string& file_type,
+                      const std::string& bytes) {
+  return "--" + boundary +
+         "\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nnot the file\r\n--" + boundary +
+         "\r\nContent-Disposition: form-data; name=\"media\"; filename=\"" + filename +
+         "\"; filelength=" + std::to_string(bytes.size()) + "\r\nContent-Type: " + file_type +
+         "\r\n\r\n" + bytes + "\r\n--" + boundary + "--\r\n";
+}
+
+// Bytes a careless parser would trip on: NULs, CRLFs, a delimiter-like line without the boundary.
+constexpr char awkward_literal[] = "PK\0\x01\r\n--\r\n\r\n--not-the-boundary\xff";
+const std::string awkward_bytes(awkward_literal, sizeof awkward_literal - 1);
+
+TEST(fake_wecom, message_send_takes_a_json_object_and_refuses_anything_else) {
+  const auto fake = start_fake();
+  const auto target = "/cgi-bin/message/send?access_token=" + token_of(*fake, secret_a);
+
+  const auto sent = json_of(post(*fake, target, "application/json",
+                                 R"({"touser":"a","msgtype":"text","text":{"content":"hi"}})"));
+  EXPECT_EQ(sent["errcode"], 0);
+  EXPECT_EQ(sent["errmsg"], "ok");
+  EXPECT_FALSE(sent["msgid"].get<std::string>().empty());
+  EXPECT_EQ(post(*fake, target, "application/json", "{not json").body(),
+            R"({"errcode":47001,"errmsg":"data format error"})");
+  EXPECT_EQ(json_of(post(*fake, target, "application/json", "[1]"))["errcode"], 47001);
+}
+
+TEST(fake_wecom, media_upload_stores_the_multipart_file_and_media_get_returns_it) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  const auto before = std::chrono::system_clock::now();
+
+  // A quoted boundary parameter, and a file name with a quote and a ';' in it.
+  const auto uploaded =
+      json_of(post(*fake, "/cgi-bin/media/upload?access_token=" + token + "&type=file",
+                   "multipart/form-data; charset=utf-8; boundary=\"" + boundary + "\"",
+                   form_data(R"(report \"q1\"; final.pdf)", "application/pdf", awkward_bytes)));
+  EXPECT_EQ(uploaded["errcode"], 0);
+  EXPECT_EQ(uploaded["errmsg"], "ok");
+  EXPECT_EQ(uploaded["type"], "file");
+  EXPECT_EQ(uploaded["media_id"], sha256_hex(awkward_bytes));
+  const auto created_at = std::stoll(uploaded["created_at"].get<std::string>());
+  EXPECT_GE(created_at, std::chrono::system_clock::to_time_t(before));
+  EXPECT_LE(created_at, std::chrono::system_clock::to_time_t(std::chrono::system_clock::now()));
+
+  const auto file = call_api(*fake, api_request(http::verb::get,
+                                                "/cgi-bin/media/get?access_token=" + token +
+                                                    "&media_id=" + sha256_hex(awkward_bytes),
+                                                "", ""));
+  EXPECT_EQ(file.result(), http::status::ok);
+  EXPECT_EQ(file.body(), awkward_bytes);
+  EXPECT_EQ(file[http::field::content_type], "application/pdf");
+  EXPECT_EQ(file[http::field::content_disposition],
+            R"(attachment; filename="report \"q1\"; final.pdf")");
+}
+
+TEST(fake_wecom, media_upload_refuses_what_carries_no_media_file) {
+  const auto fake = start_fake();
+  const auto target = "/cgi-bin/media/upload?access_token=" + token_of(*fake, secret_a);
+  const auto form_type = "multipart/form-data; boundary=" + boundary;
+  const auto upload = [&](const std::string& query, const std::string& content_type,
+                          const std::string& body) {
+    return json_of(post(*fake, target + query, content_type, body))["errcode"];
+  };
+
+  EXPECT_EQ(upload("&type=file", form_type, form_data("a.bin", "text/plain", "abc")), 0);
+  EXPECT_EQ(upload("&type=sticker", form_type, form_data("a.bin", "text/plain", "abc")), 40004);
+  EXPECT_EQ(upload("", form_type, form_data("a.bin", "text/plain", "abc")), 40004);
+  EXPECT_EQ(upload("&type=file", "application/octet-stream", "abc"), 41005);
+  EXPECT_EQ(upload("&type=file", "multipart/form-data; boundary=other",
+                   form_data("a.bin", "text/plain", "abc")),
+            41005);
+  auto unterminated = form_data("a.bin", "text/plain", "abc");
+  unterminated.resize(unterminated.size() - 4);  // the close delimiter cut short
+  unterminated.resize(unterminated.rfind("\r\n"));
+  EXPECT_EQ(upload("&type=file", form_type, unterminated), 41005);
+  EXPECT_EQ(upload("&type=file", form_type, form_data("a.bin", "text/plain", "")), 44001);
+}
+
+TEST(fake_wecom, media_get_sends_generated_bodies_and_refuses_unknown_ids) {
+  const auto fake = start_fake();
+  const auto target = "/cgi-bin/media/get?access_token=" + token_of(*fake, secret_a) + "&media_id=";
+  constexpr std::size_t size = 3 * 1024 * 1024 + 5;  // several chunks and a ragged end
+
+  const auto file =
+      call_api(*fake, api_request(http::verb::get, target + "generated-3145733", "", ""),
+               client_options{.body_limit = size});
+  EXPECT_EQ(file.result(), http::status::ok);
+  EXPECT_EQ(file[http::field::content_type], "application/octet-stream");
+  EXPECT_EQ(file[http::field::content_disposition],
+            R"(attachment; filename="generated-3145733.bin")");
+  EXPECT_EQ(file.body().size(), size);
+  EXPECT_EQ(file.body(), generated_media(0, size));
+  EXPECT_EQ(generated_media(1000003, 17), generated_media(0, 1000020).substr(1000003));
+  EXPECT_EQ(call_api(*fake, api_request(http::verb::get, target + "generated-0", "", "")).body(),
+            "");
+
+  const auto unknown = R"({"errcode":40007,"errmsg":"invalid media_id"})";
+  for (const auto& media_id : {std::string{"nope"}, std::string{"generated-67108865"},
+                               std::string{"generated-12x"}, std::string{"generated-"}}) {
+    EXPECT_EQ(json_body(*fake, target + media_id), unknown) << media_id;
+  }
+}
+
+TEST(fake_wecom, api_calls_refuse_unknown_revoked_and_expired_tokens) {
+  const auto fake = start_fake();
+  const auto revoked = token_of(*fake, secret_a);
+  fake->revoke_tokens(secret_a);
+  fake->set_lifetime(0s);  // issued already expired: no waiting
+  const auto expired = token_of(*fake, secret_b);
+  const auto send = [&](const std::string& token) {
+    return post(*fake, "/cgi-bin/message/send?access_token=" + token, "application/json", "{}")
+        .body();
+  };
+
+  EXPECT_EQ(send(revoked), R"({"errcode":40014,"errmsg":"invalid access_token"})");
+  EXPECT_EQ(send("made-up"), R"({"errcode":40014,"errmsg":"invalid access_token"})");
+  EXPECT_EQ(send(expired), R"({"errcode":42001,"errmsg":"access_token expired"})");
+  EXPECT_EQ(
+      json_body(*fake, "/cgi-bin/media/get?access_token=" + revoked + "&media_id=generated-1"),
+      R"({"errcode":40014,"errmsg":"invalid access_token"})");
+
+  const auto calls = fake->api_calls();
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_FALSE(calls[0].token_ok);
+  EXPECT_EQ(calls[0].token_app, corpid);  // revoked, yet still the corp's
+  EXPECT_EQ(calls[1].token_app, std::nullopt);
+  EXPECT_EQ(calls[2].token_app, corpid);
+  EXPECT_EQ(calls[3].errcode, 40014);
+}
+
+TEST(fake_wecom, api_calls_are_recorded_without_their_token) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  const std::string body = R"({"touser":"a","msgtype":"text"})";
+  auto send = api_request(http::verb::post,
+                          "/cgi-bin/message/send?debug=1&access_token=" + token + "&access_token=x",
+                          "application/json; charset=utf-8", body);
+  send.set(http::field::authorization, "Bearer client-key");
+  send.set(http::field::cookie, "session=1");
+  EXPECT_EQ(json_of(call_api(*fake, std::move(send)))["errcode"], 0);
+  json_body(*fake, "/cgi-bin/user/get?access_token=made-up&userid=x");
+
+  const auto listed = json_body(*fake, "/fake/api_calls");
+  EXPECT_EQ(listed.find(token), std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(listed), nlohmann::json::parse(R"([
+      {"method":"POST","path":"/cgi-bin/message/send",
+       "query_keys":["access_token","access_token","debug"],"token_ok":true,
+       "token_app":")" + corpid + R"(","content_type":"application/json; charset=utf-8",
+       "body_sha256":")" + sha256_hex(body) + R"(","body_size":)" +
+                                                                 std::to_string(body.size()) + R"(,
+       "headers":["authorization","content-length","content-type","cookie","host"],
+       "errcode":0},
+      {"method":"GET","path":"/cgi-bin/user/get","query_keys":["access_token","userid"],
+       "token_ok":false,"token_app":null,"content_type":"",
+       "body_sha256":")" + sha256_hex("") + R"(","body_size":0,"headers":["host"],
+       "errcode":40014}])"));
+  const auto stats = nlohmann::json::parse(json_body(*fake, "/fake/stats"));
+  EXPECT_EQ(stats["api_calls"], 2);
+  EXPECT_EQ(stats["api_calls_by_path"],
+            (nlohmann::json{{"/cgi-bin/message/send", 1}, {"/cgi-bin/user/get", 1}}));
+  EXPECT_EQ(fake->api_calls_by_path(),
+            (std::map<std::string, int>{{"/cgi-bin/message/send", 1}, {"/cgi-bin/user/get", 1}}));
+
+  const auto cleared = call_api(*fake, api_request(http::verb::delete_, "/fake/api_calls", "", ""));
+  EXPECT_EQ(cleared.result(), http::status::no_content);
+  EXPECT_EQ(json_body(*fake, "/fake/api_calls"), "[]");
+  EXPECT_EQ(nlohmann::json::parse(json_body(*fake, "/fake/stats"))["api_calls"], 0);
+  EXPECT_EQ(fake->gettoken_calls(), 1);  // credential calls are not API calls
+}
+
+TEST(fake_wecom, api_limit_holds_per_corp_and_path_within_a_minute) {
+  const auto fake = start_fake();
+  fake->add_app("wwother", "secret-c");
+  const auto token = token_of(*fake, secret_a);
+  const auto other_corp = gettoken(*fake, "secret-c", "wwother")["access_token"].get<std::string>();
+  const auto user_get = [&](const std::string& access_token) {
+    return json_body(*fake, "/cgi-bin/user/get?userid=x&access_token=" + access_token);
+  };
+
+  fake->set_api_limit(corpid, "/cgi-bin/user/get", 2);
+  EXPECT_EQ(nlohmann::json::parse(user_get("made-up"))["errcode"], 40014);  // uses no allowance
+  EXPECT_EQ(nlohmann::json::parse(user_get(token))["errcode"], 0);
+  // The same corp with another app's token, under a base_url prefix: the same allowance.
+  EXPECT_EQ(
+      json_body(*fake, "/p/cgi-bin/user/get?userid=x&access_token=" + token_of(*fake, secret_b))
+          .find(R"("errcode":0)"),
+      1u);
+  EXPECT_EQ(user_get(token), R"({"errcode":45009,"errmsg":"api freq out of limit"})");
+  EXPECT_EQ(nlohmann::json::parse(user_get(other_corp))["errcode"], 0);
+  EXPECT_EQ(json_of(post(*fake, "/cgi-bin/message/send?access_token=" + token, "application/json",
+                         "{}"))["errcode"],
+            0);
+
+  fake->set_api_limit(corpid, "/cgi-bin/user/get", std::nullopt);
+  EXPECT_EQ(nlohmann::json::parse(user_get(token))["errcode"], 0);
+}
+
+TEST(fake_wecom, hang_holds_api_calls_until_released_and_spares_credential_calls) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  const auto target = "/cgi-bin/user/get?userid=x&access_token=" + token;
+  fake->hang_api_calls(true);
+
+  const auto timed_out = fetch(*fake, target, client_options{.deadline = 300ms});
+  EXPECT_EQ(timed_out.error, beast::error::timeout) << timed_out.error.message();
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);
+
+  // Two calls on one connection: the one held, then the next, as a gateway's pool reuses it.
+  exchange_result held;
+  std::thread client([&] { held = exchange(fake->port(), {target, target}); });
+  ASSERT_TRUE(eventually([&] { return fake->api_calls().size() == 2; }));
+  const auto released_at = steady_clock::now();
+  fake->hang_api_calls(false);
+  client.join();
+  EXPECT_LT(steady_clock::now() - released_at, 1s);
+  ASSERT_EQ(held.responses.size(), 2u) << held.error.message();
+  EXPECT_EQ(nlohmann::json::parse(held.responses[0].body())["errcode"], 0);
+  EXPECT_EQ(nlohmann::json::parse(held.responses[1].body())["errcode"], 0);
+}
+
+TEST(fake_wecom, api_delay_holds_back_api_answers_only) {
+  const auto fake = start_fake();
+  const auto token = token_of(*fake, secret_a);
+  fake->set_api_delay(300ms);
+
+  auto started = steady_clock::now();
+  EXPECT_EQ(gettoken(*fake, secret_a)["errcode"], 0);
+  EXPECT_LT(steady_clock::now() - started, 300ms);
+  started = steady_clock::now();
+  EXPECT_EQ(
+      json_body(*fake, "/cgi-bin/user/get?userid=x&access_token=" + token).find(R"({"errcode":0,)"),
+      0u);
+  EXPECT_GE(steady_clock::now() - started, 300ms);
+}
+
+TEST(fake_wecom, apis_it_does_not_serve_are_404_and_not_recorded) {
+  const auto fake = start_fake();
+  const auto answer = fetch(*fake, "/cgi-bin/agent/list?access_token=" + token_of(*fake, secret_a));
+  ASSERT_EQ(answer.responses.size(), 1u);
+  EXPECT_EQ(answer.responses[0].result(), http::status::not_found);
+  EXPECT_TRUE(fake->api_calls().empty());
 }
 
 }  // namespace
