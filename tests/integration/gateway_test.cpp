@@ -225,9 +225,16 @@ TEST_F(gateway_test, the_budget_refuses_without_an_upstream_call_and_upstream_li
   EXPECT_GE(std::stoi(refused.headers.at("retry-after")), 1);
   EXPECT_EQ(fake_->api_calls_by_path()["/cgi-bin/user/get"], 3);
   // Another path has a budget of its own; WeCom's own limit passes through, counted.
-  fake_->set_api_limit(corpid, "/cgi-bin/department/list", 1);
-  EXPECT_EQ(json::parse(api(broker, {.target = "cgi-bin/department/list"}).body)["errcode"], 0);
-  EXPECT_EQ(json::parse(api(broker, {.target = "cgi-bin/department/list"}).body)["errcode"], 45009);
+  fake_->set_api_limit(corpid, "/cgi-bin/message/send", 1);
+  const auto send = [&] {
+    return json::parse(api(broker, {.method = "POST",
+                                    .target = "cgi-bin/message/send",
+                                    .body = R"({"touser":"x","msgtype":"text"})",
+                                    .headers = {{"Content-Type", "application/json"}}})
+                           .body)["errcode"];
+  };
+  EXPECT_EQ(send(), 0);
+  EXPECT_EQ(send(), 45009);
 
   const auto page = http_get(broker.port(), "/metrics").body;
   EXPECT_EQ(
@@ -242,7 +249,7 @@ TEST_F(gateway_test, the_budget_refuses_without_an_upstream_call_and_upstream_li
   EXPECT_EQ(
       metric_sample(
           page,
-          R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/department/list",outcome="upstream_limited"})"),
+          R"(token_broker_gateway_requests_total{app="hr",api="cgi-bin/message/send",outcome="upstream_limited"})"),
       1);
   EXPECT_GE(metric_sample(page, R"(token_broker_gateway_request_duration_seconds_count{app="hr"})"),
             6);
