@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages token-broker is built, tested and demonstrated with.
-# Idempotent: installs only what is missing, and touches nothing when all is there.
+# Installs the Debian 12 packages token-broker is built, tested and demonstrated with, and the
+# npm packages of the SDK test (tests/sdk). Idempotent: installs only what is missing, and
+# touches nothing when all is there.
 set -euo pipefail
 
 packages=(
@@ -19,11 +20,22 @@ for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
     missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Node.js for the SDK test, by command: a nodejs package of another origin may bundle npm (and
+# conflict with Debian's).
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 
-as_root=()
-[ "$(id -u)" -eq 0 ] || as_root=(sudo)
-echo "installing: ${missing[*]}"
-"${as_root[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
-  "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  echo "installing: ${missing[*]}"
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+# The SDK test's packages, exactly as locked; again only when the lock changed since.
+sdk="$(dirname "$0")/../tests/sdk"
+if [ ! "$sdk/node_modules/.package-lock.json" -nt "$sdk/package-lock.json" ]; then
+  echo "installing: $sdk/node_modules (npm ci)"
+  npm ci --prefix "$sdk" --no-audit --no-fund --loglevel=error
+fi

@@ -14,7 +14,7 @@ cmake --preset "$preset" >/dev/null
 # its tests run.
 targets=()
 [ "$preset" = release ] ||
-  targets=(--target token-broker unit_tests simulation_tests binary_tests redis_tests)
+  targets=(--target token-broker unit_tests simulation_tests binary_tests redis_tests sdk_tests)
 cmake --build --preset "$preset" "${targets[@]}"
 echo "=== $preset: test"
 reports="build/$preset/reports"
