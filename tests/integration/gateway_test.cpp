@@ -99,6 +99,7 @@ TEST_F(gateway_test, json_multipart_and_binary_bodies_arrive_byte_identical_both
                    .body = multipart,
                    .headers = {{"Content-Type", "multipart/form-data; boundary=" + boundary}}});
   ASSERT_EQ(uploaded.status, 200u) << uploaded.body;
+  ASSERT_TRUE(json::parse(uploaded.body).contains("media_id")) << uploaded.body;
   const auto media_id = json::parse(uploaded.body).at("media_id").get<std::string>();
   EXPECT_EQ(last_call().body_sha256, fake::sha256_hex(multipart));
   const auto downloaded = api(broker, {.target = "cgi-bin/media/get?media_id=" + media_id});

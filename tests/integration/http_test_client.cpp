@@ -26,9 +26,10 @@ asio::awaitable<void> exchange_once(std::uint16_t port, const http_exchange& exc
   http::request<http::string_body> request{http::string_to_verb(exchange.method), exchange.target,
                                            11};
   request.set(http::field::host, "127.0.0.1");
+  // JSON unless the exchange names a type of its own.
+  if (!exchange.body.empty()) request.set(http::field::content_type, "application/json");
   for (const auto& [name, value] : exchange.headers) request.set(name, value);
   request.body() = exchange.body;
-  if (!exchange.body.empty()) request.set(http::field::content_type, "application/json");
   request.prepare_payload();
   request.keep_alive(false);
 
@@ -39,7 +40,7 @@ asio::awaitable<void> exchange_once(std::uint16_t port, const http_exchange& exc
   }
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
-  parser.body_limit(1024 * 1024);
+  parser.body_limit(64 * 1024 * 1024);  // the gateway relays files
   auto [read_error, read] = co_await http::async_read(stream, buffer, parser, as_tuple);
   answer.took =
       std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started);
