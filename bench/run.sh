@@ -710,7 +710,8 @@ EOF_NGINX
   } >"$dir/nginx.conf"
   launch_nginx "$dir"
   upstream_pid=$launched_pid
-  wait_for_status "https://localhost:$upstream_port/cgi-bin/user/get" 200 10 \
+  # A gettoken, which the count of the gateway's connections leaves out.
+  wait_for_status "https://localhost:$upstream_port/cgi-bin/gettoken" 200 10 \
     --cacert "$dir/ca.pem" || die "the upstream nginx did not start: $(cat "$dir/error.log")"
 }
 
@@ -753,7 +754,8 @@ EOF_NGINX
 }
 
 # upstream_handshakes PORT: "handshakes resumed" of the connections upstream took on PORT
-# other than the credential refreshes' (whose first request is a gettoken).
+# other than the credential refreshes' and start_upstream's (whose first request is a
+# gettoken).
 upstream_handshakes() {
   awk -v port="$1" '$1 == port && $4 != "/cgi-bin/gettoken" {n++; if ($3 == "r") r++}
                     END {print n + 0, r + 0}' "$work/upstream/connections.log"
@@ -779,7 +781,8 @@ scenario_gateway() {
   start_broker "$work/gateway.json"
   start_proxy_nginx "$token"
 
-  compare_proxied "GET /v1/apps/hr/api/cgi-bin/user/get (gateway) vs nginx proxy_pass" 1.0 \
+  local name="GET /v1/apps/hr/api/cgi-bin/user/get, the gateway against nginx proxy_pass"
+  compare_proxied "$name (the upstream nginx on the servers' cores)" 1.0 \
     "/v1/apps/hr/api/cgi-bin/user/get?userid=zhangsan" "/cgi-bin/user/get?userid=zhangsan" \
     "$work/upstream/root/cgi-bin/user/get"
   # The curl of compare_proxied's check was a gateway call too.
