@@ -16,12 +16,22 @@
 #        upstream answers after 200 ms: gettoken calls (must be 1) and time to the last answer.
 #   5.   resident memory with 1, 100, 1,000 and 10,000 configured apps.
 #   6.   gettoken calls per app under full load with 10 s tokens, against the policy's floor.
+#   7.   the gateway (issue 15): GET /v1/apps/{app}/api/cgi-bin/user/get through the broker
+#        against nginx proxy_pass (an upstream keep-alive pool of the same size, session
+#        reuse, the same CA verified), both in front of one HTTPS upstream: a second nginx
+#        serving WeCom-shaped JSON under a CA made for the run. Alternating runs as in 1;
+#        then the upstream TLS handshakes per 100,000 gateway calls, from the upstream's log.
+#        Placement: the proxy (broker or nginx) and the upstream nginx share the servers'
+#        half of the cores, each with one thread/worker per core of it, wrk has the other
+#        half, as in 1: a call's latency is then the work of both servers, and wrk taking
+#        turns with the upstream would charge the turn to whichever proxy runs. Both sides
+#        get the same upstream on the same cores, which is what makes the ratio fair.
 #
 # Environment: BENCH_DURATION (wrk run length, default 10s), BENCH_ROUNDS (runs per side,
 # default 3), BENCH_FAN_IN (connections, default 10000), BENCH_LOAD_S (scenario 6's load,
 # default 30), BENCH_SKIP_BUILD=1 (measure the binaries already in build/release),
-# BENCH_ONLY (a comma-separated subset of throughput,tickets,fan_in,memory,calls; default
-# all of them).
+# BENCH_ONLY (a comma-separated subset of throughput,tickets,fan_in,memory,calls,gateway;
+# default all of them).
 # Run as root: it installs packages and raises the descriptor limit.
 # Exits 0 when every measurement ran, even if a target is missed (FAIL in the table); 1 when
 # something did not start or answered wrongly.
@@ -32,7 +42,7 @@ duration=${BENCH_DURATION:-10s}
 rounds=${BENCH_ROUNDS:-3}
 fan_in_connections=${BENCH_FAN_IN:-10000}
 load_seconds=${BENCH_LOAD_S:-30}
-scenarios=${BENCH_ONLY:-throughput,tickets,fan_in,memory,calls}
+scenarios=${BENCH_ONLY:-throughput,tickets,fan_in,memory,calls,gateway}
 cores=$(nproc)
 
 build=build/release
@@ -71,17 +81,17 @@ build_binaries() {
 selected() { [[ ,$scenarios, == *,$1,* ]]; }
 for scenario in ${scenarios//,/ }; do
   case $scenario in
-    throughput | tickets | fan_in | memory | calls) ;;
-    *) die "BENCH_ONLY: unknown scenario $scenario (throughput, tickets, fan_in, memory, calls)" ;;
+    throughput | tickets | fan_in | memory | calls | gateway) ;;
+    *) die "BENCH_ONLY: unknown scenario $scenario (throughput, tickets, fan_in, memory, calls, gateway)" ;;
   esac
 done
 
 
 http_status() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
 
-wait_for_status() {  # URL STATUS SECONDS
+wait_for_status() {  # URL STATUS SECONDS [CURL_OPTIONS…]
   local deadline=$((SECONDS + $3))
-  while [ "$(http_status "$1")" != "$2" ]; do
+  while [ "$(http_status "${@:4}" "$1")" != "$2" ]; do
     [ $SECONDS -lt $deadline ] || return 1
     sleep 0.1
   done
@@ -130,6 +140,10 @@ placement_note() {
 
 fake_port=""
 fake_pid=""
+# Where the broker's upstream is, and the CA its certificate is checked against: the fake's,
+# or scenario 7's nginx.
+upstream_url=""
+upstream_ca=""
 
 # start_fake APP_FILE [fake-wecom flags…]: secrets come from the file, never the command line.
 start_fake() {
@@ -143,6 +157,8 @@ start_fake() {
   for _ in $(seq 100); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
   [ -s "$work/fake.port" ] || die "fake WeCom did not start: $(cat "$work/fake.log")"
   fake_port=$(cat "$work/fake.port")
+  upstream_url=https://localhost:$fake_port
+  upstream_ca=$work/ca.pem
 }
 
 # The number of gettoken calls the fake saw for CORPID.
@@ -154,20 +170,21 @@ fake_calls() {
 broker_port=""
 broker_pid=""
 
-# write_config FILE APPS_JSON [REFRESH_JSON [CLIENTS_JSON]]: written whole and then renamed,
-# so a reload never reads half a file. Inline secrets, so the file is private.
+# write_config FILE APPS_JSON [REFRESH_JSON [CLIENTS_JSON [GATEWAY_JSON]]]: written whole and
+# then renamed, so a reload never reads half a file. Inline secrets, so the file is private.
 write_config() {
   local file=$1 apps=$2
-  local refresh=${3:-'{"jitter_s": 5}'} clients=${4:-}
+  local refresh=${3:-'{"jitter_s": 5}'} clients=${4:-} gateway=${5:-}
   (
     umask 077
     {
       echo '{'
       echo "  \"listen\": \"127.0.0.1:$broker_port\", \"threads\": $server_threads, \"log_level\": \"warn\","
-      echo "  \"upstream\": {\"base_url\": \"https://localhost:$fake_port\","
-      echo "               \"ca_file\": \"$work/ca.pem\", \"timeout_ms\": 60000},"
+      echo "  \"upstream\": {\"base_url\": \"$upstream_url\","
+      echo "               \"ca_file\": \"$upstream_ca\", \"timeout_ms\": 60000},"
       echo "  \"refresh\": $refresh,"
       [ -n "$clients" ] && echo "  \"clients\": $clients,"
+      [ -n "$gateway" ] && echo "  \"gateway\": $gateway,"
       echo "  \"apps\": {"
       cat "$apps"
       echo '  }'
@@ -224,17 +241,18 @@ wrk_errors() {
        END {print n + 0}' <<<"$1"
 }
 
-# run_wrk URL SCRIPT: prints "requests_per_second p50_us p99_us errors". The script sets the
-# path and headers, which keeps secrets and keys out of the command line.
+# run_wrk URL SCRIPT: prints "requests_per_second p50_us p99_us errors requests". The script
+# sets the path and headers, which keeps secrets and keys out of the command line.
 run_wrk() {
   local output
   output=$("${client_pin[@]}" wrk -t"$client_threads" -c64 -d"$duration" --latency -s "$2" "$1")
-  local rps p50 p99 errors
+  local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$output")
   p50=$(to_microseconds "$(awk '$1 == "50%" {print $2}' <<<"$output")")
   p99=$(to_microseconds "$(awk '$1 == "99%" {print $2}' <<<"$output")")
   errors=$(wrk_errors "$output")
-  echo "$rps $p50 $p99 $errors"
+  requests=$(awk '/ requests in / {print $1}' <<<"$output")
+  echo "$rps $p50 $p99 $errors $requests"
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
@@ -258,14 +276,11 @@ wrk_script() {
   ) >"$1"
 }
 
-nginx_port=""
-nginx_pid=""
-
-start_nginx() {
-  local dir=$work/nginx
-  mkdir -p "$dir/root" "$dir/temp"
-  cat >"$dir/nginx.conf" <<EOF
-# As a site would serve a small static JSON file, tuned for it: the reference to beat.
+# nginx_preamble DIR: what every nginx of the benchmark starts its configuration with, up to
+# inside http {}; the caller adds its servers and the closing brace.
+nginx_preamble() {
+  local dir=$1
+  cat <<EOF_NGINX
 worker_processes $server_threads;
 worker_rlimit_nofile $(ulimit -n);
 $([ "$(id -u)" -eq 0 ] && echo "user root;")  # the files sit in a private temp dir
@@ -280,17 +295,39 @@ http {
   etag off;
   keepalive_requests 1000000;
   keepalive_timeout 65s;
+  client_body_temp_path $dir/temp/body;
+  proxy_temp_path $dir/temp/proxy;
+  fastcgi_temp_path $dir/temp/fastcgi;
+  uwsgi_temp_path $dir/temp/uwsgi;
+  scgi_temp_path $dir/temp/scgi;
+EOF_NGINX
+}
+
+# launch_nginx DIR: runs nginx with DIR/nginx.conf on the servers' cores; its pid in
+# launched_pid.
+launched_pid=""
+launch_nginx() {
+  "${server_pin[@]}" nginx -p "$1" -e "$1/error.log" -c "$1/nginx.conf" &
+  launched_pid=$!
+  pids+=("$launched_pid")
+}
+
+nginx_port=""
+nginx_pid=""
+
+start_nginx() {
+  local dir=$work/nginx
+  mkdir -p "$dir/root" "$dir/temp"
+  {
+    echo "# As a site would serve a small static JSON file, tuned for it: the reference to beat."
+    nginx_preamble "$dir"
+    cat <<EOF_NGINX
   # A body of a few hundred bytes goes out faster copied into the answer than by sendfile:
   # 130-140k req/s against 75-95k on one core of the project machine (100-110k with
   # tcp_nopush): one pread and one writev of header and body, rather than a writev of the
   # header and a sendfile of the body, two segments for the client to read.
   sendfile off;
   open_file_cache max=64 inactive=1h;
-  client_body_temp_path $dir/temp/body;
-  proxy_temp_path $dir/temp/proxy;
-  fastcgi_temp_path $dir/temp/fastcgi;
-  uwsgi_temp_path $dir/temp/uwsgi;
-  scgi_temp_path $dir/temp/scgi;
   server {
     listen 127.0.0.1:$nginx_port;
     root $dir/root;
@@ -299,10 +336,10 @@ http {
     location / { add_header Cache-Control no-store; error_page 405 =200 \$uri; }
   }
 }
-EOF
-  "${server_pin[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
-  nginx_pid=$!
-  pids+=("$nginx_pid")
+EOF_NGINX
+  } >"$dir/nginx.conf"
+  launch_nginx "$dir"
+  nginx_pid=$launched_pid
 }
 
 # serve_with_nginx PATH BODY_FILE: nginx ignores the query string when it serves a file.
@@ -316,40 +353,74 @@ serve_with_nginx() {
 rows=()  # the table, markdown
 add_row() { rows+=("| $1 | $2 | $3 | $4 | $5 |"); }
 
-# compare NAME TARGET_RATIO PATH [AUTHORIZATION [BODY_FILE]]: alternating wrk runs, broker
-# first; one table row. With BODY_FILE every request is a POST of it (JSON).
-compare() {
-  local name=$1 target_ratio=$2 path=$3 authorization=${4:-} request_body=${5:-}
-  local body=$work/body.$RANDOM script=$work/wrk.$RANDOM.lua
+# answer_of PORT PATH BODY_OUT [AUTHORIZATION [BODY_FILE]]: the HTTP status of PATH on
+# 127.0.0.1:PORT, its body in BODY_OUT. The path may hold a secret, so it goes to curl through
+# a config file rather than the command line; a POST of BODY_FILE's JSON when given.
+answer_of() {
+  local port=$1 path=$2 out=$3 authorization=${4:-} request_body=${5:-}
   local curl_headers=()
   [ -n "$authorization" ] && curl_headers=(-H "Authorization: $authorization")
-  # The broker's exact bytes, from the broker itself; the path may hold a secret, so it goes
-  # to curl through a config file rather than the command line.
-  {
-    printf 'url = "http://127.0.0.1:%s%s"\n' "$broker_port" "$path"
+  (
+    umask 077
+    printf 'url = "http://127.0.0.1:%s%s"\n' "$port" "$path"
     if [ -n "$request_body" ]; then
       printf 'data-binary = "@%s"\n' "$request_body"
       echo 'header = "Content-Type: application/json"'
     fi
-  } >"$work/curl.conf"
-  [ "$(curl -s -K "$work/curl.conf" "${curl_headers[@]}" -o "$body" -w '%{http_code}')" = 200 ] ||
+  ) >"$work/curl.conf"
+  curl -s -K "$work/curl.conf" "${curl_headers[@]}" -o "$out" -w '%{http_code}' || true
+}
+
+# compare NAME TARGET_RATIO PATH [AUTHORIZATION [BODY_FILE]]: the broker against nginx serving
+# the broker's exact answer as a static file. With BODY_FILE every request is a POST of it.
+compare() {
+  local name=$1 target_ratio=$2 path=$3 authorization=${4:-} request_body=${5:-}
+  local body=$work/body.$RANDOM served=$work/served.$RANDOM script=$work/wrk.$RANDOM.lua
+  [ "$(answer_of "$broker_port" "$path" "$body" "$authorization" "$request_body")" = 200 ] ||
     die "$name: the broker did not answer 200"
   serve_with_nginx "$path" "$body"
-  cmp -s "$body" <(curl -s -K <(sed "s/:$broker_port/:$nginx_port/" "$work/curl.conf")) ||
-    die "$name: nginx does not serve the broker's bytes"
+  answer_of "$nginx_port" "$path" "$served" "$authorization" "$request_body" >/dev/null
+  cmp -s "$body" "$served" || die "$name: nginx does not serve the broker's bytes"
   wrk_script "$script" "$path" "$authorization" "$request_body"
+  measure "$name" "$target_ratio" "$script" "$script"
+}
 
+# compare_proxied NAME TARGET_RATIO BROKER_PATH NGINX_PATH EXPECTED_BODY_FILE: GETs of
+# different paths that the broker and an nginx proxy both must answer with EXPECTED_BODY_FILE.
+compare_proxied() {
+  local name=$1 target_ratio=$2 broker_path=$3 nginx_path=$4 expected=$5
+  local body=$work/body.$RANDOM broker_script=$work/wrk.$RANDOM.lua nginx_script
+  nginx_script=$work/wrk.$RANDOM.lua
+  [ "$(answer_of "$broker_port" "$broker_path" "$body")" = 200 ] ||
+    die "$name: the broker did not answer 200"
+  cmp -s "$body" "$expected" || die "$name: the broker's answer is not upstream's"
+  [ "$(answer_of "$nginx_port" "$nginx_path" "$body")" = 200 ] ||
+    die "$name: nginx did not answer 200"
+  cmp -s "$body" "$expected" || die "$name: nginx's answer is not upstream's"
+  wrk_script "$broker_script" "$broker_path"
+  wrk_script "$nginx_script" "$nginx_path"
+  measure "$name" "$target_ratio" "$broker_script" "$nginx_script"
+}
+
+broker_requests=0  # what measure()'s wrk runs sent the broker, all rounds
+
+# measure NAME TARGET_RATIO BROKER_SCRIPT NGINX_SCRIPT: alternating wrk runs, broker first;
+# one table row.
+measure() {
+  local name=$1 target_ratio=$2 broker_script=$3 nginx_script=$4
   local broker_rps=() broker_p50=() broker_p99=() nginx_rps=() nginx_p50=() nginx_p99=()
-  local round side rps p50 p99 errors
+  local round side port script rps p50 p99 errors requests
+  broker_requests=0
   for ((round = 1; round <= rounds; round++)); do
     for side in broker nginx; do
-      local port=$broker_port
-      [ $side = nginx ] && port=$nginx_port
-      read -r rps p50 p99 errors < <(run_wrk "http://127.0.0.1:$port/" "$script")
-      if [ -z "$rps" ] || [ "$p50" = "?" ] || [ "$p99" = "?" ]; then
+      port=$broker_port script=$broker_script
+      [ $side = nginx ] && port=$nginx_port script=$nginx_script
+      read -r rps p50 p99 errors requests < <(run_wrk "http://127.0.0.1:$port/" "$script")
+      if [ -z "$requests" ] || [ "$p50" = "?" ] || [ "$p99" = "?" ]; then
         die "$name: wrk failed against $side"
       fi
       [ "$errors" = 0 ] || broken+=("$name: $side had $errors failed requests")
+      [ $side = broker ] && broker_requests=$((broker_requests + requests))
       eval "${side}_rps+=($rps); ${side}_p50+=($p50); ${side}_p99+=($p99)"
       echo "  $name round $round $side: $rps req/s, p50 ${p50} µs, p99 ${p99} µs"
     done
@@ -577,6 +648,163 @@ scenario_calls_under_load() {
   stop_process "$fake_pid"
 }
 
+# 7: the gateway against nginx proxy_pass, both in front of one HTTPS upstream (an nginx
+# serving WeCom-shaped JSON), placed as in 1 with the upstream on the servers' cores.
+gateway_connections=64
+
+# upstream_certificates DIR: a CA made for this run (DIR/ca.pem) and a certificate for
+# localhost signed by it (DIR/server.pem, DIR/server.key).
+upstream_certificates() {
+  local dir=$1
+  (
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj "/CN=token-broker bench CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    openssl x509 -req -days 2 -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+      -CAcreateserial -out "$dir/server.pem" \
+      -extfile <(printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n') 2>/dev/null
+  ) || die "openssl could not make the upstream's certificates"
+  chmod 644 "$dir/ca.pem"
+}
+
+upstream_port=""            # the upstream as the broker reaches it
+upstream_reference_port=""  # the same server as the reference nginx reaches it
+upstream_pid=""
+
+# start_upstream TOKEN: WeCom's gettoken (answering TOKEN) and user/get as static files over
+# HTTPS. One line per connection in connections.log, at its first request: the port it came
+# in on, its number, "r" when its TLS session was resumed, the path (never the query).
+start_upstream() {
+  local dir=$work/upstream
+  mkdir -p "$dir/root/cgi-bin/user" "$dir/temp"
+  upstream_certificates "$dir"
+  printf '{"errcode":0,"errmsg":"ok","access_token":"%s","expires_in":7200}' "$1" \
+    >"$dir/root/cgi-bin/gettoken"
+  cat >"$dir/root/cgi-bin/user/get" <<'EOF_USER'
+{"errcode":0,"errmsg":"ok","userid":"zhangsan","name":"张三","department":[1,2],"order":[1,2],"position":"后台工程师","mobile":"13800000000","gender":"1","email":"zhangsan@example.com","biz_mail":"zhangsan@qyycs2.wecom.work","is_leader_in_dept":[1,0],"direct_leader":["lisi"],"avatar":"https://wework.qpic.cn/wwpic/avatar/0","thumb_avatar":"https://wework.qpic.cn/wwpic/avatar/100","telephone":"020-123456","alias":"jackzhang","address":"广州市海珠区新港中路","open_userid":"woAJ2GCAAAd4uL12hdfsdasassdDmAAAAA","main_department":1,"status":1,"qr_code":"https://open.work.weixin.qq.com/wwopen/userQRCode?vcode=xxx","external_position":"产品经理"}
+EOF_USER
+  chmod -R go+rX "$dir/root"
+  {
+    echo "# WeCom as fast as it can be: static answers over HTTPS, connections kept."
+    nginx_preamble "$dir"
+    cat <<EOF_NGINX
+  sendfile off;
+  open_file_cache max=64 inactive=1h;
+  ssl_certificate $dir/server.pem;
+  ssl_certificate_key $dir/server.key;
+  ssl_session_cache shared:upstream:1m;
+  map \$connection_requests \$first_request { 1 1; default 0; }
+  log_format connections '\$server_port \$connection \$ssl_session_reused \$uri';
+  server {
+    listen 127.0.0.1:$upstream_port ssl;
+    listen 127.0.0.1:$upstream_reference_port ssl;
+    keepalive_requests 100000000;  # the pools' connections live as long as the run
+    keepalive_timeout 300s;
+    access_log $dir/connections.log connections if=\$first_request;
+    root $dir/root;
+  }
+}
+EOF_NGINX
+  } >"$dir/nginx.conf"
+  launch_nginx "$dir"
+  upstream_pid=$launched_pid
+  # A gettoken, which the count of the gateway's connections leaves out.
+  wait_for_status "https://localhost:$upstream_port/cgi-bin/gettoken" 200 10 \
+    --cacert "$dir/ca.pem" || die "the upstream nginx did not start: $(cat "$dir/error.log")"
+}
+
+# start_proxy_nginx TOKEN: the reference, as one would proxy to WeCom with nginx: a pool of
+# kept-alive connections of the gateway's size, TLS sessions reused, upstream's certificate
+# checked against the same CA. It sets access_token as the gateway does, so that upstream
+# gets the same request from both.
+start_proxy_nginx() {
+  local dir=$work/proxy
+  mkdir -p "$dir/temp"
+  (
+    umask 077  # the token
+    nginx_preamble "$dir"
+    cat <<EOF_NGINX
+  upstream wecom {
+    server 127.0.0.1:$upstream_reference_port;
+    keepalive $gateway_connections;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass https://wecom\$uri?\$args&access_token=$1;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host localhost:$upstream_reference_port;
+      proxy_ssl_session_reuse on;
+      proxy_ssl_server_name on;
+      proxy_ssl_name localhost;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/upstream/ca.pem;
+    }
+  }
+}
+EOF_NGINX
+  ) >"$dir/nginx.conf"
+  launch_nginx "$dir"
+  nginx_pid=$launched_pid
+}
+
+# upstream_handshakes PORT: "handshakes resumed" of the connections upstream took on PORT
+# other than the credential refreshes' and start_upstream's (whose first request is a
+# gettoken).
+upstream_handshakes() {
+  awk -v port="$1" '$1 == port && $4 != "/cgi-bin/gettoken" {n++; if ($3 == "r") r++}
+                    END {print n + 0, r + 0}' "$work/upstream/connections.log"
+}
+
+scenario_gateway() {
+  echo "== 7. the gateway against nginx proxy_pass, in front of one HTTPS upstream"
+  local token
+  token=$(random_hex 32)  # made up for this run, as the other secrets; never printed
+  broker_port=$(free_port)
+  nginx_port=$(free_port)
+  upstream_port=$(free_port)
+  upstream_reference_port=$(free_port)
+  set_placement isolated
+  echo "  placement: $(placement_note); the upstream nginx with the servers"
+  start_upstream "$token"
+  upstream_url=https://localhost:$upstream_port
+  upstream_ca=$work/upstream/ca.pem
+  printf '    "hr": {"corpid": "wwbenchhr", "secret": "%s-hr"}\n' "$run_secret" >"$work/hr.json"
+  write_config "$work/gateway.json" "$work/hr.json" '{"jitter_s": 5}' "" \
+    "{\"enabled\": true, \"max_connections\": $gateway_connections,
+      \"budget\": {\"per_minute\": 100000000, \"per_hour\": 100000000}}"
+  start_broker "$work/gateway.json"
+  start_proxy_nginx "$token"
+
+  local name="GET /v1/apps/hr/api/cgi-bin/user/get, the gateway against nginx proxy_pass"
+  compare_proxied "$name (the upstream nginx on the servers' cores)" 1.0 \
+    "/v1/apps/hr/api/cgi-bin/user/get?userid=zhangsan" "/cgi-bin/user/get?userid=zhangsan" \
+    "$work/upstream/root/cgi-bin/user/get"
+  # The curl of compare_proxied's check was a gateway call too.
+  local calls=$((broker_requests + 1)) handshakes resumed reference_handshakes reference_resumed
+  read -r handshakes resumed < <(upstream_handshakes "$upstream_port")
+  read -r reference_handshakes reference_resumed < <(upstream_handshakes "$upstream_reference_port")
+  local per_100k
+  per_100k=$(awk -v h="$handshakes" -v c="$calls" 'BEGIN {printf "%.1f", h * 100000 / c}')
+  echo "  upstream TLS handshakes per 100,000 calls: $per_100k (pool size $gateway_connections)"
+  echo "  ($handshakes handshakes, $resumed of them resumed sessions, over $calls gateway calls;" \
+    "nginx proxy_pass: $reference_handshakes, $reference_resumed resumed)"
+  local verdict=FAIL
+  awk -v p="$per_100k" -v m="$gateway_connections" 'BEGIN {exit !(p <= m)}' && verdict=PASS
+  add_row "gateway: upstream TLS handshakes per 100,000 calls (pool of $gateway_connections)" \
+    "**$per_100k** ($handshakes over $calls calls, $resumed resumed)" \
+    "nginx proxy_pass: $reference_handshakes handshakes, $reference_resumed resumed" \
+    "≤ pool size" "$verdict"
+  stop_process "$broker_pid"
+  stop_process "$nginx_pid"
+  stop_process "$upstream_pid"
+}
+
 describe_machine() {
   echo "Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $cores cores" \
     "(nproc), $(awk '/^MemTotal:/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo) RAM," \
@@ -602,6 +830,7 @@ if selected tickets; then scenario_tickets; fi
 if selected fan_in; then scenario_fan_in; fi
 if selected memory; then scenario_memory; fi
 if selected calls; then scenario_calls_under_load; fi
+if selected gateway; then scenario_gateway; fi
 
 echo
 describe_machine
