@@ -1,7 +1,7 @@
 #include "token_broker/gateway/api_exchange.hpp"
 
-#include <array>
 #include <boost/beast/http/span_body.hpp>
+#include <memory>
 
 namespace token_broker {
 namespace {
@@ -27,8 +27,11 @@ struct api_exchange::state {
   std::chrono::milliseconds timeout;
   beast::flat_buffer buffer;
   http::response_parser<http::buffer_body> parser;
-  std::array<char, 64 * 1024> piece{};
+  // Allocated once a body outgrows the prefix: most answers never need it.
+  std::unique_ptr<char[]> piece;
 };
+
+constexpr std::size_t piece_size = 64 * 1024;
 
 api_exchange::api_exchange(std::unique_ptr<state> held) : state_(std::move(held)) {}
 api_exchange::~api_exchange() = default;
@@ -100,35 +103,46 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
 
     held->permit = std::move(permit);
     std::unique_ptr<api_exchange> exchange(new api_exchange(std::move(held)));
-    while (!exchange->complete() && exchange->prefix_.size() < prefix_size) {
-      auto reading = exchange->next_piece();  // named: g++ 12 mishandles temporaries here
-      const auto piece = co_await std::move(reading);
-      if (!piece) co_return exchange_failure{false, "upstream answer cut short"};
-      exchange->prefix_.append(*piece);
-      if (piece->empty()) break;
+    auto& prefix = exchange->prefix_;
+    prefix.resize(prefix_size);
+    std::size_t filled = 0;
+    while (!exchange->complete() && filled < prefix_size) {
+      auto reading = exchange->read_some(prefix.data() + filled, prefix_size - filled);
+      const auto read = co_await std::move(reading);  // named: g++ 12 and temporaries
+      if (!read) co_return exchange_failure{false, "upstream answer cut short"};
+      filled += *read;
     }
+    prefix.resize(filled);
     beast::get_lowest_layer(*exchange->state_->stream).expires_never();
     co_return std::move(exchange);
   }
 }
 
-asio::awaitable<std::optional<std::string_view>> api_exchange::next_piece() {
+asio::awaitable<std::optional<std::size_t>> api_exchange::read_some(char* into, std::size_t size) {
   auto& held = *state_;
   auto& body = held.parser.get().body();
   // A read may parse framing only (a chunk's size line) and produce no byte of the body.
   while (!held.parser.is_done()) {
     if (!held.stream) co_return std::nullopt;
-    body.data = held.piece.data();
-    body.size = held.piece.size();
+    body.data = into;
+    body.size = size;
     beast::get_lowest_layer(*held.stream).expires_after(held.timeout);
     auto [error, read] = co_await http::async_read_some(*held.stream, held.buffer, held.parser,
                                                         asio::as_tuple(asio::use_awaitable));
     if (error == http::error::need_buffer) error = {};
     if (error) co_return std::nullopt;
-    const auto produced = held.piece.size() - body.size;
-    if (produced > 0) co_return std::string_view(held.piece.data(), produced);
+    if (const auto produced = size - body.size; produced > 0) co_return produced;
   }
-  co_return std::string_view{};
+  co_return 0;
+}
+
+asio::awaitable<std::optional<std::string_view>> api_exchange::next_piece() {
+  auto& held = *state_;
+  if (!held.piece) held.piece = std::make_unique_for_overwrite<char[]>(piece_size);
+  auto reading = read_some(held.piece.get(), piece_size);
+  const auto read = co_await std::move(reading);  // named: g++ 12 and temporaries
+  if (!read) co_return std::nullopt;
+  co_return std::string_view(held.piece.get(), *read);
 }
 
 }  // namespace token_broker

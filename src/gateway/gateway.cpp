@@ -2,23 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
-#include <nlohmann/json.hpp>
-
 #include "token_broker/gateway/api_exchange.hpp"
+#include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
 namespace {
 
 using std::chrono::steady_clock;
-
-// WeCom's answer's errcode, when the body is a JSON object with one.
-std::optional<int> errcode_of(std::string_view body) {
-  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (!json.is_object()) return std::nullopt;
-  const auto errcode = json.find("errcode");
-  if (errcode == json.end() || !errcode->is_number_integer()) return std::nullopt;
-  return errcode->get<int>();
-}
 
 // What upstream says of a token it will not take: the caller's call is repeated once, with
 // the token that replaces it.
@@ -112,10 +102,11 @@ gateway::gateway(const upstream_config& upstream, const gateway_config& settings
 
 void gateway::render_metrics(std::string& out) const {
   metrics_.render(out);
-  out += "# HELP token_broker_gateway_upstream_handshakes_total TLS handshakes with upstream by "
-         "the gateway's connection pool.\n"
-         "# TYPE token_broker_gateway_upstream_handshakes_total counter\n"
-         "token_broker_gateway_upstream_handshakes_total ";
+  out +=
+      "# HELP token_broker_gateway_upstream_handshakes_total TLS handshakes with upstream by "
+      "the gateway's connection pool.\n"
+      "# TYPE token_broker_gateway_upstream_handshakes_total counter\n"
+      "token_broker_gateway_upstream_handshakes_total ";
   out += std::to_string(pool_.tls_handshakes());
   out += '\n';
 }
@@ -174,7 +165,7 @@ asio::awaitable<answer> gateway::forward_counted(const call& asked, const std::s
     auto exchange = std::get<std::unique_ptr<api_exchange>>(std::move(started));
 
     const auto errcode =
-        exchange->complete() ? errcode_of(exchange->prefix()) : std::optional<int>{};
+        exchange->complete() ? wecom_errcode(exchange->prefix()) : std::optional<int>{};
     if (errcode && rejects_token(*errcode) && !retried) {
       exchange->finish();
       spdlog::info(

@@ -14,6 +14,7 @@ using std::chrono::steady_clock;
 // balancers drop idle connections after a while (nginx 75 s, many balancers 60 s), and one
 // dropped at the moment it is reused costs a retry.
 constexpr std::chrono::seconds max_idle{25};
+constexpr std::chrono::seconds recently_used{1};
 
 fetch_failure local_failure(std::string errmsg) {
   return fetch_failure{failure_class::transient, local_failure_errcode, std::move(errmsg)};
@@ -115,7 +116,11 @@ std::unique_ptr<connection_pool::tls_stream> connection_pool::take_idle() {
     auto candidate = std::move(idle_.back());
     idle_.pop_back();
     // Anything rejected is simply dropped: no close_notify (see keep_idle), the socket closes.
-    if (now - candidate.since < max_idle && quiet(*candidate.stream)) {
+    // One idle for under a second is taken without a look (a poll() per call, under load):
+    // servers close idle connections after tens of seconds, and a request that meets a closed
+    // one is sent again anyway.
+    const auto idle_for = now - candidate.since;
+    if (idle_for < recently_used || (idle_for < max_idle && quiet(*candidate.stream))) {
       return std::move(candidate.stream);
     }
   }

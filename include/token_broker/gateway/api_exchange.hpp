@@ -59,6 +59,9 @@ class api_exchange {
  private:
   struct state;
   explicit api_exchange(std::unique_ptr<state> held);
+  // Reads body bytes into `into` (at most `size`): how many (0 at the end), nullopt on a
+  // failure.
+  asio::awaitable<std::optional<std::size_t>> read_some(char* into, std::size_t size);
   std::unique_ptr<state> state_;
   std::string prefix_;
 };

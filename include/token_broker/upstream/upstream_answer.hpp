@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -30,5 +31,9 @@ bool is_plain_token(std::string_view value);
 std::variant<issued_token, fetch_failure> parse_credential_answer(std::string_view value_field,
                                                                   unsigned http_status,
                                                                   std::string_view body);
+
+// The errcode of any WeCom answer: the member of a JSON object's top level, or nullopt for a
+// body that is no such object (a file, say).
+std::optional<int> wecom_errcode(std::string_view body);
 
 }  // namespace token_broker

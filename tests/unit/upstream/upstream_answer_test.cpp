@@ -100,5 +100,19 @@ TEST(upstream_answer, token_of_512_bytes_is_accepted) {
   EXPECT_TRUE(std::holds_alternative<issued_token>(parsed));
 }
 
+// The gateway reads every answer's errcode: at once where WeCom puts it, in full elsewhere.
+TEST(upstream_answer, wecom_errcode_is_read_wherever_the_member_is) {
+  EXPECT_EQ(wecom_errcode(R"({"errcode":0,"errmsg":"ok","userid":"x"})"), 0);
+  EXPECT_EQ(wecom_errcode(R"( { "errcode" : 40014 , "errmsg":"invalid access_token"})"), 40014);
+  EXPECT_EQ(wecom_errcode(R"({"errcode":-1})"), -1);
+  EXPECT_EQ(wecom_errcode(R"({"errmsg":"ok","data":{"errcode":5},"errcode":42001})"), 42001)
+      << "the top level's, not a nested one's";
+  EXPECT_EQ(wecom_errcode(R"({"errcode":40014.5})"), std::nullopt);
+  EXPECT_EQ(wecom_errcode(R"({"errcode":"40014"})"), std::nullopt);
+  EXPECT_EQ(wecom_errcode(R"({"userid":"x"})"), std::nullopt);
+  EXPECT_EQ(wecom_errcode("\x89PNG\r\n"), std::nullopt);
+  EXPECT_EQ(wecom_errcode(""), std::nullopt);
+}
+
 }  // namespace
 }  // namespace token_broker
