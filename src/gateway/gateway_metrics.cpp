@@ -14,7 +14,12 @@ void gateway_metrics::record(std::string_view app, std::string_view api, std::st
       std::lower_bound(bucket_bounds.begin(), bucket_bounds.end(), seconds) -
       bucket_bounds.begin());
   const std::scoped_lock lock(mutex_);
-  ++calls_[{std::string(app), std::string(api), std::string(outcome)}];
+  const std::tuple<std::string_view, std::string_view, std::string_view> series{app, api, outcome};
+  if (auto counted = calls_.find(series); counted != calls_.end()) {
+    ++counted->second;
+  } else {
+    calls_.emplace(std::tuple<std::string, std::string, std::string>{app, api, outcome}, 1);
+  }
   auto found = durations_.find(app);
   if (found == durations_.end()) found = durations_.emplace(std::string(app), histogram{}).first;
   ++found->second.buckets[bucket];

@@ -33,8 +33,9 @@ class gateway_metrics {
   };
 
   mutable std::mutex mutex_;
-  std::map<std::tuple<std::string, std::string, std::string>, std::uint64_t> calls_;
-  std::map<std::pair<std::string, std::string>, std::uint64_t> rejections_;
+  // Looked up by views (std::less<>): counting a call allocates nothing once its series exists.
+  std::map<std::tuple<std::string, std::string, std::string>, std::uint64_t, std::less<>> calls_;
+  std::map<std::pair<std::string, std::string>, std::uint64_t, std::less<>> rejections_;
   std::map<std::string, histogram, std::less<>> durations_;  // by app
 };
 
