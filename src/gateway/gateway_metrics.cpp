@@ -6,6 +6,18 @@
 #include <iterator>
 
 namespace token_broker {
+namespace {
+
+// The entry `name` of `table`, made (value-initialized) on first use.
+template <class Table>
+typename Table::mapped_type& counter(Table& table, std::string_view name) {
+  auto found = table.find(name);
+  if (found == table.end())
+    found = table.emplace(std::string(name), typename Table::mapped_type{}).first;
+  return found->second;
+}
+
+}  // namespace
 
 void gateway_metrics::record(std::string_view app, std::string_view api, std::string_view outcome,
                              std::chrono::nanoseconds duration) {
@@ -14,21 +26,15 @@ void gateway_metrics::record(std::string_view app, std::string_view api, std::st
       std::lower_bound(bucket_bounds.begin(), bucket_bounds.end(), seconds) -
       bucket_bounds.begin());
   const std::scoped_lock lock(mutex_);
-  const std::tuple<std::string_view, std::string_view, std::string_view> series{app, api, outcome};
-  if (auto counted = calls_.find(series); counted != calls_.end()) {
-    ++counted->second;
-  } else {
-    calls_.emplace(std::tuple<std::string, std::string, std::string>{app, api, outcome}, 1);
-  }
-  auto found = durations_.find(app);
-  if (found == durations_.end()) found = durations_.emplace(std::string(app), histogram{}).first;
-  ++found->second.buckets[bucket];
-  found->second.sum_seconds += seconds;
+  ++counter(counter(counter(calls_, app), api), outcome);
+  auto& seen = counter(durations_, app);
+  ++seen.buckets[bucket];
+  seen.sum_seconds += seconds;
 }
 
 void gateway_metrics::record_rejection(std::string_view app, std::string_view api) {
   const std::scoped_lock lock(mutex_);
-  ++rejections_[{std::string(app), std::string(api)}];
+  ++counter(counter(rejections_, app), api);
 }
 
 // App ids are [A-Za-z0-9_.-], API paths the same with '/', outcomes fixed words: label
@@ -39,12 +45,15 @@ void gateway_metrics::render(std::string& out) const {
   fmt::format_to(into,
                  "# HELP token_broker_gateway_requests_total Gateway calls by app, WeCom API path "
                  "and outcome.\n# TYPE token_broker_gateway_requests_total counter\n");
-  for (const auto& [key, count] : calls_) {
-    const auto& [app, api, outcome] = key;
-    fmt::format_to(into,
-                   "token_broker_gateway_requests_total{{app=\"{}\",api=\"{}\",outcome=\"{}\"}} "
-                   "{}\n",
-                   app, api, outcome, count);
+  for (const auto& [app, apis] : calls_) {
+    for (const auto& [api, outcomes] : apis) {
+      for (const auto& [outcome, count] : outcomes) {
+        fmt::format_to(
+            into,
+            "token_broker_gateway_requests_total{{app=\"{}\",api=\"{}\",outcome=\"{}\"}} {}\n", app,
+            api, outcome, count);
+      }
+    }
   }
   fmt::format_to(into,
                  "# HELP token_broker_gateway_request_duration_seconds Time from a gateway call's "
@@ -70,10 +79,12 @@ void gateway_metrics::render(std::string& out) const {
                  "# HELP token_broker_gateway_budget_rejections_total Gateway calls refused by "
                  "the budget, without an upstream call.\n"
                  "# TYPE token_broker_gateway_budget_rejections_total counter\n");
-  for (const auto& [key, count] : rejections_) {
-    fmt::format_to(into,
-                   "token_broker_gateway_budget_rejections_total{{app=\"{}\",api=\"{}\"}} {}\n",
-                   key.first, key.second, count);
+  for (const auto& [app, apis] : rejections_) {
+    for (const auto& [api, count] : apis) {
+      fmt::format_to(into,
+                     "token_broker_gateway_budget_rejections_total{{app=\"{}\",api=\"{}\"}} {}\n",
+                     app, api, count);
+    }
   }
 }
 

@@ -10,7 +10,6 @@
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <tuple>
 
 namespace token_broker {
 
@@ -33,9 +32,12 @@ class gateway_metrics {
   };
 
   mutable std::mutex mutex_;
-  // Looked up by views (std::less<>): counting a call allocates nothing once its series exists.
-  std::map<std::tuple<std::string, std::string, std::string>, std::uint64_t, std::less<>> calls_;
-  std::map<std::pair<std::string, std::string>, std::uint64_t, std::less<>> rejections_;
+  // By app, then API, (then outcome), each looked up by a view: counting a call allocates
+  // nothing once its series exists.
+  template <class Value>
+  using by_name = std::map<std::string, Value, std::less<>>;
+  by_name<by_name<by_name<std::uint64_t>>> calls_;
+  by_name<by_name<std::uint64_t>> rejections_;
   std::map<std::string, histogram, std::less<>> durations_;  // by app
 };
 
