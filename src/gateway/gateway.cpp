@@ -51,7 +51,8 @@ class relayed_body final : public body_source {
 // Upstream's answer for the caller: its status and the fields that describe the body.
 answer pass_on(std::unique_ptr<api_exchange> exchange, budget_grant grant) {
   const auto& upstream = exchange->head();
-  response head{upstream.result(), 11};
+  response head;
+  head.result(upstream.result_int());  // as given, a status Beast does not name included
   for (const auto field : {http::field::content_type, http::field::content_disposition}) {
     if (const auto value = upstream[field]; !value.empty()) head.set(field, value);
   }
