@@ -354,10 +354,12 @@ std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call
                          .then = waiting_request::wecom_token};
 }
 
-// WeCom's answers, HTTP 200 with an errcode, so that SDKs behave as they would there.
-template <credential_kind kind>
-std::variant<answer, waiting_request> request_handler::wecom_ticket(const call& current) {
-  const auto query = query_parameters::parse(current.matched.query);
+// A drop-in keyed by a token this broker handed out (current, or replaced less than 5 minutes
+// ago), as WeCom keys its calls: the query and the app of that token, or the refusal in
+// WeCom's shape (HTTP 200 with an errcode), so that SDKs behave as they would there.
+std::variant<request_handler::keyed_call, response> request_handler::keyed_by_token(
+    const call& current) {
+  auto query = query_parameters::parse(current.matched.query);
   if (!query) {
     return error_response(http::status::bad_request, "bad_request",
                           "malformed percent-encoding in the query");
@@ -366,20 +368,27 @@ std::variant<answer, waiting_request> request_handler::wecom_ticket(const call& 
   if (!access_token || access_token->empty()) {
     return wecom_error_response(41001, "access_token missing");
   }
+  const auto app_id = apps_.handed_out().app_of(*access_token, clock::now());
+  const auto* entry = app_id ? reads_of(this).current_apps(apps_).entry(*app_id) : nullptr;
+  if (!entry) return wecom_error_response(40014, "invalid access_token");
+  return keyed_call{std::move(*query), entry};
+}
+
+template <credential_kind kind>
+std::variant<answer, waiting_request> request_handler::wecom_ticket(const call& current) {
+  auto keyed = keyed_by_token(current);
+  if (auto* refusal = std::get_if<response>(&keyed)) return std::move(*refusal);
+  const auto& [query, entry] = std::get<keyed_call>(keyed);
   if (kind == credential_kind::agent_ticket) {
-    const auto* type = query->find("type");
+    const auto* type = query.find("type");
     if (!type || *type != "agent_config") {
       return wecom_error_response(40097, "invalid args: type must be agent_config");
     }
   }
-  auto& reads = reads_of(this);
-  const auto now = clock::now();
-  const auto app_id = apps_.handed_out().app_of(*access_token, now);
-  const auto* entry = app_id ? reads.current_apps(apps_).entry(*app_id) : nullptr;
-  if (!entry) return wecom_error_response(40014, "invalid access_token");
   auto* ticket = entry->credential(kind);
   if (!ticket) return wecom_error_response(48002, "api forbidden: ticket not configured");
-  if (const auto& seen = reads.current_view(*ticket); seen->servable(now)) {
+  const auto now = clock::now();
+  if (const auto& seen = reads_of(this).current_view(*ticket); seen->servable(now)) {
     return wecom_token_answer(seen, now);
   }
   return waiting_request{.credential = ticket->shared_from_this(),
@@ -395,21 +404,10 @@ std::variant<answer, waiting_request> request_handler::api_call(const call& curr
 // SPEC §8: any other /cgi-bin/… call, keyed by a token this broker handed out, as WeCom keys
 // them: an SDK pointed at the broker works unchanged.
 std::variant<answer, waiting_request> request_handler::wecom_api_call(const call& current) {
-  const auto query = query_parameters::parse(current.matched.query);
-  if (!query) {
-    return error_response(http::status::bad_request, "bad_request",
-                          "malformed percent-encoding in the query");
-  }
-  const auto* access_token = query->find("access_token");
-  if (!access_token || access_token->empty()) {
-    return wecom_error_response(41001, "access_token missing");
-  }
-  auto& reads = reads_of(this);
-  const auto app_id = apps_.handed_out().app_of(*access_token, clock::now());
-  const auto* entry = app_id ? reads.current_apps(apps_).entry(*app_id) : nullptr;
-  if (!entry) return wecom_error_response(40014, "invalid access_token");
-  return forward(current, *entry, "cgi-bin/" + std::string(current.matched.parameters["path"]),
-                 /*drop_in=*/true);
+  auto keyed = keyed_by_token(current);
+  if (auto* refusal = std::get_if<response>(&keyed)) return std::move(*refusal);
+  return forward(current, *std::get<keyed_call>(keyed).app,
+                 "cgi-bin/" + std::string(current.matched.parameters["path"]), /*drop_in=*/true);
 }
 
 std::variant<answer, waiting_request> request_handler::forward(const call& current,

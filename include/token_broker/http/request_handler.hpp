@@ -110,6 +110,11 @@ class request_handler {
   std::variant<answer, waiting_request> jssdk_signature(const call& current);
   std::variant<answer, waiting_request> list_apps(const call& current);
   std::variant<answer, waiting_request> wecom_gettoken(const call& current);
+  struct keyed_call {
+    query_parameters query;
+    const app_entry* app;
+  };
+  std::variant<keyed_call, response> keyed_by_token(const call& current);
   template <credential_kind kind>
   std::variant<answer, waiting_request> wecom_ticket(const call& current);
   std::variant<answer, waiting_request> healthz(const call& current);
