@@ -221,22 +221,23 @@ int run(const std::string& config_path, config settings) {
   // Installed before the port opens, so a SIGTERM at any moment is a clean stop.
   asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   std::unique_ptr<token_store> store;
-  std::unique_ptr<api_budget> budget;
+  std::shared_ptr<redis_connection> redis_commands;  // shared with the gateway's budget
   if (settings.redis) {
     auto shared = std::make_unique<redis_token_store>(io.get_executor(), *settings.redis);
-    // A lease outlives the longest call, a retried one included, so that only a crashed
-    // holder's lease ever runs out.
-    const auto lease = 2 * settings.gateway.timeout + std::chrono::seconds{5};
-    budget = make_redis_budget(settings.gateway.budget, shared->commands(),
-                               settings.redis->key_prefix, lease);
+    redis_commands = shared->commands();
     store = std::move(shared);
   } else {
     store = std::make_unique<memory_token_store>();
-    budget = make_local_budget(settings.gateway.budget);
   }
   broker apps(io.get_executor(), settings, std::move(store));
   std::unique_ptr<gateway> api_gateway;
   if (settings.gateway.enabled) {
+    // A lease outlives the longest call, a retried one included, so that only a crashed
+    // holder's lease ever runs out.
+    const auto lease = 2 * settings.gateway.timeout + std::chrono::seconds{5};
+    auto budget = redis_commands ? make_redis_budget(settings.gateway.budget, redis_commands,
+                                                     settings.redis->key_prefix, lease)
+                                 : make_local_budget(settings.gateway.budget);
     api_gateway = std::make_unique<gateway>(settings.upstream, settings.gateway, std::move(budget));
   }
   request_handler handler(apps, settings.clients, api_gateway.get());
