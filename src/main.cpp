@@ -268,6 +268,9 @@ int run(const std::string& config_path, config settings) {
               [&systemd] { return systemd.feed_watchdog(); });
 
   io.run();
+  // The gateway's idle upstream connections live on the workers' event loops: closed while
+  // those still exist (their threads have ended), and the gateway itself only after them.
+  if (api_gateway) api_gateway->close_idle_connections();
   server.reset();  // the workers end before what their connections use
   spdlog::info("stopped");
   return 0;

@@ -138,4 +138,9 @@ void connection_pool::keep_idle(std::unique_ptr<tls_stream> stream) {
   idle_.push_back(idle_connection{std::move(stream), now});
 }
 
+void connection_pool::close_idle() {
+  const std::scoped_lock lock(idle_mutex_);
+  idle_.clear();
+}
+
 }  // namespace token_broker

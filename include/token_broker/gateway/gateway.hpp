@@ -41,6 +41,9 @@ class gateway {
   // the broker's own when no upstream answer is to be had. Never throws for upstream trouble.
   asio::awaitable<answer> forward(call asked);
 
+  // At stop, once the HTTP workers' threads have ended and before their event loops go.
+  void close_idle_connections() { pool_.close_idle(); }
+
   std::uint64_t max_body_bytes() const { return settings_.max_body_bytes; }
   // The gateway's metrics, and its upstream TLS handshakes (with the pool kept alive, about
   // one per connection rather than one per call).

@@ -36,6 +36,8 @@ class connection_pool {
   std::unique_ptr<tls_stream> take_idle();
   // A connection whose last answer was read whole, for the next request.
   void keep_idle(std::unique_ptr<tls_stream> stream);
+  // Closes every idle connection: before the event loops they were made on are destroyed.
+  void close_idle();
 
   // What requests carry: the Host header, and base_url's path before every target.
   const std::string& host_header() const { return host_header_; }
