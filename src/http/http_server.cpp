@@ -132,7 +132,7 @@ asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& bu
 }
 
 // A relayed body goes out piece by piece as upstream sends it, framed by Content-Length when
-// upstream gave one, else chunked. Each piece must leave within request_timeout.
+// upstream gave one, else chunked. Each piece must reach the client within request_timeout.
 template <class Protocol>
 asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& outgoing,
                                   std::chrono::milliseconds timeout) {
@@ -141,6 +141,7 @@ asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& 
   const auto head = response_head(outgoing.head);
   auto error = co_await send<Protocol>(client.socket(), asio::buffer(head));
   while (!error) {
+    client.no_deadline();  // upstream's wait for each piece has its own (gateway.timeout_ms)
     auto reading = outgoing.body->next();  // named: g++ 12 mishandles temporaries here
     const auto piece = co_await std::move(reading);
     if (!piece) co_return asio::error::connection_aborted;  // cut short: the client must see it
