@@ -2,49 +2,25 @@
 // hold for the fleet, not per replica. The tests share the redis-server of the CTest fixture
 // and keep apart by key prefix.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <nlohmann/json.hpp>
-#include <optional>
 
 #include "broker_fixture.hpp"
-#include "redis_test_client.hpp"
+#include "redis_keyspace_fixture.hpp"
 
 namespace token_broker::testing {
 namespace {
 
 using nlohmann::json;
 
-std::string unique_key_prefix() {
-  static std::atomic<int> counter{0};
-  return "gw" + std::to_string(getpid()) + "-" + std::to_string(++counter) + ":";
-}
-
-class gateway_redis_test : public broker_fixture {
+class gateway_redis_test : public with_redis_keyspace<broker_fixture> {
  protected:
-  void SetUp() override {
-    broker_fixture::SetUp();
-    try {
-      keys_.emplace(prefix_);
-    } catch (const std::exception& failure) {
-      FAIL() << failure.what();
-    }
-  }
-  void TearDown() override {
-    broker_fixture::TearDown();
-    keys_.reset();
-  }
-
   json replica_config(const json& budget) const {
     auto config = make_config(free_port(), {{"gateway", {{"enabled", true}, {"budget", budget}}}});
     config["redis"] = {{"url", "redis://127.0.0.1:" + std::to_string(keys_->port()) + "/0"},
                        {"key_prefix", prefix_}};
     return config;
   }
-
-  std::string prefix_ = unique_key_prefix();
-  std::optional<fixture_keyspace> keys_;
 };
 
 TEST_F(gateway_redis_test, the_budget_holds_across_two_replicas_on_one_redis) {

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "broker_fixture.hpp"
+#include "redis_keyspace_fixture.hpp"
 #include "redis_process.hpp"
 #include "redis_test_client.hpp"
 
@@ -52,17 +53,6 @@ long long elapsed_ms(steady_clock::time_point since) {
 
 std::string redis_url(std::uint16_t port, int database = 0) {
   return "redis://127.0.0.1:" + std::to_string(port) + "/" + std::to_string(database);
-}
-
-// Unique within the run (the pid) and within the process (the counter), so tests sharing
-// the fixture server never see each other's keys.
-std::string unique_key_prefix() {
-  static std::atomic<int> counter{0};
-  std::string prefix = "t";
-  return prefix.append(std::to_string(getpid()))
-      .append("-")
-      .append(std::to_string(++counter))
-      .append(":");
 }
 
 std::vector<std::string> split(const std::string& text, char separator) {
@@ -96,22 +86,8 @@ std::vector<std::vector<http_answer>> on_every_replica(
   return answers;
 }
 
-class redis_test : public broker_fixture {
+class redis_test : public with_redis_keyspace<broker_fixture> {
  protected:
-  void SetUp() override {
-    broker_fixture::SetUp();
-    try {
-      keys_.emplace(prefix_);
-    } catch (const std::exception& failure) {
-      FAIL() << failure.what();
-    }
-  }
-
-  void TearDown() override {
-    broker_fixture::TearDown();  // stops the brokers first: nothing writes our keys after this
-    keys_.reset();
-  }
-
   std::string token_key(const std::string& app) const { return prefix_ + "access_token:" + app; }
   std::string lock_key(const std::string& app) const { return prefix_ + "lock:" + app; }
   std::string events_channel() const { return prefix_ + "events"; }
@@ -171,9 +147,6 @@ class redis_test : public broker_fixture {
     }
     return stored.value;
   }
-
-  std::string prefix_ = unique_key_prefix();
-  std::optional<fixture_keyspace> keys_;
 };
 
 TEST_F(redis_test, a_refresh_writes_the_token_with_its_expiry_and_announces_it) {

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "redis_keyspace_fixture.hpp"
 #include "redis_test_client.hpp"
 #include "ticket_fixture.hpp"
 
@@ -37,13 +38,6 @@ std::string redis_url(std::uint16_t port) {
   return "redis://127.0.0.1:" + std::to_string(port) + "/0";
 }
 
-// Unique within the run (the pid) and the process (the counter); "tk" keeps these apart from
-// the other Redis tests' prefixes in the same process.
-std::string unique_key_prefix() {
-  static std::atomic<int> counter{0};
-  return "tk" + std::to_string(getpid()) + "-" + std::to_string(++counter) + ":";
-}
-
 struct ticket_route {
   const char* name;  // in routes and Redis keys
   ticket_kind kind;
@@ -53,30 +47,13 @@ constexpr ticket_route ticket_routes[] = {
     {"jsapi_ticket", ticket_kind::jsapi, "config"},
     {"agent_ticket", ticket_kind::agent_config, "agent_config"}};
 
-class tickets_redis_test : public ticket_fixture {
+class tickets_redis_test : public with_redis_keyspace<ticket_fixture> {
  protected:
-  void SetUp() override {
-    ticket_fixture::SetUp();
-    try {
-      keys_.emplace(prefix_);
-    } catch (const std::exception& failure) {
-      FAIL() << failure.what();
-    }
-  }
-
-  void TearDown() override {
-    ticket_fixture::TearDown();  // stops the brokers first: nothing writes our keys after this
-    keys_.reset();
-  }
-
   json redis_config(const json& changes) const {
     auto config = make_config(free_port(), changes);
     config["redis"] = {{"url", redis_url(keys_->port())}, {"key_prefix", prefix_}};
     return config;
   }
-
-  std::string prefix_ = unique_key_prefix();
-  std::optional<fixture_keyspace> keys_;
 };
 
 TEST_F(tickets_redis_test, three_replicas_fetch_each_ticket_once_and_share_it_through_redis) {
