@@ -105,7 +105,7 @@ std::vector<save_outcome> save_results(const redis_reply& reply, std::size_t cou
   for (std::size_t i = 0; i < count && i < reply.elements.size(); ++i) {
     const auto& outcome = reply.elements[i];
     if (outcome.type != redis_reply::kind::integer) continue;
-    outcomes[i] = outcome.integer < 0 ? save_outcome::newer_kept : save_outcome::written;
+    outcomes[i] = outcome.integer < 0 ? save_outcome::store_knows_better : save_outcome::written;
   }
   return outcomes;
 }

@@ -35,10 +35,13 @@ const redis_script load_script(
     "return {ttl, stored}\n");
 
 // KEYS: events, then a token key per token. ARGV: per token its value, ttl_ms and event.
-// → an outcome per token: 1 written, 0 nothing to change, -1 a newer token is stored.
+// → an outcome per token: 1 written, 0 nothing to change, -1 the store knows better (a newer
+// token, or an earlier end of this one).
 // A different token replaces the stored one only if it lives longer; the same token's expiry
 // only moves earlier (whoever knows it ends sooner is right), and only by more than the
-// rounding that the round trips of replicas' readings and writings bring.
+// rounding that the round trips of replicas' readings and writings bring. A writer told -1
+// loads the stored value: in behaviour (a) upstream hands a token it issued before with its
+// full lifetime, and only the replica that fetched it first knows when it ends.
 const redis_script save_script(fmt::format(
     "local outcomes = {{}}\n"
     "for i = 2, #KEYS do\n"
@@ -50,6 +53,7 @@ const redis_script save_script(fmt::format(
     "    local stored = redis.call('GET', key)\n"
     "    local ttl = stored and redis.call('PTTL', key) or -2\n"
     "    if ttl > 0 and stored == value and ttl <= offered + {0} then outcome = 0 end\n"
+    "    if ttl > 0 and stored == value and ttl + {0} < offered then outcome = -1 end\n"
     "    if ttl > 0 and stored ~= value and ttl >= offered then outcome = -1 end\n"
     "  end\n"
     "  if outcome == 1 then\n"

@@ -531,6 +531,13 @@ class wecom_model {
     return found->second.expires_at;
   }
 
+  std::optional<system_clock::time_point> issued_at(const std::string& value) const {
+    const std::scoped_lock lock(mutex_);
+    const auto found = issued_.find(value);
+    if (found == issued_.end()) return std::nullopt;
+    return found->second.issued_at;
+  }
+
   std::vector<std::string> issued(const std::string& secret, credential_kind kind) const {
     const std::scoped_lock lock(mutex_);
     const auto found = series_.find({secret, kind});
@@ -1402,6 +1409,11 @@ token_status fake_wecom::check(const std::string& access_token) const {
 std::optional<std::chrono::system_clock::time_point> fake_wecom::expires_at(
     const std::string& value) const {
   return state_->model.expires_at(value);
+}
+
+std::optional<std::chrono::system_clock::time_point> fake_wecom::issued_at(
+    const std::string& value) const {
+  return state_->model.issued_at(value);
 }
 
 int fake_wecom::ticket_calls(const std::string& secret, ticket_kind kind) const {

@@ -222,6 +222,30 @@ TEST_F(engine_simulation, a_backlog_longer_than_the_lease_still_makes_one_call_p
   }
 }
 
+// Behaviour (a) hands a token back with its full lifetime. A replica granted the call after
+// another's lease ran out behind a slow upstream gets back the token the other fetched first,
+// and takes it to live longer than it does; the store knows its earlier end, and the answer
+// to the replica's save makes it adopt that, with no event needed (pub/sub loses those sent
+// while a subscription is re-established).
+TEST_F(engine_simulation, a_token_fetched_second_takes_the_earlier_end_the_store_knows) {
+  simulated_wecom wecom(behaviour::same_token_full_expires_in, 7200s, 4000ms);
+  simulated_redis redis(io_);
+  add_replica(std::make_unique<simulated_store>(redis, "first"), wecom, {}, 1000ms);
+  add_replica(std::make_unique<simulated_store>(redis, "deaf", /*hears_events=*/false), wecom, {},
+              1000ms);
+  for (auto& each : replicas_) each->start(1);
+  run_for(io_, 10s);
+
+  ASSERT_EQ(wecom.calls(), 2) << "the second replica was granted once the first's lease ran out";
+  const token* first = replicas_[0]->served(0);
+  const token* second = replicas_[1]->served(0);
+  ASSERT_TRUE(first && second);
+  ASSERT_EQ(first->value, second->value);
+  EXPECT_EQ(second->expires_at, first->expires_at);
+  EXPECT_EQ(redis.token({credential_kind::access_token, corpid_of(0)})->expires_at,
+            first->expires_at);
+}
+
 // Redis down for half an hour across the refresh: every replica keeps serving valid tokens,
 // refreshing alone, and Redis is caught up when it returns, though it lost everything.
 TEST_F(engine_simulation, a_store_outage_across_a_refresh_is_served_through_and_caught_up) {

@@ -47,10 +47,11 @@ save_outcome simulated_redis::save(const credential_id& key, const std::string& 
   ++commands_;
   if (offered <= simulated_clock::now()) return save_outcome::written;
   if (const auto held = token(key)) {
-    if (held->value == value && held->expires_at <= offered + expiry_rounding) {
-      return save_outcome::written;
+    if (held->value == value && held->expires_at + expiry_rounding < offered) {
+      return save_outcome::store_knows_better;
     }
-    if (held->value != value && held->expires_at >= offered) return save_outcome::newer_kept;
+    if (held->value == value) return save_outcome::written;
+    if (held->expires_at >= offered) return save_outcome::store_knows_better;
   }
   tokens_[key] = entry{value, offered};
   announce(key);

@@ -69,11 +69,13 @@ class simulated_redis {
 // One replica's connection to the simulated Redis.
 class simulated_store final : public token_store {
  public:
-  simulated_store(simulated_redis& redis, std::string owner)
-      : redis_(redis), owner_(std::move(owner)) {}
+  // `hears_events` false: every event is lost on the way to this replica, as pub/sub loses
+  // those published while its subscription is being re-established.
+  simulated_store(simulated_redis& redis, std::string owner, bool hears_events = true)
+      : redis_(redis), owner_(std::move(owner)), hears_events_(hears_events) {}
 
   void start(supervisor&, change_listener changed) override {
-    redis_.subscribe(std::move(changed));
+    if (hears_events_) redis_.subscribe(std::move(changed));
   }
   bool shared() const override { return true; }
   std::optional<bool> up() const override { return redis_.up(); }
@@ -93,6 +95,7 @@ class simulated_store final : public token_store {
  private:
   simulated_redis& redis_;
   std::string owner_;
+  bool hears_events_;
 };
 
 }  // namespace token_broker::simulation

@@ -178,6 +178,7 @@ void chaos::restart_redis() {
 void chaos::kill_replica() {
   quiesce();
   log_event("chaos: SIGKILL replica " + killable_.name());
+  tokens_.replica_killed(steady::now());
   killable_.kill();
   std::this_thread::sleep_for(random_between(random_, replica_away_min, replica_away_max));
   killable_.start();  // throws if it does not answer /healthz within 10 s

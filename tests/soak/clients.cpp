@@ -23,6 +23,10 @@ std::int64_t unix_seconds_floor(system_clock::time_point at) {
   return std::chrono::floor<std::chrono::seconds>(at.time_since_epoch()).count();
 }
 
+steady::time_point on_steady_clock(system_clock::time_point at) {
+  return steady::now() - std::chrono::duration_cast<steady::duration>(system_clock::now() - at);
+}
+
 std::string short_token(const std::string& token) {
   return token.substr(0, 6) + "…";
 }
@@ -135,7 +139,17 @@ std::optional<std::string> client_fleet::judge(const answer_context& context,
     found_.add(no_dead_token, where + " was never issued by upstream");
     return std::nullopt;
   }
-  if (answer["expires_at"].get<std::int64_t>() > unix_seconds_floor(*true_expiry)) {
+  // A token whose one record was lost (its fetcher killed, Redis emptied) comes back from
+  // upstream in behaviour (a) with its full lifetime, and nobody can know better.
+  const auto unknowable = [&] {
+    const auto issued = fake_.issued_at(token);
+    return issued && tokens_.expiry_knowledge_lost(on_steady_clock(*issued), context.sent);
+  };
+  const bool promised_too_much =
+      answer["expires_at"].get<std::int64_t>() > unix_seconds_floor(*true_expiry);
+  if (promised_too_much && unknowable()) {
+    ++figures_[context.replica]->unknowable_expiry;
+  } else if (promised_too_much) {
     found_.add(no_dead_token, where + " promised an expiry later than upstream's");
   }
   if (reported && token == *reported) {
@@ -145,7 +159,11 @@ std::optional<std::string> client_fleet::judge(const answer_context& context,
     case fake::token_status::valid:
       return std::nullopt;
     case fake::token_status::expired:
-      found_.add(no_dead_token, where + " had expired");
+      if (unknowable()) {
+        ++figures_[context.replica]->unknowable_expiry;
+      } else {
+        found_.add(no_dead_token, where + " had expired");
+      }
       return std::nullopt;
     case fake::token_status::invalid:
       break;

@@ -31,6 +31,7 @@ struct replica_figures {
   std::atomic<long> invalidations{0};        // reports of a rejected token
   std::atomic<long> revoked_before_told{0};  // a revoked token, before the replica knew
   std::atomic<long> killed_connections{0};   // failures on an instance being killed: expected
+  std::atomic<long> unknowable_expiry{0};    // a token's expiry overstated that nobody knew
   std::atomic<long> failures_no_valid_token{0};  // failed while no valid token existed
   mutable std::mutex mutex;
   std::map<std::string, long> failures;  // every failure not expected, by kind

@@ -129,4 +129,21 @@ std::optional<steady::time_point> ledger::redis_whole_since() const {
   return outages_.back().until;
 }
 
+void ledger::replica_killed(steady::time_point at) {
+  const std::scoped_lock lock(mutex_);
+  kills_.push_back(at);
+}
+
+bool ledger::expiry_knowledge_lost(steady::time_point issued, steady::time_point at) const {
+  const std::scoped_lock lock(mutex_);
+  const bool killed = std::any_of(kills_.begin(), kills_.end(), [&](steady::time_point kill) {
+    return issued <= kill && kill <= at;
+  });
+  const bool redis_away = std::any_of(outages_.begin(), outages_.end(), [&](const outage& gone) {
+    return gone.from <= at &&
+           (!gone.until || (issued < *gone.until && at <= *gone.until + propagation));
+  });
+  return killed || redis_away;
+}
+
 }  // namespace token_broker::soak

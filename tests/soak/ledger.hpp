@@ -77,6 +77,16 @@ class ledger {
   // Since when Redis has been whole; nothing during an outage.
   std::optional<steady::time_point> redis_whole_since() const;
 
+  // A replica SIGKILLed at `at`: what it had fetched and not yet written to Redis is lost.
+  void replica_killed(steady::time_point at);
+  // Whether the one record of a token issued at `issued` may have been lost by `at`, so that
+  // no replica could know its expiry: in behaviour (a) upstream hands that token again with
+  // its full lifetime, and a replica that did not fetch it first can only learn the truth
+  // from Redis. Lost: a replica was killed in between (it may have been the one that fetched
+  // it), or Redis was away (it starts empty) until less than `propagation` before `at`, the
+  // time the replicas take to write back what they hold and learn from each other.
+  bool expiry_knowledge_lost(steady::time_point issued, steady::time_point at) const;
+
  private:
   struct handed_token {
     std::optional<std::chrono::system_clock::time_point> true_expiry;
@@ -99,6 +109,7 @@ class ledger {
   std::map<std::string, std::unordered_map<std::string, handed_token>> handed_;  // by app
   std::unordered_map<std::string, std::vector<report>> reports_;                 // by token
   std::vector<outage> outages_;
+  std::vector<steady::time_point> kills_;
 };
 
 }  // namespace token_broker::soak

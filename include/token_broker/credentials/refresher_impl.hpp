@@ -260,9 +260,11 @@ asio::awaitable<void> basic_refresher<Clock>::save_held() {
   // Named, not a temporary inside the co_await: g++ 12 destroys such temporaries twice.
   const stored_token latest{lifecycle_.held()->value, lifecycle_.held()->expires_at};
   const auto outcome = co_await engine_.store().save(id_, latest);
-  if (outcome == save_outcome::newer_kept) {
-    spdlog::info("{} the store holds a newer value than the one held here; adopting it",
-                 log_name(id_));
+  if (outcome == save_outcome::store_knows_better) {
+    spdlog::info(
+        "{} the store knows better (a newer value, or an earlier end of this one); "
+        "adopting what it holds",
+        log_name(id_));
     co_await load_from_store();
   }
 }

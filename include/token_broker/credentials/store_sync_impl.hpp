@@ -115,7 +115,7 @@ asio::awaitable<void> basic_store_sync<Clock>::compare(
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
       if (outcomes[i] == save_outcome::written) ++written;
       if (outcomes[i] == save_outcome::unavailable) ++unavailable;
-      if (outcomes[i] == save_outcome::newer_kept) {  // written meanwhile by another replica
+      if (outcomes[i] == save_outcome::store_knows_better) {  // another replica wrote meanwhile
         engine_.load_from_store(*behind_credentials[i]);
         ++loading;
       }

@@ -43,9 +43,9 @@ inline std::string token_digest(std::string_view value) {
 }
 
 enum class save_outcome {
-  written,      // the store holds this token now
-  newer_kept,   // the store holds a newer token (a later expiry), which was kept
-  unavailable,  // the store could not be reached; try again later
+  written,             // the store holds this token now
+  store_knows_better,  // a newer token, or an earlier end of this one, which was kept: load it
+  unavailable,         // the store could not be reached; try again later
 };
 
 // Who may call upstream for a credential now.

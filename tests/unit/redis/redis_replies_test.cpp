@@ -49,9 +49,9 @@ TEST(redis_replies, stored_digests_read_as_written) {
 
 TEST(redis_replies, save_outcomes_read_one_per_token) {
   const auto outcomes = save_results(read_reply("*3\r\n:1\r\n:0\r\n:-1\r\n"), 4);
-  EXPECT_EQ(outcomes,
-            (std::vector<save_outcome>{save_outcome::written, save_outcome::written,
-                                       save_outcome::newer_kept, save_outcome::unavailable}));
+  EXPECT_EQ(outcomes, (std::vector<save_outcome>{save_outcome::written, save_outcome::written,
+                                                 save_outcome::store_knows_better,
+                                                 save_outcome::unavailable}));
 }
 
 TEST(redis_replies, events_name_a_credential_by_kind_and_app) {
