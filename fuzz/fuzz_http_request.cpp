@@ -168,6 +168,12 @@ seen_answer look_at(const answer& outgoing) {
     seen.json = true;
     return seen;
   }
+  if (const auto* formatted = std::get_if<formatted_response>(&outgoing)) {
+    seen.head = formatted->head;
+    seen.body = formatted->body;
+    seen.json = seen.head.find("\r\nContent-Type: application/json\r\n") != std::string::npos;
+    return seen;
+  }
   const auto& other = std::get<response>(outgoing);
   for (const auto& field : other.base()) {
     seen.head += std::string(field.name_string()) + ": " + std::string(field.value()) + "\r\n";

@@ -3,6 +3,8 @@
 #include <array>
 #include <functional>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "token_broker/gateway/budget_window.hpp"
@@ -17,13 +19,19 @@ constexpr std::size_t shard_count = 16;
 // at its last sweep: amortized, a constant cost per call.
 constexpr std::size_t first_sweep_at = 1024;
 
+struct key_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
+};
+
 class local_budget final : public api_budget {
  public:
   local_budget(const api_budget_limits& limits, budget_clock now)
       : state_(std::make_shared<state>(limits, std::move(now))) {}
 
-  asio::awaitable<budget_decision> try_acquire(std::string corpid, std::string api) override {
-    co_return state_->decide(state_, std::move(corpid), api);
+  asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
+                                               std::string_view api) override {
+    co_return state_->decide(state_, corpid, api);
   }
 
  private:
@@ -35,7 +43,8 @@ class local_budget final : public api_budget {
 
   struct shard {
     std::mutex mutex;
-    std::unordered_map<std::string, entry> entries;  // by "{corpid}\n{api}"; nodes never move
+    // By "{corpid}\n{api}", found by a view of it; nodes never move.
+    std::unordered_map<std::string, entry, key_hash, std::equal_to<>> entries;
     std::size_t sweep_at = first_sweep_at;
   };
 
@@ -43,7 +52,7 @@ class local_budget final : public api_budget {
     state(const api_budget_limits& caps, budget_clock clock_now)
         : limits(caps), now(std::move(clock_now)) {}
 
-    static budget_decision decide(const std::shared_ptr<state>& self, std::string corpid,
+    static budget_decision decide(const std::shared_ptr<state>& self, std::string_view corpid,
                                   std::string_view api);
     std::int64_t now_ms() const {
       return std::chrono::duration_cast<std::chrono::milliseconds>(now().time_since_epoch())
@@ -83,18 +92,20 @@ class local_budget final : public api_budget {
   std::shared_ptr<state> state_;
 };
 
-budget_decision local_budget::state::decide(const std::shared_ptr<state>& self, std::string corpid,
-                                            std::string_view api) {
-  auto key = std::move(corpid);
-  key += '\n';
-  key += api;
+budget_decision local_budget::state::decide(const std::shared_ptr<state>& self,
+                                            std::string_view corpid, std::string_view api) {
+  // Built in a buffer of the thread's: a call that finds its entry allocates nothing.
+  thread_local std::string key;
+  key.assign(corpid).append("\n").append(api);
   const auto& limits = self->limits;
-  auto& table = self->shards[std::hash<std::string>{}(key) % shard_count];
+  auto& table = self->shards[key_hash{}(key) % shard_count];
   const auto now_ms = self->now_ms();
 
   const std::lock_guard lock(table.mutex);
   if (table.entries.size() >= table.sweep_at) sweep(table, now_ms);
-  auto& counted = table.entries[std::move(key)];
+  auto found = table.entries.find(std::string_view(key));
+  if (found == table.entries.end()) found = table.entries.emplace(key, entry{}).first;
+  auto& counted = found->second;
 
   budget_verdict verdict;
   const auto judge = [&](const budget_window& window, std::uint32_t cap) {

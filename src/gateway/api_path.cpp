@@ -48,9 +48,11 @@ bool is_credential_path(std::string_view path) {
          path.starts_with("cgi-bin/service/");  // provider, suite and corp tokens
 }
 
-std::string forwarded_query(std::string_view query, std::string_view token) {
+std::string forwarded_target(std::string_view path, std::string_view query,
+                             std::string_view token) {
   std::string forwarded;
-  forwarded.reserve(query.size() + token.size() + 16);
+  forwarded.reserve(path.size() + query.size() + token.size() + 32);
+  forwarded.append("/").append(path).append("?");
   std::size_t start = 0;
   while (start <= query.size()) {
     const auto end = std::min(query.find('&', start), query.size());
@@ -65,10 +67,10 @@ std::string forwarded_query(std::string_view query, std::string_view token) {
   return forwarded;
 }
 
-std::string api_labels::of(std::string_view path) {
+const std::string& api_labels::of(std::string_view path) {
   const std::scoped_lock lock(mutex_);
-  if (const auto known = seen_.find(std::string(path)); known != seen_.end()) return *known;
-  if (seen_.size() >= capacity) return "other";
+  if (const auto known = seen_.find(path); known != seen_.end()) return *known;
+  if (seen_.size() >= capacity) return other_;
   return *seen_.emplace(path).first;
 }
 

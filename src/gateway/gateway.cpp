@@ -48,21 +48,26 @@ class relayed_body final : public body_source {
   bool prefix_sent_ = false;
 };
 
-// Upstream's answer for the caller: its status and the fields that describe the body.
+// Upstream's answer for the caller: its status (as given, one Beast does not name included)
+// and the fields that describe the body; no cache may keep it (it may carry personal data).
 answer pass_on(std::unique_ptr<api_exchange> exchange, budget_grant grant) {
   const auto& upstream = exchange->head();
+  if (exchange->complete()) {
+    auto whole =
+        format_response(upstream.result_int(),
+                        {{"Content-Type", upstream[http::field::content_type]},
+                         {"Content-Disposition", upstream[http::field::content_disposition]},
+                         {"Cache-Control", "no-store"}},
+                        exchange->take_prefix());
+    exchange->finish();
+    return whole;
+  }
   response head;
-  head.result(upstream.result_int());  // as given, a status Beast does not name included
+  head.result(upstream.result_int());
   for (const auto field : {http::field::content_type, http::field::content_disposition}) {
     if (const auto value = upstream[field]; !value.empty()) head.set(field, value);
   }
-  head.set(http::field::cache_control, "no-store");  // answers may carry personal data
-  if (exchange->complete()) {
-    head.body() = exchange->prefix();
-    head.prepare_payload();
-    exchange->finish();
-    return head;
-  }
+  head.set(http::field::cache_control, "no-store");
   if (const auto length = upstream[http::field::content_length]; !length.empty()) {
     head.set(http::field::content_length, length);
   }
@@ -114,7 +119,7 @@ void gateway::render_metrics(std::string& out) const {
 
 asio::awaitable<answer> gateway::forward(call asked) {
   const auto started = steady_clock::now();
-  const auto label = labels_.of(asked.api);
+  const auto& label = labels_.of(asked.api);
   std::string_view outcome = "internal";
   auto forwarding = forward_counted(asked, label, outcome);  // named: g++ 12 and temporaries
   auto result = co_await std::move(forwarding);
@@ -152,7 +157,7 @@ asio::awaitable<answer> gateway::forward_counted(const call& asked, const std::s
     auto waiting_for_connection = connections_.acquire();
     auto permit = co_await std::move(waiting_for_connection);
     const api_request request{.method = asked.method,
-                              .target = "/" + asked.api + "?" + forwarded_query(asked.query, used),
+                              .target = forwarded_target(asked.api, asked.query, used),
                               .content_type = asked.content_type,
                               .body = asked.body};
     auto starting =

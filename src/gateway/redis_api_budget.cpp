@@ -150,9 +150,10 @@ class redis_budget final : public api_budget {
     }
   }
 
-  asio::awaitable<budget_decision> try_acquire(std::string corpid, std::string api) override {
+  asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
+                                               std::string_view api) override {
     if (capped_.empty() && limits_.concurrency == 0) co_return budget_grant{};
-    const auto scope = corpid + ":" + api;
+    const auto scope = fmt::format("{}:{}", corpid, api);
     auto leases_key = key_prefix_ + "gateway_leases:" + scope;
     std::vector<std::string> keys{key_prefix_ + "gateway:" + scope, leases_key};
     auto arguments = arguments_;
@@ -172,7 +173,7 @@ class redis_budget final : public api_budget {
       co_return std::move(*decision);
     }
     note_redis_answers(false);
-    auto local = fallback_->try_acquire(std::move(corpid), std::move(api));
+    auto local = fallback_->try_acquire(corpid, api);
     co_return co_await std::move(local);
   }
 

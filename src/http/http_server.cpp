@@ -178,6 +178,13 @@ asio::awaitable<error_code> write(connection<Protocol>& client, answer& outgoing
     relayed->head.keep_alive(keep_alive);
     co_return co_await relay(client, *relayed, timeout);
   }
+  if (const auto* formatted = std::get_if<formatted_response>(&outgoing)) {
+    constexpr std::string_view kept = "\r\n", closed = "Connection: close\r\n\r\n";
+    const std::array<asio::const_buffer, 3> buffers{asio::buffer(formatted->head),
+                                                    asio::buffer(keep_alive ? kept : closed),
+                                                    asio::buffer(formatted->body)};
+    co_return co_await send<Protocol>(socket, buffers);
+  }
   auto& other = std::get<response>(outgoing);
   other.keep_alive(keep_alive);
   const auto head = response_head(other);

@@ -39,6 +39,21 @@ std::string response_head(const response& reply) {
   return head;
 }
 
+formatted_response format_response(unsigned status, std::initializer_list<header_field> fields,
+                                   std::string body) {
+  const auto reason = http::obsolete_reason(static_cast<http::status>(status));
+  formatted_response formatted{.status = status, .head = {}, .body = std::move(body)};
+  auto& head = formatted.head;
+  head.reserve(192);
+  head.append("HTTP/1.1 ").append(std::to_string(status)).append(" ");
+  head.append(reason.data(), reason.size()).append("\r\n");
+  for (const auto& [name, value] : fields) {
+    if (!value.empty()) head.append(name).append(": ").append(value).append("\r\n");
+  }
+  head.append("Content-Length: ").append(std::to_string(formatted.body.size())).append("\r\n");
+  return formatted;
+}
+
 token_answer our_token_answer(std::shared_ptr<const credential_view> view, time_point now) {
   const auto expires_in = seconds_left(*view->current, now);
   const auto body = view->answers.ours();
@@ -55,6 +70,9 @@ unsigned status_of(const answer& outgoing) {
   if (const auto* other = std::get_if<response>(&outgoing)) return other->result_int();
   if (const auto* relayed = std::get_if<relayed_answer>(&outgoing)) {
     return relayed->head.result_int();
+  }
+  if (const auto* formatted = std::get_if<formatted_response>(&outgoing)) {
+    return formatted->status;
   }
   return 200;
 }

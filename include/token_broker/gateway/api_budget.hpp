@@ -54,7 +54,9 @@ class api_budget {
   // One call of `api` (a WeCom path such as "cgi-bin/message/send") for `corpid`: counted and
   // granted when every cap allows it; refused otherwise, counting nothing. Called from many
   // threads (one per HTTP worker) at once; never throws for Redis trouble.
-  virtual asio::awaitable<budget_decision> try_acquire(std::string corpid, std::string api) = 0;
+  // `corpid` and `api` must outlive the awaited call.
+  virtual asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
+                                                       std::string_view api) = 0;
 };
 
 // The time a local budget counts on: the boot clock, or a test's.

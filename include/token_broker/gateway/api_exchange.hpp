@@ -47,6 +47,7 @@ class api_exchange {
   const http::response_header<>& head() const;
   // The body read so far; all of it when complete().
   const std::string& prefix() const { return prefix_; }
+  std::string take_prefix() { return std::move(prefix_); }
   bool complete() const;
   // Gives the connection back to the pool when the answer was read whole and upstream keeps
   // it open; otherwise it closes with this exchange.

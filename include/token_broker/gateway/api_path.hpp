@@ -3,9 +3,9 @@
 #pragma once
 
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 
 namespace token_broker {
 
@@ -18,19 +18,22 @@ bool is_api_path(std::string_view path);
 // endpoints serve them).
 bool is_credential_path(std::string_view path);
 
-// `query` with every access_token parameter dropped and access_token=`token` appended.
-std::string forwarded_query(std::string_view query, std::string_view token);
+// The target upstream: "/`path`?" and `query` with every access_token parameter dropped and
+// access_token=`token` appended.
+std::string forwarded_target(std::string_view path, std::string_view query, std::string_view token);
 
 // The `api` label of the gateway's metrics: the first 256 distinct paths as themselves, any
 // later one "other", so that callers cannot grow the metrics without bound.
 class api_labels {
  public:
   static constexpr std::size_t capacity = 256;
-  std::string of(std::string_view path);
+  // Valid as long as this object: labels are never dropped.
+  const std::string& of(std::string_view path);
 
  private:
   std::mutex mutex_;
-  std::unordered_set<std::string> seen_;
+  std::set<std::string, std::less<>> seen_;  // found by string_view: no copy per call
+  const std::string other_ = "other";
 };
 
 }  // namespace token_broker

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <array>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 
 #include "token_broker/core/asio.hpp"
@@ -49,9 +51,24 @@ struct relayed_answer {
   std::unique_ptr<body_source> body;
 };
 
+// A response formatted where it is made, without Beast's field container: its status line
+// and fields up to Content-Length, then its body. The server ends the head as the connection
+// requires (keep-alive or Connection: close). The gateway passes upstream's whole answers on
+// in this form.
+struct formatted_response {
+  unsigned status = 200;
+  std::string head;
+  std::string body;
+};
+using header_field = std::pair<std::string_view, std::string_view>;
+// `fields` (name and value each; an empty value leaves the field out), then Content-Length.
+formatted_response format_response(unsigned status, std::initializer_list<header_field> fields,
+                                   std::string body);
+
 // Everything the API sends: a token answer, written straight from its prepared text (the
-// hot path), an upstream answer relayed as it arrives, or any other response.
-using answer = std::variant<token_answer, response, relayed_answer>;
+// hot path), an upstream answer relayed as it arrives, one passed on whole, or any other
+// response.
+using answer = std::variant<token_answer, response, relayed_answer, formatted_response>;
 unsigned status_of(const answer& outgoing);
 
 // A token answer's bytes on the wire, the same a Beast response would have: status line and

@@ -32,12 +32,14 @@ TEST(api_path, refuses_the_calls_that_hand_out_credentials) {
 }
 
 TEST(api_path, the_query_carries_the_apps_token_and_no_other) {
-  EXPECT_EQ(forwarded_query("", "T"), "access_token=T");
-  EXPECT_EQ(forwarded_query("userid=zhang&access_token=stale", "T"), "userid=zhang&access_token=T");
-  EXPECT_EQ(forwarded_query("access%5Ftoken=x&a=1&access_token=y&&b=%2F", "T+/"),
-            "a=1&b=%2F&access_token=T%2B%2F")
+  EXPECT_EQ(forwarded_target("cgi-bin/p", "", "T"), "/cgi-bin/p?access_token=T");
+  EXPECT_EQ(forwarded_target("cgi-bin/p", "userid=zhang&access_token=stale", "T"),
+            "/cgi-bin/p?userid=zhang&access_token=T");
+  EXPECT_EQ(forwarded_target("cgi-bin/p", "access%5Ftoken=x&a=1&access_token=y&&b=%2F", "T+/"),
+            "/cgi-bin/p?a=1&b=%2F&access_token=T%2B%2F")
       << "every spelling of the name dropped, others kept as given, the token encoded";
-  EXPECT_EQ(forwarded_query("access_t%zzoken=x&a=1", "T"), "a=1&access_token=T")
+  EXPECT_EQ(forwarded_target("cgi-bin/p", "access_t%zzoken=x&a=1", "T"),
+            "/cgi-bin/p?a=1&access_token=T")
       << "a name that cannot be decoded might be read as access_token upstream";
 }
 
