@@ -2,6 +2,8 @@
 
 #include <memory>
 
+#include "token_broker/gateway/api_answer_parser.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -45,7 +47,7 @@ struct api_exchange::state {
   std::unique_ptr<connection_pool::tls_stream> stream;
   std::chrono::milliseconds timeout;
   beast::flat_buffer buffer;
-  http::response_parser<http::buffer_body> parser;
+  api_answer_parser parser;
   // Allocated once a body outgrows the prefix: most answers never need it.
   std::unique_ptr<char[]> piece;
 };
@@ -55,8 +57,21 @@ constexpr std::size_t piece_size = 64 * 1024;
 api_exchange::api_exchange(std::unique_ptr<state> held) : state_(std::move(held)) {}
 api_exchange::~api_exchange() = default;
 
-const http::response_header<>& api_exchange::head() const {
-  return state_->parser.get().base();
+unsigned api_exchange::status() const {
+  return state_->parser.status();
+}
+
+const std::string& api_exchange::content_type() const {
+  return state_->parser.content_type();
+}
+
+const std::string& api_exchange::content_disposition() const {
+  return state_->parser.content_disposition();
+}
+
+std::optional<std::uint64_t> api_exchange::content_length() const {
+  const auto length = state_->parser.content_length();
+  return length ? std::optional<std::uint64_t>(*length) : std::nullopt;
 }
 
 bool api_exchange::complete() const {
@@ -111,8 +126,7 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
     if (request.method == http::verb::head) parser.skip(true);
     // The head and the body's first bytes in one read: most answers are whole after it.
     std::string prefix(prefix_size, '\0');
-    parser.get().body().data = prefix.data();
-    parser.get().body().size = prefix.size();
+    parser.body_into(prefix.data(), prefix.size());
     error_code read_error = write_error;
     if (!write_error) {
       auto [error, read] = co_await http::async_read(stream, held->buffer, parser, on_error);
@@ -129,7 +143,7 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
       co_return failed(write_error ? "request" : "answer", read_error, timeout);
     }
 
-    prefix.resize(prefix_size - parser.get().body().size);
+    prefix.resize(prefix_size - parser.room());
     held->permit = std::move(permit);
     std::unique_ptr<api_exchange> exchange(new api_exchange(std::move(held)));
     exchange->prefix_ = std::move(prefix);
@@ -140,18 +154,16 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
 
 asio::awaitable<std::optional<std::size_t>> api_exchange::read_some(char* into, std::size_t size) {
   auto& held = *state_;
-  auto& body = held.parser.get().body();
   // A read may parse framing only (a chunk's size line) and produce no byte of the body.
   while (!held.parser.is_done()) {
     if (!held.stream) co_return std::nullopt;
-    body.data = into;
-    body.size = size;
+    held.parser.body_into(into, size);
     beast::get_lowest_layer(*held.stream).expires_after(held.timeout);
     auto [error, read] = co_await http::async_read_some(*held.stream, held.buffer, held.parser,
                                                         asio::as_tuple(asio::use_awaitable));
     if (error == http::error::need_buffer) error = {};
     if (error) co_return std::nullopt;
-    if (const auto produced = size - body.size; produced > 0) co_return produced;
+    if (const auto produced = size - held.parser.room(); produced > 0) co_return produced;
   }
   co_return 0;
 }

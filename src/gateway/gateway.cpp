@@ -51,26 +51,25 @@ class relayed_body final : public body_source {
 // Upstream's answer for the caller: its status (as given, one Beast does not name included)
 // and the fields that describe the body; no cache may keep it (it may carry personal data).
 answer pass_on(std::unique_ptr<api_exchange> exchange, budget_grant grant) {
-  const auto& upstream = exchange->head();
   if (exchange->complete()) {
-    auto whole =
-        format_response(upstream.result_int(),
-                        {{"Content-Type", upstream[http::field::content_type]},
-                         {"Content-Disposition", upstream[http::field::content_disposition]},
-                         {"Cache-Control", "no-store"}},
-                        exchange->take_prefix());
+    auto whole = format_response(exchange->status(),
+                                 {{"Content-Type", exchange->content_type()},
+                                  {"Content-Disposition", exchange->content_disposition()},
+                                  {"Cache-Control", "no-store"}},
+                                 exchange->take_prefix());
     exchange->finish();
     return whole;
   }
   response head;
-  head.result(upstream.result_int());
-  for (const auto field : {http::field::content_type, http::field::content_disposition}) {
-    if (const auto value = upstream[field]; !value.empty()) head.set(field, value);
+  head.result(exchange->status());
+  if (!exchange->content_type().empty()) {
+    head.set(http::field::content_type, exchange->content_type());
+  }
+  if (!exchange->content_disposition().empty()) {
+    head.set(http::field::content_disposition, exchange->content_disposition());
   }
   head.set(http::field::cache_control, "no-store");
-  if (const auto length = upstream[http::field::content_length]; !length.empty()) {
-    head.set(http::field::content_length, length);
-  }
+  if (const auto length = exchange->content_length()) head.content_length(*length);
   return relayed_answer{std::move(head),
                         std::make_unique<relayed_body>(std::move(exchange), std::move(grant))};
 }

@@ -44,7 +44,12 @@ class api_exchange {
       std::chrono::steady_clock::time_point deadline, std::chrono::milliseconds timeout);
   ~api_exchange();
 
-  const http::response_header<>& head() const;
+  // Upstream's answer: its status, the fields passed on (empty when absent), its length when
+  // it gave one.
+  unsigned status() const;
+  const std::string& content_type() const;
+  const std::string& content_disposition() const;
+  std::optional<std::uint64_t> content_length() const;
   // The body read so far; all of it when complete().
   const std::string& prefix() const { return prefix_; }
   std::string take_prefix() { return std::move(prefix_); }
