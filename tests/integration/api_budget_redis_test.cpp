@@ -4,13 +4,11 @@
 // own with its own connection, as in separate processes.
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <future>
 #include <thread>
 
-#include "redis_test_client.hpp"
+#include "redis_keyspace_fixture.hpp"
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/gateway/api_budget.hpp"
 #include "token_broker/redis/redis_connection.hpp"
@@ -24,11 +22,6 @@ using std::chrono::steady_clock;
 
 constexpr auto corpid = "wwcorp0000000001";
 constexpr auto api = "cgi-bin/message/send";
-
-std::string unique_key_prefix() {
-  static std::atomic<int> counter{0};
-  return "gb" + std::to_string(getpid()) + "-" + std::to_string(++counter) + ":";
-}
 
 redis_config redis_at(std::uint16_t port, std::string prefix) {
   redis_config settings;
@@ -91,20 +84,9 @@ class replica {
   std::thread thread_;
 };
 
-class api_budget_redis_test : public ::testing::Test {
+class api_budget_redis_test : public testing::with_redis_keyspace<::testing::Test> {
  protected:
-  void SetUp() override {
-    try {
-      keys_.emplace(prefix_);
-    } catch (const std::exception& failure) {
-      FAIL() << failure.what();
-    }
-  }
-
   redis_config settings() const { return redis_at(keys_->port(), prefix_); }
-
-  std::string prefix_ = unique_key_prefix();
-  std::optional<testing::fixture_keyspace> keys_;
 };
 
 TEST_F(api_budget_redis_test, two_replicas_on_one_redis_share_the_minute_cap) {

@@ -20,14 +20,11 @@ using std::chrono::milliseconds;
 
 const credential_id hr{credential_kind::access_token, "hr"};
 
-class redis_store_test : public ::testing::Test {
+class redis_store_test : public testing::with_redis_keyspace<::testing::Test> {
  protected:
   void SetUp() override {
-    try {
-      keys_.emplace(prefix_);
-    } catch (const std::exception& failure) {
-      FAIL() << failure.what();
-    }
+    with_redis_keyspace::SetUp();
+    if (HasFatalFailure()) return;
     redis_config settings;
     settings.host = "127.0.0.1";
     settings.port = keys_->port();
@@ -45,11 +42,13 @@ class redis_store_test : public ::testing::Test {
   void TearDown() override {
     if (store_) store_->stop();
     io_.run_for(100ms);
+    with_redis_keyspace::TearDown();
   }
 
   save_outcome save(const std::string& value, milliseconds left) {
-    auto saved = asio::co_spawn(io_, store_->save(hr, stored_token{value, clock::now() + left}),
-                                asio::use_future);
+    // Named: the coroutine holds a reference to it until the future is ready.
+    const stored_token offered{value, clock::now() + left};
+    auto saved = asio::co_spawn(io_, store_->save(hr, offered), asio::use_future);
     const auto give_up_at = std::chrono::steady_clock::now() + 5s;
     while (saved.wait_for(0s) != std::future_status::ready &&
            std::chrono::steady_clock::now() < give_up_at) {
@@ -68,8 +67,6 @@ class redis_store_test : public ::testing::Test {
 
   asio::io_context io_;
   supervisor tasks_;
-  std::string prefix_ = testing::unique_key_prefix();
-  std::optional<testing::fixture_keyspace> keys_;
   std::optional<redis_token_store> store_;
 };
 
