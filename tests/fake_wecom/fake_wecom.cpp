@@ -531,10 +531,10 @@ class wecom_model {
     return found->second.expires_at;
   }
 
-  std::optional<system_clock::time_point> issued_at(const std::string& value) const {
+  std::optional<system_clock::time_point> repeated_in_full(const std::string& value) const {
     const std::scoped_lock lock(mutex_);
     const auto found = issued_.find(value);
-    if (found == issued_.end()) return std::nullopt;
+    if (found == issued_.end() || !found->second.repeated_in_full) return std::nullopt;
     return found->second.issued_at;
   }
 
@@ -691,6 +691,7 @@ class wecom_model {
     system_clock::time_point issued_at;
     system_clock::time_point expires_at;
     std::optional<system_clock::time_point> revoked_at;
+    bool repeated_in_full = false;  // answered again with its full lifetime (behaviour a)
   };
 
   // One app's values of one kind and the calls for them.
@@ -744,8 +745,9 @@ class wecom_model {
     const auto kind = key.second;
     if (behaviour_ != expiry_behaviour::new_token_each_call &&
         status_of(record.current, kind, now) == token_status::valid) {
-      const auto& current = issued_.at(record.current);
+      auto& current = issued_.at(record.current);
       if (behaviour_ == expiry_behaviour::same_token_keeps_expiry) {
+        current.repeated_in_full = true;
         return value_json(kind, record.current, current.expires_at - current.issued_at);
       }
       // Truncation floors, so the answer never promises more than the truth. With less than
@@ -1411,9 +1413,9 @@ std::optional<std::chrono::system_clock::time_point> fake_wecom::expires_at(
   return state_->model.expires_at(value);
 }
 
-std::optional<std::chrono::system_clock::time_point> fake_wecom::issued_at(
+std::optional<std::chrono::system_clock::time_point> fake_wecom::issued_if_repeated_in_full(
     const std::string& value) const {
-  return state_->model.issued_at(value);
+  return state_->model.repeated_in_full(value);
 }
 
 int fake_wecom::ticket_calls(const std::string& secret, ticket_kind kind) const {

@@ -160,8 +160,10 @@ class fake_wecom {
   // The expiry a token or ticket was issued with, which no later same-value answer moves; none
   // for a value this fake never issued.
   std::optional<std::chrono::system_clock::time_point> expires_at(const std::string& value) const;
-  // When a token or ticket was first issued; none for a value this fake never issued.
-  std::optional<std::chrono::system_clock::time_point> issued_at(const std::string& value) const;
+  // When a token or ticket was issued, if it was answered again with its full lifetime
+  // (behaviour a: an answer that overstates its expiry); none otherwise.
+  std::optional<std::chrono::system_clock::time_point> issued_if_repeated_in_full(
+      const std::string& value) const;
 
   // Ticket calls made with a token issued for `secret` (expired or revoked ones included), every
   // answer counted: refused, over quota, faulty.

@@ -142,7 +142,7 @@ std::optional<std::string> client_fleet::judge(const answer_context& context,
   // A token whose one record was lost (its fetcher killed, Redis emptied) comes back from
   // upstream in behaviour (a) with its full lifetime, and nobody can know better.
   const auto unknowable = [&] {
-    const auto issued = fake_.issued_at(token);
+    const auto issued = fake_.issued_if_repeated_in_full(token);
     return issued && tokens_.expiry_knowledge_lost(on_steady_clock(*issued), context.sent);
   };
   const bool promised_too_much =
