@@ -19,8 +19,10 @@
 #   7.   the gateway (issue 15): GET /v1/apps/{app}/api/cgi-bin/user/get through the broker
 #        against nginx proxy_pass (an upstream keep-alive pool of the same size, session
 #        reuse, the same CA verified), both in front of one HTTPS upstream: a second nginx
-#        serving WeCom-shaped JSON under a CA made for the run. Alternating runs as in 1;
-#        then the upstream TLS handshakes per 100,000 gateway calls, from the upstream's log.
+#        serving WeCom-shaped JSON under a CA made for the run. Alternating runs as in 1,
+#        at full load, then at equal offered load (a pause between calls on each of wrk's
+#        connections) for p99; then the upstream TLS handshakes per 100,000 gateway calls,
+#        from the upstream's log.
 #        Placement: the proxy (broker or nginx) and the upstream nginx share the servers'
 #        half of the cores, each with one thread/worker per core of it, wrk has the other
 #        half, as in 1: a call's latency is then the work of both servers, and wrk taking
@@ -782,11 +784,25 @@ scenario_gateway() {
   start_proxy_nginx "$token"
 
   local name="GET /v1/apps/hr/api/cgi-bin/user/get, the gateway against nginx proxy_pass"
+  local broker_path="/v1/apps/hr/api/cgi-bin/user/get?userid=zhangsan"
+  local nginx_path="/cgi-bin/user/get?userid=zhangsan"
   compare_proxied "$name (the upstream nginx on the servers' cores)" 1.0 \
-    "/v1/apps/hr/api/cgi-bin/user/get?userid=zhangsan" "/cgi-bin/user/get?userid=zhangsan" \
-    "$work/upstream/root/cgi-bin/user/get"
+    "$broker_path" "$nginx_path" "$work/upstream/root/cgi-bin/user/get"
   # The curl of compare_proxied's check was a gateway call too.
-  local calls=$((broker_requests + 1)) handshakes resumed reference_handshakes reference_resumed
+  local calls=$((broker_requests + 1))
+
+  # p99 at equal offered load, as issue 15 asks: each of wrk's connections waits between
+  # calls, so that both servers get about the same rate, below saturation (wrk2's fixed rate
+  # is not in Debian). The throughput target then only says that both kept up with it.
+  local think_ms=2 broker_script=$work/wrk.$RANDOM.lua nginx_script=$work/wrk.$RANDOM.lua
+  wrk_script "$broker_script" "$broker_path"
+  wrk_script "$nginx_script" "$nginx_path"
+  printf 'function delay() return %d end\n' "$think_ms" | tee -a "$broker_script" >>"$nginx_script"
+  measure "$name at equal offered load ($think_ms ms between calls on each connection)" 0.95 \
+    "$broker_script" "$nginx_script"
+  calls=$((calls + broker_requests))
+
+  local handshakes resumed reference_handshakes reference_resumed
   read -r handshakes resumed < <(upstream_handshakes "$upstream_port")
   read -r reference_handshakes reference_resumed < <(upstream_handshakes "$upstream_reference_port")
   local per_100k

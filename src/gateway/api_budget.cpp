@@ -33,6 +33,10 @@ class local_budget final : public api_budget {
                                                std::string_view api) override {
     co_return state_->decide(state_, corpid, api);
   }
+  std::optional<budget_decision> decide_now(std::string_view corpid,
+                                            std::string_view api) override {
+    return state_->decide(state_, corpid, api);
+  }
 
  private:
   struct entry {

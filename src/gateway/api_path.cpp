@@ -48,10 +48,8 @@ bool is_credential_path(std::string_view path) {
          path.starts_with("cgi-bin/service/");  // provider, suite and corp tokens
 }
 
-std::string forwarded_target(std::string_view path, std::string_view query,
+void append_forwarded_target(std::string& forwarded, std::string_view path, std::string_view query,
                              std::string_view token) {
-  std::string forwarded;
-  forwarded.reserve(path.size() + query.size() + token.size() + 32);
   forwarded.append("/").append(path).append("?");
   std::size_t start = 0;
   while (start <= query.size()) {
@@ -64,7 +62,6 @@ std::string forwarded_target(std::string_view path, std::string_view query,
   }
   forwarded.append("access_token=");
   percent_encode(forwarded, token);
-  return forwarded;
 }
 
 const std::string& api_labels::of(std::string_view path) {

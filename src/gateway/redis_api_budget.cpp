@@ -150,6 +150,11 @@ class redis_budget final : public api_budget {
     }
   }
 
+  std::optional<budget_decision> decide_now(std::string_view, std::string_view) override {
+    if (capped_.empty() && limits_.concurrency == 0) return budget_grant{};  // nothing to count
+    return std::nullopt;
+  }
+
   asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
                                                std::string_view api) override {
     if (capped_.empty() && limits_.concurrency == 0) co_return budget_grant{};

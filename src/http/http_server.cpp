@@ -202,10 +202,14 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
   socket.non_blocking(true, ignored);  // for send(): writes that cannot complete say so
   beast::flat_buffer buffer(limits.header_limit + limits.body_limit + 4096);
 
+  bool waited = false;
   for (;;) {
     if (buffer.size() == 0) {
       // Idle between requests: the next one must begin within idle_timeout.
       client.expires_after(limits.idle_timeout);
+      // After an answer that waited (a gateway call), the next request is rarely in yet, and
+      // reading at once costs a syscall that finds nothing; the loop's other work goes first.
+      if (waited) co_await asio::post(asio::use_awaitable);
       auto [error, read] = co_await socket.async_read_some(buffer.prepare(1024), as_tuple);
       if (error) break;
       buffer.commit(read);
@@ -257,6 +261,7 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
 
     const counted in_flight(state.requests_in_flight);
     auto decided = state.handler.answer_or_wait(parser.get());
+    waited = std::holds_alternative<waiting_request>(decided);
     if (auto* waiting = std::get_if<waiting_request>(&decided)) {
       client.no_deadline();  // the wait is bounded by upstream.timeout_ms
       auto operation = state.handler.answer_after_wait(std::move(*waiting));

@@ -455,14 +455,13 @@ std::variant<answer, waiting_request> request_handler::metrics(const call&) {
 }
 
 asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& waiting) {
-  if (waiting.then == waiting_request::forward) {
-    auto forwarding = gateway_->forward(std::move(*waiting.forwards));
-    co_return co_await std::move(forwarding);
-  }
-  if (waiting.then == waiting_request::signature) {
-    auto signing = wait_and_sign(*waiting.signs);
-    co_return co_await std::move(signing);
-  }
+  if (waiting.then == waiting_request::forward)
+    return gateway_->forward(std::move(*waiting.forwards));
+  if (waiting.then == waiting_request::signature) return wait_and_sign(*waiting.signs);
+  return wait_for_credential(waiting);
+}
+
+asio::awaitable<answer> request_handler::wait_for_credential(const waiting_request& waiting) {
   auto& credential = *waiting.credential;
   auto operation = waiting.then == waiting_request::invalidation
                        ? credential.invalidate(waiting.reported)

@@ -36,11 +36,7 @@ asio::awaitable<call_limit::permit> call_limit::acquire() {
   std::shared_ptr<waiter> queued;
   {
     const std::scoped_lock lock(mutex_);
-    // First come, first served: a free slot goes to the line before a newcomer.
-    while (!queue_.empty() && queue_.front().expired()) queue_.pop_front();
-    if (in_use_ < capacity_ && queue_.empty()) {
-      ++in_use_;
-    } else {
+    if (!take_free_slot()) {
       queued = std::make_shared<waiter>(executor);
       queue_.push_back(queued);
     }
@@ -48,6 +44,20 @@ asio::awaitable<call_limit::permit> call_limit::acquire() {
   // In line: woken (operation_aborted) only by the release that hands over its slot.
   if (queued) co_await queued->timer.async_wait(asio::as_tuple(asio::use_awaitable));
   co_return permit(this);
+}
+
+std::optional<call_limit::permit> call_limit::try_acquire() {
+  const std::scoped_lock lock(mutex_);
+  if (!take_free_slot()) return std::nullopt;
+  return permit(this);
+}
+
+bool call_limit::take_free_slot() {
+  // First come, first served: a free slot goes to the line before a newcomer.
+  while (!queue_.empty() && queue_.front().expired()) queue_.pop_front();
+  if (in_use_ >= capacity_ || !queue_.empty()) return false;
+  ++in_use_;
+  return true;
 }
 
 void call_limit::release() {

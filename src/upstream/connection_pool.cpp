@@ -2,7 +2,6 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <poll.h>
 
 namespace token_broker {
 namespace {
@@ -18,15 +17,6 @@ constexpr std::chrono::seconds recently_used{1};
 
 fetch_failure local_failure(std::string errmsg) {
   return fetch_failure{failure_class::transient, local_failure_errcode, std::move(errmsg)};
-}
-
-// An idle connection should have nothing to read. Anything readable is upstream closing it
-// (a FIN, a reset, a TLS close_notify): not worth a request that would fail.
-bool quiet(beast::ssl_stream<beast::tcp_stream>& stream) {
-  pollfd descriptor{};
-  descriptor.fd = beast::get_lowest_layer(stream).socket().native_handle();
-  descriptor.events = POLLIN | POLLRDHUP;
-  return ::poll(&descriptor, 1, 0) == 0;
 }
 
 }  // namespace
@@ -67,7 +57,7 @@ asio::awaitable<connection_pool::connect_result> connection_pool::connect(
   const auto executor = co_await asio::this_coro::executor;
   const auto on_error = asio::as_tuple(asio::use_awaitable);
 
-  // Resolution is the one step beast's stream deadline does not cover; a timer cancels it.
+  // Resolution comes before the connection and its deadline: a timer of its own cancels it.
   // The timer's handler may run after this coroutine is gone, hence the weak_ptr.
   auto resolver = std::make_shared<tcp::resolver>(executor);
   asio::steady_timer resolve_deadline(executor, deadline);
@@ -79,25 +69,19 @@ asio::awaitable<connection_pool::connect_result> connection_pool::connect(
   resolve_deadline.cancel();
   if (resolve_error) co_return network_failure("name resolution", resolve_error, timeout);
 
-  // The stream runs on this coroutine's executor; a later call reusing it completes on its
-  // own (every executor here is the control loop's, one thread).
-  auto stream = std::make_unique<tls_stream>(executor, tls_);
-  beast::get_lowest_layer(*stream).expires_at(deadline);
-  auto [connect_error, endpoint] =
-      co_await beast::get_lowest_layer(*stream).async_connect(endpoints, on_error);
-  if (connect_error) co_return network_failure("connect", connect_error, timeout);
-
-  // SNI, so a server hosting several names presents the right certificate, and a check that
-  // the certificate is for this host: a valid chain alone proves nothing.
-  if (!SSL_set_tlsext_host_name(stream->native_handle(), config_.host.c_str())) {
-    co_return local_failure("cannot set TLS server name");
+  // The connection stays with this coroutine's event loop: take_idle gives it only to calls
+  // on the same one.
+  auto connection = std::make_unique<tls_connection>(executor, tls_.native_handle());
+  connection->expires_at(deadline);
+  auto connecting = connection->connect(endpoints);  // named: g++ 12 and temporaries
+  if (const auto connect_error = co_await std::move(connecting)) {
+    co_return network_failure("connect", connect_error, timeout);
   }
-  stream->set_verify_callback(asio::ssl::host_name_verification(config_.host));
+
   tls_handshakes_.fetch_add(1, std::memory_order_relaxed);
-  auto [handshake_error] =
-      co_await stream->async_handshake(asio::ssl::stream_base::client, on_error);
-  if (handshake_error) {
-    const long verify_result = SSL_get_verify_result(stream->native_handle());
+  auto shaking = connection->handshake(config_.host);  // named: g++ 12 and temporaries
+  if (const auto handshake_error = co_await std::move(shaking)) {
+    const long verify_result = SSL_get_verify_result(connection->native_handle());
     if (verify_result != X509_V_OK) {
       co_return local_failure(std::string("upstream TLS certificate rejected: ") +
                               X509_verify_cert_error_string(verify_result) +
@@ -106,36 +90,34 @@ asio::awaitable<connection_pool::connect_result> connection_pool::connect(
     }
     co_return network_failure("TLS handshake", handshake_error, timeout);
   }
-  co_return std::move(stream);
+  co_return std::move(connection);
 }
 
-std::unique_ptr<connection_pool::tls_stream> connection_pool::take_idle() {
+std::unique_ptr<tls_connection> connection_pool::take_idle(const asio::any_io_executor& caller) {
   const auto now = steady_clock::now();
   const std::scoped_lock lock(idle_mutex_);
-  while (!idle_.empty()) {
-    auto candidate = std::move(idle_.back());
-    idle_.pop_back();
-    // Anything rejected is simply dropped: no close_notify (see keep_idle), the socket closes.
-    // One idle for under a second is taken without a look (a poll() per call, under load):
-    // servers close idle connections after tens of seconds, and a request that meets a closed
-    // one is sent again anyway.
+  for (auto index = idle_.size(); index-- > 0;) {
+    if (idle_[index].connection->executor() != caller) continue;
+    auto candidate = std::move(idle_[index]);
+    idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(index));
+    // Anything rejected is simply dropped (see ~tls_connection). One idle for under a second
+    // is taken without a look (a poll() per call, under load): servers close idle connections
+    // after tens of seconds, and a request that meets a closed one is sent again anyway.
     const auto idle_for = now - candidate.since;
-    if (idle_for < recently_used || (idle_for < max_idle && quiet(*candidate.stream))) {
-      return std::move(candidate.stream);
+    if (idle_for < recently_used || (idle_for < max_idle && candidate.connection->quiet())) {
+      return std::move(candidate.connection);
     }
   }
   return nullptr;
 }
 
-void connection_pool::keep_idle(std::unique_ptr<tls_stream> stream) {
-  beast::get_lowest_layer(*stream).expires_never();
+void connection_pool::keep_idle(std::unique_ptr<tls_connection> connection) {
+  connection->expires_never();
   const auto now = steady_clock::now();
   const std::scoped_lock lock(idle_mutex_);
   // The oldest first: the ones past max_idle go now rather than hold a socket until a burst.
-  // They close without a TLS close_notify: answers are framed by HTTP, and waiting for the
-  // peer's close_notify costs a round trip and can stall (servers often skip it).
   std::erase_if(idle_, [&](const idle_connection& each) { return now - each.since >= max_idle; });
-  idle_.push_back(idle_connection{std::move(stream), now});
+  idle_.push_back(idle_connection{std::move(connection), now});
 }
 
 void connection_pool::close_idle() {

@@ -1,5 +1,7 @@
 #include "token_broker/upstream/upstream_client.hpp"
 
+#include <sstream>
+
 #include "token_broker/credentials/source.hpp"
 #include "token_broker/upstream/upstream_answer.hpp"
 
@@ -69,19 +71,20 @@ asio::awaitable<upstream_result> upstream_client::call_until(steady_clock::time_
   // may be what upstream answered, and an expiry counted from here is never too late.
   const auto sent_at = clock::now();
   const auto sent_at_wall = wall_clock::now();
+  const auto executor = co_await asio::this_coro::executor;
   bool may_reuse = true;
   for (;;) {
-    auto stream = may_reuse ? connections_.take_idle() : nullptr;
-    const bool reused = stream != nullptr;
-    if (!stream) {
+    auto connection = may_reuse ? connections_.take_idle(executor) : nullptr;
+    const bool reused = connection != nullptr;
+    if (!connection) {
       auto connected = co_await connections_.connect(deadline, config_.timeout);
       if (auto* failure = std::get_if<fetch_failure>(&connected)) co_return std::move(*failure);
-      stream = std::get<std::unique_ptr<tls_stream>>(std::move(connected));
+      connection = std::get<std::unique_ptr<tls_connection>>(std::move(connected));
     }
 
-    auto outcome = co_await send_and_receive(*stream, deadline, request);
+    auto outcome = co_await send_and_receive(*connection, deadline, request);
     if (!outcome.error) {
-      if (outcome.reusable) connections_.keep_idle(std::move(stream));
+      if (outcome.reusable) connections_.keep_idle(std::move(connection));
       outcome.response.sent_at = sent_at;
       outcome.response.sent_at_wall = sent_at_wall;
       co_return std::move(outcome.response);
@@ -99,8 +102,8 @@ asio::awaitable<upstream_result> upstream_client::call_until(steady_clock::time_
 }
 
 asio::awaitable<upstream_client::exchange> upstream_client::send_and_receive(
-    tls_stream& stream, steady_clock::time_point deadline, const upstream_request& request) {
-  const auto on_error = asio::as_tuple(asio::use_awaitable);
+    tls_connection& connection, steady_clock::time_point deadline,
+    const upstream_request& request) {
   exchange result;
 
   http::request<http::string_body> message{request.method,
@@ -114,30 +117,37 @@ asio::awaitable<upstream_client::exchange> upstream_client::send_and_receive(
   }
   message.keep_alive(true);
   message.prepare_payload();
+  // Credential calls are few and small: the message is formatted whole, then sent at once.
+  std::ostringstream formatted;
+  formatted << message;
+  const auto bytes = std::move(formatted).str();
 
   // One deadline for the request and the answer, as for the connection before them.
-  beast::get_lowest_layer(stream).expires_at(deadline);
-  auto [write_error, written] = co_await http::async_write(stream, message, on_error);
-  if (write_error) {
+  connection.expires_at(deadline);
+  auto writing = connection.write(asio::buffer(bytes));  // named: g++ 12 and temporaries
+  if (const auto [write_error, written] = co_await std::move(writing); write_error) {
     result.error = write_error;
     result.step = "request";
     co_return result;
   }
 
-  beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.header_limit(max_answer_header);
   parser.body_limit(max_answer_body);
-  auto [read_error, read] = co_await http::async_read(stream, buffer, parser, on_error);
+  error_code read_error;
+  while (!read_error && !parser.is_done()) {
+    auto parsing = connection.parse_some(parser);
+    read_error = co_await std::move(parsing);
+  }
   result.response.received_at = clock::now();
   if (read_error) {
     result.error = read_error;
     result.step = "answer";
-    result.answer_started = parser.got_some() || buffer.size() > 0;
+    result.answer_started = parser.got_some() || connection.has_unparsed();
     co_return result;
   }
   // Bytes past the answer would be read as the next one's start: such a connection is done.
-  result.reusable = parser.keep_alive() && buffer.size() == 0;
+  result.reusable = parser.keep_alive() && !connection.has_unparsed();
   result.response.status = parser.get().result_int();
   result.response.body = std::move(parser.get().body());
   co_return result;

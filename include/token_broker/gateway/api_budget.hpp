@@ -7,6 +7,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -57,6 +58,12 @@ class api_budget {
   // `corpid` and `api` must outlive the awaited call.
   virtual asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
                                                        std::string_view api) = 0;
+  // The same decision at once when it needs no wait (a budget kept in this process), else
+  // nullopt and try_acquire is to be awaited: the common case without a coroutine.
+  virtual std::optional<budget_decision> decide_now(std::string_view /*corpid*/,
+                                                    std::string_view /*api*/) {
+    return std::nullopt;
+  }
 };
 
 // The time a local budget counts on: the boot clock, or a test's.

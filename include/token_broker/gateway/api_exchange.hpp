@@ -19,7 +19,9 @@ namespace token_broker {
 // What the gateway sends upstream. Only the Content-Type travels from the caller.
 struct api_request {
   http::verb method = http::verb::get;
-  std::string target;  // path and query, after base_url's path prefix
+  std::string_view path;   // the WeCom path, after base_url's path prefix
+  std::string_view query;  // the caller's: its access_token parameters are dropped
+  std::string_view token;  // the app's, sent as access_token
   std::string_view content_type;
   std::string_view body;
 };

@@ -18,9 +18,10 @@ bool is_api_path(std::string_view path);
 // endpoints serve them).
 bool is_credential_path(std::string_view path);
 
-// The target upstream: "/`path`?" and `query` with every access_token parameter dropped and
-// access_token=`token` appended.
-std::string forwarded_target(std::string_view path, std::string_view query, std::string_view token);
+// Appends the target upstream to `out` (a request's head): "/`path`?" and `query` with every
+// access_token parameter dropped and access_token=`token` appended.
+void append_forwarded_target(std::string& out, std::string_view path, std::string_view query,
+                             std::string_view token);
 
 // The `api` label of the gateway's metrics: the first 256 distinct paths as themselves, any
 // later one "other", so that callers cannot grow the metrics without bound.

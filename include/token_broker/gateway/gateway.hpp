@@ -51,8 +51,10 @@ class gateway {
   std::uint64_t tls_handshakes() const { return pool_.tls_handshakes(); }
 
  private:
-  asio::awaitable<answer> forward_counted(const call& asked, const std::string& label,
-                                          std::string_view& outcome);
+  // A call's answer once it is counted in the metrics and logged (the path only: the query
+  // holds the token, and callers' parameters are theirs).
+  answer counted(const call& asked, const std::string& label, std::string_view outcome,
+                 std::chrono::steady_clock::time_point started, answer result);
 
   gateway_config settings_;
   connection_pool pool_;

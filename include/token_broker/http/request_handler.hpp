@@ -93,7 +93,10 @@ class request_handler {
   // The table without the gateway's routes while it is off.
   std::span<const endpoint> routes() const;
   std::variant<answer, waiting_request> decide(const route_match& matched, request& incoming);
+  // What `waiting` waits for, then its answer. Not a coroutine itself: a gateway call goes
+  // straight to the gateway's, one coroutine frame fewer on every call.
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
+  asio::awaitable<answer> wait_for_credential(const waiting_request& waiting);
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   asio::awaitable<answer> wait_and_sign(const waiting_request::signing& signs);
   // 200 with a signature per ticket given (null: not configured).

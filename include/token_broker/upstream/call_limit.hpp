@@ -10,6 +10,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "token_broker/core/asio.hpp"
 
@@ -41,6 +42,9 @@ class call_limit {
   // A slot, waiting (on the calling coroutine's executor) until one is free. Safe to call
   // from any thread.
   asio::awaitable<permit> acquire();
+  // A slot at once when one is free and nobody is in line for it, else nothing: the common
+  // case without a coroutine of its own.
+  std::optional<permit> try_acquire();
 
   std::size_t capacity() const { return capacity_; }
   std::size_t in_use() const;
@@ -48,6 +52,8 @@ class call_limit {
 
  private:
   struct waiter;
+  // Takes a slot when one is free and the line is empty; mutex_ held.
+  bool take_free_slot();
   void release();
 
   const std::size_t capacity_;

@@ -16,13 +16,13 @@
 #include "token_broker/config/config.hpp"
 #include "token_broker/core/asio.hpp"
 #include "token_broker/credentials/fetch_result.hpp"
+#include "token_broker/upstream/tls_connection.hpp"
 
 namespace token_broker {
 
 class connection_pool {
  public:
-  using tls_stream = beast::ssl_stream<beast::tcp_stream>;
-  using connect_result = std::variant<std::unique_ptr<tls_stream>, fetch_failure>;
+  using connect_result = std::variant<std::unique_ptr<tls_connection>, fetch_failure>;
 
   // Throws config_error when upstream.ca_file is not a usable PEM bundle.
   explicit connection_pool(const upstream_config& config);
@@ -32,10 +32,12 @@ class connection_pool {
   // and worded for an operator (`timeout` is what a deadline missed is reported as).
   asio::awaitable<connect_result> connect(std::chrono::steady_clock::time_point deadline,
                                           std::chrono::milliseconds timeout);
-  // The most recently used idle connection still fit to carry a request, or nullptr.
-  std::unique_ptr<tls_stream> take_idle();
+  // The most recently used idle connection of `caller`'s event loop still fit to carry a
+  // request, or nullptr. A connection stays with the loop that made it: its deadline's timer
+  // runs there, and must not race a call on another thread.
+  std::unique_ptr<tls_connection> take_idle(const asio::any_io_executor& caller);
   // A connection whose last answer was read whole, for the next request.
-  void keep_idle(std::unique_ptr<tls_stream> stream);
+  void keep_idle(std::unique_ptr<tls_connection> connection);
   // Closes every idle connection: before the event loops they were made on are destroyed.
   void close_idle();
 
@@ -47,7 +49,7 @@ class connection_pool {
 
  private:
   struct idle_connection {
-    std::unique_ptr<tls_stream> stream;
+    std::unique_ptr<tls_connection> connection;
     std::chrono::steady_clock::time_point since;
   };
 

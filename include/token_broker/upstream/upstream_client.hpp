@@ -103,12 +103,11 @@ class upstream_client final : public upstream_caller {
   std::uint64_t tls_handshakes() const { return connections_.tls_handshakes(); }
 
  private:
-  using tls_stream = connection_pool::tls_stream;
   struct exchange;
 
   asio::awaitable<upstream_result> call_until(std::chrono::steady_clock::time_point deadline,
                                               const upstream_request& request);
-  asio::awaitable<exchange> send_and_receive(tls_stream& stream,
+  asio::awaitable<exchange> send_and_receive(tls_connection& connection,
                                              std::chrono::steady_clock::time_point deadline,
                                              const upstream_request& request);
 

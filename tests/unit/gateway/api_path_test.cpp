@@ -31,6 +31,14 @@ TEST(api_path, refuses_the_calls_that_hand_out_credentials) {
   EXPECT_FALSE(is_credential_path("cgi-bin/gettoken2"));
 }
 
+// The target as the head carries it, after what came before it.
+std::string forwarded_target(std::string_view path, std::string_view query,
+                             std::string_view token) {
+  std::string head = "GET ";
+  append_forwarded_target(head, path, query, token);
+  return head.substr(4);
+}
+
 TEST(api_path, the_query_carries_the_apps_token_and_no_other) {
   EXPECT_EQ(forwarded_target("cgi-bin/p", "", "T"), "/cgi-bin/p?access_token=T");
   EXPECT_EQ(forwarded_target("cgi-bin/p", "userid=zhang&access_token=stale", "T"),
