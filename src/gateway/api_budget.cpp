@@ -31,7 +31,7 @@ class local_budget final : public api_budget {
 
   asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
                                                std::string_view api) override {
-    co_return state_->decide(state_, corpid, api);
+    co_return *decide_now(corpid, api);
   }
   std::optional<budget_decision> decide_now(std::string_view corpid,
                                             std::string_view api) override {

@@ -157,7 +157,7 @@ class redis_budget final : public api_budget {
 
   asio::awaitable<budget_decision> try_acquire(std::string_view corpid,
                                                std::string_view api) override {
-    if (capped_.empty() && limits_.concurrency == 0) co_return budget_grant{};
+    if (auto at_once = decide_now(corpid, api)) co_return std::move(*at_once);
     const auto scope = fmt::format("{}:{}", corpid, api);
     auto leases_key = key_prefix_ + "gateway_leases:" + scope;
     std::vector<std::string> keys{key_prefix_ + "gateway:" + scope, leases_key};
