@@ -3,6 +3,7 @@
 
 work=$(mktemp -d)
 pids=()
+
 broken=()  # what went wrong, for the exit status
 
 cleanup() {
@@ -18,6 +19,13 @@ die() {
   echo "bench: $*" >&2
   exit 1
 }
+
+# The allocator setting the systemd unit and the container image give the broker (glibc's
+# per-thread cache of freed blocks), read from the unit so that the two cannot drift, for
+# every process of the run alike: the broker, nginx and wrk.
+GLIBC_TUNABLES=$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' systemd/token-broker.service)
+[ -n "$GLIBC_TUNABLES" ] || die "systemd/token-broker.service sets no GLIBC_TUNABLES"
+export GLIBC_TUNABLES
 
 # A free loopback port below the ephemeral range, so no client socket takes it meanwhile.
 free_port() {
