@@ -3,7 +3,6 @@
 
 work=$(mktemp -d)
 pids=()
-
 broken=()  # what went wrong, for the exit status
 
 cleanup() {
