@@ -126,11 +126,9 @@ asio::awaitable<std::variant<std::unique_ptr<api_exchange>, exchange_failure>> a
     parser.body_limit(boost::none);  // relayed, not held: media/get may be tens of MB
     if (request.method == http::verb::head) parser.skip(true);
     error_code read_error = write_error;
-    // The answer is looked for only once the loop has run what else was ready. Read at once
-    // it is not there yet, a wasted read; and upstream, woken for each request alone, would
-    // take the CPU from this loop at every one where it shares a core (measured: 0.85
-    // preemptions per call against 0.15 with the turn given up, 0.80× nginx against 0.94×).
-    co_await asio::post(asio::use_awaitable);
+    // The answer is read at once. Giving up the turn first (asio::post), so that the loop ran
+    // what else was ready, added 3 % to the p50 at equal offered load, and no longer any
+    // throughput since the connection drives OpenSSL itself (bench/run.sh, scenario 7).
     // The head, then as much of the body as the prefix holds: most answers are whole after
     // it. Sized by Content-Length when there is one (WeCom's JSON: a few hundred bytes).
     while (!read_error && !parser.is_header_done()) {

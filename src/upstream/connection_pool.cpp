@@ -3,6 +3,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <utility>
+
 namespace token_broker {
 namespace {
 
@@ -14,6 +16,12 @@ using std::chrono::steady_clock;
 // dropped at the moment it is reused costs a retry.
 constexpr std::chrono::seconds max_idle{25};
 constexpr std::chrono::seconds recently_used{1};
+
+// Where a pool's TLS context points back to the pool (asio keeps its own in the app data).
+int pool_index() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
 
 fetch_failure local_failure(std::string errmsg) {
   return fetch_failure{failure_class::transient, local_failure_errcode, std::move(errmsg)};
@@ -50,6 +58,33 @@ connection_pool::connection_pool(const upstream_config& config)
     tls_.set_default_verify_paths(error);
     if (error) throw config_error("upstream", "cannot load the system's CA store");
   }
+  // Sessions are kept by this pool, not OpenSSL's internal cache (one upstream, one session).
+  SSL_CTX* const context = tls_.native_handle();
+  SSL_CTX_set_ex_data(context, pool_index(), this);
+  SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(context, &connection_pool::remember_session);
+}
+
+connection_pool::~connection_pool() {
+  SSL_SESSION_free(session_);
+}
+
+int connection_pool::remember_session(SSL* connection, SSL_SESSION* session) {
+  auto& pool = *static_cast<connection_pool*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(connection), pool_index()));
+  SSL_SESSION* replaced = nullptr;
+  {
+    const std::scoped_lock lock(pool.session_mutex_);
+    replaced = std::exchange(pool.session_, session);
+  }
+  SSL_SESSION_free(replaced);
+  return 1;  // the reference is the pool's now
+}
+
+SSL_SESSION* connection_pool::latest_session() {
+  const std::scoped_lock lock(session_mutex_);
+  if (session_) SSL_SESSION_up_ref(session_);
+  return session_;
 }
 
 asio::awaitable<connection_pool::connect_result> connection_pool::connect(
@@ -79,6 +114,10 @@ asio::awaitable<connection_pool::connect_result> connection_pool::connect(
   }
 
   tls_handshakes_.fetch_add(1, std::memory_order_relaxed);
+  if (SSL_SESSION* const resumable = latest_session()) {
+    SSL_set_session(connection->native_handle(), resumable);  // a full handshake if refused
+    SSL_SESSION_free(resumable);  // SSL_set_session took a reference of its own
+  }
   auto shaking = connection->handshake(config_.host);  // named: g++ 12 and temporaries
   if (const auto handshake_error = co_await std::move(shaking)) {
     const long verify_result = SSL_get_verify_result(connection->native_handle());

@@ -481,14 +481,20 @@ class wecom_model {
     return max_in_flight_;
   }
 
-  // A TLS handshake completed: one per connection, however many requests it then carries.
-  void handshake_completed() {
+  // A TLS handshake completed: one per connection, however many requests it then carries;
+  // `resumed` when the client brought back a session of an earlier one.
+  void handshake_completed(bool resumed) {
     const std::scoped_lock lock(mutex_);
     ++handshakes_;
+    if (resumed) ++resumed_handshakes_;
   }
   int handshakes() const {
     const std::scoped_lock lock(mutex_);
     return handshakes_;
+  }
+  int resumed_handshakes() const {
+    const std::scoped_lock lock(mutex_);
+    return resumed_handshakes_;
   }
 
   std::map<std::string, int> calls_by_corpid() const {
@@ -504,6 +510,7 @@ class wecom_model {
     body["by_corpid"] = calls_by_corpid_;
     body["max_concurrent_gettoken_calls"] = max_in_flight_;
     body["tls_handshakes"] = handshakes_;
+    body["tls_resumed_handshakes"] = resumed_handshakes_;
     body["ticket_calls"] = total_ticket_calls_;
     nlohmann::ordered_json by_kind;
     for (const auto kind : {ticket_kind::jsapi, ticket_kind::agent_config}) {
@@ -896,6 +903,7 @@ class wecom_model {
   int in_flight_ = 0;
   int max_in_flight_ = 0;
   int handshakes_ = 0;
+  int resumed_handshakes_ = 0;
   // Ordinary APIs.
   std::deque<api_call> api_calls_;  // the most recent api_call_record_limit
   std::map<std::string, int> api_calls_by_path_;
@@ -1156,7 +1164,7 @@ asio::awaitable<void> serve_connection(tls_stream stream, wecom_model& model,
       co_await stream.async_handshake(asio::ssl::stream_base::server, on_error);
   // A client that distrusts the certificate aborts here; nothing to answer.
   if (handshake_error) co_return;
-  model.handshake_completed();
+  model.handshake_completed(SSL_session_reused(stream.native_handle()) == 1);
 
   beast::flat_buffer buffer;
   for (;;) {
@@ -1369,6 +1377,10 @@ void fake_wecom::set_api_delay(std::chrono::milliseconds delay) {
 
 int fake_wecom::tls_handshakes() const {
   return state_->model.handshakes();
+}
+
+int fake_wecom::tls_resumed_handshakes() const {
+  return state_->model.resumed_handshakes();
 }
 
 void fake_wecom::close_idle_connections() {

@@ -144,6 +144,8 @@ class fake_wecom {
 
   // TLS handshakes completed: connections that a client keeps alive are counted once.
   int tls_handshakes() const;
+  // Those of them that resumed a TLS session of an earlier connection.
+  int tls_resumed_handshakes() const;
   // Closes the connections kept alive, as a server's idle timeout does: each one waiting for a
   // request at once (before this returns), one still busy with a request after its answer.
   void close_idle_connections();

@@ -26,10 +26,14 @@ class connection_pool {
 
   // Throws config_error when upstream.ca_file is not a usable PEM bundle.
   explicit connection_pool(const upstream_config& config);
+  ~connection_pool();
+  connection_pool(const connection_pool&) = delete;
+  connection_pool& operator=(const connection_pool&) = delete;
 
   // A new connection on the calling coroutine's executor: resolved, connected, the
-  // certificate checked for upstream's host, by `deadline`. Failures come back classified
-  // and worded for an operator (`timeout` is what a deadline missed is reported as).
+  // certificate checked for upstream's host (or the TLS session of an earlier connection
+  // resumed, as nginx's proxy_ssl_session_reuse does), by `deadline`. Failures come back
+  // classified and worded for an operator (`timeout` is what a deadline missed is reported as).
   asio::awaitable<connect_result> connect(std::chrono::steady_clock::time_point deadline,
                                           std::chrono::milliseconds timeout);
   // The most recently used idle connection of `caller`'s event loop still fit to carry a
@@ -59,6 +63,14 @@ class connection_pool {
   std::atomic<std::uint64_t> tls_handshakes_{0};
   std::mutex idle_mutex_;
   std::vector<idle_connection> idle_;  // most recently used last
+
+  // The latest TLS session upstream gave, for the next connection to resume: a burst after a
+  // quiet spell, when idle connections were closed, then costs no certificate check and no key
+  // exchange per connection. Set by OpenSSL's new-session callback, on any event loop.
+  static int remember_session(SSL* connection, SSL_SESSION* session);
+  SSL_SESSION* latest_session();  // a reference of the caller's, or nullptr
+  std::mutex session_mutex_;
+  SSL_SESSION* session_ = nullptr;
 };
 
 // Says what went wrong at which step, in words an operator can act on. The error_code's

@@ -27,6 +27,7 @@ class tls_connection {
   tls_connection& operator=(const tls_connection&) = delete;
 
   SSL* native_handle() { return ssl_; }
+  const asio::ip::tcp::socket& socket() const { return shared_->socket; }
   // The event loop it runs on, the one it was made on.
   const asio::any_io_executor& executor() const { return executor_; }
 

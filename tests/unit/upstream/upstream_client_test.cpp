@@ -248,6 +248,18 @@ TEST_F(upstream_client_test, a_connection_upstream_closed_while_idle_is_replaced
   EXPECT_EQ(fake_->gettoken_calls(secret), 2);
   EXPECT_EQ(client.tls_handshakes(), 2u);
   EXPECT_EQ(fake_->tls_handshakes(), 2);
+  EXPECT_EQ(fake_->tls_resumed_handshakes(), 1) << "the new connection resumed the session";
+}
+
+TEST_F(upstream_client_test, a_connection_sends_each_request_without_waiting_for_acks) {
+  asio::io_context io;
+  connection_pool pool(config_for(fake_->base_url()));
+  auto connected = run(io, pool.connect(std::chrono::steady_clock::now() + 1s, 1s));
+  ASSERT_TRUE(std::holds_alternative<std::unique_ptr<tls_connection>>(connected));
+  const auto& connection = *std::get<std::unique_ptr<tls_connection>>(connected);
+  asio::ip::tcp::no_delay no_delay;
+  connection.socket().get_option(no_delay);
+  EXPECT_TRUE(no_delay.value()) << "Nagle's algorithm is off";
 }
 
 TEST_F(upstream_client_test, a_reused_connection_lost_before_the_answer_is_retried_once) {
