@@ -55,24 +55,23 @@ int base64_value(char c) {
 std::optional<std::string> base64_decode(std::string_view text) {
   if (text.size() % 4 != 0) return std::nullopt;
   const std::size_t padding = text.ends_with("==") ? 2 : text.ends_with('=') ? 1 : 0;
+  // The bits a padded group leaves over are dropped, not checked, as every WeCom SDK does:
+  // an EncodingAESKey's last character carries two of them (WeCom's sample key: 'C').
+  const std::size_t size = text.size() / 4 * 3 - padding;
   std::string bytes;
-  bytes.reserve(text.size() / 4 * 3);
+  bytes.reserve(size);
   std::uint32_t group = 0;
   for (std::size_t i = 0; i < text.size(); ++i) {
     const bool pad = i >= text.size() - padding;
     const int value = pad ? 0 : base64_value(text[i]);
     if (value < 0) return std::nullopt;
     group = group << 6 | static_cast<std::uint32_t>(value);
-    if (i % 4 == 3) {
-      bytes += static_cast<char>(group >> 16);
-      bytes += static_cast<char>(group >> 8 & 0xff);
-      bytes += static_cast<char>(group & 0xff);
-      group = 0;
+    if (i % 4 != 3) continue;
+    for (const int shift : {16, 8, 0}) {
+      if (bytes.size() < size) bytes += static_cast<char>(group >> shift & 0xff);
     }
+    group = 0;
   }
-  // The bits a padded group leaves over are dropped, not checked, as every WeCom SDK does:
-  // an EncodingAESKey's last character carries two of them (WeCom's sample key: 'C').
-  bytes.resize(bytes.size() - padding);
   return bytes;
 }
 
