@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "token_broker/callback/msg_crypt.hpp"
+#include "token_broker/core/base64.hpp"
 
 namespace {
 

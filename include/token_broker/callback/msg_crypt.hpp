@@ -51,8 +51,4 @@ class msg_crypt {
   std::array<unsigned char, 32> key_{};
 };
 
-// base64 of RFC 4648's alphabet with '=' padding and no whitespace: nullopt on anything else.
-std::optional<std::string> base64_decode(std::string_view text);
-std::string base64_encode(std::string_view bytes);
-
 }  // namespace token_broker
