@@ -463,28 +463,29 @@ std::string secret_from_file(const json& value, const std::string& field) {
   return secret;
 }
 
-void read_secret(const json& value, const std::string& path, app_config& app) {
-  const auto* inline_value = find_member(value, "secret");
-  const auto* env = find_member(value, "secret_env");
-  const auto* file = find_member(value, "secret_file");
+// A secret given by exactly one of NAME, NAME_env, NAME_file (SPEC §3): app secrets, provider
+// secrets and the suites' secrets alike.
+struct read_secret_value {
+  secret_source source;
+  std::string value;
+};
+read_secret_value read_secret(const json& value, const std::string& path, const std::string& name) {
+  const auto* inline_value = find_member(value, name);
+  const auto* env = find_member(value, name + "_env");
+  const auto* file = find_member(value, name + "_file");
   const int sources = (inline_value ? 1 : 0) + (env ? 1 : 0) + (file ? 1 : 0);
-  if (sources == 0) {
-    throw config_error(path, "needs exactly one of secret, secret_env, secret_file");
-  }
-  if (sources > 1) throw config_error(path, "has more than one of secret, secret_env, secret_file");
+  const auto choices = name + ", " + name + "_env, " + name + "_file";
+  if (sources == 0) throw config_error(path, "needs exactly one of " + choices);
+  if (sources > 1) throw config_error(path, "has more than one of " + choices);
 
   if (inline_value) {
-    const auto field = member(path, "secret");
-    app.source = secret_source::inline_value;
-    app.secret = read_string(*inline_value, field, secret_rule);
-    if (!is_printable_word(app.secret)) throw config_error(field, std::string(secret_rule));
-  } else if (env) {
-    app.source = secret_source::environment;
-    app.secret = secret_from_env(*env, member(path, "secret_env"));
-  } else {
-    app.source = secret_source::file;
-    app.secret = secret_from_file(*file, member(path, "secret_file"));
+    const auto field = member(path, name);
+    auto secret = read_string(*inline_value, field, secret_rule);
+    if (!is_printable_word(secret)) throw config_error(field, std::string(secret_rule));
+    return {secret_source::inline_value, std::move(secret)};
   }
+  if (env) return {secret_source::environment, secret_from_env(*env, member(path, name + "_env"))};
+  return {secret_source::file, secret_from_file(*file, member(path, name + "_file"))};
 }
 
 // "tickets": ["jsapi", "agent_config"], each at most once; agent_config needs the agentid the
@@ -509,6 +510,18 @@ void read_tickets(const json& value, const std::string& path, app_config& app) {
   }
 }
 
+std::string read_corpid(const json& value, const std::string& path) {
+  const auto field = member(path, "corpid");
+  const std::string rule = "must be a non-empty string of at most " +
+                           std::to_string(max_corpid_length) +
+                           " printable ASCII characters without spaces";
+  auto corpid = read_string(required_member(value, path, "corpid"), field, rule);
+  if (!is_printable_word(corpid) || corpid.size() > max_corpid_length) {
+    throw config_error(field, rule);
+  }
+  return corpid;
+}
+
 app_config read_app(const std::string& id, const json& value) {
   const auto path = member("apps", id);
   if (!is_id(id)) throw config_error(path, "app id " + std::string(id_rule));
@@ -518,19 +531,14 @@ app_config read_app(const std::string& id, const json& value) {
 
   app_config app;
   app.id = id;
-  const auto corpid_field = member(path, "corpid");
-  const std::string corpid_rule = "must be a non-empty string of at most " +
-                                  std::to_string(max_corpid_length) +
-                                  " printable ASCII characters without spaces";
-  app.corpid = read_string(required_member(value, path, "corpid"), corpid_field, corpid_rule);
-  if (!is_printable_word(app.corpid) || app.corpid.size() > max_corpid_length) {
-    throw config_error(corpid_field, corpid_rule);
-  }
+  app.corpid = read_corpid(value, path);
   if (const auto* agentid = find_member(value, "agentid")) {
     app.agentid = read_integer(*agentid, member(path, "agentid"), 0, max_agentid);
   }
   if (const auto* tickets = find_member(value, "tickets")) read_tickets(*tickets, path, app);
-  read_secret(value, path, app);
+  auto secret = read_secret(value, path, "secret");
+  app.source = secret.source;
+  app.secret = std::move(secret.value);
   return app;
 }
 
@@ -547,13 +555,33 @@ void reject_shared_credentials(const std::vector<app_config>& apps) {
   }
 }
 
-std::vector<app_config> read_apps(const json& document) {
-  const auto& apps = required_member(document, "", "apps");
+std::vector<app_config> read_apps(const json& apps) {
   require_object(apps, "apps");
-  if (apps.empty()) throw config_error("apps", "must configure at least one app");
   std::vector<app_config> result;
   for (const auto& [id, value] : apps.items()) result.push_back(read_app(id, value));
   reject_shared_credentials(result);
+  return result;
+}
+
+provider_config read_provider(const std::string& id, const json& value) {
+  const auto path = member("providers", id);
+  if (!is_id(id)) throw config_error(path, "provider id " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"corpid", "provider_secret", "provider_secret_env", "provider_secret_file"});
+  provider_config provider;
+  provider.id = id;
+  provider.corpid = read_corpid(value, path);
+  auto secret = read_secret(value, path, "provider_secret");
+  provider.source = secret.source;
+  provider.provider_secret = std::move(secret.value);
+  return provider;
+}
+
+std::vector<provider_config> read_providers(const json& providers) {
+  require_object(providers, "providers");
+  std::vector<provider_config> result;
+  for (const auto& [id, value] : providers.items()) result.push_back(read_provider(id, value));
   return result;
 }
 
@@ -677,7 +705,7 @@ config parse_config(std::string_view text) {
   if (!document.is_object()) throw config_error("", "the config must be a JSON object");
   reject_unknown_keys(document, "",
                       {"listen", "threads", "log_level", "upstream", "refresh", "redis", "gateway",
-                       "apps", "clients"});
+                       "apps", "providers", "clients"});
 
   config result;
   result.listen = read_listen(document);
@@ -702,7 +730,13 @@ config parse_config(std::string_view text) {
   if (const auto* gateway = find_member(document, "gateway")) {
     result.gateway = read_gateway(*gateway);
   }
-  result.apps = read_apps(document);
+  if (const auto* apps = find_member(document, "apps")) result.apps = read_apps(*apps);
+  if (const auto* providers = find_member(document, "providers")) {
+    result.providers = read_providers(*providers);
+  }
+  if (result.apps.empty() && result.providers.empty()) {
+    throw config_error("apps", "must configure at least one app or provider");
+  }
   if (const auto* clients = find_member(document, "clients")) {
     result.clients = read_clients(*clients, result.apps);
   }
@@ -720,10 +754,21 @@ config load_config(const std::filesystem::path& path) {
 
 std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
                                                   const config& settings) {
-  const auto inline_app =
-      std::find_if(settings.apps.begin(), settings.apps.end(),
-                   [](const app_config& app) { return app.source == secret_source::inline_value; });
-  if (inline_app == settings.apps.end()) return std::nullopt;
+  // The first secret written in the file itself, by its field.
+  std::string field;
+  for (const auto& app : settings.apps) {
+    if (app.source == secret_source::inline_value) {
+      field = member(member("apps", app.id), "secret");
+      break;
+    }
+  }
+  for (const auto& provider : settings.providers) {
+    if (!field.empty()) break;
+    if (provider.source == secret_source::inline_value) {
+      field = member(member("providers", provider.id), "provider_secret");
+    }
+  }
+  if (field.empty()) return std::nullopt;
   std::error_code error;
   const auto permissions = std::filesystem::status(path, error).permissions();
   using std::filesystem::perms;
@@ -731,9 +776,9 @@ std::optional<std::string> inline_secret_exposure(const std::filesystem::path& p
     return std::nullopt;
   }
   return fmt::format(
-      "{} holds an inline secret (apps.{}.secret) and is readable by group or others "
-      "(mode {:04o}); chmod 600 it, or move the secret to secret_file or secret_env",
-      path.string(), inline_app->id, static_cast<unsigned>(permissions) & 0777U);
+      "{} holds an inline secret ({}) and is readable by group or others (mode {:04o}); chmod "
+      "600 it, or move the secret to a _file or _env source",
+      path.string(), field, static_cast<unsigned>(permissions) & 0777U);
 }
 
 }  // namespace token_broker

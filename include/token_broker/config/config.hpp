@@ -82,6 +82,15 @@ struct app_config {
   std::string secret;
 };
 
+// A service-provider (服务商) account: its provider_access_token (get_provider_token).
+struct provider_config {
+  std::string id;
+  std::string corpid;  // the provider's own corpid
+  secret_source source = secret_source::inline_value;
+  // The resolved provider secret. Never log it, never put it in an error or an answer.
+  std::string provider_secret;
+};
+
 using sha256_digest = std::array<unsigned char, 32>;
 
 struct client_config {
@@ -99,8 +108,9 @@ struct config {
   refresh_config refresh;
   std::optional<redis_config> redis;
   gateway_config gateway;
-  std::vector<app_config> apps;        // in the file's order
-  std::vector<client_config> clients;  // empty: open API (loopback or unix socket only)
+  std::vector<app_config> apps;            // in the file's order
+  std::vector<provider_config> providers;  // in the file's order
+  std::vector<client_config> clients;      // empty: open API (loopback or unix socket only)
 
   const app_config* find_app(std::string_view id) const;
 };

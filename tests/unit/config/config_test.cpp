@@ -241,6 +241,50 @@ TEST(config, reads_the_gateway) {
   EXPECT_EQ(on.gateway.budget, (api_budget_limits{30, 0, 4})) << "0: no cap";
 }
 
+TEST(config, reads_providers_each_secret_from_one_source) {
+  const temp_directory files;
+  const auto secret_file = files.write("isv-b", "hunter2-isv-b\n");
+  const scoped_env env("TOKEN_BROKER_TEST_PROVIDER_SECRET", "hunter2-isv-a");
+  const auto settings =
+      parse_config(with("/providers", R"({
+    "isv-a": {"corpid": "wwprovider0000001", "provider_secret_env": "TOKEN_BROKER_TEST_PROVIDER_SECRET"},
+    "isv-b": {"corpid": "wwprovider0000002", "provider_secret_file": )" +
+                                          json_string(secret_file.string()) + R"(},
+    "isv-c": {"corpid": "wwprovider0000003", "provider_secret": "hunter2-isv-c"}})"));
+  ASSERT_EQ(settings.providers.size(), 3u);
+  EXPECT_EQ(settings.providers[0].id, "isv-a");
+  EXPECT_EQ(settings.providers[0].corpid, "wwprovider0000001");
+  EXPECT_EQ(settings.providers[0].source, secret_source::environment);
+  EXPECT_EQ(settings.providers[0].provider_secret, "hunter2-isv-a");
+  EXPECT_EQ(settings.providers[1].source, secret_source::file);
+  EXPECT_EQ(settings.providers[1].provider_secret, "hunter2-isv-b");
+  EXPECT_EQ(settings.providers[2].source, secret_source::inline_value);
+  EXPECT_EQ(settings.providers[2].provider_secret, "hunter2-isv-c");
+  EXPECT_EQ(settings.apps.size(), 1u);
+
+  // A provider alone is a config: not every broker serves apps.
+  const auto provider_only = parse_config(
+      with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+           without("/apps")));
+  EXPECT_TRUE(provider_only.apps.empty());
+  EXPECT_EQ(provider_only.providers.size(), 1u);
+}
+
+TEST(config, an_inline_provider_secret_in_a_file_others_can_read_is_warned_about) {
+  const temp_directory files;
+  const auto document =
+      with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+           without("/apps"));
+  const auto file = files.write("config.json", document);
+  std::filesystem::permissions(file, std::filesystem::perms(0644));
+  const auto warning = inline_secret_exposure(file, parse_config(document));
+  ASSERT_TRUE(warning);
+  EXPECT_NE(warning->find("(providers.isv.provider_secret)"), std::string::npos) << *warning;
+  EXPECT_EQ(warning->find(secret_marker), std::string::npos) << *warning;
+  std::filesystem::permissions(file, std::filesystem::perms(0600));
+  EXPECT_FALSE(inline_secret_exposure(file, parse_config(document)));
+}
+
 // The shipped example stays loadable: only its placeholders need real values.
 TEST(config, example_file_loads_once_placeholders_are_filled) {
   const auto example_path =
@@ -488,7 +532,14 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"base_url_no_host", with("/upstream/base_url", R"("https:///cgi")"), "upstream.base_url", "valid host and port"},
   error_case{"ca_file_unreadable", with("/upstream/ca_file", R"("/nonexistent/token-broker-ca.pem")"), "upstream.ca_file", "cannot read /nonexistent/token-broker-ca.pem: No such file or directory"},
   error_case{"ca_file_empty", with("/upstream/ca_file", R"("")"), "upstream.ca_file", "must be a file path or null"},
-  error_case{"apps_missing", without("/apps"), "apps", "is required"},
+  error_case{"apps_missing", without("/apps"), "apps", "at least one app or provider"},
+  error_case{"providers_not_object", with("/providers", "[]"), "providers", "must be an object"},
+  error_case{"provider_id_with_space", with("/providers/i sv", R"({"corpid": "wwp", "provider_secret": "hunter2-p"})"), "providers.i sv", "provider id must match"},
+  error_case{"provider_unknown_key", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2-p", "secret": "hunter2-q"})"), "providers.isv.secret", "unknown key"},
+  error_case{"provider_corpid_missing", with("/providers/isv", R"({"provider_secret": "hunter2-p"})"), "providers.isv.corpid", "is required"},
+  error_case{"provider_no_secret", with("/providers/isv", R"({"corpid": "wwp"})"), "providers.isv", "needs exactly one of provider_secret, provider_secret_env, provider_secret_file"},
+  error_case{"provider_two_secrets", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2-p", "provider_secret_env": "X"})"), "providers.isv", "has more than one of provider_secret"},
+  error_case{"provider_secret_with_space", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2 p"})"), "providers.isv.provider_secret", "printable ASCII without spaces"},
   error_case{"apps_empty", with("/apps", "{}"), "apps", "at least one app"},
   error_case{"apps_not_object", with("/apps", "[]"), "apps", "must be an object"},
   error_case{"app_id_with_space", with("/apps/h r", R"({"corpid": "ww2", "secret": "hunter2-x"})"), "apps.h r", "app id must match [A-Za-z0-9_.-]{1,64}"},
