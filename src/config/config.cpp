@@ -578,6 +578,103 @@ provider_config read_provider(const std::string& id, const json& value) {
   return provider;
 }
 
+bool is_encoding_aes_key(std::string_view key) {
+  return key.size() == 43 && std::all_of(key.begin(), key.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+         });
+}
+
+suite_callback_config read_suite_callback(const json& value, const std::string& path) {
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"token", "token_env", "token_file", "encoding_aes_key",
+                       "encoding_aes_key_env", "encoding_aes_key_file"});
+  suite_callback_config callback;
+  callback.token = read_secret(value, path, "token").value;
+  callback.encoding_aes_key = read_secret(value, path, "encoding_aes_key").value;
+  if (!is_encoding_aes_key(callback.encoding_aes_key)) {
+    throw config_error(member(path, "encoding_aes_key"),
+                       "must be WeCom's EncodingAESKey: 43 characters of A-Z, a-z, 0-9, + and /");
+  }
+  return callback;
+}
+
+std::vector<suite_corp_config> read_suite_corps(const json& value, const std::string& path) {
+  require_object(value, path);
+  std::vector<suite_corp_config> corps;
+  for (const auto& [corpid, corp] : value.items()) {
+    const auto corp_path = member(path, corpid);
+    if (!is_printable_word(corpid) || corpid.size() > max_corpid_length) {
+      throw config_error(corp_path, "corpid must be at most " + std::to_string(max_corpid_length) +
+                                        " printable ASCII characters without spaces");
+    }
+    require_object(corp, corp_path);
+    reject_unknown_keys(corp, corp_path,
+                        {"permanent_code", "permanent_code_env", "permanent_code_file"});
+    auto code = read_secret(corp, corp_path, "permanent_code");
+    corps.push_back(suite_corp_config{corpid, code.source, std::move(code.value)});
+  }
+  return corps;
+}
+
+suite_config read_suite(const std::string& id, const json& value) {
+  const auto path = member("suites", id);
+  if (!is_id(id)) throw config_error(path, "suite id " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"suite_id", "template", "suite_secret", "suite_secret_env",
+                       "suite_secret_file", "callback", "store_key_file", "corps"});
+  suite_config suite;
+  suite.id = id;
+  const auto suite_id_field = member(path, "suite_id");
+  const std::string suite_id_rule = "must be a non-empty string of at most " +
+                                    std::to_string(max_corpid_length) +
+                                    " printable ASCII characters without spaces";
+  suite.suite_id =
+      read_string(required_member(value, path, "suite_id"), suite_id_field, suite_id_rule);
+  if (!is_printable_word(suite.suite_id) || suite.suite_id.size() > max_corpid_length) {
+    throw config_error(suite_id_field, suite_id_rule);
+  }
+  if (const auto* is_template = find_member(value, "template")) {
+    if (!is_template->is_boolean()) {
+      throw config_error(member(path, "template"), "must be true or false");
+    }
+    suite.is_template = is_template->get<bool>();
+  }
+  auto secret = read_secret(value, path, "suite_secret");
+  suite.source = secret.source;
+  suite.suite_secret = std::move(secret.value);
+  if (const auto* callback = find_member(value, "callback")) {
+    suite.callback = read_suite_callback(*callback, member(path, "callback"));
+  }
+  if (const auto* key_file = find_member(value, "store_key_file")) {
+    const auto field = member(path, "store_key_file");
+    const auto key_path = resolve_secret_path(read_path(*key_file, field, "must be a file path"));
+    suite.store_key = read_file(key_path, field);
+    if (suite.store_key.size() != 32) {
+      throw config_error(field, key_path.string() +
+                                    " must hold exactly 32 bytes (head -c 32 "
+                                    "/dev/urandom), not " +
+                                    std::to_string(suite.store_key.size()));
+    }
+  } else if (suite.callback) {
+    throw config_error(member(path, "store_key_file"),
+                       "is required with a callback: the permanent codes of the corps that "
+                       "authorize by callback are stored sealed under it");
+  }
+  if (const auto* corps = find_member(value, "corps")) {
+    suite.corps = read_suite_corps(*corps, member(path, "corps"));
+  }
+  return suite;
+}
+
+std::vector<suite_config> read_suites(const json& suites) {
+  require_object(suites, "suites");
+  std::vector<suite_config> result;
+  for (const auto& [id, value] : suites.items()) result.push_back(read_suite(id, value));
+  return result;
+}
+
 std::vector<provider_config> read_providers(const json& providers) {
   require_object(providers, "providers");
   std::vector<provider_config> result;
@@ -705,7 +802,7 @@ config parse_config(std::string_view text) {
   if (!document.is_object()) throw config_error("", "the config must be a JSON object");
   reject_unknown_keys(document, "",
                       {"listen", "threads", "log_level", "upstream", "refresh", "redis", "gateway",
-                       "apps", "providers", "clients"});
+                       "apps", "providers", "suites", "clients"});
 
   config result;
   result.listen = read_listen(document);
@@ -734,8 +831,9 @@ config parse_config(std::string_view text) {
   if (const auto* providers = find_member(document, "providers")) {
     result.providers = read_providers(*providers);
   }
-  if (result.apps.empty() && result.providers.empty()) {
-    throw config_error("apps", "must configure at least one app or provider");
+  if (const auto* suites = find_member(document, "suites")) result.suites = read_suites(*suites);
+  if (result.apps.empty() && result.providers.empty() && result.suites.empty()) {
+    throw config_error("apps", "must configure at least one app, provider or suite");
   }
   if (const auto* clients = find_member(document, "clients")) {
     result.clients = read_clients(*clients, result.apps);
@@ -766,6 +864,16 @@ std::optional<std::string> inline_secret_exposure(const std::filesystem::path& p
     if (!field.empty()) break;
     if (provider.source == secret_source::inline_value) {
       field = member(member("providers", provider.id), "provider_secret");
+    }
+  }
+  for (const auto& suite : settings.suites) {
+    if (!field.empty()) break;
+    const auto path = member("suites", suite.id);
+    if (suite.source == secret_source::inline_value) field = member(path, "suite_secret");
+    for (const auto& corp : suite.corps) {
+      if (field.empty() && corp.source == secret_source::inline_value) {
+        field = member(member(member(path, "corps"), corp.corpid), "permanent_code");
+      }
     }
   }
   if (field.empty()) return std::nullopt;

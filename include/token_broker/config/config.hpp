@@ -91,6 +91,34 @@ struct provider_config {
   std::string provider_secret;
 };
 
+// A corp that authorized a suite, written in the config (more arrive by callback).
+struct suite_corp_config {
+  std::string corpid;
+  secret_source source = secret_source::inline_value;
+  std::string permanent_code;  // never logged, never stored in plaintext
+};
+
+// The callback of a suite (SPEC §7): what WeCom signs and encrypts its events with.
+struct suite_callback_config {
+  std::string token;             // secret
+  std::string encoding_aes_key;  // secret: 43 characters of base64
+};
+
+// A third-party app suite, or a 代开发 template (`"template": true`: its corps' tokens come from
+// gettoken with the permanent code as the secret, not from get_corp_token).
+struct suite_config {
+  std::string id;
+  std::string suite_id;
+  bool is_template = false;
+  secret_source source = secret_source::inline_value;
+  std::string suite_secret;  // never logged
+  std::optional<suite_callback_config> callback;
+  // 32 bytes read from store_key_file: seals permanent codes at rest. Required with a
+  // callback, through which corps (and their codes) arrive.
+  std::string store_key;
+  std::vector<suite_corp_config> corps;  // in the file's order
+};
+
 using sha256_digest = std::array<unsigned char, 32>;
 
 struct client_config {
@@ -110,6 +138,7 @@ struct config {
   gateway_config gateway;
   std::vector<app_config> apps;            // in the file's order
   std::vector<provider_config> providers;  // in the file's order
+  std::vector<suite_config> suites;        // in the file's order
   std::vector<client_config> clients;      // empty: open API (loopback or unix socket only)
 
   const app_config* find_app(std::string_view id) const;

@@ -270,6 +270,58 @@ TEST(config, reads_providers_each_secret_from_one_source) {
   EXPECT_EQ(provider_only.providers.size(), 1u);
 }
 
+TEST(config, reads_suites_their_callback_store_key_and_static_corps) {
+  const temp_directory files;
+  const auto key_file = files.write("suite-key", std::string(32, '\x07'));
+  const scoped_env env("TOKEN_BROKER_TEST_SUITE_SECRET", "hunter2-suite");
+  const auto settings = parse_config(with("/suites", R"({
+    "crm-suite": {
+      "suite_id": "wwsuite00000000001", "suite_secret_env": "TOKEN_BROKER_TEST_SUITE_SECRET",
+      "callback": {"token": "hunter2-token",
+                   "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"},
+      "store_key_file": )" + json_string(key_file.string()) +
+                                                         R"(,
+      "corps": {"wwcorpA000000001": {"permanent_code": "hunter2-code-a"}}},
+    "dev": {"suite_id": "wwtemplate0000001", "template": true, "suite_secret": "hunter2-dev"}})"));
+  ASSERT_EQ(settings.suites.size(), 2u);
+  const auto& crm = settings.suites[0];
+  EXPECT_EQ(crm.id, "crm-suite");
+  EXPECT_EQ(crm.suite_id, "wwsuite00000000001");
+  EXPECT_FALSE(crm.is_template);
+  EXPECT_EQ(crm.source, secret_source::environment);
+  EXPECT_EQ(crm.suite_secret, "hunter2-suite");
+  ASSERT_TRUE(crm.callback);
+  EXPECT_EQ(crm.callback->token, "hunter2-token");
+  EXPECT_EQ(crm.callback->encoding_aes_key, "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C");
+  EXPECT_EQ(crm.store_key, std::string(32, '\x07'));
+  ASSERT_EQ(crm.corps.size(), 1u);
+  EXPECT_EQ(crm.corps[0].corpid, "wwcorpA000000001");
+  EXPECT_EQ(crm.corps[0].permanent_code, "hunter2-code-a");
+  const auto& dev = settings.suites[1];
+  EXPECT_TRUE(dev.is_template);
+  EXPECT_FALSE(dev.callback);
+  EXPECT_TRUE(dev.store_key.empty()) << "no callback, no key needed";
+  EXPECT_TRUE(dev.corps.empty());
+}
+
+TEST(config, a_store_key_file_must_hold_32_bytes_and_is_required_with_a_callback) {
+  const temp_directory files;
+  const std::string callback =
+      R"("callback": {"token": "hunter2-t", "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"})";
+  const auto without_key = error_of(
+      with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", )" + callback + "}"));
+  EXPECT_EQ(without_key.field(), "suites.s.store_key_file");
+  for (const std::size_t size : {0, 31, 33}) {
+    const auto key_file = files.write("key", std::string(size, 'k'));
+    const auto error = error_of(
+        with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "store_key_file": )" +
+                              json_string(key_file.string()) + "}"));
+    EXPECT_EQ(error.field(), "suites.s.store_key_file");
+    EXPECT_NE(std::string(error.what()).find("exactly 32 bytes"), std::string::npos);
+    EXPECT_EQ(std::string(error.what()).find("kkkk"), std::string::npos) << "the key is secret";
+  }
+}
+
 TEST(config, an_inline_provider_secret_in_a_file_others_can_read_is_warned_about) {
   const temp_directory files;
   const auto document =
@@ -532,8 +584,17 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"base_url_no_host", with("/upstream/base_url", R"("https:///cgi")"), "upstream.base_url", "valid host and port"},
   error_case{"ca_file_unreadable", with("/upstream/ca_file", R"("/nonexistent/token-broker-ca.pem")"), "upstream.ca_file", "cannot read /nonexistent/token-broker-ca.pem: No such file or directory"},
   error_case{"ca_file_empty", with("/upstream/ca_file", R"("")"), "upstream.ca_file", "must be a file path or null"},
-  error_case{"apps_missing", without("/apps"), "apps", "at least one app or provider"},
+  error_case{"apps_missing", without("/apps"), "apps", "at least one app, provider or suite"},
   error_case{"providers_not_object", with("/providers", "[]"), "providers", "must be an object"},
+  error_case{"suites_not_object", with("/suites", "[]"), "suites", "must be an object"},
+  error_case{"suite_id_missing", with("/suites/s", R"({"suite_secret": "hunter2-s"})"), "suites.s.suite_id", "is required"},
+  error_case{"suite_no_secret", with("/suites/s", R"({"suite_id": "wws"})"), "suites.s", "needs exactly one of suite_secret, suite_secret_env, suite_secret_file"},
+  error_case{"suite_template_not_bool", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "template": "yes"})"), "suites.s.template", "must be true or false"},
+  error_case{"suite_unknown_key", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "secret": "hunter2-x"})"), "suites.s.secret", "unknown key"},
+  error_case{"suite_callback_bad_aes_key", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "callback": {"token": "hunter2-t", "encoding_aes_key": "hunter2-too-short"}})"), "suites.s.callback.encoding_aes_key", "43 characters"},
+  error_case{"suite_callback_no_token", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "callback": {"encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"}})"), "suites.s.callback", "needs exactly one of token, token_env, token_file"},
+  error_case{"suite_corp_no_code", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "corps": {"wwA": {}}})"), "suites.s.corps.wwA", "needs exactly one of permanent_code"},
+  error_case{"suite_corp_bad_corpid", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "corps": {"w A": {"permanent_code": "hunter2-c"}}})"), "suites.s.corps.w A", "corpid must be"},
   error_case{"provider_id_with_space", with("/providers/i sv", R"({"corpid": "wwp", "provider_secret": "hunter2-p"})"), "providers.i sv", "provider id must match"},
   error_case{"provider_unknown_key", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2-p", "secret": "hunter2-q"})"), "providers.isv.secret", "unknown key"},
   error_case{"provider_corpid_missing", with("/providers/isv", R"({"provider_secret": "hunter2-p"})"), "providers.isv.corpid", "is required"},
