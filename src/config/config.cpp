@@ -696,12 +696,38 @@ bool decode_sha256_hex(std::string_view hex, sha256_digest& digest) {
   return true;
 }
 
+// A client's "apps", "suites" or "providers": ids of configured ones, or ["*"] for all.
+void read_scope(const json& listed, const std::string& field, const std::string& kind,
+                const std::vector<std::string>& configured, bool& all,
+                std::vector<std::string>& ids) {
+  if (!listed.is_array() || listed.empty()) {
+    throw config_error(
+        field, "must be a non-empty array of " + kind + " ids, or [\"*\"] for every " + kind);
+  }
+  for (std::size_t i = 0; i < listed.size(); ++i) {
+    const auto at = element(field, i);
+    const auto id =
+        read_string(listed[i], at,
+                    "must be " + std::string(kind == "app" ? "an " : "a ") + kind + " id or \"*\"");
+    if (id == "*") {
+      if (listed.size() != 1) throw config_error(at, "\"*\" must be the only entry");
+      all = true;
+    } else if (std::find(configured.begin(), configured.end(), id) == configured.end()) {
+      throw config_error(at, "unknown " + kind + " \"" + printable(id) + "\"");
+    } else {
+      ids.push_back(id);
+    }
+  }
+}
+
 client_config read_client(const std::string& name, const json& value,
-                          const std::vector<app_config>& apps) {
+                          const std::vector<std::string>& app_ids,
+                          const std::vector<std::string>& suite_ids,
+                          const std::vector<std::string>& provider_ids) {
   const auto path = member("clients", name);
   if (!is_id(name)) throw config_error(path, "client name " + std::string(id_rule));
   require_object(value, path);
-  reject_unknown_keys(value, path, {"key_sha256", "apps"});
+  reject_unknown_keys(value, path, {"key_sha256", "apps", "suites", "providers"});
 
   client_config client;
   client.name = name;
@@ -713,33 +739,39 @@ client_config read_client(const std::string& name, const json& value,
     throw config_error(key_field, std::string(key_rule));
   }
 
-  const auto apps_field = member(path, "apps");
-  const auto& listed = required_member(value, path, "apps");
-  if (!listed.is_array() || listed.empty()) {
-    throw config_error(apps_field,
-                       "must be a non-empty array of app ids, or [\"*\"] for every app");
+  const auto* apps = find_member(value, "apps");
+  const auto* suites = find_member(value, "suites");
+  const auto* providers = find_member(value, "providers");
+  if (!apps && !suites && !providers) {
+    throw config_error(member(path, "apps"), "is required (or suites, or providers)");
   }
-  for (std::size_t i = 0; i < listed.size(); ++i) {
-    const auto field = element(apps_field, i);
-    const auto id = read_string(listed[i], field, "must be an app id or \"*\"");
-    if (id == "*") {
-      if (listed.size() != 1) throw config_error(field, "\"*\" must be the only entry");
-      client.all_apps = true;
-    } else if (std::none_of(apps.begin(), apps.end(),
-                            [&](const app_config& app) { return app.id == id; })) {
-      throw config_error(field, "unknown app \"" + printable(id) + "\"");
-    } else {
-      client.apps.push_back(id);
-    }
+  if (apps) read_scope(*apps, member(path, "apps"), "app", app_ids, client.all_apps, client.apps);
+  if (suites) {
+    read_scope(*suites, member(path, "suites"), "suite", suite_ids, client.all_suites,
+               client.suites);
+  }
+  if (providers) {
+    read_scope(*providers, member(path, "providers"), "provider", provider_ids,
+               client.all_providers, client.providers);
   }
   return client;
 }
 
-std::vector<client_config> read_clients(const json& value, const std::vector<app_config>& apps) {
+template <typename Configured>
+std::vector<std::string> ids_of(const std::vector<Configured>& configured) {
+  std::vector<std::string> ids;
+  for (const auto& each : configured) ids.push_back(each.id);
+  return ids;
+}
+
+std::vector<client_config> read_clients(const json& value, const config& settings) {
   require_object(value, "clients");
+  const auto app_ids = ids_of(settings.apps);
+  const auto suite_ids = ids_of(settings.suites);
+  const auto provider_ids = ids_of(settings.providers);
   std::vector<client_config> result;
   for (const auto& [name, client_value] : value.items()) {
-    auto client = read_client(name, client_value, apps);
+    auto client = read_client(name, client_value, app_ids, suite_ids, provider_ids);
     for (const auto& earlier : result) {
       if (earlier.key_sha256 == client.key_sha256) {
         throw config_error(member(member("clients", name), "key_sha256"),
@@ -836,7 +868,7 @@ config parse_config(std::string_view text) {
     throw config_error("apps", "must configure at least one app, provider or suite");
   }
   if (const auto* clients = find_member(document, "clients")) {
-    result.clients = read_clients(*clients, result.apps);
+    result.clients = read_clients(*clients, result);
   }
   if (result.clients.empty() && !result.listen.is_local()) {
     throw config_error("clients",

@@ -126,6 +126,10 @@ struct client_config {
   sha256_digest key_sha256{};
   bool all_apps = false;          // "apps": ["*"]
   std::vector<std::string> apps;  // ids, each a configured app
+  bool all_suites = false;        // "suites": ["*"]
+  std::vector<std::string> suites;
+  bool all_providers = false;  // "providers": ["*"]
+  std::vector<std::string> providers;
 };
 
 struct config {

@@ -322,6 +322,28 @@ TEST(config, a_store_key_file_must_hold_32_bytes_and_is_required_with_a_callback
   }
 }
 
+TEST(config, a_client_may_be_allowed_suites_and_providers_as_well_as_apps) {
+  const auto document =
+      with("/clients",
+           R"({"isv-svc": {"key_sha256": ")" + key_a +
+               R"(", "suites": ["crm-suite"], "providers": ["*"]},
+                      "both": {"key_sha256": ")" +
+               key_b + R"(", "apps": ["hr"], "suites": ["*"]}})",
+           with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+                with("/suites/crm-suite", R"({"suite_id": "wws", "suite_secret": "hunter2-s"})")));
+  const auto settings = parse_config(document);
+  ASSERT_EQ(settings.clients.size(), 2u);
+  const auto& isv = settings.clients[0];
+  EXPECT_TRUE(isv.apps.empty());
+  EXPECT_FALSE(isv.all_apps);
+  EXPECT_EQ(isv.suites, std::vector<std::string>{"crm-suite"});
+  EXPECT_TRUE(isv.all_providers);
+  const auto& both = settings.clients[1];
+  EXPECT_EQ(both.apps, std::vector<std::string>{"hr"});
+  EXPECT_TRUE(both.all_suites);
+  EXPECT_TRUE(both.providers.empty());
+}
+
 TEST(config, an_inline_provider_secret_in_a_file_others_can_read_is_warned_about) {
   const temp_directory files;
   const auto document =
@@ -587,6 +609,10 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"apps_missing", without("/apps"), "apps", "at least one app, provider or suite"},
   error_case{"providers_not_object", with("/providers", "[]"), "providers", "must be an object"},
   error_case{"suites_not_object", with("/suites", "[]"), "suites", "must be an object"},
+  error_case{"client_unknown_suite", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "suites": ["nope"]})"), "clients.isv.suites[0]", "unknown suite \"nope\""},
+  error_case{"client_unknown_provider", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "providers": ["nope"]})"), "clients.isv.providers[0]", "unknown provider \"nope\""},
+  error_case{"client_no_scope", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"("})"), "clients.isv.apps", "is required (or suites, or providers)"},
+  error_case{"client_empty_suites", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "suites": []})"), "clients.isv.suites", "non-empty array of suite ids"},
   error_case{"suite_id_missing", with("/suites/s", R"({"suite_secret": "hunter2-s"})"), "suites.s.suite_id", "is required"},
   error_case{"suite_no_secret", with("/suites/s", R"({"suite_id": "wws"})"), "suites.s", "needs exactly one of suite_secret, suite_secret_env, suite_secret_file"},
   error_case{"suite_template_not_bool", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "template": "yes"})"), "suites.s.template", "must be true or false"},
