@@ -64,6 +64,10 @@ credential_refresher* app_entry::credential(credential_kind kind) const {
       return jsapi_ticket.get();
     case credential_kind::agent_ticket:
       return agent_ticket.get();
+    case credential_kind::provider_token:
+    case credential_kind::suite_token:
+    case credential_kind::corp_token:
+      break;  // not an app's
   }
   return nullptr;
 }

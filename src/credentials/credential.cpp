@@ -6,10 +6,13 @@
 namespace token_broker {
 namespace {
 
-constexpr std::array<std::pair<credential_kind, std::string_view>, 3> kind_names{{
+constexpr std::array<std::pair<credential_kind, std::string_view>, 6> kind_names{{
     {credential_kind::access_token, "access_token"},
     {credential_kind::jsapi_ticket, "jsapi_ticket"},
     {credential_kind::agent_ticket, "agent_ticket"},
+    {credential_kind::provider_token, "provider_token"},
+    {credential_kind::suite_token, "suite_token"},
+    {credential_kind::corp_token, "corp_token"},
 }};
 
 }  // namespace
@@ -29,7 +32,19 @@ std::optional<credential_kind> credential_kind_named(std::string_view name) {
 }
 
 std::string_view value_field(credential_kind kind) {
-  return kind == credential_kind::access_token ? "access_token" : "ticket";
+  switch (kind) {
+    case credential_kind::jsapi_ticket:
+    case credential_kind::agent_ticket:
+      return "ticket";
+    case credential_kind::provider_token:
+      return "provider_access_token";
+    case credential_kind::suite_token:
+      return "suite_access_token";
+    case credential_kind::access_token:
+    case credential_kind::corp_token:
+      break;
+  }
+  return "access_token";
 }
 
 bool is_ticket(credential_kind kind) {
@@ -41,7 +56,21 @@ std::string to_string(const credential_id& id) {
 }
 
 std::string log_name(const credential_id& id) {
-  if (id.kind == credential_kind::access_token) return "app=" + id.scope;
+  switch (id.kind) {
+    case credential_kind::access_token:
+      return "app=" + id.scope;
+    case credential_kind::provider_token:
+      return "provider=" + id.scope;
+    case credential_kind::suite_token:
+      return "suite=" + id.scope;
+    case credential_kind::corp_token: {
+      const auto colon = id.scope.find(':');  // suite ids hold no ':'
+      return "suite=" + id.scope.substr(0, colon) + " corp=" + id.scope.substr(colon + 1);
+    }
+    case credential_kind::jsapi_ticket:
+    case credential_kind::agent_ticket:
+      break;
+  }
   return "app=" + id.scope + " kind=" + std::string(to_string(id.kind));
 }
 

@@ -1,5 +1,7 @@
 #include "token_broker/credentials/source.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
@@ -40,6 +42,30 @@ upstream_request ticket_source::request(std::string_view access_token) const {
 
 fetch_result ticket_source::read(const upstream_response& answer) const {
   return read_answer("ticket", answer);
+}
+
+upstream_request provider_token_source::request(std::string_view) const {
+  const nlohmann::json body{{"corpid", provider_->corpid},
+                            {"provider_secret", provider_->provider_secret}};
+  return upstream_request{.method = http::verb::post,
+                          .target = "/cgi-bin/service/get_provider_token",
+                          .json_body = body.dump()};
+}
+
+fetch_result provider_token_source::read(const upstream_response& answer) const {
+  return read_answer("provider_access_token", answer);
+}
+
+upstream_request corp_token_source::request(std::string_view suite_access_token) const {
+  std::string target = "/cgi-bin/service/get_corp_token?suite_access_token=";
+  percent_encode(target, suite_access_token);
+  const nlohmann::json body{{"auth_corpid", corpid_}, {"permanent_code", permanent_code_}};
+  return upstream_request{
+      .method = http::verb::post, .target = std::move(target), .json_body = body.dump()};
+}
+
+fetch_result corp_token_source::read(const upstream_response& answer) const {
+  return read_answer("access_token", answer);
 }
 
 bool rejects_access_token(int errcode) {

@@ -13,15 +13,19 @@
 namespace token_broker {
 
 enum class credential_kind : std::uint8_t {
-  access_token,  // an app's, from GET /cgi-bin/gettoken
-  jsapi_ticket,  // the corp's JS-SDK ticket, fetched with an app's access_token
-  agent_ticket,  // an app's agent_config ticket, fetched with its access_token
+  access_token,    // an app's, from GET /cgi-bin/gettoken
+  jsapi_ticket,    // the corp's JS-SDK ticket, fetched with an app's access_token
+  agent_ticket,    // an app's agent_config ticket, fetched with its access_token
+  provider_token,  // a provider's provider_access_token (scope: the provider's id)
+  suite_token,     // a suite's suite_access_token (scope: the suite's id)
+  corp_token,      // an authorized corp's access_token (scope: "suite:corpid")
 };
 
 // The name SPEC §5 and §6 use: the Redis key's first part, the `kind` label and event field.
 std::string_view to_string(credential_kind kind);
 std::optional<credential_kind> credential_kind_named(std::string_view name);
-// The field that carries the value in answers, ours and WeCom's: "access_token" or "ticket".
+// The field that carries the value in answers, ours and WeCom's: "access_token", "ticket",
+// "provider_access_token" or "suite_access_token".
 std::string_view value_field(credential_kind kind);
 // JS-SDK tickets: WeCom allows few calls an hour, so the engine counts them (SPEC §3
 // refresh.ticket_calls_per_hour).

@@ -63,6 +63,42 @@ class ticket_source final : public credential_source {
   credential_kind kind_;
 };
 
+// A service provider's provider_access_token: POST /cgi-bin/service/get_provider_token with
+// {"corpid", "provider_secret"}.
+class provider_token_source final : public credential_source {
+ public:
+  explicit provider_token_source(std::shared_ptr<const provider_config> provider)
+      : provider_(std::move(provider)) {}
+
+  upstream_request request(std::string_view dependency_value) const override;
+  fetch_result read(const upstream_response& answer) const override;
+
+ private:
+  std::shared_ptr<const provider_config> provider_;
+};
+
+// An authorized corp's access_token through its suite: POST
+// /cgi-bin/service/get_corp_token?suite_access_token=… with {"auth_corpid", "permanent_code"}.
+// (A 代开发 template's corp uses gettoken_source, with the permanent code as the secret.)
+class corp_token_source final : public credential_source {
+ public:
+  corp_token_source(std::string suite, std::string corpid, std::string permanent_code)
+      : suite_(std::move(suite)),
+        corpid_(std::move(corpid)),
+        permanent_code_(std::move(permanent_code)) {}
+
+  std::optional<credential_id> dependency() const override {
+    return credential_id{credential_kind::suite_token, suite_};
+  }
+  upstream_request request(std::string_view suite_access_token) const override;
+  fetch_result read(const upstream_response& answer) const override;
+
+ private:
+  std::string suite_;
+  std::string corpid_;
+  std::string permanent_code_;  // never logged
+};
+
 // Whether `errcode` says the access_token a call carried is not (or no longer) valid.
 bool rejects_access_token(int errcode);
 

@@ -65,7 +65,7 @@ TEST(redis_replies, events_name_a_credential_by_kind_and_app) {
             (credential_id{jsapi_ticket, "hr"}));
   EXPECT_EQ(event_credential(R"({"kind":"agent_ticket","app":"hr","event":"refreshed"})"),
             (credential_id{agent_ticket, "hr"}));
-  EXPECT_FALSE(event_credential(R"({"kind":"suite_token","app":"s","event":"refreshed"})"))
+  EXPECT_FALSE(event_credential(R"({"kind":"suite_ticket","app":"s","event":"refreshed"})"))
       << "a kind this broker does not hold";
   EXPECT_FALSE(event_credential(R"({"kind":7,"app":"hr"})"));
   EXPECT_FALSE(event_credential(R"({"kind":"access_token","app":7})"));
