@@ -82,18 +82,56 @@ std::optional<std::string_view> message_payload(const redis_reply& message) {
   return std::nullopt;
 }
 
+namespace {
+
+// The members that name a credential of `kind`, in order: the scope is them joined by ':'.
+std::vector<const char*> naming_members(credential_kind kind) {
+  switch (kind) {
+    case credential_kind::provider_token:
+      return {"provider"};
+    case credential_kind::suite_token:
+      return {"suite"};
+    case credential_kind::corp_token:
+      return {"suite", "corpid"};
+    case credential_kind::access_token:
+    case credential_kind::jsapi_ticket:
+    case credential_kind::agent_ticket:
+      break;
+  }
+  return {"app"};
+}
+
+}  // namespace
+
+std::string event_naming(const credential_id& id) {
+  nlohmann::json named{{"kind", to_string(id.kind)}};
+  std::string_view rest = id.scope;
+  for (const auto* member : naming_members(id.kind)) {
+    const auto colon = rest.find(':');  // ids hold no ':'; a corpid ends the scope
+    named[member] = std::string(rest.substr(0, colon));
+    rest = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
+  }
+  const auto text = named.dump();
+  return text.substr(1, text.size() - 2);
+}
+
 std::optional<credential_id> event_credential(std::string_view payload) {
   const auto event = nlohmann::json::parse(payload, nullptr, false);
-  if (!event.is_object() || !event.contains("app") || !event["app"].is_string()) {
-    return std::nullopt;
-  }
+  if (!event.is_object()) return std::nullopt;
   auto kind = std::optional(credential_kind::access_token);
   if (event.contains("kind")) {
     const auto& named = event["kind"];
     kind = named.is_string() ? credential_kind_named(named.get<std::string>()) : std::nullopt;
   }
   if (!kind) return std::nullopt;
-  return credential_id{*kind, event["app"].get<std::string>()};
+  std::string scope;
+  for (const auto* member : naming_members(*kind)) {
+    const auto found = event.find(member);
+    if (found == event.end() || !found->is_string()) return std::nullopt;
+    if (!scope.empty()) scope += ':';
+    scope += found->get<std::string>();
+  }
+  return credential_id{*kind, std::move(scope)};
 }
 
 std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at) {

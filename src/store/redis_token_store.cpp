@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <nlohmann/json.hpp>
 #include <random>
 
 #include "token_broker/credentials/call_budget.hpp"
@@ -228,12 +227,8 @@ asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
       arguments.push_back(token.value);
       arguments.push_back(std::to_string(left));
       // The wall-clock expiry is for people and readers, never compared by a replica.
-      arguments.push_back(
-          nlohmann::json{{"kind", to_string(id.kind)},
-                         {"app", id.scope},
-                         {"event", "refreshed"},
-                         {"expires_at", unix_seconds(wall_now + milliseconds{left})}}
-              .dump());
+      arguments.push_back("{" + event_naming(id) + R"(,"event":"refreshed","expires_at":)" +
+                          std::to_string(unix_seconds(wall_now + milliseconds{left})) + "}");
     }
     const auto reply = co_await save_script.run(*commands_, std::move(keys), std::move(arguments));
     const auto batch = reply ? save_results(*reply, last - first)

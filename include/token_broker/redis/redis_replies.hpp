@@ -30,9 +30,14 @@ redis_reply from_hiredis(const redisReply& raw);
 // nullopt for anything else (a "subscribe" confirmation).
 std::optional<std::string_view> message_payload(const redis_reply& message);
 
-// The credential an event on the events channel announces
-// ({"kind":"jsapi_ticket","app":"hr","event":"refreshed",…}; a v1 broker's events have no
-// kind: an access_token); nullopt for anything else, kinds this broker does not know included.
+// How an event on the events channel names its credential (SPEC §5): its kind, and "app" for
+// an app's token and tickets, "provider" for a provider token, "suite" for a suite token,
+// "suite" and "corpid" for a corp token. A JSON object's members, as text without the braces,
+// for the caller to add "event" and the rest to.
+std::string event_naming(const credential_id& id);
+// The credential an event announces ({"kind":"jsapi_ticket","app":"hr","event":"refreshed",…};
+// a v1 broker's events have no kind: an access_token); nullopt for anything else, kinds this
+// broker does not know included.
 std::optional<credential_id> event_credential(std::string_view payload);
 
 // Script answers carry times left (PTTL), never instants, and each is anchored at `sent_at`,

@@ -68,6 +68,23 @@ TEST(redis_replies, events_name_a_credential_by_kind_and_app) {
   EXPECT_FALSE(event_credential(R"({"kind":"suite_ticket","app":"s","event":"refreshed"})"))
       << "a kind this broker does not hold";
   EXPECT_FALSE(event_credential(R"({"kind":7,"app":"hr"})"));
+  EXPECT_FALSE(event_credential(R"({"kind":"suite_token","app":"s"})")) << "a suite is named so";
+  EXPECT_FALSE(event_credential(R"({"kind":"corp_token","suite":"s"})")) << "no corpid";
+}
+
+TEST(redis_replies, every_kind_is_named_in_events_as_the_contract_says) {
+  using enum credential_kind;
+  EXPECT_EQ(event_naming({jsapi_ticket, "hr"}), R"("app":"hr","kind":"jsapi_ticket")");
+  EXPECT_EQ(event_naming({provider_token, "isv"}), R"("kind":"provider_token","provider":"isv")");
+  EXPECT_EQ(event_naming({suite_token, "crm"}), R"("kind":"suite_token","suite":"crm")");
+  EXPECT_EQ(event_naming({corp_token, "crm:wwcorpA"}),
+            R"("corpid":"wwcorpA","kind":"corp_token","suite":"crm")");
+  for (const auto& id : {credential_id{access_token, "hr"}, credential_id{agent_ticket, "hr"},
+                         credential_id{provider_token, "isv"}, credential_id{suite_token, "crm"},
+                         credential_id{corp_token, "crm:wwcorpA"}}) {
+    EXPECT_EQ(event_credential("{" + event_naming(id) + R"(,"event":"refreshed"})"), id)
+        << to_string(id);
+  }
   EXPECT_FALSE(event_credential(R"({"kind":"access_token","app":7})"));
 }
 
