@@ -900,11 +900,11 @@ std::optional<std::string> inline_secret_exposure(const std::filesystem::path& p
   }
   for (const auto& suite : settings.suites) {
     if (!field.empty()) break;
-    const auto path = member("suites", suite.id);
-    if (suite.source == secret_source::inline_value) field = member(path, "suite_secret");
+    const auto suite_path = member("suites", suite.id);
+    if (suite.source == secret_source::inline_value) field = member(suite_path, "suite_secret");
     for (const auto& corp : suite.corps) {
       if (field.empty() && corp.source == secret_source::inline_value) {
-        field = member(member(member(path, "corps"), corp.corpid), "permanent_code");
+        field = member(member(member(suite_path, "corps"), corp.corpid), "permanent_code");
       }
     }
   }

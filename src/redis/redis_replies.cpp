@@ -82,37 +82,17 @@ std::optional<std::string_view> message_payload(const redis_reply& message) {
   return std::nullopt;
 }
 
-namespace {
-
-// The members that name a credential of `kind`, in order: the scope is them joined by ':'.
-std::vector<const char*> naming_members(credential_kind kind) {
-  switch (kind) {
-    case credential_kind::provider_token:
-      return {"provider"};
-    case credential_kind::suite_token:
-      return {"suite"};
-    case credential_kind::corp_token:
-      return {"suite", "corpid"};
-    case credential_kind::access_token:
-    case credential_kind::jsapi_ticket:
-    case credential_kind::agent_ticket:
-      break;
+std::string event_message(const credential_id& id, std::string_view event,
+                          std::optional<std::int64_t> expires_at) {
+  nlohmann::ordered_json message{{"kind", to_string(id.kind)}};
+  const auto fields = naming_fields(id.kind);
+  const auto values = naming_values(id);
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    message[std::string(fields[i])] = std::string(values[i]);
   }
-  return {"app"};
-}
-
-}  // namespace
-
-std::string event_naming(const credential_id& id) {
-  nlohmann::json named{{"kind", to_string(id.kind)}};
-  std::string_view rest = id.scope;
-  for (const auto* member : naming_members(id.kind)) {
-    const auto colon = rest.find(':');  // ids hold no ':'; a corpid ends the scope
-    named[member] = std::string(rest.substr(0, colon));
-    rest = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
-  }
-  const auto text = named.dump();
-  return text.substr(1, text.size() - 2);
+  message["event"] = event;
+  if (expires_at) message["expires_at"] = *expires_at;
+  return message.dump();
 }
 
 std::optional<credential_id> event_credential(std::string_view payload) {
@@ -125,13 +105,22 @@ std::optional<credential_id> event_credential(std::string_view payload) {
   }
   if (!kind) return std::nullopt;
   std::string scope;
-  for (const auto* member : naming_members(*kind)) {
-    const auto found = event.find(member);
+  for (const auto member : naming_fields(*kind)) {
+    const auto found = event.find(std::string(member));
     if (found == event.end() || !found->is_string()) return std::nullopt;
     if (!scope.empty()) scope += ':';
     scope += found->get<std::string>();
   }
   return credential_id{*kind, std::move(scope)};
+}
+
+std::optional<corp_change> corp_event(std::string_view payload) {
+  const auto event = nlohmann::json::parse(payload, nullptr, false);
+  if (!event.is_object() || !event.contains("event")) return std::nullopt;
+  const auto& what = event["event"];
+  if (what == "added") return corp_change::added;
+  if (what == "removed") return corp_change::removed;
+  return std::nullopt;
 }
 
 std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at) {

@@ -36,7 +36,17 @@ TEST(credential, kinds_carry_the_names_of_the_contract) {
   EXPECT_EQ(value_field(credential_kind::agent_ticket), "ticket");
   EXPECT_EQ(log_name({credential_kind::access_token, "hr"}), "app=hr");
   EXPECT_EQ(log_name({credential_kind::agent_ticket, "hr"}), "app=hr kind=agent_ticket");
-  EXPECT_FALSE(credential_kind_named("suite_ticket"));
+  EXPECT_EQ(credential_kind_named("suite_ticket"), credential_kind::suite_ticket);
+  EXPECT_EQ(value_field(credential_kind::suite_ticket), "suite_ticket");
+  EXPECT_EQ(log_name({credential_kind::suite_ticket, "crm-suite"}),
+            "suite=crm-suite kind=suite_ticket");
+  EXPECT_TRUE(is_pushed(credential_kind::suite_ticket));
+  EXPECT_FALSE(is_pushed(credential_kind::suite_token));
+  EXPECT_EQ(naming_values({credential_kind::corp_token, "crm-suite:wwcorpA"}),
+            (std::vector<std::string_view>{"crm-suite", "wwcorpA"}));
+  EXPECT_EQ(naming_values({credential_kind::access_token, "hr"}),
+            std::vector<std::string_view>{"hr"});
+  EXPECT_FALSE(credential_kind_named("permanent_code"));
   EXPECT_TRUE(is_ticket(credential_kind::jsapi_ticket));
   EXPECT_FALSE(is_ticket(credential_kind::access_token));
 }
