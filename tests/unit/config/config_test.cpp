@@ -371,12 +371,24 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
 
   const temp_directory files;
   const auto crm_secret = files.write("crm", "hunter2-crm\n");
+  const auto suite_key = files.write("suite-key", std::string(32, 'k'));
   const scoped_env env("WECOM_HR_SECRET", "hunter2-hr");
+  const scoped_env provider("WECOM_PROVIDER_SECRET", "hunter2-provider");
+  const scoped_env suite("WECOM_SUITE_SECRET", "hunter2-suite");
+  const scoped_env callback_token("WECOM_CALLBACK_TOKEN", "QDG6eK");
+  const scoped_env callback_key("WECOM_CALLBACK_AES_KEY",
+                                "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C");
+  const scoped_env corp_code("WECOM_CORP_A_CODE", "hunter2-code");
   text = replace_all(text, "<your corpid>", "ww0123456789abcdef");
   text = replace_all(text, "<the ops app secret>", "hunter2-ops");
   text = replace_all(text, "/run/credentials/token-broker.service/crm", crm_secret.string());
   text = replace_all(text, "<hex sha256 of billing's bearer key>", key_a);
   text = replace_all(text, "<hex sha256 of admin's bearer key>", key_b);
+  text = replace_all(text, "<hex sha256 of isv-svc's bearer key>", std::string(64, 'c'));
+  text = replace_all(text, "<your provider corpid>", "wwprovider0000001");
+  text = replace_all(text, "<your suite_id>", "wwsuite0000000001");
+  text = replace_all(text, "<an authorized corpid>", "wwcorpA000000001");
+  text = replace_all(text, "/run/credentials/token-broker.service/suite-key", suite_key.string());
 
   const auto settings = parse_config(text);
   ASSERT_EQ(settings.apps.size(), 3u);
@@ -384,8 +396,17 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   EXPECT_EQ(settings.apps[1].id, "crm");
   EXPECT_EQ(settings.apps[1].secret, "hunter2-crm");
   EXPECT_EQ(settings.apps[2].id, "ops");
-  EXPECT_EQ(settings.clients.size(), 2u);
+  EXPECT_EQ(settings.clients.size(), 3u);
   EXPECT_TRUE(settings.redis);
+  ASSERT_EQ(settings.providers.size(), 1u);
+  EXPECT_EQ(settings.providers[0].provider_secret, "hunter2-provider");
+  ASSERT_EQ(settings.suites.size(), 1u);
+  EXPECT_EQ(settings.suites[0].suite_secret, "hunter2-suite");
+  ASSERT_TRUE(settings.suites[0].callback);
+  EXPECT_EQ(settings.suites[0].store_key.size(), 32u);
+  ASSERT_EQ(settings.suites[0].corps.size(), 1u);
+  EXPECT_EQ(settings.suites[0].corps[0].permanent_code, "hunter2-code");
+  EXPECT_EQ(settings.clients[2].suites, std::vector<std::string>{"crm-suite"});
 }
 
 TEST(config, load_config_reads_the_file_and_reports_an_unreadable_one_without_a_field) {
