@@ -7,26 +7,33 @@
 #      Redis, upstream answering at once with 7200 s tokens: the time from start until
 #      /readyz is 200 (every app holds a token); VmRSS and VmHWM then; and over a steady window
 #      that follows (no refresh is due in it), the broker's CPU (utime + stime, % of one core)
-#      and the commands it sends Redis per second (INFO commandstats, top three by name).
+#      and the commands it sends Redis per second (MONITOR: top three by name; those run inside
+#      its scripts counted apart).
 #   2. Cold start of BENCH_SCALE_COLD_APPS (default 10000) apps against upstream answering in
 #      50 ms: the time until all are fresh, the gettoken calls made and the TLS handshakes the
 #      fake completed, which must be far fewer than the calls (connections are reused).
+#   3. BENCH_SCALE_CORPS (default 10000) corps authorized on one suite (issue 16), upstream
+#      answering in 50 ms: from the suite_ticket's PUT until /readyz is 200 (every corp holds
+#      its token), the get_corp_token calls and TLS handshakes, VmRSS, and the broker's CPU and
+#      Redis commands per second over a steady window.
 #
-# Environment: BENCH_SCALE_COUNTS, BENCH_SCALE_WINDOW_S (the steady window, default 30),
+# Environment: BENCH_SCALE_COUNTS (empty: none), BENCH_SCALE_WINDOW_S (the steady window, default 30),
 # BENCH_SCALE_SETTLE_S (from ready to the window, default 5), BENCH_SCALE_READY_TIMEOUT_S (per
 # start, default 600: a broker not ready by then is a FAIL row), BENCH_SCALE_COLD_APPS,
-# BENCH_SKIP_BUILD=1 (measure the binaries already in build/release).
+# BENCH_SCALE_CORPS (0 skips scenario 3), BENCH_SKIP_BUILD=1 (measure the binaries already in
+# build/release).
 # Run as root: it installs packages and raises the descriptor limit.
 # Exits 0 when every measurement ran, even if a target is missed (FAIL in the table); 1 when
 # something did not start, died or answered wrongly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-read -r -a counts <<<"${BENCH_SCALE_COUNTS:-1000 10000 100000}"
-window_s=${BENCH_SCALE_WINDOW_S:-30}  # spans many of the broker's periods (it polled Redis every 5 s)
+read -r -a counts <<<"${BENCH_SCALE_COUNTS-1000 10000 100000}"
+window_s=${BENCH_SCALE_WINDOW_S:-65}  # a whole sweep period (60 s) and more
 settle_s=${BENCH_SCALE_SETTLE_S:-5}
 ready_timeout_s=${BENCH_SCALE_READY_TIMEOUT_S:-600}
 cold_apps=${BENCH_SCALE_COLD_APPS:-10000}
+suite_corps=${BENCH_SCALE_CORPS:-10000}
 cold_delay_ms=50
 
 # Targets (issue 13).
@@ -79,13 +86,17 @@ start_redis() {
   die "redis-server did not start: $(tail -3 "$work/redis.log")"
 }
 
-# The command counts since the last CONFIG RESETSTAT as "name calls" lines, minus that
-# RESETSTAT itself (INFO does not count the call that reads it).
-redis_command_counts() {
-  redis info commandstats | tr -d '\r' |
-    awk -F'[:=,]' '/^cmdstat_/ { name = substr($1, 9); calls = $3
-                                 if (name ~ /^config/) calls -= 1
-                                 if (calls > 0) print name, calls }'
+# watch_redis SECONDS: what Redis executes for that long (MONITOR), summed up: the commands
+# clients send, by name, as "name count" lines in $work/commands, and the number of commands
+# run inside scripts (MONITOR shows them as from "lua": the sweep's reads, two per credential
+# a minute) in $work/scripted. The bench sends nothing meanwhile.
+watch_redis() {
+  timeout "$1" redis-cli -h 127.0.0.1 -p "$redis_port" monitor >"$work/monitor" 2>/dev/null || true
+  awk '$3 == "lua]" { scripted++; next }
+       $2 ~ /^\[/ { name = tolower($4); gsub(/"/, "", name); sent[name]++ }
+       END { for (name in sent) print name, sent[name] > "/dev/stdout"
+             print scripted + 0 > "/dev/stderr" }' "$work/monitor" \
+    2>"$work/scripted" | sort -k2,2nr >"$work/commands"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -250,29 +261,29 @@ scenario_steady() {
   sleep "$settle_s"
   local calls_before window_start ticks_start window_end ticks_end calls_after
   calls_before=$(fake_stats gettoken_calls)
-  redis config resetstat >/dev/null
   window_start=$(now_ms) ticks_start=$(cpu_ticks)
-  sleep "$window_s"
+  watch_redis "$window_s"
   ticks_end=$(cpu_ticks) window_end=$(now_ms)
-  redis_command_counts | sort -k2,2nr >"$work/commands"
   calls_after=$(fake_stats gettoken_calls)
   [ "$(http_status "http://127.0.0.1:$broker_port/readyz")" = 200 ] ||
     broken+=("$count apps: /readyz stopped answering 200 during the window")
 
-  local seconds cpu per_s top
+  local seconds cpu per_s top scripted
   seconds=$(awk -v ms=$((window_end - window_start)) 'BEGIN {printf "%.3f", ms / 1000}')
   cpu=$(awk -v t=$((ticks_end - ticks_start)) -v hz="$(getconf CLK_TCK)" -v s="$seconds" \
     'BEGIN {printf "%.2f", 100 * t / hz / s}')
   per_s=$(awk -v s="$seconds" '{n += $2} END {printf "%.1f", n / s}' "$work/commands")
   top=$(awk -v s="$seconds" 'NR <= 3 {printf "%s%s %.1f/s", (NR > 1 ? ", " : ""), $1, $2 / s}' \
     "$work/commands")
-  echo "  over ${seconds} s: CPU $cpu % of a core, Redis $per_s commands/s (${top:-none})," \
-    "$((calls_after - calls_before)) gettoken calls"
+  scripted=$(awk -v s="$seconds" '{printf "%.1f", $1 / s}' "$work/scripted")
+  echo "  over ${seconds} s: CPU $cpu % of a core, Redis $per_s commands/s sent (${top:-none})" \
+    "and $scripted/s inside scripts, $((calls_after - calls_before)) gettoken calls"
   add_row "$count apps: broker CPU over ${window_s} s once ready" \
     "**$cpu %** of a core ($((calls_after - calls_before)) gettoken calls in the window)" \
     "≤ $cpu_target_percent %" "$(verdict "$cpu <= $cpu_target_percent")"
   add_row "$count apps: Redis commands over ${window_s} s once ready" \
-    "**$per_s/s** (top: ${top:-none})" "≤ $redis_target_per_s/s" \
+    "**$per_s/s** sent (top: ${top:-none}); $scripted/s inside its scripts" \
+    "≤ $redis_target_per_s/s sent" \
     "$(verdict "$per_s <= $redis_target_per_s")"
   stop_process "$broker_pid"
 }
@@ -315,6 +326,101 @@ scenario_cold_start() {
   stop_process "$fake_pid"
 }
 
+# 3: corps of one suite: each corp's token comes from get_corp_token with the suite's token,
+# which needs the suite_ticket a service PUTs.
+scenario_suite_corps() {
+  echo "== $suite_corps corps on one suite, upstream answers after $cold_delay_ms ms"
+  (
+    umask 077
+    export BENCH_SECRET=$run_secret
+    awk -v n="$suite_corps" 'BEGIN { s = ENVIRON["BENCH_SECRET"]
+      printf "wwsuitescale:%s-suite:%s-ticket\n", s, s
+      for (i = 0; i < n; i++) printf "wwcorp%06d:%s-code-%d\n", i, s, i }' >"$work/suite.txt"
+  )
+  : >"$work/no-apps.txt"
+  start_fake "$work/no-apps.txt" --behaviour new --delay-ms "$cold_delay_ms" --suite-file "$work/suite.txt"
+  (
+    umask 077
+    {
+      echo '{'
+      echo "  \"listen\": \"127.0.0.1:$broker_port\", \"log_level\": \"warn\","
+      echo "  \"upstream\": {\"base_url\": \"https://localhost:$fake_port\","
+      echo "               \"ca_file\": \"$work/ca.pem\", \"timeout_ms\": 60000},"
+      echo "  \"redis\": {\"url\": \"redis://127.0.0.1:$redis_port/0\"},"
+      echo '  "suites": {"s": {"suite_id": "wwsuitescale",'
+      awk 'NR == 1 { split($0, f, ":"); printf "    \"suite_secret\": \"%s\", \"corps\": {\n", f[2]; next }
+        { split($0, f, ":"); printf "%s      \"%s\": {\"permanent_code\": \"%s\"}", (NR > 2 ? ",\n" : ""), f[1], f[2] }
+        END { print "\n    }}}" }' "$work/suite.txt"
+      echo '}'
+    } >"$work/config.json"
+  )
+  redis flushall >/dev/null
+  "$broker_binary" --config "$work/config.json" --check >/dev/null 2>"$work/broker.log" ||
+    die "the broker rejected its config: $(tail -1 "$work/broker.log")"
+  "$broker_binary" --config "$work/config.json" 2>>"$work/broker.log" &
+  broker_pid=$!
+  pids+=("$broker_pid")
+  for _ in $(seq 300); do
+    [ "$(http_status "http://127.0.0.1:$broker_port/healthz")" = 200 ] && break
+    sleep 0.1
+  done
+  local handshakes_before started
+  handshakes_before=$(fake_stats tls_handshakes)
+  started=$(now_ms)
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary @- \
+    "http://127.0.0.1:$broker_port/v1/suites/s/suite_ticket" \
+    < <(printf '{"suite_ticket":"%s-ticket"}' "$run_secret"))" = 200 ] ||
+    die "the suite_ticket PUT was refused"
+  local deadline=$((started + ready_timeout_s * 1000))
+  while [ "$(http_status "http://127.0.0.1:$broker_port/readyz" "$work/readyz")" != 200 ]; do
+    alive "$broker_pid" || die "the broker died: $(tail -1 "$work/broker.log")"
+    if [ "$(now_ms)" -ge $deadline ]; then
+      add_row "$suite_corps corps of one suite: ticket until /readyz 200" \
+        "**not ready after $ready_timeout_s s** ($(failing_apps) corps without a token)" "all fresh" FAIL
+      stop_process "$broker_pid"
+      stop_process "$fake_pid"
+      return
+    fi
+    sleep 0.2
+  done
+  local ready=$(($(now_ms) - started)) calls suite_calls handshakes rss hwm
+  read -r calls suite_calls handshakes < <(fake_stats get_corp_token_calls get_suite_token_calls \
+    tls_handshakes)
+  handshakes=$((handshakes - handshakes_before - 1))  # less the second stats request's own
+  rss=$(memory_mb VmRSS) hwm=$(memory_mb VmHWM)
+  echo "  all fresh ${ready} ms after the ticket; get_corp_token $calls, get_suite_token" \
+    "$suite_calls, TLS handshakes $handshakes; VmRSS $rss MB, VmHWM $hwm MB"
+  add_row "$suite_corps corps of one suite: ticket PUT until /readyz 200" \
+    "all fresh after **$(awk -v ms="$ready" 'BEGIN {printf "%.1f", ms / 1000}') s**; get_corp_token **$calls**, get_suite_token $suite_calls; TLS handshakes **$handshakes**" \
+    "one call per corp; handshakes ≤ $handshake_target_percent % of calls" \
+    "$(verdict "$calls == $suite_corps && $handshakes * 100 <= $calls * $handshake_target_percent")"
+  add_row "$suite_corps corps of one suite: memory once ready" "VmRSS **$rss MB**, VmHWM $hwm MB" \
+    "≤ $rss_target_mb MB" "$(verdict "$rss <= $rss_target_mb")"
+
+  sleep "$settle_s"
+  local window_start ticks_start
+  window_start=$(now_ms) ticks_start=$(cpu_ticks)
+  watch_redis "$window_s"
+  local ticks_end window_end
+  ticks_end=$(cpu_ticks) window_end=$(now_ms)
+  local seconds cpu per_s top scripted
+  seconds=$(awk -v ms=$((window_end - window_start)) 'BEGIN {printf "%.3f", ms / 1000}')
+  cpu=$(awk -v t=$((ticks_end - ticks_start)) -v hz="$(getconf CLK_TCK)" -v s="$seconds" \
+    'BEGIN {printf "%.2f", 100 * t / hz / s}')
+  per_s=$(awk -v s="$seconds" '{n += $2} END {printf "%.1f", n / s}' "$work/commands")
+  top=$(awk -v s="$seconds" 'NR <= 3 {printf "%s%s %.1f/s", (NR > 1 ? ", " : ""), $1, $2 / s}' \
+    "$work/commands")
+  scripted=$(awk -v s="$seconds" '{printf "%.1f", $1 / s}' "$work/scripted")
+  echo "  over ${seconds} s: CPU $cpu % of a core, Redis $per_s commands/s sent (${top:-none})" \
+    "and $scripted/s inside scripts"
+  add_row "$suite_corps corps of one suite: CPU and Redis over ${window_s} s once ready" \
+    "CPU **$cpu %** of a core; Redis **$per_s/s** sent (top: ${top:-none}), $scripted/s inside its scripts" \
+    "≤ $cpu_target_percent %; ≤ $redis_target_per_s/s sent" \
+    "$(verdict "$cpu <= $cpu_target_percent && $per_s <= $redis_target_per_s")"
+  stop_process "$broker_pid"
+  stop_process "$fake_pid"
+}
+
 describe_machine() {
   echo "Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) cores" \
     "(nproc), $(awk '/^MemTotal:/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo) RAM," \
@@ -343,6 +449,7 @@ if [ ${#counts[@]} -gt 0 ]; then
   stop_process "$fake_pid"
 fi
 scenario_cold_start
+[ "$suite_corps" -gt 0 ] && scenario_suite_corps
 
 echo
 describe_machine

@@ -59,7 +59,7 @@ void check_conversion(const redisReply& raw, const redis_reply& converted) {
 void use_stored(const stored_token& stored, time_point now) {
   if (stored.expires_at <= now) finding("a stored token read with no time left");
   const auto adopted = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
-  (void)prepare_token_answers("app", token_broker::credential_kind::access_token, adopted);
+  (void)prepare_token_answers({token_broker::credential_kind::access_token, "app"}, adopted);
   (void)seconds_left(adopted, now);
 }
 

@@ -19,15 +19,17 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_config fuzz_http_request fuzz_upstream_answer fuzz_redis_reply)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_config fuzz_http_request fuzz_upstream_answer fuzz_redis_reply fuzz_callback_crypt)
 
 # Longest input per target: a config file, a connection's worth of requests (the header and
-# body caps are 8 and 16 KiB), one upstream answer, a few Redis replies.
+# body caps are 8 and 16 KiB), one upstream answer, a few Redis replies, a callback's
+# encrypted text.
 declare -A max_len=(
   [fuzz_config]=65536
   [fuzz_http_request]=32768
   [fuzz_upstream_answer]=8192
   [fuzz_redis_reply]=4096
+  [fuzz_callback_crypt]=8192
 )
 
 lock=${TOKEN_BROKER_BUILD_LOCK-/tmp/build.lock}

@@ -9,6 +9,7 @@ packages=(
   libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev
   libgtest-dev libgmock-dev
   libhiredis-dev redis-server
+  libpugixml-dev  # WeCom's callback XML
   libfaketime  # the Redis tests run replicas whose wall clock is off (LD_PRELOAD)
   clang-14 libclang-rt-14-dev  # libFuzzer, for scripts/fuzz.sh
   curl ca-certificates faketime

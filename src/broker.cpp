@@ -64,6 +64,11 @@ credential_refresher* app_entry::credential(credential_kind kind) const {
       return jsapi_ticket.get();
     case credential_kind::agent_ticket:
       return agent_ticket.get();
+    case credential_kind::provider_token:
+    case credential_kind::suite_token:
+    case credential_kind::corp_token:
+    case credential_kind::suite_ticket:
+      break;  // not an app's
   }
   return nullptr;
 }
@@ -78,7 +83,8 @@ std::vector<credential_refresher*> app_entry::credentials() const {
 
 broker::broker(asio::any_io_executor executor, const config& settings,
                std::unique_ptr<token_store> store)
-    : store_(std::move(store)),
+    : executor_(executor),
+      store_(std::move(store)),
       upstream_settings_(settings.upstream),
       engine_(std::move(executor), settings.refresh, settings.upstream.timeout,
               std::make_shared<upstream_client>(settings.upstream), *store_) {
@@ -87,6 +93,15 @@ broker::broker(asio::any_io_executor executor, const config& settings,
     apps.push_back(make_entry(std::make_shared<const app_config>(app), nullptr));
   }
   apps_.store(std::make_shared<const app_set>(std::move(apps)));
+  auto third_party = std::make_shared<third_party_set>();
+  for (const auto& provider : settings.providers) {
+    third_party->providers.emplace(
+        provider.id, make_provider(std::make_shared<const provider_config>(provider)));
+  }
+  for (const auto& suite : settings.suites) {
+    third_party->suites.emplace(suite.id, make_suite(std::make_shared<const suite_config>(suite)));
+  }
+  third_party_.store(std::move(third_party));
 }
 
 broker::~broker() {
@@ -136,11 +151,13 @@ void broker::start() {
   for (const auto& app : configured->in_order()) {
     for (auto* credential : app.credentials()) engine_.add(credential->shared_from_this());
   }
+  start_third_party();
   store_->start(tasks_, [this](const std::optional<credential_id>& id) {
     if (id) {
       engine_.store_changed(*id);
     } else {
       engine_.store_returned();
+      spawn("loading authorized corps", [this] { return adopt_stored_corps(); });
     }
   });
 }
@@ -191,6 +208,7 @@ reload_summary broker::reload(const config& next) {
     for (auto* credential : app.credentials()) engine_.remove(credential->id());
   }
   apps_.store(std::move(next_set));
+  reload_third_party(next);
   return summary;
 }
 

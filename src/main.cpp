@@ -261,8 +261,9 @@ int run(const std::string& config_path, config settings) {
   const daemon_parts parts{io, config_path, settings, apps, handler, *server, systemd};
   tasks.spawn(io.get_executor(), "signals", "signal handler",
               [&signals, parts] { return handle_signals(signals, parts); });
-  spdlog::info("token-broker {} listening on {} with {} apps, {} threads", TOKEN_BROKER_VERSION,
-               settings.listen.to_string(), settings.apps.size(), settings.threads);
+  spdlog::info("token-broker {} listening on {} with {} apps, {} providers, {} suites, {} threads",
+               TOKEN_BROKER_VERSION, settings.listen.to_string(), settings.apps.size(),
+               settings.providers.size(), settings.suites.size(), settings.threads);
   systemd.notify("READY=1");
   tasks.spawn(io.get_executor(), "watchdog", "systemd watchdog",
               [&systemd] { return systemd.feed_watchdog(); });

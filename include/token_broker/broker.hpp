@@ -3,8 +3,10 @@
 // request sees one config, old or new.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,6 +18,7 @@
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/credentials/engine.hpp"
 #include "token_broker/store/token_store.hpp"
+#include "token_broker/suites/third_party_set.hpp"
 #include "token_broker/upstream/upstream_client.hpp"
 
 namespace token_broker {
@@ -59,6 +62,10 @@ class app_set {
   std::vector<std::uint32_t> by_corpid_;
 };
 
+// How long a pushed suite_ticket is used (SPEC §7: WeCom pushes one every 10 minutes, each
+// good for 30).
+inline constexpr std::chrono::seconds suite_ticket_lifetime{1800};
+
 // What a reload changed, by app id.
 struct reload_summary {
   std::vector<std::string> added, removed, credentials_changed;
@@ -82,6 +89,19 @@ class broker {
   const published<app_set>& published_apps() const { return apps_; }
   // Whether the shared store is reachable; empty without one.
   std::optional<bool> store_up() const { return store_->up(); }
+  // Providers, suites and their authorized corps.
+  std::shared_ptr<const third_party_set> third_party() const { return third_party_.load(); }
+
+  // SPEC §4 PUT suite_ticket and §7's suite_ticket event: the newest ticket is used for 30
+  // minutes and shared through the store. False when `suite` is unknown.
+  asio::awaitable<bool> push_suite_ticket(std::string suite, std::string ticket);
+  // SPEC §7 create_auth and reset_permanent_code, after the callback is answered: the auth code
+  // is exchanged for the corp's permanent code (get_permanent_code), and the corp is added (or
+  // its code replaced) here, in the store, and so on every replica.
+  void authorize_corp(std::string suite, std::string auth_code);
+  // SPEC §7 cancel_auth: the corp, its keys and its credentials go, everywhere.
+  void cancel_corp(std::string suite, std::string corpid);
+
   // Which app an access_token handed out belongs to (the drop-ins keyed by a token).
   const handed_out_tokens& handed_out() const { return engine_.handed_out(); }
   // The process's long-lived tasks: the credential scheduler, the store's connections, and whatever
@@ -101,11 +121,36 @@ class broker {
                                                        credential_kind kind,
                                                        credential_refresher::origin how);
 
+  // The third-party side (src/suites/broker_suites.cpp).
+  provider_entry make_provider(std::shared_ptr<const provider_config> provider);
+  suite_entry make_suite(std::shared_ptr<const suite_config> suite);
+  std::shared_ptr<credential_refresher> make_corp_token(const suite_entry& suite,
+                                                        std::string_view corpid,
+                                                        std::string_view permanent_code);
+  void start_third_party();
+  void reload_third_party(const config& next);
+  // The set with `change` made to a copy of it, published; one change at a time.
+  void change_third_party(const std::function<void(third_party_set&)>& change);
+  // Adds (or replaces) a corp's entry and starts its token.
+  void add_corp_here(const std::string& suite, const std::string& corpid,
+                     const std::string& permanent_code, corp_origin origin);
+  void remove_corp_here(const std::string& suite, const std::string& corpid);
+  asio::awaitable<void> exchange_auth_code(std::string suite, std::string auth_code);
+  // The store's authorized corps that this process lacks are added (at start, when the store
+  // returns).
+  asio::awaitable<void> adopt_stored_corps();
+  asio::awaitable<void> corp_changed_elsewhere(credential_id corp, bool added);
+  // Runs `task` as a short-lived coroutine on the control loop; a failure is logged.
+  void spawn(const char* what, std::function<asio::awaitable<void>()> task);
+
   supervisor tasks_;
+  asio::any_io_executor executor_;
   std::unique_ptr<token_store> store_;
   upstream_config upstream_settings_;
   credential_engine engine_;
   published<app_set> apps_{std::make_shared<const app_set>()};
+  published<third_party_set> third_party_{std::make_shared<const third_party_set>()};
+  std::mutex third_party_changes_;
 };
 
 }  // namespace token_broker

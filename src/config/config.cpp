@@ -463,28 +463,29 @@ std::string secret_from_file(const json& value, const std::string& field) {
   return secret;
 }
 
-void read_secret(const json& value, const std::string& path, app_config& app) {
-  const auto* inline_value = find_member(value, "secret");
-  const auto* env = find_member(value, "secret_env");
-  const auto* file = find_member(value, "secret_file");
+// A secret given by exactly one of NAME, NAME_env, NAME_file (SPEC §3): app secrets, provider
+// secrets and the suites' secrets alike.
+struct read_secret_value {
+  secret_source source;
+  std::string value;
+};
+read_secret_value read_secret(const json& value, const std::string& path, const std::string& name) {
+  const auto* inline_value = find_member(value, name);
+  const auto* env = find_member(value, name + "_env");
+  const auto* file = find_member(value, name + "_file");
   const int sources = (inline_value ? 1 : 0) + (env ? 1 : 0) + (file ? 1 : 0);
-  if (sources == 0) {
-    throw config_error(path, "needs exactly one of secret, secret_env, secret_file");
-  }
-  if (sources > 1) throw config_error(path, "has more than one of secret, secret_env, secret_file");
+  const auto choices = name + ", " + name + "_env, " + name + "_file";
+  if (sources == 0) throw config_error(path, "needs exactly one of " + choices);
+  if (sources > 1) throw config_error(path, "has more than one of " + choices);
 
   if (inline_value) {
-    const auto field = member(path, "secret");
-    app.source = secret_source::inline_value;
-    app.secret = read_string(*inline_value, field, secret_rule);
-    if (!is_printable_word(app.secret)) throw config_error(field, std::string(secret_rule));
-  } else if (env) {
-    app.source = secret_source::environment;
-    app.secret = secret_from_env(*env, member(path, "secret_env"));
-  } else {
-    app.source = secret_source::file;
-    app.secret = secret_from_file(*file, member(path, "secret_file"));
+    const auto field = member(path, name);
+    auto secret = read_string(*inline_value, field, secret_rule);
+    if (!is_printable_word(secret)) throw config_error(field, std::string(secret_rule));
+    return {secret_source::inline_value, std::move(secret)};
   }
+  if (env) return {secret_source::environment, secret_from_env(*env, member(path, name + "_env"))};
+  return {secret_source::file, secret_from_file(*file, member(path, name + "_file"))};
 }
 
 // "tickets": ["jsapi", "agent_config"], each at most once; agent_config needs the agentid the
@@ -509,6 +510,18 @@ void read_tickets(const json& value, const std::string& path, app_config& app) {
   }
 }
 
+std::string read_corpid(const json& value, const std::string& path) {
+  const auto field = member(path, "corpid");
+  const std::string rule = "must be a non-empty string of at most " +
+                           std::to_string(max_corpid_length) +
+                           " printable ASCII characters without spaces";
+  auto corpid = read_string(required_member(value, path, "corpid"), field, rule);
+  if (!is_printable_word(corpid) || corpid.size() > max_corpid_length) {
+    throw config_error(field, rule);
+  }
+  return corpid;
+}
+
 app_config read_app(const std::string& id, const json& value) {
   const auto path = member("apps", id);
   if (!is_id(id)) throw config_error(path, "app id " + std::string(id_rule));
@@ -518,19 +531,14 @@ app_config read_app(const std::string& id, const json& value) {
 
   app_config app;
   app.id = id;
-  const auto corpid_field = member(path, "corpid");
-  const std::string corpid_rule = "must be a non-empty string of at most " +
-                                  std::to_string(max_corpid_length) +
-                                  " printable ASCII characters without spaces";
-  app.corpid = read_string(required_member(value, path, "corpid"), corpid_field, corpid_rule);
-  if (!is_printable_word(app.corpid) || app.corpid.size() > max_corpid_length) {
-    throw config_error(corpid_field, corpid_rule);
-  }
+  app.corpid = read_corpid(value, path);
   if (const auto* agentid = find_member(value, "agentid")) {
     app.agentid = read_integer(*agentid, member(path, "agentid"), 0, max_agentid);
   }
   if (const auto* tickets = find_member(value, "tickets")) read_tickets(*tickets, path, app);
-  read_secret(value, path, app);
+  auto secret = read_secret(value, path, "secret");
+  app.source = secret.source;
+  app.secret = std::move(secret.value);
   return app;
 }
 
@@ -547,13 +555,130 @@ void reject_shared_credentials(const std::vector<app_config>& apps) {
   }
 }
 
-std::vector<app_config> read_apps(const json& document) {
-  const auto& apps = required_member(document, "", "apps");
+std::vector<app_config> read_apps(const json& apps) {
   require_object(apps, "apps");
-  if (apps.empty()) throw config_error("apps", "must configure at least one app");
   std::vector<app_config> result;
   for (const auto& [id, value] : apps.items()) result.push_back(read_app(id, value));
   reject_shared_credentials(result);
+  return result;
+}
+
+provider_config read_provider(const std::string& id, const json& value) {
+  const auto path = member("providers", id);
+  if (!is_id(id)) throw config_error(path, "provider id " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"corpid", "provider_secret", "provider_secret_env", "provider_secret_file"});
+  provider_config provider;
+  provider.id = id;
+  provider.corpid = read_corpid(value, path);
+  auto secret = read_secret(value, path, "provider_secret");
+  provider.source = secret.source;
+  provider.provider_secret = std::move(secret.value);
+  return provider;
+}
+
+bool is_encoding_aes_key(std::string_view key) {
+  return key.size() == 43 && std::all_of(key.begin(), key.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+         });
+}
+
+suite_callback_config read_suite_callback(const json& value, const std::string& path) {
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"token", "token_env", "token_file", "encoding_aes_key",
+                       "encoding_aes_key_env", "encoding_aes_key_file"});
+  suite_callback_config callback;
+  callback.token = read_secret(value, path, "token").value;
+  callback.encoding_aes_key = read_secret(value, path, "encoding_aes_key").value;
+  if (!is_encoding_aes_key(callback.encoding_aes_key)) {
+    throw config_error(member(path, "encoding_aes_key"),
+                       "must be WeCom's EncodingAESKey: 43 characters of A-Z, a-z, 0-9, + and /");
+  }
+  return callback;
+}
+
+std::vector<suite_corp_config> read_suite_corps(const json& value, const std::string& path) {
+  require_object(value, path);
+  std::vector<suite_corp_config> corps;
+  for (const auto& [corpid, corp] : value.items()) {
+    const auto corp_path = member(path, corpid);
+    if (!is_printable_word(corpid) || corpid.size() > max_corpid_length) {
+      throw config_error(corp_path, "corpid must be at most " + std::to_string(max_corpid_length) +
+                                        " printable ASCII characters without spaces");
+    }
+    require_object(corp, corp_path);
+    reject_unknown_keys(corp, corp_path,
+                        {"permanent_code", "permanent_code_env", "permanent_code_file"});
+    auto code = read_secret(corp, corp_path, "permanent_code");
+    corps.push_back(suite_corp_config{corpid, code.source, std::move(code.value)});
+  }
+  return corps;
+}
+
+suite_config read_suite(const std::string& id, const json& value) {
+  const auto path = member("suites", id);
+  if (!is_id(id)) throw config_error(path, "suite id " + std::string(id_rule));
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"suite_id", "template", "suite_secret", "suite_secret_env",
+                       "suite_secret_file", "callback", "store_key_file", "corps"});
+  suite_config suite;
+  suite.id = id;
+  const auto suite_id_field = member(path, "suite_id");
+  const std::string suite_id_rule = "must be a non-empty string of at most " +
+                                    std::to_string(max_corpid_length) +
+                                    " printable ASCII characters without spaces";
+  suite.suite_id =
+      read_string(required_member(value, path, "suite_id"), suite_id_field, suite_id_rule);
+  if (!is_printable_word(suite.suite_id) || suite.suite_id.size() > max_corpid_length) {
+    throw config_error(suite_id_field, suite_id_rule);
+  }
+  if (const auto* is_template = find_member(value, "template")) {
+    if (!is_template->is_boolean()) {
+      throw config_error(member(path, "template"), "must be true or false");
+    }
+    suite.is_template = is_template->get<bool>();
+  }
+  auto secret = read_secret(value, path, "suite_secret");
+  suite.source = secret.source;
+  suite.suite_secret = std::move(secret.value);
+  if (const auto* callback = find_member(value, "callback")) {
+    suite.callback = read_suite_callback(*callback, member(path, "callback"));
+  }
+  if (const auto* key_file = find_member(value, "store_key_file")) {
+    const auto field = member(path, "store_key_file");
+    const auto key_path = resolve_secret_path(read_path(*key_file, field, "must be a file path"));
+    suite.store_key = read_file(key_path, field);
+    if (suite.store_key.size() != 32) {
+      throw config_error(field, key_path.string() +
+                                    " must hold exactly 32 bytes (head -c 32 "
+                                    "/dev/urandom), not " +
+                                    std::to_string(suite.store_key.size()));
+    }
+  } else if (suite.callback) {
+    throw config_error(member(path, "store_key_file"),
+                       "is required with a callback: the permanent codes of the corps that "
+                       "authorize by callback are stored sealed under it");
+  }
+  if (const auto* corps = find_member(value, "corps")) {
+    suite.corps = read_suite_corps(*corps, member(path, "corps"));
+  }
+  return suite;
+}
+
+std::vector<suite_config> read_suites(const json& suites) {
+  require_object(suites, "suites");
+  std::vector<suite_config> result;
+  for (const auto& [id, value] : suites.items()) result.push_back(read_suite(id, value));
+  return result;
+}
+
+std::vector<provider_config> read_providers(const json& providers) {
+  require_object(providers, "providers");
+  std::vector<provider_config> result;
+  for (const auto& [id, value] : providers.items()) result.push_back(read_provider(id, value));
   return result;
 }
 
@@ -571,12 +696,38 @@ bool decode_sha256_hex(std::string_view hex, sha256_digest& digest) {
   return true;
 }
 
+// A client's "apps", "suites" or "providers": ids of configured ones, or ["*"] for all.
+void read_scope(const json& listed, const std::string& field, const std::string& kind,
+                const std::vector<std::string>& configured, bool& all,
+                std::vector<std::string>& ids) {
+  if (!listed.is_array() || listed.empty()) {
+    throw config_error(
+        field, "must be a non-empty array of " + kind + " ids, or [\"*\"] for every " + kind);
+  }
+  for (std::size_t i = 0; i < listed.size(); ++i) {
+    const auto at = element(field, i);
+    const auto id =
+        read_string(listed[i], at,
+                    "must be " + std::string(kind == "app" ? "an " : "a ") + kind + " id or \"*\"");
+    if (id == "*") {
+      if (listed.size() != 1) throw config_error(at, "\"*\" must be the only entry");
+      all = true;
+    } else if (std::find(configured.begin(), configured.end(), id) == configured.end()) {
+      throw config_error(at, "unknown " + kind + " \"" + printable(id) + "\"");
+    } else {
+      ids.push_back(id);
+    }
+  }
+}
+
 client_config read_client(const std::string& name, const json& value,
-                          const std::vector<app_config>& apps) {
+                          const std::vector<std::string>& app_ids,
+                          const std::vector<std::string>& suite_ids,
+                          const std::vector<std::string>& provider_ids) {
   const auto path = member("clients", name);
   if (!is_id(name)) throw config_error(path, "client name " + std::string(id_rule));
   require_object(value, path);
-  reject_unknown_keys(value, path, {"key_sha256", "apps"});
+  reject_unknown_keys(value, path, {"key_sha256", "apps", "suites", "providers"});
 
   client_config client;
   client.name = name;
@@ -588,33 +739,39 @@ client_config read_client(const std::string& name, const json& value,
     throw config_error(key_field, std::string(key_rule));
   }
 
-  const auto apps_field = member(path, "apps");
-  const auto& listed = required_member(value, path, "apps");
-  if (!listed.is_array() || listed.empty()) {
-    throw config_error(apps_field,
-                       "must be a non-empty array of app ids, or [\"*\"] for every app");
+  const auto* apps = find_member(value, "apps");
+  const auto* suites = find_member(value, "suites");
+  const auto* providers = find_member(value, "providers");
+  if (!apps && !suites && !providers) {
+    throw config_error(member(path, "apps"), "is required (or suites, or providers)");
   }
-  for (std::size_t i = 0; i < listed.size(); ++i) {
-    const auto field = element(apps_field, i);
-    const auto id = read_string(listed[i], field, "must be an app id or \"*\"");
-    if (id == "*") {
-      if (listed.size() != 1) throw config_error(field, "\"*\" must be the only entry");
-      client.all_apps = true;
-    } else if (std::none_of(apps.begin(), apps.end(),
-                            [&](const app_config& app) { return app.id == id; })) {
-      throw config_error(field, "unknown app \"" + printable(id) + "\"");
-    } else {
-      client.apps.push_back(id);
-    }
+  if (apps) read_scope(*apps, member(path, "apps"), "app", app_ids, client.all_apps, client.apps);
+  if (suites) {
+    read_scope(*suites, member(path, "suites"), "suite", suite_ids, client.all_suites,
+               client.suites);
+  }
+  if (providers) {
+    read_scope(*providers, member(path, "providers"), "provider", provider_ids,
+               client.all_providers, client.providers);
   }
   return client;
 }
 
-std::vector<client_config> read_clients(const json& value, const std::vector<app_config>& apps) {
+template <typename Configured>
+std::vector<std::string> ids_of(const std::vector<Configured>& configured) {
+  std::vector<std::string> ids;
+  for (const auto& each : configured) ids.push_back(each.id);
+  return ids;
+}
+
+std::vector<client_config> read_clients(const json& value, const config& settings) {
   require_object(value, "clients");
+  const auto app_ids = ids_of(settings.apps);
+  const auto suite_ids = ids_of(settings.suites);
+  const auto provider_ids = ids_of(settings.providers);
   std::vector<client_config> result;
   for (const auto& [name, client_value] : value.items()) {
-    auto client = read_client(name, client_value, apps);
+    auto client = read_client(name, client_value, app_ids, suite_ids, provider_ids);
     for (const auto& earlier : result) {
       if (earlier.key_sha256 == client.key_sha256) {
         throw config_error(member(member("clients", name), "key_sha256"),
@@ -677,7 +834,7 @@ config parse_config(std::string_view text) {
   if (!document.is_object()) throw config_error("", "the config must be a JSON object");
   reject_unknown_keys(document, "",
                       {"listen", "threads", "log_level", "upstream", "refresh", "redis", "gateway",
-                       "apps", "clients"});
+                       "apps", "providers", "suites", "clients"});
 
   config result;
   result.listen = read_listen(document);
@@ -702,9 +859,16 @@ config parse_config(std::string_view text) {
   if (const auto* gateway = find_member(document, "gateway")) {
     result.gateway = read_gateway(*gateway);
   }
-  result.apps = read_apps(document);
+  if (const auto* apps = find_member(document, "apps")) result.apps = read_apps(*apps);
+  if (const auto* providers = find_member(document, "providers")) {
+    result.providers = read_providers(*providers);
+  }
+  if (const auto* suites = find_member(document, "suites")) result.suites = read_suites(*suites);
+  if (result.apps.empty() && result.providers.empty() && result.suites.empty()) {
+    throw config_error("apps", "must configure at least one app, provider or suite");
+  }
   if (const auto* clients = find_member(document, "clients")) {
-    result.clients = read_clients(*clients, result.apps);
+    result.clients = read_clients(*clients, result);
   }
   if (result.clients.empty() && !result.listen.is_local()) {
     throw config_error("clients",
@@ -720,10 +884,31 @@ config load_config(const std::filesystem::path& path) {
 
 std::optional<std::string> inline_secret_exposure(const std::filesystem::path& path,
                                                   const config& settings) {
-  const auto inline_app =
-      std::find_if(settings.apps.begin(), settings.apps.end(),
-                   [](const app_config& app) { return app.source == secret_source::inline_value; });
-  if (inline_app == settings.apps.end()) return std::nullopt;
+  // The first secret written in the file itself, by its field.
+  std::string field;
+  for (const auto& app : settings.apps) {
+    if (app.source == secret_source::inline_value) {
+      field = member(member("apps", app.id), "secret");
+      break;
+    }
+  }
+  for (const auto& provider : settings.providers) {
+    if (!field.empty()) break;
+    if (provider.source == secret_source::inline_value) {
+      field = member(member("providers", provider.id), "provider_secret");
+    }
+  }
+  for (const auto& suite : settings.suites) {
+    if (!field.empty()) break;
+    const auto suite_path = member("suites", suite.id);
+    if (suite.source == secret_source::inline_value) field = member(suite_path, "suite_secret");
+    for (const auto& corp : suite.corps) {
+      if (field.empty() && corp.source == secret_source::inline_value) {
+        field = member(member(member(suite_path, "corps"), corp.corpid), "permanent_code");
+      }
+    }
+  }
+  if (field.empty()) return std::nullopt;
   std::error_code error;
   const auto permissions = std::filesystem::status(path, error).permissions();
   using std::filesystem::perms;
@@ -731,9 +916,9 @@ std::optional<std::string> inline_secret_exposure(const std::filesystem::path& p
     return std::nullopt;
   }
   return fmt::format(
-      "{} holds an inline secret (apps.{}.secret) and is readable by group or others "
-      "(mode {:04o}); chmod 600 it, or move the secret to secret_file or secret_env",
-      path.string(), inline_app->id, static_cast<unsigned>(permissions) & 0777U);
+      "{} holds an inline secret ({}) and is readable by group or others (mode {:04o}); chmod "
+      "600 it, or move the secret to a _file or _env source",
+      path.string(), field, static_cast<unsigned>(permissions) & 0777U);
 }
 
 }  // namespace token_broker

@@ -22,11 +22,24 @@ const client_config* client_auth::identify(std::string_view authorization) const
   return found;
 }
 
+namespace {
+
+bool listed(bool all, const std::vector<std::string>& ids, std::string_view id) {
+  return all || std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+}  // namespace
+
 bool client_auth::may_read(const client_config* client, std::string_view app_id) const {
-  if (open()) return true;
-  if (!client) return false;
-  return client->all_apps ||
-         std::find(client->apps.begin(), client->apps.end(), app_id) != client->apps.end();
+  return open() || (client && listed(client->all_apps, client->apps, app_id));
+}
+
+bool client_auth::may_read_suite(const client_config* client, std::string_view suite) const {
+  return open() || (client && listed(client->all_suites, client->suites, suite));
+}
+
+bool client_auth::may_read_provider(const client_config* client, std::string_view provider) const {
+  return open() || (client && listed(client->all_providers, client->providers, provider));
 }
 
 }  // namespace token_broker

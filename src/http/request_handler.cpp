@@ -52,7 +52,7 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
   using enum http::verb;
   using enum credential_kind;
   using self = request_handler;
-  static constexpr std::array<endpoint, 16> table{{
+  static constexpr std::array<endpoint, 29> table{{
       {{get, "/v1/apps/{app}/token", access::client, "token"}, &self::app_credential<access_token>},
       {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
        &self::invalidate<access_token>},
@@ -67,12 +67,40 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
       {{post, "/v1/apps/{app}/jssdk_signature", access::client, "jssdk_signature"},
        &self::jssdk_signature},
       {{get, "/v1/apps", access::client, "apps"}, &self::list_apps},
+      {{get, "/v1/providers/{provider}/token", access::client, "provider_token"},
+       &self::third_party_credential<provider_token>},
+      {{post, "/v1/providers/{provider}/token/invalidate", access::client,
+        "provider_token_invalidate"},
+       &self::third_party_invalidate<provider_token>},
+      {{get, "/v1/suites/{suite}/token", access::client, "suite_token"},
+       &self::third_party_credential<suite_token>},
+      {{post, "/v1/suites/{suite}/token/invalidate", access::client, "suite_token_invalidate"},
+       &self::third_party_invalidate<suite_token>},
+      {{get, "/v1/suites/{suite}/corps", access::client, "corps"}, &self::list_corps},
+      {{get, "/v1/suites/{suite}/corps/{corpid}/token", access::client, "corp_token"},
+       &self::third_party_credential<corp_token>},
+      {{post, "/v1/suites/{suite}/corps/{corpid}/token/invalidate", access::client,
+        "corp_token_invalidate"},
+       &self::third_party_invalidate<corp_token>},
+      {{put, "/v1/suites/{suite}/suite_ticket", access::client, "suite_ticket"},
+       &self::put_suite_ticket},
+      // WeCom's callback: the signature is the authentication (SPEC §7).
+      {{get, "/v1/suites/{suite}/callback", access::anyone, "callback_verification"},
+       &self::callback_verification},
+      {{post, "/v1/suites/{suite}/callback", access::anyone, "callback"}, &self::callback_event},
       {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &self::wecom_gettoken},
       // Keyed by a token the broker handed out, as WeCom keys them.
       {{get, "/cgi-bin/get_jsapi_ticket", access::anyone, "get_jsapi_ticket"},
        &self::wecom_ticket<jsapi_ticket>},
       {{get, "/cgi-bin/ticket/get", access::anyone, "ticket_get"},
        &self::wecom_ticket<agent_ticket>},
+      // Checked by the provider secret, the suite secret, and the permanent code.
+      {{post, "/cgi-bin/service/get_provider_token", access::anyone, "get_provider_token"},
+       &self::wecom_provider_token},
+      {{post, "/cgi-bin/service/get_suite_token", access::anyone, "get_suite_token"},
+       &self::wecom_suite_token},
+      {{post, "/cgi-bin/service/get_corp_token", access::anyone, "get_corp_token"},
+       &self::wecom_corp_token},
       {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
       {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
       {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
@@ -95,7 +123,7 @@ std::vector<std::string_view> table_labels() {
 
 }  // namespace
 
-request_handler::request_handler(const broker& apps, std::vector<client_config> clients,
+request_handler::request_handler(broker& apps, std::vector<client_config> clients,
                                  gateway* api_gateway)
     : apps_(apps),
       gateway_(api_gateway),
@@ -223,7 +251,31 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
                             "this client may not read app " + std::string(app_id));
     }
   }
-  return (this->*entry.handle)(call{matched, incoming, *auth, client, app});
+  std::shared_ptr<const third_party_set> third_party;  // held while the handler runs
+  const suite_entry* suite = nullptr;
+  const provider_entry* provider = nullptr;
+  const bool checks_client = entry.shape.who == access::client;
+  if (const auto suite_id = matched.parameters["suite"]; !suite_id.empty()) {
+    third_party = apps_.third_party();
+    suite = third_party->suite(suite_id);
+    if (!suite) return error_response(http::status::not_found, "unknown_suite", "no such suite");
+    if (checks_client && !auth->may_read_suite(client, suite_id)) {
+      return error_response(http::status::forbidden, "forbidden",
+                            "this client may not read suite " + std::string(suite_id));
+    }
+  }
+  if (const auto provider_id = matched.parameters["provider"]; !provider_id.empty()) {
+    third_party = apps_.third_party();
+    provider = third_party->provider(provider_id);
+    if (!provider) {
+      return error_response(http::status::not_found, "unknown_provider", "no such provider");
+    }
+    if (checks_client && !auth->may_read_provider(client, provider_id)) {
+      return error_response(http::status::forbidden, "forbidden",
+                            "this client may not read provider " + std::string(provider_id));
+    }
+  }
+  return (this->*entry.handle)(call{matched, incoming, *auth, client, app, suite, provider});
 }
 
 namespace {
@@ -253,16 +305,20 @@ template <credential_kind kind>
 std::variant<answer, waiting_request> request_handler::invalidate(const call& current) {
   auto* credential = current.app->credential(kind);
   if (!credential) return not_configured(*current.app->app, kind);
-  const auto field = value_field(kind);
-  const auto json =
-      nlohmann::json::parse(current.incoming.body(), nullptr, /*allow_exceptions=*/false);
+  return invalidation_of(*credential, current.incoming.body());
+}
+
+std::variant<answer, waiting_request> request_handler::invalidation_of(
+    credential_refresher& credential, std::string_view body) {
+  const auto field = value_field(credential.id().kind);
+  const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   const auto reported = json.is_object() ? json.find(field) : json.end();
   if (!json.is_object() || reported == json.end() || !reported->is_string()) {
     return error_response(http::status::bad_request, "bad_request",
                           "the body must be {\"" + std::string(field) + "\":\"<the rejected " +
                               std::string(field) + ">\"}");
   }
-  return waiting_request{.credential = credential->shared_from_this(),
+  return waiting_request{.credential = credential.shared_from_this(),
                          .then = waiting_request::invalidation,
                          .reported = reported->get<std::string>()};
 }
@@ -446,7 +502,7 @@ std::variant<answer, waiting_request> request_handler::healthz(const call&) {
 }
 
 std::variant<answer, waiting_request> request_handler::metrics(const call&) {
-  auto text = render_metrics(metrics_, *apps_.apps(), apps_.store_up());
+  auto text = render_metrics(metrics_, *apps_.apps(), *apps_.third_party(), apps_.store_up());
   if (gateway_) gateway_->render_metrics(text);
   apps_.tasks().render_metrics(text);
   auto page = json_response(http::status::ok, std::move(text));
@@ -458,6 +514,9 @@ asio::awaitable<answer> request_handler::wait_and_answer(const waiting_request& 
   if (waiting.then == waiting_request::forward)
     return gateway_->forward(std::move(*waiting.forwards));
   if (waiting.then == waiting_request::signature) return wait_and_sign(*waiting.signs);
+  if (waiting.then == waiting_request::push || waiting.then == waiting_request::callback_push) {
+    return keep_pushed(waiting);
+  }
   return wait_for_credential(waiting);
 }
 
@@ -471,7 +530,8 @@ asio::awaitable<answer> request_handler::wait_for_credential(const waiting_reque
 }
 
 answer request_handler::answer_waited(const waiting_request& waiting, token_outcome outcome) {
-  if (waiting.then == waiting_request::forward) {
+  if (waiting.then == waiting_request::forward || waiting.then == waiting_request::push ||
+      waiting.then == waiting_request::callback_push) {
     return error_response(http::status::service_unavailable, "unavailable",
                           "the broker is stopping");
   }
@@ -528,7 +588,7 @@ std::variant<answer, waiting_request> request_handler::list_apps(const call& ask
   return json_response(http::status::ok, listing.dump());
 }
 
-// "hr" for an app's token, "hr/jsapi_ticket" for a ticket, as metrics name other credentials.
+// "hr" for an app's token, "hr/jsapi_ticket" for a ticket, "crm-suite/wwcorpA…" for a corp's.
 std::variant<answer, waiting_request> request_handler::readyz(const call&) {
   const auto now = clock::now();
   auto failing = nlohmann::ordered_json::array();
@@ -541,6 +601,11 @@ std::variant<answer, waiting_request> request_handler::readyz(const call&) {
                             ? app.app->id
                             : app.app->id + "/" + std::string(to_string(kind)));
     }
+  }
+  // A suite_ticket is not among them: an old one harms nobody while the suite token is valid.
+  const auto third_party = apps_.third_party();  // held: the loop reads into it
+  for (const auto* credential : third_party->credentials()) {
+    if (!credential->view()->servable(now)) failing.push_back(credential_label(credential->id()));
   }
   if (failing.empty()) return json_response(http::status::ok, R"({"status":"ready"})");
   return json_response(http::status::service_unavailable,

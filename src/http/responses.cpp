@@ -18,6 +18,12 @@ response json_response(http::status status, std::string body) {
   return reply;
 }
 
+response text_response(http::status status, std::string body) {
+  auto reply = json_response(status, std::move(body));
+  reply.set(http::field::content_type, "text/plain; charset=utf-8");
+  return reply;
+}
+
 response error_response(http::status status, std::string_view code, std::string_view message) {
   return json_response(status,
                        nlohmann::ordered_json{{"error", code}, {"message", message}}.dump());
@@ -106,7 +112,7 @@ std::array<asio::const_buffer, 4> token_answer_bytes::buffers() const {
 
 response unavailable_response(const credential_id& id, const token_outcome& outcome) {
   nlohmann::ordered_json body{{"error", "unavailable"}};
-  const auto missing = "no valid " + std::string(to_string(id.kind)) + " for app " + id.scope;
+  const auto missing = "no valid " + std::string(to_string(id.kind)) + " for " + log_name(id);
   if (outcome.failure) {
     body["message"] =
         missing + (outcome.failure->kind == failure_class::rationed ? ": its call budget is spent"

@@ -46,17 +46,17 @@ prepared_body prepared_token_answers::part(std::size_t first) const {
 }
 
 // ordered_json: keys go out in the order SPEC §4 lists them.
-prepared_token_answers prepare_token_answers(std::string_view app_id, credential_kind kind,
-                                             const token& current) {
-  const auto field = value_field(kind);
-  const auto ours =
-      nlohmann::ordered_json{
-          {"app", app_id},
-          {field, current.value},
-          {"expires_in", placeholder_seconds},
-          {"expires_at", unix_seconds(current.expires_at_wall)},
-      }
-          .dump();
+prepared_token_answers prepare_token_answers(const credential_id& id, const token& current) {
+  const auto field = value_field(id.kind);
+  nlohmann::ordered_json named;
+  const auto values = naming_values(id);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    named[std::string(naming_fields(id.kind)[i])] = values[i];
+  }
+  named[field] = current.value;
+  named["expires_in"] = placeholder_seconds;
+  named["expires_at"] = unix_seconds(current.expires_at_wall);
+  const auto ours = named.dump();
   const auto wecom =
       nlohmann::ordered_json{
           {"errcode", 0},

@@ -103,8 +103,31 @@ std::map<int, std::uint64_t> upstream_metrics::failures() const {
   return failures_ ? *failures_ : std::map<int, std::uint64_t>{};
 }
 
+namespace {
+
+// A label value as Prometheus's text format writes it.
+std::string escaped_label(std::string_view value) {
+  std::string escaped;
+  for (const char c : value) {
+    if (c == '\\' || c == '"') escaped += '\\';
+    escaped += c == '\n' ? std::string_view("\\n") : std::string_view(&c, 1);
+  }
+  return escaped;
+}
+
+}  // namespace
+
+std::string credential_label(const credential_id& id) {
+  std::string label;
+  for (const auto value : naming_values(id)) {
+    if (!label.empty()) label += '/';
+    label += value;
+  }
+  return label;
+}
+
 std::string render_metrics(const request_metrics& requests, const app_set& apps,
-                           std::optional<bool> redis_up) {
+                           const third_party_set& third_party, std::optional<bool> redis_up) {
   std::string out;
   out.reserve(4096 + apps.in_order().size() * 512);
   append_metric_header(out, "token_broker_build_info", "gauge", "The running version.");
@@ -112,12 +135,17 @@ std::string render_metrics(const request_metrics& requests, const app_set& apps,
                  TOKEN_BROKER_VERSION);
   requests.render(out);
 
-  // App ids are [A-Za-z0-9_.-] and kinds fixed words: label values that need no escaping.
+  // App, provider and suite ids are [A-Za-z0-9_.-] and kinds fixed words: label values that
+  // need no escaping. Corpids come from WeCom too, so those are escaped.
   const auto each_credential = [&](auto&& write) {
     for (const auto& app : apps.in_order()) {
       for (const auto* credential : app.credentials()) {
         write(app.app->id, to_string(credential->id().kind), *credential);
       }
+    }
+    for (const auto* credential : third_party.credentials()) {
+      write(escaped_label(credential_label(credential->id())), to_string(credential->id().kind),
+            *credential);
     }
   };
   append_metric_header(out, "token_broker_upstream_requests_total", "counter",

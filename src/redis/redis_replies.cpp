@@ -82,18 +82,45 @@ std::optional<std::string_view> message_payload(const redis_reply& message) {
   return std::nullopt;
 }
 
+std::string event_message(const credential_id& id, std::string_view event,
+                          std::optional<std::int64_t> expires_at) {
+  nlohmann::ordered_json message{{"kind", to_string(id.kind)}};
+  const auto fields = naming_fields(id.kind);
+  const auto values = naming_values(id);
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    message[std::string(fields[i])] = std::string(values[i]);
+  }
+  message["event"] = event;
+  if (expires_at) message["expires_at"] = *expires_at;
+  return message.dump();
+}
+
 std::optional<credential_id> event_credential(std::string_view payload) {
   const auto event = nlohmann::json::parse(payload, nullptr, false);
-  if (!event.is_object() || !event.contains("app") || !event["app"].is_string()) {
-    return std::nullopt;
-  }
+  if (!event.is_object()) return std::nullopt;
   auto kind = std::optional(credential_kind::access_token);
   if (event.contains("kind")) {
     const auto& named = event["kind"];
     kind = named.is_string() ? credential_kind_named(named.get<std::string>()) : std::nullopt;
   }
   if (!kind) return std::nullopt;
-  return credential_id{*kind, event["app"].get<std::string>()};
+  std::string scope;
+  for (const auto member : naming_fields(*kind)) {
+    const auto found = event.find(std::string(member));
+    if (found == event.end() || !found->is_string()) return std::nullopt;
+    if (!scope.empty()) scope += ':';
+    scope += found->get<std::string>();
+  }
+  return credential_id{*kind, std::move(scope)};
+}
+
+std::optional<corp_change> corp_event(std::string_view payload) {
+  const auto event = nlohmann::json::parse(payload, nullptr, false);
+  if (!event.is_object() || !event.contains("event")) return std::nullopt;
+  const auto& what = event["event"];
+  if (what == "added") return corp_change::added;
+  if (what == "removed") return corp_change::removed;
+  return std::nullopt;
 }
 
 std::optional<stored_token> loaded_token(const redis_reply& reply, time_point sent_at) {

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <nlohmann/json.hpp>
 #include <random>
 
 #include "token_broker/credentials/call_budget.hpp"
@@ -64,6 +63,20 @@ const redis_script save_script(fmt::format(
     "end\n"
     "return outcomes\n",
     expiry_rounding.count()));
+
+// KEYS: events, the suite's corps hash. ARGV: corpid, sealed permanent code, event. → 1
+const redis_script add_corp_script(
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[3])\n"
+    "return 1\n");
+
+// KEYS: events, the suite's corps hash, then the corp's token and internal keys. ARGV:
+// corpid, event. → 1
+const redis_script remove_corp_script(
+    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+    "for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[2])\n"
+    "return 1\n");
 
 // KEYS: budget. ARGV: limit, window_ms, a member no other call uses. → {1, 0} counted, or
 // {0, wait_ms} when `limit` calls were counted in the window: the wait until the oldest of them
@@ -145,8 +158,9 @@ redis_token_store::redis_token_store(asio::any_io_executor executor, const redis
       events_(std::make_shared<redis_connection>(executor, settings, "events")) {
   // Loaded before any other command on each connection: the first calls find the scripts.
   std::vector<std::vector<std::string>> load_scripts;
-  for (const auto* script : {&load_script, &save_script, &digests_script, &request_script,
-                             &release_script, &budget_script}) {
+  for (const auto* script :
+       {&load_script, &save_script, &digests_script, &request_script, &release_script,
+        &budget_script, &add_corp_script, &remove_corp_script}) {
     load_scripts.push_back(script->load_command());
   }
   commands_->on_connect_send(std::move(load_scripts));
@@ -159,7 +173,13 @@ void redis_token_store::start(supervisor& tasks, change_listener changed) {
   commands_->on_up([this] { changed_(std::nullopt); });
   events_->on_up([this] { changed_(std::nullopt); });
   events_->subscribe(prefix_ + "events", [this](std::string_view payload) {
-    if (const auto id = event_credential(payload)) changed_(id);
+    const auto id = event_credential(payload);
+    if (!id) return;
+    if (const auto corp = corp_event(payload)) {
+      if (corps_changed_) corps_changed_(*id, *corp == corp_change::added);
+      return;
+    }
+    changed_(id);
   });
   commands_->start(tasks);
   events_->start(tasks);
@@ -168,6 +188,55 @@ void redis_token_store::start(supervisor& tasks, change_listener changed) {
 void redis_token_store::stop() {
   commands_->stop();
   events_->stop();
+}
+
+void redis_token_store::watch_corps(corps_listener changed) {
+  corps_changed_ = std::move(changed);
+}
+
+std::string redis_token_store::corps_key(std::string_view suite) const {
+  return prefix_ + "suite_corps:" + std::string(suite);
+}
+
+asio::awaitable<std::optional<sealed_corps>> redis_token_store::authorized_corps(
+    std::string suite) {
+  std::vector<std::string> command{"HGETALL", corps_key(suite)};
+  const auto [failure, reply] = co_await commands_->command(std::move(command));
+  if (failure || reply.type != redis_reply::kind::array) co_return std::nullopt;
+  sealed_corps corps;
+  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) {
+    corps.insert_or_assign(reply.elements[i].text, reply.elements[i + 1].text);
+  }
+  co_return corps;
+}
+
+asio::awaitable<std::optional<std::string>> redis_token_store::authorized_corp(std::string suite,
+                                                                               std::string corpid) {
+  std::vector<std::string> command{"HGET", corps_key(suite), std::move(corpid)};
+  const auto [failure, reply] = co_await commands_->command(std::move(command));
+  if (failure || reply.type != redis_reply::kind::string) co_return std::nullopt;
+  co_return reply.text;
+}
+
+asio::awaitable<bool> redis_token_store::add_corp(std::string suite, std::string corpid,
+                                                  std::string sealed_code) {
+  const credential_id id{credential_kind::corp_token, suite + ":" + corpid};
+  std::vector<std::string> keys{prefix_ + "events", corps_key(suite)};
+  std::vector<std::string> arguments{std::move(corpid), std::move(sealed_code),
+                                     event_message(id, "added")};
+  const auto reply =
+      co_await add_corp_script.run(*commands_, std::move(keys), std::move(arguments));
+  co_return reply.has_value();
+}
+
+asio::awaitable<bool> redis_token_store::remove_corp(std::string suite, std::string corpid) {
+  const credential_id id{credential_kind::corp_token, suite + ":" + corpid};
+  std::vector<std::string> keys{prefix_ + "events", corps_key(suite), value_key(id),
+                                internal_key("lock", id), internal_key("cooldown", id)};
+  std::vector<std::string> arguments{std::move(corpid), event_message(id, "removed")};
+  const auto reply =
+      co_await remove_corp_script.run(*commands_, std::move(keys), std::move(arguments));
+  co_return reply.has_value();
 }
 
 std::string redis_token_store::value_key(const credential_id& id) const {
@@ -229,11 +298,7 @@ asio::awaitable<std::vector<save_outcome>> redis_token_store::save_all(
       arguments.push_back(std::to_string(left));
       // The wall-clock expiry is for people and readers, never compared by a replica.
       arguments.push_back(
-          nlohmann::json{{"kind", to_string(id.kind)},
-                         {"app", id.scope},
-                         {"event", "refreshed"},
-                         {"expires_at", unix_seconds(wall_now + milliseconds{left})}}
-              .dump());
+          event_message(id, "refreshed", unix_seconds(wall_now + milliseconds{left})));
     }
     const auto reply = co_await save_script.run(*commands_, std::move(keys), std::move(arguments));
     const auto batch = reply ? save_results(*reply, last - first)

@@ -397,11 +397,16 @@ bool admit(std::deque<system_clock::time_point>& let_through, int limit,
 // the HTTP side and the test thread share it under one mutex.
 class wecom_model {
  public:
+  service_model service;  // the service-provider endpoints
+
   explicit wecom_model(const fake_options& options)
       : behaviour_(options.behaviour),
         lifetime_(options.lifetime),
         ticket_lifetime_(options.ticket_lifetime),
-        ticket_quota_(options.ticket_calls_per_hour) {}
+        ticket_quota_(options.ticket_calls_per_hour) {
+    service.set_behaviour(options.behaviour);
+    service.set_lifetime(options.lifetime);
+  }
 
   void add_app(const std::string& corpid, const std::string& secret) {
     const std::scoped_lock lock(mutex_);
@@ -410,11 +415,13 @@ class wecom_model {
   }
 
   void set_behaviour(expiry_behaviour behaviour) {
+    service.set_behaviour(behaviour);
     const std::scoped_lock lock(mutex_);
     behaviour_ = behaviour;
   }
 
   void set_lifetime(std::chrono::seconds lifetime) {
+    service.set_lifetime(lifetime);
     const std::scoped_lock lock(mutex_);
     lifetime_ = lifetime;
   }
@@ -512,6 +519,10 @@ class wecom_model {
     body["tls_handshakes"] = handshakes_;
     body["tls_resumed_handshakes"] = resumed_handshakes_;
     body["ticket_calls"] = total_ticket_calls_;
+    for (const char* endpoint :
+         {"get_provider_token", "get_suite_token", "get_permanent_code", "get_corp_token"}) {
+      body[std::string(endpoint) + "_calls"] = service.calls(endpoint);
+    }
     nlohmann::ordered_json by_kind;
     for (const auto kind : {ticket_kind::jsapi, ticket_kind::agent_config}) {
       const auto found = ticket_calls_by_kind_.find(kind);
@@ -596,30 +607,6 @@ class wecom_model {
       return {wecom_json(45009, "api freq out of limit"), std::nullopt};
     }
     return answer(key, now);
-  }
-
-  // POST /cgi-bin/service/get_suite_token: the body is recorded as it came, and a body with
-  // the three fields (any values) gets a suite_access_token.
-  std::string suite_token(std::string body) {
-    const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-    const std::scoped_lock lock(mutex_);
-    suite_token_requests_.push_back(std::move(body));
-    for (const char* field : {"suite_id", "suite_secret", "suite_ticket"}) {
-      if (!json.is_object() || !json.contains(field) || !json[field].is_string()) {
-        return wecom_json(47001, "data format error");
-      }
-    }
-    nlohmann::ordered_json answer;
-    answer["errcode"] = 0;
-    answer["errmsg"] = "ok";
-    answer["suite_access_token"] = random_token();
-    answer["expires_in"] = 7200;
-    return answer.dump();
-  }
-
-  std::vector<std::string> suite_token_requests() const {
-    const std::scoped_lock lock(mutex_);
-    return suite_token_requests_;
   }
 
   // An ordinary API call: recorded, then answered as WeCom would (or held by the hang control).
@@ -897,7 +884,6 @@ class wecom_model {
   std::map<std::string, issued_value> issued_;  // every token and ticket ever issued, by value
   std::map<std::string, int> calls_by_corpid_;
   std::map<ticket_kind, int> ticket_calls_by_kind_;
-  std::vector<std::string> suite_token_requests_;
   int total_calls_ = 0;
   int total_ticket_calls_ = 0;
   int in_flight_ = 0;
@@ -1034,8 +1020,22 @@ reply route(wecom_model& model, std::chrono::milliseconds answer_delay,
     next.delay += answer_delay;
     return next;
   }
+  if (request.method() == http::verb::post &&
+      path.ends_with("/cgi-bin/service/get_provider_token")) {
+    return {.answer = json_response(model.service.provider_token(request.body()))};
+  }
   if (request.method() == http::verb::post && path.ends_with("/cgi-bin/service/get_suite_token")) {
-    return {.answer = json_response(model.suite_token(request.body()))};
+    return {.answer = json_response(model.service.suite_token(request.body()))};
+  }
+  if (request.method() == http::verb::post &&
+      path.ends_with("/cgi-bin/service/get_permanent_code")) {
+    return {.answer = json_response(model.service.permanent_code_call(
+                parameter(parameters, "suite_access_token").value_or(""), request.body()))};
+  }
+  if (request.method() == http::verb::post && path.ends_with("/cgi-bin/service/get_corp_token")) {
+    return {.delay = model.service.corp_token_delay() + answer_delay,
+            .answer = json_response(model.service.corp_token(
+                parameter(parameters, "suite_access_token").value_or(""), request.body()))};
   }
   if (request.method() == http::verb::get && path == "/fake/stats") {
     return {.answer = json_response(model.stats_json())};
@@ -1396,8 +1396,12 @@ void fake_wecom::close_idle_connections() {
   closed.get_future().wait();
 }
 
+service_model& fake_wecom::service() {
+  return state_->model.service;
+}
+
 std::vector<std::string> fake_wecom::suite_token_requests() const {
-  return state_->model.suite_token_requests();
+  return state_->model.service.suite_token_requests();
 }
 
 int fake_wecom::gettoken_calls(const std::string& secret) const {

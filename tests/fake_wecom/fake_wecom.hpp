@@ -1,11 +1,12 @@
 // A fake of WeCom's credential endpoints over real TLS, for tests and the demo.
 //
-// It issues tokens (gettoken) and JS-SDK tickets (get_jsapi_ticket, ticket/get?type=agent_config)
-// under one of the three expiry behaviours SPEC §1 says the broker must survive, follows a
-// per-call script of faults, counts calls, limits ticket calls per hour as WeCom does, and answers
-// whether a token is still good the way WeCom's APIs would (0, 42001 expired, 40014 invalid).
-// `GET /fake/stats` reports the call and TLS handshake counts for scripts (the benchmark): never a
-// secret, token or ticket. `GET /fake/ticket_status?ticket=X&kind=jsapi|agent_config` answers
+// It issues tokens (gettoken), serves the service-provider endpoints (fake_service.hpp), and JS-SDK
+// tickets (get_jsapi_ticket, ticket/get?type=agent_config) under one of the three expiry behaviours
+// SPEC §1 says the broker must survive, follows a per-call script of faults, counts calls, limits
+// ticket calls per hour as WeCom does, and answers whether a token is still good the way WeCom's
+// APIs would (0, 42001 expired, 40014 invalid). `GET /fake/stats` reports the call and TLS
+// handshake counts for scripts (the benchmark): never a secret, token or ticket. `GET
+// /fake/ticket_status?ticket=X&kind=jsapi|agent_config` answers
 // {"status":"valid|expired|invalid"} for scripts that check a ticket out of process.
 //
 // Ordinary APIs, for the gateway's tests (what arrives upstream): `user/get`, `message/send`
@@ -23,15 +24,10 @@
 #include <string_view>
 #include <vector>
 
+#include "fake_service.hpp"
 #include "tls_material.hpp"
 
 namespace token_broker::fake {
-
-enum class expiry_behaviour {
-  same_token_keeps_expiry,  // (a) same token, full expires_in, original expiry stands
-  same_token_seconds_left,  // (b) same token, expires_in = whole seconds left
-  new_token_each_call,      // (c) a new token every call; older ones live out their lifetime
-};
 
 enum class fault_kind {
   errcode,          // HTTP 200 {"errcode":N,"errmsg":"…"}
@@ -149,6 +145,9 @@ class fake_wecom {
   // Closes the connections kept alive, as a server's idle timeout does: each one waiting for a
   // request at once (before this returns), one still busy with a request after its answer.
   void close_idle_connections();
+  // The service-provider endpoints (providers, suites, tickets, auth codes, corps) and the
+  // callbacks WeCom would send.
+  service_model& service();
   // The bodies POSTed to /cgi-bin/service/get_suite_token, in order.
   std::vector<std::string> suite_token_requests() const;
 

@@ -3,7 +3,11 @@
 //   fake-wecom [--port N] [--ca-out FILE] [--port-file FILE] [--behaviour same|remaining|new]
 //              [--lifetime SECONDS] [--ticket-lifetime SECONDS] [--ticket-quota N]
 //              [--delay-ms N] [--api-delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]
+//              [--suite-file FILE]
 //
+// --suite-file registers a suite for the service-provider endpoints: its first line
+// SUITE_ID:SUITE_SECRET:SUITE_TICKET (the ticket good for a day), then one
+// CORPID:PERMANENT_CODE per authorized corp. --delay-ms delays get_corp_token answers too.
 // --app-file reads one CORPID:SECRET per line (blank lines and #comments skipped), so a
 // benchmark can register thousands of apps without putting secrets on the command line.
 // GET /fake/stats answers {"gettoken_calls":N,"by_corpid":{"ww…":n,…},
@@ -56,13 +60,19 @@ struct arguments {
   std::chrono::milliseconds answer_delay{0};
   std::chrono::milliseconds api_delay{0};
   std::vector<std::pair<std::string, std::string>> apps;  // corpid, secret
+  struct suite_file {
+    std::string id, secret, ticket;
+    std::vector<std::pair<std::string, std::string>> corps;  // corpid, permanent code
+  };
+  std::optional<suite_file> suite;
 };
 
 constexpr const char* usage =
     "usage: fake-wecom [--port N] [--ca-out FILE] [--port-file FILE]\n"
     "                  [--behaviour same|remaining|new] [--lifetime SECONDS]\n"
     "                  [--ticket-lifetime SECONDS] [--ticket-quota N] [--delay-ms N]\n"
-    "                  [--api-delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]\n";
+    "                  [--api-delay-ms N] [--app CORPID:SECRET]... [--app-file FILE]\n"
+    "                  [--suite-file FILE]\n";
 
 fake::expiry_behaviour parse_behaviour(const std::string& text) {
   if (text == "same") return fake::expiry_behaviour::same_token_keeps_expiry;
@@ -90,6 +100,28 @@ void read_app_file(const std::string& path, arguments& parsed) {
     // The line number, never the line: it holds a secret.
     parsed.apps.push_back(parse_app("--app-file line " + std::to_string(number), line));
   }
+}
+
+// SUITE_ID:SECRET:TICKET, then CORPID:PERMANENT_CODE lines.
+arguments::suite_file read_suite_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("--suite-file: cannot read " + path);
+  arguments::suite_file read;
+  std::string line;
+  if (!std::getline(in, line)) throw std::invalid_argument("--suite-file: empty");
+  const auto first = line.find(':');
+  const auto second = line.find(':', first + 1);
+  if (first == std::string::npos || second == std::string::npos) {
+    throw std::invalid_argument("--suite-file line 1: expected SUITE_ID:SECRET:TICKET");
+  }
+  read.id = line.substr(0, first);
+  read.secret = line.substr(first + 1, second - first - 1);
+  read.ticket = line.substr(second + 1);
+  for (int number = 2; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    read.corps.push_back(parse_app("--suite-file line " + std::to_string(number), line));
+  }
+  return read;
 }
 
 arguments parse_arguments(int argc, char** argv) {
@@ -120,6 +152,8 @@ arguments parse_arguments(int argc, char** argv) {
       parsed.apps.push_back(parse_app(flag, value));
     } else if (flag == "--app-file") {
       read_app_file(value, parsed);
+    } else if (flag == "--suite-file") {
+      parsed.suite = read_suite_file(value);
     } else {
       throw std::invalid_argument(flag + ": unknown flag");
     }
@@ -171,6 +205,12 @@ int main(int argc, char** argv) {
         .tls = std::move(tls),
     });
     for (const auto& [corpid, secret] : parsed.apps) server.add_app(corpid, secret);
+    if (const auto& suite = parsed.suite) {
+      server.service().add_suite(suite->id, suite->secret);
+      server.service().accept_suite_ticket(suite->id, suite->ticket, std::chrono::hours{24});
+      for (const auto& [corpid, code] : suite->corps)
+        server.service().add_corp(suite->id, corpid, code);
+    }
     server.set_api_delay(parsed.api_delay);
 
     if (parsed.port_file) write_atomically(*parsed.port_file, std::to_string(server.port()) + "\n");

@@ -15,7 +15,10 @@ namespace token_broker::testing {
 // Unique within the run (the pid) and within the process (the counter).
 inline std::string unique_key_prefix() {
   static std::atomic<int> counter{0};
-  return "t" + std::to_string(getpid()) + "-" + std::to_string(++counter) + ":";
+  // Appended, not added up: g++ 12 warns (falsely) about operator+ on these temporaries.
+  std::string prefix = "t";
+  prefix.append(std::to_string(getpid())).append("-").append(std::to_string(++counter));
+  return prefix.append(":");
 }
 
 // `Fixture` (broker_fixture or one built on it) with a keyspace on the fixture's Redis.

@@ -335,6 +335,66 @@ TEST_F(engine_simulation, a_report_of_a_value_not_held_looks_at_the_store_first)
   EXPECT_EQ(wecom.calls(corpid_of(0)), 3) << "one refresh per report of a current value";
 }
 
+// A suite_access_token needs a suite_ticket WeCom pushes, and nothing can fetch one: with no
+// push, the held token is served to its end, then the answer is WeCom's reason (40085), and no
+// call is made for want of a ticket; a push brings the token back at once (after the floor).
+TEST_F(engine_simulation, a_suite_token_outlives_its_ticket_and_returns_with_the_next_push) {
+  simulated_wecom wecom(behaviour::new_token_each_call, 7200s, 100ms);
+  auto& broker = add_replica(std::make_unique<memory_token_store>(), wecom, refresh_config{});
+  broker.start(0);
+  auto suite = std::make_shared<const suite_config>(
+      suite_config{.id = "crm", .suite_id = "wwsuite", .suite_secret = "secret"});
+  auto ticket = std::make_shared<simulated_refresher>(
+      broker.engine, credential_id{credential_kind::suite_ticket, "crm"},
+      std::make_unique<pushed_source>());
+  auto token = std::make_shared<simulated_refresher>(
+      broker.engine, credential_id{credential_kind::suite_token, "crm"},
+      std::make_unique<suite_token_source>(suite));
+  broker.engine.add(ticket);
+  broker.engine.add(token);
+  const auto outcome_of = [&](simulated_refresher& credential) {
+    token_outcome outcome;
+    asio::co_spawn(io_, credential.wait_for_token(),
+                   [&outcome](std::exception_ptr, token_outcome got) { outcome = std::move(got); });
+    run_for(io_, 10s);
+    return outcome;
+  };
+
+  auto cold = outcome_of(*token);
+  EXPECT_FALSE(cold.view);
+  ASSERT_TRUE(cold.failure);
+  EXPECT_EQ(cold.failure->errcode, 40085);
+  EXPECT_EQ(wecom.calls("suite"), 0) << "no call without a ticket";
+
+  wecom.accept_suite_ticket("ticket-1");
+  asio::co_spawn(io_, ticket->accept_pushed("ticket-1", 1800s), asio::detached);
+  run_for(io_, 10s);
+  ASSERT_TRUE(token->view()->servable(simulated_clock::now()));
+  const auto first = token->view()->current->value;
+  EXPECT_EQ(wecom.calls("suite"), 1);
+
+  // WeCom stops accepting that ticket after 30 minutes, and nothing is pushed again.
+  run_for(io_, 30min);
+  wecom.accept_suite_ticket("");
+  const auto expiry = token->view()->current->expires_at;
+  run_for(io_, expiry - simulated_clock::now() - 1min);
+  ASSERT_TRUE(token->view()->servable(simulated_clock::now())) << "served to its end";
+  EXPECT_EQ(token->view()->current->value, first);
+  run_for(io_, 2min);
+  const auto after = outcome_of(*token);
+  EXPECT_FALSE(after.view);
+  ASSERT_TRUE(after.failure);
+  EXPECT_EQ(after.failure->errcode, 40085);
+  EXPECT_EQ(wecom.calls("suite"), 1) << "an expired ticket is never sent";
+
+  wecom.accept_suite_ticket("ticket-2");
+  asio::co_spawn(io_, ticket->accept_pushed("ticket-2", 1800s), asio::detached);
+  run_for(io_, 6s);  // the min_interval floor (5 s)
+  ASSERT_TRUE(token->view()->servable(simulated_clock::now()));
+  EXPECT_NE(token->view()->current->value, first);
+  EXPECT_EQ(wecom.calls("suite"), 2);
+}
+
 // A credential fetched with another's value: when upstream rejects that value, it is reported
 // (its refresher fetches a new one) and the call is made once more with the new one.
 TEST_F(engine_simulation, a_dependent_credential_reports_a_rejected_token_and_retries_once) {

@@ -24,11 +24,12 @@ std::string corpid_of_token(const std::string& value) {
 }  // namespace
 
 asio::awaitable<upstream_response> simulated_wecom::answer(const upstream_request& request) {
+  const bool suite_call = request.target == "/cgi-bin/service/get_suite_token";
   const bool ticket_call = request.target.starts_with("/cgi-bin/get_jsapi_ticket");
   const auto access_token = parameter(request.target, "access_token");
   const auto corpid =
       ticket_call ? corpid_of_token(access_token) : parameter(request.target, "corpid");
-  const auto counted = ticket_call ? "ticket:" + corpid : corpid;
+  const auto counted = suite_call ? "suite" : ticket_call ? "ticket:" + corpid : corpid;
   const auto sent_at = simulated_clock::now();
   const auto sent_at_wall = wall_clock::now();
   ++total_calls_;
@@ -45,6 +46,15 @@ asio::awaitable<upstream_response> simulated_wecom::answer(const upstream_reques
   if (failures_left_ > 0) {
     --failures_left_;
     answer.body = fmt::format(R"({{"errcode":{},"errmsg":"simulated failure"}})", failure_errcode_);
+  } else if (suite_call) {
+    const auto body = nlohmann::json::parse(request.json_body.value_or("{}"));
+    answer.body = !suite_ticket_.empty() && body.value("suite_ticket", "") == suite_ticket_
+                      ? nlohmann::json{{"errcode", 0},
+                                       {"errmsg", "ok"},
+                                       {"suite_access_token", fmt::format("S-{}", ++serial_)},
+                                       {"expires_in", lifetime_.count()}}
+                            .dump()
+                      : R"({"errcode":40085,"errmsg":"invalid suite_ticket"})";
   } else if (ticket_call && !valid(corpid, access_token)) {
     answer.body = R"({"errcode":40014,"errmsg":"invalid access_token"})";
   } else if (ticket_call) {

@@ -29,6 +29,10 @@ class simulated_wecom {
   // ticket belongs to the token's corp).
   asio::awaitable<upstream_response> answer(const upstream_request& request);
 
+  // POST /cgi-bin/service/get_suite_token issues a suite_access_token ("S-<n>") to a call that
+  // carries `ticket`; any other ticket is 40085. Counted under "suite".
+  void accept_suite_ticket(std::string ticket) { suite_ticket_ = std::move(ticket); }
+
   // Whether upstream accepts `value` (for the app of `corpid`) now.
   bool valid(const std::string& corpid, const std::string& value) const;
   // Revokes every token of `corpid` now, as WeCom may before expires_in runs out.
@@ -61,6 +65,7 @@ class simulated_wecom {
   int serial_ = 0;
   int failures_left_ = 0;
   int failure_errcode_ = 0;
+  std::string suite_ticket_;
 };
 
 class simulated_upstream final : public upstream_caller {

@@ -82,6 +82,43 @@ struct app_config {
   std::string secret;
 };
 
+// A service-provider (服务商) account: its provider_access_token (get_provider_token).
+struct provider_config {
+  std::string id;
+  std::string corpid;  // the provider's own corpid
+  secret_source source = secret_source::inline_value;
+  // The resolved provider secret. Never log it, never put it in an error or an answer.
+  std::string provider_secret;
+};
+
+// A corp that authorized a suite, written in the config (more arrive by callback).
+struct suite_corp_config {
+  std::string corpid;
+  secret_source source = secret_source::inline_value;
+  std::string permanent_code;  // never logged, never stored in plaintext
+};
+
+// The callback of a suite (SPEC §7): what WeCom signs and encrypts its events with.
+struct suite_callback_config {
+  std::string token;             // secret
+  std::string encoding_aes_key;  // secret: 43 characters of base64
+};
+
+// A third-party app suite, or a 代开发 template (`"template": true`: its corps' tokens come from
+// gettoken with the permanent code as the secret, not from get_corp_token).
+struct suite_config {
+  std::string id;
+  std::string suite_id;
+  bool is_template = false;
+  secret_source source = secret_source::inline_value;
+  std::string suite_secret;  // never logged
+  std::optional<suite_callback_config> callback;
+  // 32 bytes read from store_key_file: seals permanent codes at rest. Required with a
+  // callback, through which corps (and their codes) arrive.
+  std::string store_key;
+  std::vector<suite_corp_config> corps;  // in the file's order
+};
+
 using sha256_digest = std::array<unsigned char, 32>;
 
 struct client_config {
@@ -89,6 +126,10 @@ struct client_config {
   sha256_digest key_sha256{};
   bool all_apps = false;          // "apps": ["*"]
   std::vector<std::string> apps;  // ids, each a configured app
+  bool all_suites = false;        // "suites": ["*"]
+  std::vector<std::string> suites;
+  bool all_providers = false;  // "providers": ["*"]
+  std::vector<std::string> providers;
 };
 
 struct config {
@@ -99,8 +140,10 @@ struct config {
   refresh_config refresh;
   std::optional<redis_config> redis;
   gateway_config gateway;
-  std::vector<app_config> apps;        // in the file's order
-  std::vector<client_config> clients;  // empty: open API (loopback or unix socket only)
+  std::vector<app_config> apps;            // in the file's order
+  std::vector<provider_config> providers;  // in the file's order
+  std::vector<suite_config> suites;        // in the file's order
+  std::vector<client_config> clients;      // empty: open API (loopback or unix socket only)
 
   const app_config* find_app(std::string_view id) const;
 };

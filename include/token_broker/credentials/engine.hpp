@@ -75,6 +75,9 @@ class basic_engine {
   std::vector<std::shared_ptr<refresher>> all() const;
   // `credential` loads the store's value (it may be newer than the one held).
   void load_from_store(refresher& credential);
+  // `id` holds a value again after it had none: the credentials fetched with it that failed
+  // (for want of it, as a suite token without a suite_ticket) try again at once.
+  void value_arrived(const credential_id& id);
   // `credential`'s next attempt may have moved: plan it.
   void plan(refresher& credential);
   // The completion of a credential's task: an exception is logged, never silent.
@@ -84,6 +87,7 @@ class basic_engine {
   asio::awaitable<void> run();
   void task_ended(refresher& credential);
   void unqueue(refresher& credential);
+  void forget_dependency(const refresher& credential);
 
   asio::strand<asio::any_io_executor> strand_;
   token_store& store_;
@@ -92,6 +96,8 @@ class basic_engine {
   std::chrono::milliseconds wait_limit_;
   std::shared_ptr<upstream_caller> upstream_;
   std::map<credential_id, std::shared_ptr<refresher>> registry_;
+  // Each dependency (source().dependency()) with the credentials fetched with it.
+  std::multimap<credential_id, credential_id> dependents_;
   // One entry per idle credential, by when it is due; of those due at one time, credentials
   // others are fetched with (tokens) first: a ticket started before its token would hold one
   // of the tasks while it waits for that token, and enough of them would hold them all.

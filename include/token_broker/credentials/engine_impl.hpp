@@ -67,8 +67,12 @@ void basic_engine<Clock>::add(std::shared_ptr<refresher> credential) {
     if (slot) {
       unqueue(*slot);
       slot->end();
+      forget_dependency(*slot);
     }
     slot = credential;
+    if (const auto needed = credential->source().dependency()) {
+      dependents_.emplace(*needed, credential->id());
+    }
     credential->begin();
   });
 }
@@ -80,8 +84,30 @@ void basic_engine<Clock>::remove(credential_id id) {
     if (found == registry_.end()) return;
     unqueue(*found->second);
     found->second->end();
+    forget_dependency(*found->second);
     registry_.erase(found);
   });
+}
+
+template <class Clock>
+void basic_engine<Clock>::forget_dependency(const refresher& credential) {
+  const auto needed = credential.source().dependency();
+  if (!needed) return;
+  const auto [first, last] = dependents_.equal_range(*needed);
+  for (auto each = first; each != last; ++each) {
+    if (each->second == credential.id()) {
+      dependents_.erase(each);
+      return;
+    }
+  }
+}
+
+template <class Clock>
+void basic_engine<Clock>::value_arrived(const credential_id& id) {
+  const auto [first, last] = dependents_.equal_range(id);
+  for (auto each = first; each != last; ++each) {
+    if (const auto dependent = find(each->second)) dependent->retry_failed();
+  }
 }
 
 template <class Clock>

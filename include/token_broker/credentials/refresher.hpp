@@ -80,10 +80,19 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   const published<credential_view>& published_view() const { return view_; }
   const upstream_metrics& upstream_results() const { return upstream_results_; }
 
+  // How long a caller without a value waits: for the next refresh, when it starts soon enough
+  // (a client), or only for one under way (a credential fetched with this one: a task of the
+  // engine that waited for a refresh still to come could hold the task that refresh needs).
+  enum class wait_mode { next_refresh, under_way };
   // Any thread. Every caller that waits is answered (503 once stopped).
-  asio::awaitable<token_outcome> wait_for_token();
+  asio::awaitable<token_outcome> wait_for_token(wait_mode mode = wait_mode::next_refresh);
   // A caller saw upstream reject `value` (SPEC §4 invalidate): compare, refresh once, answer.
   asio::awaitable<token_outcome> invalidate(std::string value);
+
+  // Any thread. A pushed value (is_pushed: a suite_ticket) that arrived here, living
+  // `lifetime` from now: held, served and saved to the store unless a newer one is held. True
+  // when it is the value held now.
+  asio::awaitable<bool> accept_pushed(std::string value, std::chrono::seconds lifetime);
 
   // The engine's side, on its strand.
   void begin();                 // plans its first task
@@ -92,6 +101,8 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   // Adopts the store's value if it is newer than the one held.
   asio::awaitable<void> load_from_store();
   void end();  // stopped or removed: no more refreshes, waiters answered
+  // The value it is fetched with arrived: after a failure, try again at once.
+  void retry_failed();
   void apply(const refresh_config& refresh) { lifecycle_.set_policy(refresh); }
   bool ended() const { return ended_; }
   // The engine has not started its first task (which looks at the store) yet.
@@ -109,6 +120,10 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
 
  private:
   asio::awaitable<void> negotiate_and_call();
+  // A pushed credential's refresh: the store may hold a newer push (another replica's).
+  asio::awaitable<void> look_for_push();
+  fetch_failure no_push() const;
+  asio::awaitable<bool> accept_on_strand(std::string value, std::chrono::seconds lifetime);
   // The value of the credential this one is fetched with ("" for none), or why there is none.
   // `rejected`: the value upstream rejected, reported first (compare-and-refresh).
   asio::awaitable<std::variant<std::string, fetch_failure>> dependency_value(
@@ -128,8 +143,11 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   asio::awaitable<std::optional<fetch_failure>> spend_budget();
   asio::awaitable<void> save_held();
   bool adopt_stored(const stored_token& stored);
-  void record(const fetch_result& result, time_point started_at);
-  asio::awaitable<token_outcome> wait_on_strand();
+  // Where a failure came from: this credential's own attempt, or the one it is fetched with.
+  enum class failure_cause { own, dependency };
+  void record(const fetch_result& result, time_point started_at,
+              failure_cause cause = failure_cause::own);
+  asio::awaitable<token_outcome> wait_on_strand(wait_mode mode = wait_mode::next_refresh);
   asio::awaitable<token_outcome> invalidate_on_strand(std::string value);
   token_outcome unavailable(time_point now) const;
   void publish();

@@ -81,13 +81,14 @@ asio::awaitable<void> basic_refresher<Clock>::run() {
 //
 // A credential fetched with another's value (a ticket, with its app's token) waits for that
 // value before it takes a slot, so that no slot is held by a wait for another refresh, which
-// may need a slot itself. When upstream rejects that value (40001, 40014, 42001), the slot and
+// may need a slot itself. When upstream rejects that value (rejects_dependency), the slot and
 // the lock are given back, the value is reported to its refresher (compare-and-refresh, shared
 // with every other report), and the refresh goes round once more with the value that
 // replaces it.
 template <class Clock>
 asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
   using namespace refresher_detail;
+  if (is_pushed(id_.kind)) co_return co_await look_for_push();
   lifecycle_.attempt_pending();
   publish();
   auto& store = engine_.store();
@@ -97,7 +98,7 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
     auto dependency = co_await dependency_value(rejected);
     if (ended_) break;
     if (auto* failure = std::get_if<fetch_failure>(&dependency)) {
-      record(std::move(*failure), Clock::now());
+      record(std::move(*failure), Clock::now(), failure_cause::dependency);
       co_return;
     }
     const auto& carried = std::get<std::string>(dependency);
@@ -155,6 +156,66 @@ asio::awaitable<void> basic_refresher<Clock>::negotiate_and_call() {
   lifecycle_.attempt_withdrawn(std::nullopt);
 }
 
+// Nobody can fetch a pushed value: when it is due, only the store may have a newer one. Without
+// one, the held value is served to its end, and what needs it fails as upstream would
+// (40085 invalid suite_ticket) until WeCom pushes again.
+template <class Clock>
+asio::awaitable<void> basic_refresher<Clock>::look_for_push() {
+  const auto started_at = Clock::now();
+  const std::string held = lifecycle_.held() ? lifecycle_.held()->value : std::string();
+  lifecycle_.attempt_started(started_at);
+  publish();
+  const auto stored = co_await engine_.store().load(id_);
+  if (ended_) co_return lifecycle_.attempt_withdrawn(std::nullopt);
+  // A push that arrived here meanwhile counts as much as one the store holds.
+  const bool pushed_meanwhile = lifecycle_.held() && lifecycle_.held()->value != held;
+  if ((stored && adopt_stored(*stored)) || pushed_meanwhile) {
+    co_return lifecycle_.attempt_withdrawn(std::nullopt);
+  }
+  record(no_push(), started_at);
+}
+
+// What is missing while no push is held: what WeCom answers a call with a stale suite_ticket.
+template <class Clock>
+fetch_failure basic_refresher<Clock>::no_push() const {
+  return fetch_failure{failure_class::transient, 40085,
+                       "no " + std::string(to_string(id_.kind)) +
+                           " pushed in its lifetime; waiting for WeCom's next push"};
+}
+
+template <class Clock>
+asio::awaitable<bool> basic_refresher<Clock>::accept_pushed(std::string value,
+                                                            std::chrono::seconds lifetime) {
+  auto operation = asio::co_spawn(engine_.strand(), accept_on_strand(std::move(value), lifetime),
+                                  asio::use_awaitable);
+  co_return co_await std::move(operation);
+}
+
+template <class Clock>
+asio::awaitable<bool> basic_refresher<Clock>::accept_on_strand(std::string value,
+                                                               std::chrono::seconds lifetime) {
+  const auto self = this->shared_from_this();  // a reload may drop it meanwhile
+  const auto now = Clock::now();
+  if (ended_) co_return false;
+  const auto candidate =
+      token_from_expiry(std::move(value), now + lifetime, now, wall_clock::now());
+  if (!lifecycle_.adopt(candidate, jitter_unit())) {
+    co_return lifecycle_.held() && lifecycle_.held()->value == candidate.value;
+  }
+  spdlog::info("{} pushed, expires_at={} (in {}s)", log_name(id_),
+               unix_seconds(candidate.expires_at_wall), lifetime.count());
+  publish();
+  co_await save_held();
+  co_return true;
+}
+
+template <class Clock>
+void basic_refresher<Clock>::retry_failed() {
+  if (ended_ || busy() || !lifecycle_.last_failure()) return;
+  lifecycle_.retry_now();
+  engine_.plan(*this);
+}
+
 template <class Clock>
 asio::awaitable<std::variant<std::string, fetch_failure>> basic_refresher<Clock>::dependency_value(
     const std::optional<std::string>& rejected) {
@@ -165,7 +226,10 @@ asio::awaitable<std::variant<std::string, fetch_failure>> basic_refresher<Clock>
     co_return fetch_failure{failure_class::configuration, local_failure_errcode,
                             to_string(*needed) + " is not configured"};
   }
-  auto waiting = rejected ? dependency->invalidate(*rejected) : dependency->wait_for_token();
+  // Without a value and a refresh under way, this one fails at once and tries again when the
+  // value arrives (engine::value_arrived).
+  auto waiting = rejected ? dependency->invalidate(*rejected)
+                          : dependency->wait_for_token(wait_mode::under_way);
   const auto outcome = co_await std::move(waiting);
   if (outcome.view) co_return outcome.view->current->value;
   co_return outcome.failure.value_or(
@@ -226,7 +290,7 @@ asio::awaitable<typename basic_refresher<Clock>::call_end> basic_refresher<Clock
   const auto result = co_await std::move(operation);
   const auto* failure = std::get_if<fetch_failure>(&result);
   const bool retry = may_retry && failure && source_->dependency() &&
-                     rejects_access_token(failure->errcode) && !ended_;
+                     source_->rejects_dependency(failure->errcode) && !ended_;
   if (ended_ || retry) {
     if (holds_permit) co_await engine_.store().release_refresh(id_, milliseconds{0});
     if (!retry) {
@@ -296,7 +360,8 @@ bool basic_refresher<Clock>::adopt_stored(const stored_token& stored) {
 }
 
 template <class Clock>
-void basic_refresher<Clock>::record(const fetch_result& result, time_point started_at) {
+void basic_refresher<Clock>::record(const fetch_result& result, time_point started_at,
+                                    failure_cause cause) {
   using namespace refresher_detail;
   const auto finished_at = Clock::now();
   const auto latency_ms = milliseconds_between(started_at, finished_at);
@@ -318,7 +383,10 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   const auto& failure = std::get<fetch_failure>(result);
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
-  spdlog::warn(
+  // A dependency's failure is its own refresher's warning; ten thousand corps waiting for their
+  // suite's token repeat it at debug level.
+  spdlog::log(
+      cause == failure_cause::dependency ? spdlog::level::debug : spdlog::level::warn,
       "{} refresh failed: errcode={} errmsg=\"{}\", latency_ms={}, retry_in_ms={}, {}",
       log_name(id_), failure.errcode, failure.errmsg, latency_ms,
       milliseconds_between(finished_at, lifecycle_.next_attempt_at()),
@@ -336,10 +404,11 @@ void basic_refresher<Clock>::publish() {
   // A revoked value is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
-    view->answers = prepare_token_answers(label(), id_.kind, *held);
+    view->answers = prepare_token_answers(id_, *held);
   }
+  const auto before = view_.load();
+  const bool arrived = !before->servable(now) && view->current;
   if (id_.kind == credential_kind::access_token) {
-    const auto before = view_.load();
     const auto value_of = [](const credential_view& seen) -> std::string_view {
       return seen.current ? std::string_view(seen.current->value) : std::string_view();
     };
@@ -351,13 +420,15 @@ void basic_refresher<Clock>::publish() {
 
   for (auto* waiter : waiters_) waiter->cancel();
   waiters_.clear();
-  if (!ended_) engine_.plan(*this);
+  if (ended_) return;
+  engine_.plan(*this);
+  if (arrived) engine_.value_arrived(id_);
 }
 
 // The operations are named before the co_await: g++ 12 mishandles temporaries in its operand.
 template <class Clock>
-asio::awaitable<token_outcome> basic_refresher<Clock>::wait_for_token() {
-  auto operation = asio::co_spawn(engine_.strand(), wait_on_strand(), asio::use_awaitable);
+asio::awaitable<token_outcome> basic_refresher<Clock>::wait_for_token(wait_mode mode) {
+  auto operation = asio::co_spawn(engine_.strand(), wait_on_strand(mode), asio::use_awaitable);
   co_return co_await std::move(operation);
 }
 
@@ -389,7 +460,7 @@ asio::awaitable<token_outcome> basic_refresher<Clock>::invalidate_on_strand(std:
 }
 
 template <class Clock>
-asio::awaitable<token_outcome> basic_refresher<Clock>::wait_on_strand() {
+asio::awaitable<token_outcome> basic_refresher<Clock>::wait_on_strand(wait_mode mode) {
   using namespace refresher_detail;
   const auto self = this->shared_from_this();  // a reload may drop it meanwhile
   timer waiter(engine_.strand());
@@ -399,6 +470,9 @@ asio::awaitable<token_outcome> basic_refresher<Clock>::wait_on_strand() {
     // Every change of the held value is published, so the view has what the lifecycle has.
     if (auto view = view_.load(); view->servable(now)) co_return token_outcome{std::move(view)};
     if (ended_ || engine_.stopping()) co_return unavailable(now);
+    // (A pushed value's next look at the store finds nothing an event would not bring.)
+    const bool under_way_only = mode == wait_mode::under_way || is_pushed(id_.kind);
+    if (under_way_only && !lifecycle_.in_flight()) co_return unavailable(now);
 
     // Wait only for a refresh that is under way or starts soon enough to finish in time.
     const auto wait_limit = engine_.wait_limit();
@@ -428,7 +502,9 @@ token_outcome basic_refresher<Clock>::unavailable(time_point now) const {
   const auto wait =
       std::max(std::chrono::seconds{1},
                std::chrono::ceil<std::chrono::seconds>(lifecycle_.next_attempt_at() - now));
-  return token_outcome{nullptr, lifecycle_.last_failure(), wait};
+  auto failure = lifecycle_.last_failure();
+  if (!failure && is_pushed(id_.kind)) failure = no_push();
+  return token_outcome{nullptr, std::move(failure), wait};
 }
 
 }  // namespace token_broker

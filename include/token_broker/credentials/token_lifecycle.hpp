@@ -74,6 +74,12 @@ class token_lifecycle {
   void attempt_succeeded(const fetched_token& fetched, double jitter_unit);
   void attempt_failed(fetch_failure failure, time_point now, double jitter_unit);
 
+  // After a failure, the next attempt is due at once (the min_interval floor still counts):
+  // what it lacked has arrived.
+  void retry_now() {
+    if (last_failure_ && !in_flight_) scheduled_at_ = time_point{};
+  }
+
   // Takes a token from elsewhere (a store, another replica) when it outlives the one held.
   // For the token held, learns only that it ends sooner (never later). True when it changed
   // what is held.

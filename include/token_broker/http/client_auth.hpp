@@ -19,6 +19,9 @@ class client_auth {
   const client_config* identify(std::string_view authorization) const;
   // Whether `client` (nullptr on an open API) may read `app_id`.
   bool may_read(const client_config* client, std::string_view app_id) const;
+  // The same for a suite (its corps included) and a provider.
+  bool may_read_suite(const client_config* client, std::string_view suite) const;
+  bool may_read_provider(const client_config* client, std::string_view provider) const;
 
  private:
   std::vector<client_config> clients_;

@@ -25,8 +25,17 @@ using request = http::request<http::string_body>;
 struct waiting_request {
   // Kept: a reload may drop it from the set meanwhile.
   std::shared_ptr<credential_refresher> credential;
-  enum { our_token, wecom_token, invalidation, signature, forward } then = our_token;
-  std::string reported;  // invalidation: the value the caller saw rejected
+  enum {
+    our_token,
+    wecom_token,
+    invalidation,
+    signature,
+    forward,
+    push,           // a suite_ticket PUT by a client: kept, then a JSON answer
+    callback_push,  // a suite_ticket of WeCom's callback: kept, then "success"
+  } then = our_token;
+  // invalidation: the value the caller saw rejected; push, callback_push: the pushed value
+  std::string reported;
   // signature: what to sign, for which app, and its tickets (each waited for)
   struct signing {
     std::shared_ptr<const app_config> app;
@@ -48,6 +57,10 @@ class request_handler {
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
     const app_entry* app;         // the path's {app}, checked against the config and the client
+    // The path's {suite} or {provider}, checked the same way (the callback's suite against the
+    // config alone); the set they belong to is held while the handler runs.
+    const suite_entry* suite;
+    const provider_entry* provider;
   };
   using handler = std::variant<answer, waiting_request> (request_handler::*)(const call&);
   struct endpoint {
@@ -58,8 +71,7 @@ class request_handler {
   static std::span<const endpoint> endpoints();
 
   // `api_gateway`: null when the gateway is not enabled.
-  request_handler(const broker& apps, std::vector<client_config> clients,
-                  gateway* api_gateway = nullptr);
+  request_handler(broker& apps, std::vector<client_config> clients, gateway* api_gateway = nullptr);
   ~request_handler();
 
   // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
@@ -97,6 +109,7 @@ class request_handler {
   // straight to the gateway's, one coroutine frame fewer on every call.
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
   asio::awaitable<answer> wait_for_credential(const waiting_request& waiting);
+  static asio::awaitable<answer> keep_pushed(const waiting_request& waiting);
   static answer answer_waited(const waiting_request& waiting, token_outcome outcome);
   asio::awaitable<answer> wait_and_sign(const waiting_request::signing& signs);
   // 200 with a signature per ticket given (null: not configured).
@@ -111,6 +124,27 @@ class request_handler {
   template <credential_kind kind>
   std::variant<answer, waiting_request> invalidate(const call& current);
   std::variant<answer, waiting_request> jssdk_signature(const call& current);
+  // The third-party side (src/http/third_party_routes.cpp).
+  template <credential_kind kind>
+  std::variant<answer, waiting_request> third_party_credential(const call& current);
+  template <credential_kind kind>
+  std::variant<answer, waiting_request> third_party_invalidate(const call& current);
+  // The path's provider token, suite token or corp token; an answer when there is none.
+  template <credential_kind kind>
+  std::variant<credential_refresher*, answer> third_party_refresher(const call& current);
+  std::variant<answer, waiting_request> list_corps(const call& current);
+  std::variant<answer, waiting_request> put_suite_ticket(const call& current);
+  std::variant<answer, waiting_request> callback_verification(const call& current);
+  std::variant<answer, waiting_request> callback_event(const call& current);
+  std::variant<answer, waiting_request> wecom_provider_token(const call& current);
+  std::variant<answer, waiting_request> wecom_suite_token(const call& current);
+  std::variant<answer, waiting_request> wecom_corp_token(const call& current);
+  // A compare-and-refresh of `credential` asked for with `body` ({"<value_field>":"…"}).
+  static std::variant<answer, waiting_request> invalidation_of(credential_refresher& credential,
+                                                               std::string_view body);
+  // The answer a waiting request gets once `credential` has a value, or failed to get one.
+  static std::variant<answer, waiting_request> serve_or_wait(credential_refresher& credential,
+                                                             decltype(waiting_request::then) then);
   std::variant<answer, waiting_request> list_apps(const call& current);
   std::variant<answer, waiting_request> wecom_gettoken(const call& current);
   struct keyed_call {
@@ -128,7 +162,7 @@ class request_handler {
   std::variant<answer, waiting_request> forward(const call& current, const app_entry& app,
                                                 std::string api, bool drop_in);
 
-  const broker& apps_;
+  broker& apps_;
   gateway* gateway_;
   published<client_auth> auth_;
   request_metrics metrics_;

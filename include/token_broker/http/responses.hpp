@@ -19,6 +19,8 @@ namespace token_broker {
 using response = http::response<http::string_body>;
 
 response json_response(http::status status, std::string body);
+// text/plain, uncached: what WeCom's callback expects ("success", a decrypted echostr).
+response text_response(http::status status, std::string body);
 // The status line and header fields of `reply`, as they go on the wire before its body.
 std::string response_head(const response& reply);
 // {"error":"<code>","message":"…"}

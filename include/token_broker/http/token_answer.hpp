@@ -35,9 +35,9 @@ class prepared_token_answers {
   std::array<std::uint32_t, 4> ends_{};  // where each of the four pieces ends in text_
 };
 
-// The value goes in the kind's field: "access_token" or "ticket" (value_field).
-prepared_token_answers prepare_token_answers(std::string_view app_id, credential_kind kind,
-                                             const token& current);
+// Ours names the credential (SPEC §4: "app"; "provider"; "suite"; "suite" and "corpid") and
+// both put the value in the kind's field (value_field).
+prepared_token_answers prepare_token_answers(const credential_id& id, const token& current);
 
 // Whole seconds left at `now`: what `expires_in` says.
 std::int64_t seconds_left(const token& current, time_point now);

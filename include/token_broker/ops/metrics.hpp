@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "token_broker/credentials/credential.hpp"
+
 namespace token_broker {
 
 class request_metrics {
@@ -75,10 +77,15 @@ class upstream_metrics {
 };
 
 class app_set;
+struct third_party_set;
+
+// How metrics and /readyz name a credential that is not an app's: "isv", "crm-suite",
+// "crm-suite/wwcorpA…" (SPEC §6).
+std::string credential_label(const credential_id& id);
 
 // The whole GET /metrics page. `redis_up` is empty when no Redis is configured (then the
 // gauge is left out rather than reporting a Redis that does not exist as down).
 std::string render_metrics(const request_metrics& requests, const app_set& apps,
-                           std::optional<bool> redis_up);
+                           const third_party_set& third_party, std::optional<bool> redis_up);
 
 }  // namespace token_broker

@@ -30,10 +30,18 @@ redis_reply from_hiredis(const redisReply& raw);
 // nullopt for anything else (a "subscribe" confirmation).
 std::optional<std::string_view> message_payload(const redis_reply& message);
 
-// The credential an event on the events channel announces
-// ({"kind":"jsapi_ticket","app":"hr","event":"refreshed",…}; a v1 broker's events have no
-// kind: an access_token); nullopt for anything else, kinds this broker does not know included.
+// An event on the events channel (SPEC §5): the credential's kind and its naming_fields ("app";
+// "provider"; "suite"; "suite" and "corpid"), then `event` ("refreshed", "added", "removed")
+// and, for a value, its wall-clock expiry.
+std::string event_message(const credential_id& id, std::string_view event,
+                          std::optional<std::int64_t> expires_at = std::nullopt);
+// The credential an event announces ({"kind":"jsapi_ticket","app":"hr","event":"refreshed",…};
+// a v1 broker's events have no kind: an access_token); nullopt for anything else, kinds this
+// broker does not know included.
 std::optional<credential_id> event_credential(std::string_view payload);
+// An authorized corp's event ("added" or "removed"), or nullopt for a value's ("refreshed").
+enum class corp_change { added, removed };
+std::optional<corp_change> corp_event(std::string_view payload);
 
 // Script answers carry times left (PTTL), never instants, and each is anchored at `sent_at`,
 // when the command was sent: the round trip can only shorten a token's life, never stretch it.

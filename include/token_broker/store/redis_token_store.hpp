@@ -6,6 +6,8 @@
 //                               per change
 //   {prefix}lock:{id}           the replica calling upstream now (SET NX PX, leased)
 //   {prefix}cooldown:{id}       after a failed or same-value call: no replica calls before it ends
+//   {prefix}suite_corps:{suite} a hash: each corp that authorized the suite by callback, with
+//                               its permanent code sealed (at_rest_key)
 //   {prefix}calls:{id}          a budgeted credential's calls in the last hour (a sorted set
 //                               scored by Redis's TIME)
 // where {id} is the app for an access_token ("lock:hr", as v1 named it) and "{kind}:{app}"
@@ -53,8 +55,17 @@ class redis_token_store final : public token_store {
                                         std::chrono::milliseconds cool_down) override;
   asio::awaitable<call_budget_answer> spend_call(const credential_id& id, unsigned limit) override;
 
+  void watch_corps(corps_listener changed) override;
+  asio::awaitable<std::optional<sealed_corps>> authorized_corps(std::string suite) override;
+  asio::awaitable<std::optional<std::string>> authorized_corp(std::string suite,
+                                                              std::string corpid) override;
+  asio::awaitable<bool> add_corp(std::string suite, std::string corpid,
+                                 std::string sealed_code) override;
+  asio::awaitable<bool> remove_corp(std::string suite, std::string corpid) override;
+
  private:
   std::string value_key(const credential_id& id) const;
+  std::string corps_key(std::string_view suite) const;
   std::string internal_key(std::string_view purpose, const credential_id& id) const;
 
   std::string prefix_;
@@ -62,6 +73,7 @@ class redis_token_store final : public token_store {
   std::shared_ptr<redis_connection> commands_;
   std::shared_ptr<redis_connection> events_;
   change_listener changed_;
+  corps_listener corps_changed_;
   std::atomic<std::uint64_t> calls_counted_{0};  // makes each counted call a member of its own
 };
 

@@ -72,9 +72,18 @@ struct call_budget_answer {
   std::chrono::milliseconds wait{0};
 };
 
+// A suite's corps that authorized it by callback (SPEC §5 {prefix}suite_corps:{suite}): each
+// corpid with its permanent code sealed (at_rest_key), never the plaintext.
+using sealed_corps = std::map<std::string, std::string, std::less<>>;
+
 class token_store {
  public:
   virtual ~token_store() = default;
+
+  // Before start(): called with a corp's token id ("suite:corpid") when another process added
+  // (true) or removed (false) an authorized corp.
+  using corps_listener = std::function<void(const credential_id& corp, bool added)>;
+  virtual void watch_corps(corps_listener changed) { (void)changed; }
 
   // Starts the store's own activity (connections), as tasks of `tasks`. `changed` is called
   // with a credential when the store may hold a newer value for it, and with nullopt when the
@@ -129,6 +138,34 @@ class token_store {
     (void)limit;
     co_return call_budget_answer{};
   }
+
+  // The corps that authorized `suite` by callback; nullopt when the store is unreachable (or
+  // keeps no corps: the base class).
+  virtual asio::awaitable<std::optional<sealed_corps>> authorized_corps(std::string suite) {
+    (void)suite;
+    co_return std::nullopt;
+  }
+  // One of them: its sealed code, or nullopt (none, or unreachable).
+  virtual asio::awaitable<std::optional<std::string>> authorized_corp(std::string suite,
+                                                                      std::string corpid) {
+    (void)suite;
+    (void)corpid;
+    co_return std::nullopt;
+  }
+  // Keeps the corp (replacing its code) and tells the other processes; false when unreachable.
+  virtual asio::awaitable<bool> add_corp(std::string suite, std::string corpid,
+                                         std::string sealed_code) {
+    (void)suite;
+    (void)corpid;
+    (void)sealed_code;
+    co_return false;
+  }
+  // Forgets the corp with its token and tells the other processes; false when unreachable.
+  virtual asio::awaitable<bool> remove_corp(std::string suite, std::string corpid) {
+    (void)suite;
+    (void)corpid;
+    co_return false;
+  }
 };
 
 class memory_token_store final : public token_store {
@@ -157,9 +194,38 @@ class memory_token_store final : public token_store {
     co_return;
   }
 
+  asio::awaitable<std::optional<sealed_corps>> authorized_corps(std::string suite) override {
+    const std::lock_guard lock(mutex_);
+    co_return corps_[suite];
+  }
+
+  asio::awaitable<std::optional<std::string>> authorized_corp(std::string suite,
+                                                              std::string corpid) override {
+    const std::lock_guard lock(mutex_);
+    const auto& corps = corps_[suite];
+    const auto found = corps.find(corpid);
+    if (found == corps.end()) co_return std::nullopt;
+    co_return found->second;
+  }
+
+  asio::awaitable<bool> add_corp(std::string suite, std::string corpid,
+                                 std::string sealed_code) override {
+    const std::lock_guard lock(mutex_);
+    corps_[suite].insert_or_assign(std::move(corpid), std::move(sealed_code));
+    co_return true;
+  }
+
+  asio::awaitable<bool> remove_corp(std::string suite, std::string corpid) override {
+    const std::lock_guard lock(mutex_);
+    corps_[suite].erase(corpid);
+    tokens_.erase(credential_id{credential_kind::corp_token, suite + ":" + corpid});
+    co_return true;
+  }
+
  private:
   std::mutex mutex_;
   std::map<credential_id, stored_token> tokens_;
+  std::map<std::string, sealed_corps, std::less<>> corps_;
 };
 
 }  // namespace token_broker

@@ -241,6 +241,124 @@ TEST(config, reads_the_gateway) {
   EXPECT_EQ(on.gateway.budget, (api_budget_limits{30, 0, 4})) << "0: no cap";
 }
 
+TEST(config, reads_providers_each_secret_from_one_source) {
+  const temp_directory files;
+  const auto secret_file = files.write("isv-b", "hunter2-isv-b\n");
+  const scoped_env env("TOKEN_BROKER_TEST_PROVIDER_SECRET", "hunter2-isv-a");
+  const auto settings =
+      parse_config(with("/providers", R"({
+    "isv-a": {"corpid": "wwprovider0000001", "provider_secret_env": "TOKEN_BROKER_TEST_PROVIDER_SECRET"},
+    "isv-b": {"corpid": "wwprovider0000002", "provider_secret_file": )" +
+                                          json_string(secret_file.string()) + R"(},
+    "isv-c": {"corpid": "wwprovider0000003", "provider_secret": "hunter2-isv-c"}})"));
+  ASSERT_EQ(settings.providers.size(), 3u);
+  EXPECT_EQ(settings.providers[0].id, "isv-a");
+  EXPECT_EQ(settings.providers[0].corpid, "wwprovider0000001");
+  EXPECT_EQ(settings.providers[0].source, secret_source::environment);
+  EXPECT_EQ(settings.providers[0].provider_secret, "hunter2-isv-a");
+  EXPECT_EQ(settings.providers[1].source, secret_source::file);
+  EXPECT_EQ(settings.providers[1].provider_secret, "hunter2-isv-b");
+  EXPECT_EQ(settings.providers[2].source, secret_source::inline_value);
+  EXPECT_EQ(settings.providers[2].provider_secret, "hunter2-isv-c");
+  EXPECT_EQ(settings.apps.size(), 1u);
+
+  // A provider alone is a config: not every broker serves apps.
+  const auto provider_only = parse_config(
+      with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+           without("/apps")));
+  EXPECT_TRUE(provider_only.apps.empty());
+  EXPECT_EQ(provider_only.providers.size(), 1u);
+}
+
+TEST(config, reads_suites_their_callback_store_key_and_static_corps) {
+  const temp_directory files;
+  const auto key_file = files.write("suite-key", std::string(32, '\x07'));
+  const scoped_env env("TOKEN_BROKER_TEST_SUITE_SECRET", "hunter2-suite");
+  const auto settings = parse_config(with("/suites", R"({
+    "crm-suite": {
+      "suite_id": "wwsuite00000000001", "suite_secret_env": "TOKEN_BROKER_TEST_SUITE_SECRET",
+      "callback": {"token": "hunter2-token",
+                   "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"},
+      "store_key_file": )" + json_string(key_file.string()) +
+                                                         R"(,
+      "corps": {"wwcorpA000000001": {"permanent_code": "hunter2-code-a"}}},
+    "dev": {"suite_id": "wwtemplate0000001", "template": true, "suite_secret": "hunter2-dev"}})"));
+  ASSERT_EQ(settings.suites.size(), 2u);
+  const auto& crm = settings.suites[0];
+  EXPECT_EQ(crm.id, "crm-suite");
+  EXPECT_EQ(crm.suite_id, "wwsuite00000000001");
+  EXPECT_FALSE(crm.is_template);
+  EXPECT_EQ(crm.source, secret_source::environment);
+  EXPECT_EQ(crm.suite_secret, "hunter2-suite");
+  ASSERT_TRUE(crm.callback);
+  EXPECT_EQ(crm.callback->token, "hunter2-token");
+  EXPECT_EQ(crm.callback->encoding_aes_key, "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C");
+  EXPECT_EQ(crm.store_key, std::string(32, '\x07'));
+  ASSERT_EQ(crm.corps.size(), 1u);
+  EXPECT_EQ(crm.corps[0].corpid, "wwcorpA000000001");
+  EXPECT_EQ(crm.corps[0].permanent_code, "hunter2-code-a");
+  const auto& dev = settings.suites[1];
+  EXPECT_TRUE(dev.is_template);
+  EXPECT_FALSE(dev.callback);
+  EXPECT_TRUE(dev.store_key.empty()) << "no callback, no key needed";
+  EXPECT_TRUE(dev.corps.empty());
+}
+
+TEST(config, a_store_key_file_must_hold_32_bytes_and_is_required_with_a_callback) {
+  const temp_directory files;
+  const std::string callback =
+      R"("callback": {"token": "hunter2-t", "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"})";
+  const auto without_key = error_of(
+      with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", )" + callback + "}"));
+  EXPECT_EQ(without_key.field(), "suites.s.store_key_file");
+  for (const std::size_t size : {0, 31, 33}) {
+    const auto key_file = files.write("key", std::string(size, 'k'));
+    const auto error = error_of(
+        with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "store_key_file": )" +
+                              json_string(key_file.string()) + "}"));
+    EXPECT_EQ(error.field(), "suites.s.store_key_file");
+    EXPECT_NE(std::string(error.what()).find("exactly 32 bytes"), std::string::npos);
+    EXPECT_EQ(std::string(error.what()).find("kkkk"), std::string::npos) << "the key is secret";
+  }
+}
+
+TEST(config, a_client_may_be_allowed_suites_and_providers_as_well_as_apps) {
+  const auto document =
+      with("/clients",
+           R"({"isv-svc": {"key_sha256": ")" + key_a +
+               R"(", "suites": ["crm-suite"], "providers": ["*"]},
+                      "both": {"key_sha256": ")" +
+               key_b + R"(", "apps": ["hr"], "suites": ["*"]}})",
+           with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+                with("/suites/crm-suite", R"({"suite_id": "wws", "suite_secret": "hunter2-s"})")));
+  const auto settings = parse_config(document);
+  ASSERT_EQ(settings.clients.size(), 2u);
+  const auto& isv = settings.clients[0];
+  EXPECT_TRUE(isv.apps.empty());
+  EXPECT_FALSE(isv.all_apps);
+  EXPECT_EQ(isv.suites, std::vector<std::string>{"crm-suite"});
+  EXPECT_TRUE(isv.all_providers);
+  const auto& both = settings.clients[1];
+  EXPECT_EQ(both.apps, std::vector<std::string>{"hr"});
+  EXPECT_TRUE(both.all_suites);
+  EXPECT_TRUE(both.providers.empty());
+}
+
+TEST(config, an_inline_provider_secret_in_a_file_others_can_read_is_warned_about) {
+  const temp_directory files;
+  const auto document =
+      with("/providers", R"({"isv": {"corpid": "wwp", "provider_secret": "hunter2-p"}})",
+           without("/apps"));
+  const auto file = files.write("config.json", document);
+  std::filesystem::permissions(file, std::filesystem::perms(0644));
+  const auto warning = inline_secret_exposure(file, parse_config(document));
+  ASSERT_TRUE(warning);
+  EXPECT_NE(warning->find("(providers.isv.provider_secret)"), std::string::npos) << *warning;
+  EXPECT_EQ(warning->find(secret_marker), std::string::npos) << *warning;
+  std::filesystem::permissions(file, std::filesystem::perms(0600));
+  EXPECT_FALSE(inline_secret_exposure(file, parse_config(document)));
+}
+
 // The shipped example stays loadable: only its placeholders need real values.
 TEST(config, example_file_loads_once_placeholders_are_filled) {
   const auto example_path =
@@ -253,12 +371,24 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
 
   const temp_directory files;
   const auto crm_secret = files.write("crm", "hunter2-crm\n");
+  const auto suite_key = files.write("suite-key", std::string(32, 'k'));
   const scoped_env env("WECOM_HR_SECRET", "hunter2-hr");
+  const scoped_env provider("WECOM_PROVIDER_SECRET", "hunter2-provider");
+  const scoped_env suite("WECOM_SUITE_SECRET", "hunter2-suite");
+  const scoped_env callback_token("WECOM_CALLBACK_TOKEN", "QDG6eK");
+  const scoped_env callback_key("WECOM_CALLBACK_AES_KEY",
+                                "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C");
+  const scoped_env corp_code("WECOM_CORP_A_CODE", "hunter2-code");
   text = replace_all(text, "<your corpid>", "ww0123456789abcdef");
   text = replace_all(text, "<the ops app secret>", "hunter2-ops");
   text = replace_all(text, "/run/credentials/token-broker.service/crm", crm_secret.string());
   text = replace_all(text, "<hex sha256 of billing's bearer key>", key_a);
   text = replace_all(text, "<hex sha256 of admin's bearer key>", key_b);
+  text = replace_all(text, "<hex sha256 of isv-svc's bearer key>", std::string(64, 'c'));
+  text = replace_all(text, "<your provider corpid>", "wwprovider0000001");
+  text = replace_all(text, "<your suite_id>", "wwsuite0000000001");
+  text = replace_all(text, "<an authorized corpid>", "wwcorpA000000001");
+  text = replace_all(text, "/run/credentials/token-broker.service/suite-key", suite_key.string());
 
   const auto settings = parse_config(text);
   ASSERT_EQ(settings.apps.size(), 3u);
@@ -266,8 +396,17 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   EXPECT_EQ(settings.apps[1].id, "crm");
   EXPECT_EQ(settings.apps[1].secret, "hunter2-crm");
   EXPECT_EQ(settings.apps[2].id, "ops");
-  EXPECT_EQ(settings.clients.size(), 2u);
+  EXPECT_EQ(settings.clients.size(), 3u);
   EXPECT_TRUE(settings.redis);
+  ASSERT_EQ(settings.providers.size(), 1u);
+  EXPECT_EQ(settings.providers[0].provider_secret, "hunter2-provider");
+  ASSERT_EQ(settings.suites.size(), 1u);
+  EXPECT_EQ(settings.suites[0].suite_secret, "hunter2-suite");
+  ASSERT_TRUE(settings.suites[0].callback);
+  EXPECT_EQ(settings.suites[0].store_key.size(), 32u);
+  ASSERT_EQ(settings.suites[0].corps.size(), 1u);
+  EXPECT_EQ(settings.suites[0].corps[0].permanent_code, "hunter2-code");
+  EXPECT_EQ(settings.clients[2].suites, std::vector<std::string>{"crm-suite"});
 }
 
 TEST(config, load_config_reads_the_file_and_reports_an_unreadable_one_without_a_field) {
@@ -488,7 +627,27 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"base_url_no_host", with("/upstream/base_url", R"("https:///cgi")"), "upstream.base_url", "valid host and port"},
   error_case{"ca_file_unreadable", with("/upstream/ca_file", R"("/nonexistent/token-broker-ca.pem")"), "upstream.ca_file", "cannot read /nonexistent/token-broker-ca.pem: No such file or directory"},
   error_case{"ca_file_empty", with("/upstream/ca_file", R"("")"), "upstream.ca_file", "must be a file path or null"},
-  error_case{"apps_missing", without("/apps"), "apps", "is required"},
+  error_case{"apps_missing", without("/apps"), "apps", "at least one app, provider or suite"},
+  error_case{"providers_not_object", with("/providers", "[]"), "providers", "must be an object"},
+  error_case{"suites_not_object", with("/suites", "[]"), "suites", "must be an object"},
+  error_case{"client_unknown_suite", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "suites": ["nope"]})"), "clients.isv.suites[0]", "unknown suite \"nope\""},
+  error_case{"client_unknown_provider", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "providers": ["nope"]})"), "clients.isv.providers[0]", "unknown provider \"nope\""},
+  error_case{"client_no_scope", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"("})"), "clients.isv.apps", "is required (or suites, or providers)"},
+  error_case{"client_empty_suites", with("/clients/isv", R"({"key_sha256": ")" + key_a + R"(", "suites": []})"), "clients.isv.suites", "non-empty array of suite ids"},
+  error_case{"suite_id_missing", with("/suites/s", R"({"suite_secret": "hunter2-s"})"), "suites.s.suite_id", "is required"},
+  error_case{"suite_no_secret", with("/suites/s", R"({"suite_id": "wws"})"), "suites.s", "needs exactly one of suite_secret, suite_secret_env, suite_secret_file"},
+  error_case{"suite_template_not_bool", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "template": "yes"})"), "suites.s.template", "must be true or false"},
+  error_case{"suite_unknown_key", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "secret": "hunter2-x"})"), "suites.s.secret", "unknown key"},
+  error_case{"suite_callback_bad_aes_key", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "callback": {"token": "hunter2-t", "encoding_aes_key": "hunter2-too-short"}})"), "suites.s.callback.encoding_aes_key", "43 characters"},
+  error_case{"suite_callback_no_token", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "callback": {"encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"}})"), "suites.s.callback", "needs exactly one of token, token_env, token_file"},
+  error_case{"suite_corp_no_code", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "corps": {"wwA": {}}})"), "suites.s.corps.wwA", "needs exactly one of permanent_code"},
+  error_case{"suite_corp_bad_corpid", with("/suites/s", R"({"suite_id": "wws", "suite_secret": "hunter2-s", "corps": {"w A": {"permanent_code": "hunter2-c"}}})"), "suites.s.corps.w A", "corpid must be"},
+  error_case{"provider_id_with_space", with("/providers/i sv", R"({"corpid": "wwp", "provider_secret": "hunter2-p"})"), "providers.i sv", "provider id must match"},
+  error_case{"provider_unknown_key", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2-p", "secret": "hunter2-q"})"), "providers.isv.secret", "unknown key"},
+  error_case{"provider_corpid_missing", with("/providers/isv", R"({"provider_secret": "hunter2-p"})"), "providers.isv.corpid", "is required"},
+  error_case{"provider_no_secret", with("/providers/isv", R"({"corpid": "wwp"})"), "providers.isv", "needs exactly one of provider_secret, provider_secret_env, provider_secret_file"},
+  error_case{"provider_two_secrets", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2-p", "provider_secret_env": "X"})"), "providers.isv", "has more than one of provider_secret"},
+  error_case{"provider_secret_with_space", with("/providers/isv", R"({"corpid": "wwp", "provider_secret": "hunter2 p"})"), "providers.isv.provider_secret", "printable ASCII without spaces"},
   error_case{"apps_empty", with("/apps", "{}"), "apps", "at least one app"},
   error_case{"apps_not_object", with("/apps", "[]"), "apps", "must be an object"},
   error_case{"app_id_with_space", with("/apps/h r", R"({"corpid": "ww2", "secret": "hunter2-x"})"), "apps.h r", "app id must match [A-Za-z0-9_.-]{1,64}"},

@@ -16,16 +16,37 @@ const time_point t0 = time_point{} + std::chrono::hours{24 * 365};
 
 TEST(credential, kinds_carry_the_names_of_the_contract) {
   for (const auto kind : {credential_kind::access_token, credential_kind::jsapi_ticket,
-                          credential_kind::agent_ticket}) {
+                          credential_kind::agent_ticket, credential_kind::provider_token,
+                          credential_kind::suite_token, credential_kind::corp_token}) {
     EXPECT_EQ(credential_kind_named(to_string(kind)), kind);
   }
+  // SPEC §5's keys: provider_token:{id}, suite_token:{suite}, corp_token:{suite}:{corpid}.
+  EXPECT_EQ(to_string(credential_id{credential_kind::corp_token, "crm-suite:wwcorpA"}),
+            "corp_token:crm-suite:wwcorpA");
+  EXPECT_EQ(value_field(credential_kind::provider_token), "provider_access_token");
+  EXPECT_EQ(value_field(credential_kind::suite_token), "suite_access_token");
+  EXPECT_EQ(value_field(credential_kind::corp_token), "access_token");
+  EXPECT_EQ(log_name({credential_kind::provider_token, "isv"}), "provider=isv");
+  EXPECT_EQ(log_name({credential_kind::suite_token, "crm-suite"}), "suite=crm-suite");
+  EXPECT_EQ(log_name({credential_kind::corp_token, "crm-suite:wwcorpA"}),
+            "suite=crm-suite corp=wwcorpA");
   EXPECT_EQ(to_string(credential_id{credential_kind::jsapi_ticket, "hr"}), "jsapi_ticket:hr");
   EXPECT_EQ(to_string(credential_id{credential_kind::access_token, "hr"}), "access_token:hr");
   EXPECT_EQ(value_field(credential_kind::access_token), "access_token");
   EXPECT_EQ(value_field(credential_kind::agent_ticket), "ticket");
   EXPECT_EQ(log_name({credential_kind::access_token, "hr"}), "app=hr");
   EXPECT_EQ(log_name({credential_kind::agent_ticket, "hr"}), "app=hr kind=agent_ticket");
-  EXPECT_FALSE(credential_kind_named("suite_token"));
+  EXPECT_EQ(credential_kind_named("suite_ticket"), credential_kind::suite_ticket);
+  EXPECT_EQ(value_field(credential_kind::suite_ticket), "suite_ticket");
+  EXPECT_EQ(log_name({credential_kind::suite_ticket, "crm-suite"}),
+            "suite=crm-suite kind=suite_ticket");
+  EXPECT_TRUE(is_pushed(credential_kind::suite_ticket));
+  EXPECT_FALSE(is_pushed(credential_kind::suite_token));
+  EXPECT_EQ(naming_values({credential_kind::corp_token, "crm-suite:wwcorpA"}),
+            (std::vector<std::string_view>{"crm-suite", "wwcorpA"}));
+  EXPECT_EQ(naming_values({credential_kind::access_token, "hr"}),
+            std::vector<std::string_view>{"hr"});
+  EXPECT_FALSE(credential_kind_named("permanent_code"));
   EXPECT_TRUE(is_ticket(credential_kind::jsapi_ticket));
   EXPECT_FALSE(is_ticket(credential_kind::access_token));
 }

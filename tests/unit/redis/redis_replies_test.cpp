@@ -65,9 +65,33 @@ TEST(redis_replies, events_name_a_credential_by_kind_and_app) {
             (credential_id{jsapi_ticket, "hr"}));
   EXPECT_EQ(event_credential(R"({"kind":"agent_ticket","app":"hr","event":"refreshed"})"),
             (credential_id{agent_ticket, "hr"}));
-  EXPECT_FALSE(event_credential(R"({"kind":"suite_token","app":"s","event":"refreshed"})"))
+  EXPECT_FALSE(event_credential(R"({"kind":"suite_ticket","app":"s","event":"refreshed"})"))
       << "a kind this broker does not hold";
   EXPECT_FALSE(event_credential(R"({"kind":7,"app":"hr"})"));
+  EXPECT_FALSE(event_credential(R"({"kind":"suite_token","app":"s"})")) << "a suite is named so";
+  EXPECT_FALSE(event_credential(R"({"kind":"corp_token","suite":"s"})")) << "no corpid";
+}
+
+TEST(redis_replies, every_kind_is_named_in_events_as_the_contract_says) {
+  using enum credential_kind;
+  EXPECT_EQ(event_message({jsapi_ticket, "hr"}, "refreshed", 1790000000),
+            R"({"kind":"jsapi_ticket","app":"hr","event":"refreshed","expires_at":1790000000})");
+  EXPECT_EQ(event_message({provider_token, "isv"}, "refreshed"),
+            R"({"kind":"provider_token","provider":"isv","event":"refreshed"})");
+  EXPECT_EQ(event_message({suite_token, "crm"}, "refreshed"),
+            R"({"kind":"suite_token","suite":"crm","event":"refreshed"})");
+  EXPECT_EQ(event_message({corp_token, "crm:wwcorpA"}, "added"),
+            R"({"kind":"corp_token","suite":"crm","corpid":"wwcorpA","event":"added"})");
+  for (const auto& id :
+       {credential_id{access_token, "hr"}, credential_id{agent_ticket, "hr"},
+        credential_id{provider_token, "isv"}, credential_id{suite_token, "crm"},
+        credential_id{suite_ticket, "crm"}, credential_id{corp_token, "crm:wwcorpA"}}) {
+    EXPECT_EQ(event_credential(event_message(id, "refreshed")), id) << to_string(id);
+  }
+  EXPECT_EQ(corp_event(event_message({corp_token, "crm:wwcorpA"}, "added")), corp_change::added);
+  EXPECT_EQ(corp_event(event_message({corp_token, "crm:wwcorpA"}, "removed")),
+            corp_change::removed);
+  EXPECT_FALSE(corp_event(event_message({corp_token, "crm:wwcorpA"}, "refreshed")));
   EXPECT_FALSE(event_credential(R"({"kind":"access_token","app":7})"));
 }
 

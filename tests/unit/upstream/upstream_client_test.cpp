@@ -311,7 +311,10 @@ TEST_F(upstream_client_test, a_post_carries_its_json_body_on_the_same_connection
   upstream_client client(config_for(fake_->base_url()));
   ASSERT_TRUE(std::holds_alternative<fetched_token>(run(io, client.fetch_token(corpid, secret))));
 
-  const std::string body = R"({"suite_id":"wwsuite","suite_secret":"x","suite_ticket":"t"})";
+  fake_->service().add_suite("wwsuite", "x", "token", std::string(43, 'k'));
+  const auto ticket = fake_->service().issue_suite_ticket("wwsuite");
+  const std::string body =
+      R"({"suite_id":"wwsuite","suite_secret":"x","suite_ticket":")" + ticket + R"("})";
   const auto result =
       run(io, client.call(upstream_request{.method = http::verb::post,
                                            .target = "/cgi-bin/service/get_suite_token",
