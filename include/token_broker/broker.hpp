@@ -63,7 +63,8 @@ class app_set {
 };
 
 // How long a pushed suite_ticket is used (SPEC §7: WeCom pushes one every 10 minutes, each
-// good for 30).
+// good for 30); the routes hand it to the suite's ticket (accept_pushed), which shares it
+// through the store.
 inline constexpr std::chrono::seconds suite_ticket_lifetime{1800};
 
 // What a reload changed, by app id.
@@ -92,9 +93,6 @@ class broker {
   // Providers, suites and their authorized corps.
   std::shared_ptr<const third_party_set> third_party() const { return third_party_.load(); }
 
-  // SPEC §4 PUT suite_ticket and §7's suite_ticket event: the newest ticket is used for 30
-  // minutes and shared through the store. False when `suite` is unknown.
-  asio::awaitable<bool> push_suite_ticket(std::string suite, std::string ticket);
   // SPEC §7 create_auth and reset_permanent_code, after the callback is answered: the auth code
   // is exchanged for the corp's permanent code (get_permanent_code), and the corp is added (or
   // its code replaced) here, in the store, and so on every replica.

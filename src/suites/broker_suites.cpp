@@ -198,15 +198,6 @@ void broker::spawn(const char* what, std::function<asio::awaitable<void>()> task
   });
 }
 
-asio::awaitable<bool> broker::push_suite_ticket(std::string suite, std::string ticket) {
-  const auto set = third_party();
-  const auto* entry = set->suite(suite);
-  if (!entry) co_return false;
-  auto push = entry->ticket->accept_pushed(std::move(ticket), suite_ticket_lifetime);
-  co_await std::move(push);
-  co_return true;
-}
-
 void broker::add_corp_here(const std::string& suite, const std::string& corpid,
                            const std::string& permanent_code, corp_origin origin) {
   change_third_party([&](third_party_set& set) {

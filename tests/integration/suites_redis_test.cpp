@@ -340,6 +340,48 @@ TEST_F(suites_redis_test, fifty_cold_corp_token_requests_over_two_replicas_make_
   EXPECT_EQ(fake_->service().calls("get_corp_token"), 1);
 }
 
+// WeCom ends a suite token early: the next corp call meets 42009, reports the suite token (one
+// refresh) and is made again with the new one.
+TEST_F(suites_redis_test, a_corp_call_refused_for_its_suite_token_renews_that_token_and_retries) {
+  auto& broker = start_replica();
+  push_ticket_by_callback(broker);
+  const auto corp_path = suite_path + "/corps/" + static_corp + "/token";
+  const auto first = await_ok(broker, corp_path);
+  ASSERT_EQ(first.status, 200u) << first.body;
+  ASSERT_EQ(fake_->service().calls("get_suite_token"), 1);
+
+  fake_->service().expire_suite_tokens(suite_id);
+  const auto renewed =
+      post(broker, corp_path + "/invalidate", json{{"access_token", token_of(first)}}.dump());
+  ASSERT_EQ(renewed.status, 200u) << renewed.body;
+  EXPECT_NE(token_of(renewed), token_of(first));
+  EXPECT_TRUE(fake_->service().corp_token_valid(token_of(renewed)));
+  EXPECT_EQ(fake_->service().calls("get_suite_token"), 2);
+  EXPECT_EQ(fake_->service().calls("get_corp_token"), 3) << "the refused call, then the retry";
+}
+
+// A 代开发 template's corp gets its token from gettoken, its permanent code as the secret.
+TEST_F(suites_redis_test, a_template_corp_token_comes_from_gettoken_with_the_permanent_code) {
+  const std::string corp = "wwcorpTemplate001";
+  const auto code = random_word(43);
+  fake_->add_app(corp, code);
+  forbid_in_logs(code, "a template's permanent code");
+  auto config = make_config(free_port(), suite_config());
+  config["suites"]["tpl-suite"] = {
+      {"suite_id", "wwtemplate0000001"},
+      {"template", true},
+      {"suite_secret_file", scratch_.write("template-secret", suite_secret_).string()},
+      {"corps",
+       {{corp, {{"permanent_code_file", scratch_.write("template-code", code).string()}}}}}};
+  auto& broker = start_broker(config);
+  const auto answer = await_ok(broker, "/v1/suites/tpl-suite/corps/" + corp + "/token");
+  ASSERT_EQ(answer.status, 200u) << answer.body;
+  EXPECT_EQ(json::parse(answer.body).at("corpid"), corp);
+  EXPECT_EQ(fake_->check(token_of(answer)), fake::token_status::valid);
+  EXPECT_EQ(fake_->gettoken_calls(code), 1);
+  EXPECT_EQ(fake_->service().calls("get_corp_token"), 0);
+}
+
 class corp_lifetime_test : public suites_redis_test,
                            public ::testing::WithParamInterface<fake::expiry_behaviour> {};
 
