@@ -231,6 +231,24 @@ add_row() { rows+=("| $1 | $2 | $3 | $4 |"); }
 
 verdict() { awk "BEGIN {exit !($1)}" && echo PASS || echo FAIL; }
 
+# steady_window: the broker over window_s, as the globals seconds (measured), cpu (% of one
+# core), per_s (Redis commands sent per second), top (the three most sent) and scripted (per
+# second, run inside its scripts).
+seconds="" cpu="" per_s="" top="" scripted=""
+steady_window() {
+  local window_start ticks_start window_end ticks_end
+  window_start=$(now_ms) ticks_start=$(cpu_ticks)
+  watch_redis "$window_s"
+  ticks_end=$(cpu_ticks) window_end=$(now_ms)
+  seconds=$(awk -v ms=$((window_end - window_start)) 'BEGIN {printf "%.3f", ms / 1000}')
+  cpu=$(awk -v t=$((ticks_end - ticks_start)) -v hz="$(getconf CLK_TCK)" -v s="$seconds" \
+    'BEGIN {printf "%.2f", 100 * t / hz / s}')
+  per_s=$(awk -v s="$seconds" '{n += $2} END {printf "%.1f", n / s}' "$work/commands")
+  top=$(awk -v s="$seconds" 'NR <= 3 {printf "%s%s %.1f/s", (NR > 1 ? ", " : ""), $1, $2 / s}' \
+    "$work/commands")
+  scripted=$(awk -v s="$seconds" '{printf "%.1f", $1 / s}' "$work/scripted")
+}
+
 # ---------------------------------------------------------------------------------------------
 # Scenarios
 
@@ -259,23 +277,12 @@ scenario_steady() {
   add_row "$count apps: memory once ready" "VmRSS **$rss MB**, VmHWM $hwm MB" "$rss_target" "$rss_verdict"
 
   sleep "$settle_s"
-  local calls_before window_start ticks_start window_end ticks_end calls_after
+  local calls_before calls_after
   calls_before=$(fake_stats gettoken_calls)
-  window_start=$(now_ms) ticks_start=$(cpu_ticks)
-  watch_redis "$window_s"
-  ticks_end=$(cpu_ticks) window_end=$(now_ms)
+  steady_window
   calls_after=$(fake_stats gettoken_calls)
   [ "$(http_status "http://127.0.0.1:$broker_port/readyz")" = 200 ] ||
     broken+=("$count apps: /readyz stopped answering 200 during the window")
-
-  local seconds cpu per_s top scripted
-  seconds=$(awk -v ms=$((window_end - window_start)) 'BEGIN {printf "%.3f", ms / 1000}')
-  cpu=$(awk -v t=$((ticks_end - ticks_start)) -v hz="$(getconf CLK_TCK)" -v s="$seconds" \
-    'BEGIN {printf "%.2f", 100 * t / hz / s}')
-  per_s=$(awk -v s="$seconds" '{n += $2} END {printf "%.1f", n / s}' "$work/commands")
-  top=$(awk -v s="$seconds" 'NR <= 3 {printf "%s%s %.1f/s", (NR > 1 ? ", " : ""), $1, $2 / s}' \
-    "$work/commands")
-  scripted=$(awk -v s="$seconds" '{printf "%.1f", $1 / s}' "$work/scripted")
   echo "  over ${seconds} s: CPU $cpu % of a core, Redis $per_s commands/s sent (${top:-none})" \
     "and $scripted/s inside scripts, $((calls_after - calls_before)) gettoken calls"
   add_row "$count apps: broker CPU over ${window_s} s once ready" \
@@ -398,19 +405,7 @@ scenario_suite_corps() {
     "≤ $rss_target_mb MB" "$(verdict "$rss <= $rss_target_mb")"
 
   sleep "$settle_s"
-  local window_start ticks_start
-  window_start=$(now_ms) ticks_start=$(cpu_ticks)
-  watch_redis "$window_s"
-  local ticks_end window_end
-  ticks_end=$(cpu_ticks) window_end=$(now_ms)
-  local seconds cpu per_s top scripted
-  seconds=$(awk -v ms=$((window_end - window_start)) 'BEGIN {printf "%.3f", ms / 1000}')
-  cpu=$(awk -v t=$((ticks_end - ticks_start)) -v hz="$(getconf CLK_TCK)" -v s="$seconds" \
-    'BEGIN {printf "%.2f", 100 * t / hz / s}')
-  per_s=$(awk -v s="$seconds" '{n += $2} END {printf "%.1f", n / s}' "$work/commands")
-  top=$(awk -v s="$seconds" 'NR <= 3 {printf "%s%s %.1f/s", (NR > 1 ? ", " : ""), $1, $2 / s}' \
-    "$work/commands")
-  scripted=$(awk -v s="$seconds" '{printf "%.1f", $1 / s}' "$work/scripted")
+  steady_window
   echo "  over ${seconds} s: CPU $cpu % of a core, Redis $per_s commands/s sent (${top:-none})" \
     "and $scripted/s inside scripts"
   add_row "$suite_corps corps of one suite: CPU and Redis over ${window_s} s once ready" \

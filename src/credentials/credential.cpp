@@ -104,8 +104,8 @@ std::string log_name(const credential_id& id) {
     case credential_kind::suite_token:
       return "suite=" + id.scope;
     case credential_kind::corp_token: {
-      const auto colon = id.scope.find(':');  // suite ids hold no ':'
-      return "suite=" + id.scope.substr(0, colon) + " corp=" + id.scope.substr(colon + 1);
+      const auto names = naming_values(id);
+      return "suite=" + std::string(names[0]) + " corp=" + std::string(names[1]);
     }
     case credential_kind::suite_ticket:
       return "suite=" + id.scope + " kind=suite_ticket";

@@ -554,20 +554,6 @@ void request_handler::close_waits() {
   waits_closed_ = true;
 }
 
-namespace {
-
-// A credential as /v1/apps shows it: its state and when its servable value expires.
-void describe(nlohmann::ordered_json& into, const credential_refresher& credential,
-              time_point now) {
-  const auto view = credential.view();
-  const token* current = view->servable(now);
-  into["state"] = to_string(view->state_at(now));
-  into["expires_at"] = current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
-                               : nlohmann::ordered_json(nullptr);
-}
-
-}  // namespace
-
 std::variant<answer, waiting_request> request_handler::list_apps(const call& asking) {
   const auto now = clock::now();
   auto listing = nlohmann::ordered_json::array();

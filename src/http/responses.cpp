@@ -127,6 +127,15 @@ response unavailable_response(const credential_id& id, const token_outcome& outc
   return reply;
 }
 
+void describe(nlohmann::ordered_json& into, const credential_refresher& credential,
+              time_point now) {
+  const auto view = credential.view();
+  const token* current = view->servable(now);
+  into["state"] = to_string(view->state_at(now));
+  into["expires_at"] = current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
+                               : nlohmann::ordered_json(nullptr);
+}
+
 response wecom_error_response(int errcode, std::string_view errmsg) {
   return json_response(http::status::ok,
                        nlohmann::ordered_json{{"errcode", errcode}, {"errmsg", errmsg}}.dump());

@@ -106,14 +106,9 @@ std::variant<answer, waiting_request> request_handler::list_corps(const call& cu
   const auto now = clock::now();
   auto listing = nlohmann::ordered_json::array();
   for (const auto& [corpid, corp] : current.suite->corps) {
-    const auto view = corp.token->view();
-    const token* held = view->servable(now);
-    listing.push_back(nlohmann::ordered_json{
-        {"corpid", corpid},
-        {"source", to_string(corp.origin)},
-        {"state", to_string(view->state_at(now))},
-        {"expires_at", held ? nlohmann::ordered_json(unix_seconds(held->expires_at_wall))
-                            : nlohmann::ordered_json(nullptr)}});
+    nlohmann::ordered_json listed{{"corpid", corpid}, {"source", to_string(corp.origin)}};
+    describe(listed, *corp.token, now);
+    listing.push_back(std::move(listed));
   }
   return json_response(http::status::ok, listing.dump());
 }

@@ -5,6 +5,7 @@
 #include <array>
 #include <initializer_list>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -92,5 +93,9 @@ response unavailable_response(const credential_id& id, const token_outcome& outc
 
 // WeCom's error shape for the drop-in /cgi-bin/gettoken (HTTP 200, like WeCom).
 response wecom_error_response(int errcode, std::string_view errmsg);
+
+// A credential as the listings (/v1/apps, /v1/suites/{suite}/corps) show it: its "state" and
+// when its servable value expires ("expires_at", null without one).
+void describe(nlohmann::ordered_json& into, const credential_refresher& credential, time_point now);
 
 }  // namespace token_broker
