@@ -685,6 +685,7 @@ class wecom_model {
     system_clock::time_point issued_at;
     system_clock::time_point expires_at;
     std::optional<system_clock::time_point> revoked_at;
+    expiry_behaviour issued_under;
     bool repeated_in_full = false;  // answered again with its full lifetime (behaviour a)
   };
 
@@ -737,8 +738,13 @@ class wecom_model {
 
   std::string issue(const series_key& key, series& record, system_clock::time_point now) {
     const auto kind = key.second;
+    // Each behaviour stands for an upstream of its own, as a real one never changes its way:
+    // a value is repeated only under the behaviour that issued it. (A value issued under (c)
+    // may have lost to another replica's, which lived longer; repeated by (a) in full, its
+    // expiry would be knowable to no replica.)
     if (behaviour_ != expiry_behaviour::new_token_each_call &&
-        status_of(record.current, kind, now) == token_status::valid) {
+        status_of(record.current, kind, now) == token_status::valid &&
+        issued_.at(record.current).issued_under == behaviour_) {
       auto& current = issued_.at(record.current);
       if (behaviour_ == expiry_behaviour::same_token_keeps_expiry) {
         current.repeated_in_full = true;
@@ -754,7 +760,8 @@ class wecom_model {
         kind == credential_kind::access_token ? lifetime_ : ticket_lifetime_.value_or(lifetime_);
     record.current = new_value(kind);
     record.issued.push_back(record.current);
-    issued_.emplace(record.current, issued_value{key.first, kind, now, now + lifetime});
+    issued_.emplace(record.current,
+                    issued_value{key.first, kind, now, now + lifetime, std::nullopt, behaviour_});
     return value_json(kind, record.current, lifetime);
   }
 

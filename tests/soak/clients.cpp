@@ -143,10 +143,11 @@ std::optional<std::string> client_fleet::judge(const answer_context& context,
   // upstream in behaviour (a) with its full lifetime, and nobody can know better.
   const auto unknowable = [&] {
     const auto issued = fake_.issued_if_repeated_in_full(token);
-    return issued && tokens_.expiry_knowledge_lost(on_steady_clock(*issued), context.sent);
+    // The answer was made at some moment before it arrived: the latest is given the benefit.
+    return issued && tokens_.expiry_knowledge_lost(on_steady_clock(*issued), context.received);
   };
-  const bool promised_too_much =
-      answer["expires_at"].get<std::int64_t>() > unix_seconds_floor(*true_expiry);
+  const bool promised_too_much = answer["expires_at"].get<std::int64_t>() >
+                                 unix_seconds_floor(*true_expiry + expiry_precision);
   if (promised_too_much && unknowable()) {
     ++figures_[context.replica]->unknowable_expiry;
   } else if (promised_too_much) {

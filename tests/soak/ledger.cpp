@@ -137,7 +137,7 @@ void ledger::replica_killed(steady::time_point at) {
 bool ledger::expiry_knowledge_lost(steady::time_point issued, steady::time_point at) const {
   const std::scoped_lock lock(mutex_);
   const bool killed = std::any_of(kills_.begin(), kills_.end(), [&](steady::time_point kill) {
-    return issued <= kill && kill <= at;
+    return issued - upstream_timeout <= kill && kill <= at;
   });
   const bool redis_away = std::any_of(outages_.begin(), outages_.end(), [&](const outage& gone) {
     return gone.from <= at &&

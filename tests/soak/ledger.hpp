@@ -14,6 +14,7 @@
 
 #include "fake_wecom.hpp"
 #include "findings.hpp"
+#include "token_broker/credentials/token_lifecycle.hpp"
 
 namespace token_broker::soak {
 
@@ -36,6 +37,17 @@ inline constexpr std::chrono::milliseconds propagation{1000};
 // token 1 s or a tenth of its lifetime (0.6 s here) before the expiry it knows, and it
 // counts that expiry from when its request left, before connect and TLS.
 inline constexpr std::chrono::milliseconds usable_margin{1000};
+
+// How closely the replicas agree on a token's expiry: when two fetched the same token while
+// Redis was away (upstream repeats it in behaviours a and b), each counts its expiry from its
+// own call, and once Redis is back they settle differences larger than this, not smaller ones
+// (a round trip blurs every reading by a few milliseconds, and settling those would rewrite
+// every credential on every comparison). A promise is judged to this precision.
+inline constexpr std::chrono::milliseconds expiry_precision = expiry_rounding;
+
+// The brokers' upstream.timeout_ms: how long a call may be under way, so how long before a
+// token's issue the replica that asked for it may have been killed.
+inline constexpr std::chrono::milliseconds upstream_timeout{2000};
 
 class ledger {
  public:
@@ -82,9 +94,10 @@ class ledger {
   // Whether the one record of a token issued at `issued` may have been lost by `at`, so that
   // no replica could know its expiry: in behaviour (a) upstream hands that token again with
   // its full lifetime, and a replica that did not fetch it first can only learn the truth
-  // from Redis. Lost: a replica was killed in between (it may have been the one that fetched
-  // it), or Redis was away (it starts empty) until less than `propagation` before `at`, the
-  // time the replicas take to write back what they hold and learn from each other.
+  // from Redis. Lost: a replica was killed in between, or while the call that brought it was
+  // under way (it may have been the one that asked: upstream answers a dead asker too), or
+  // Redis was away (it starts empty) until less than `propagation` before `at`, the time the
+  // replicas take to write back what they hold and learn from each other.
   bool expiry_knowledge_lost(steady::time_point issued, steady::time_point at) const;
 
  private:

@@ -101,7 +101,7 @@ void redis_reader::run() {
         if (stored.pttl < 0) {
           found_.add(redis_readers, where + "holds a token with no expiry");
         } else if (const auto promised = read_from + std::chrono::milliseconds{stored.pttl};
-                   promised > *true_expiry) {
+                   promised > *true_expiry + expiry_precision) {
           found_.add(redis_readers,
                      where + "keeps a token " +
                          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -56,7 +56,6 @@ const json refresh_settings = {{"ahead_s", 3},
                                {"retry_min_ms", 100},
                                {"retry_max_ms", 1000},
                                {"min_interval_s", 1}};
-constexpr int upstream_timeout_ms = 2000;
 // SPEC §1's three ways upstream may answer a repeated gettoken, each for a sixth of the soak:
 // (c) a new token each call, (a) the same token with the full expires_in but its original
 // expiry, (b) the same token with the seconds left.
@@ -100,7 +99,7 @@ json broker_config(std::uint16_t port, const std::string& base_url,
       {"upstream",
        {{"base_url", base_url},
         {"ca_file", ca_file.string()},
-        {"timeout_ms", upstream_timeout_ms}}},
+        {"timeout_ms", upstream_timeout.count()}}},
       {"refresh", refresh_settings},
       {"redis",
        {{"url", "redis://127.0.0.1:" + std::to_string(redis_port) + "/0"},
@@ -260,7 +259,7 @@ int run(int duration_s, std::uint32_t seed) {
          << app_count << " apps, tokens of " << token_lifetime.count()
          << " s (upstream behaviour c, a, b, c, a, b by sixths), 2 replicas on one Redis, "
          << client_threads << " client threads on keep-alive connections\n"
-         << "broker settings: upstream.timeout_ms " << upstream_timeout_ms << ", refresh "
+         << "broker settings: upstream.timeout_ms " << upstream_timeout.count() << ", refresh "
          << refresh_settings.dump() << "\n\n";
 
   // Assertion 3: gettoken calls per app.
