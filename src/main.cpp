@@ -21,6 +21,7 @@
 #include "token_broker/http/http_server.hpp"
 #include "token_broker/http/request_handler.hpp"
 #include "token_broker/ops/systemd_notify.hpp"
+#include "token_broker/redis/redis_stream.hpp"
 #include "token_broker/store/redis_token_store.hpp"
 #include "token_broker/upstream/upstream_client.hpp"
 
@@ -122,10 +123,7 @@ void reload(const std::string& path, config& running, broker& apps, request_hand
   };
   if (next.listen.to_string() != running.listen.to_string()) needs_restart("listen");
   if (next.threads != running.threads) needs_restart("threads");
-  const auto redis_identity = [](const std::optional<redis_config>& redis) {
-    return redis ? redis->url + '\n' + redis->key_prefix : std::string();
-  };
-  if (redis_identity(next.redis) != redis_identity(running.redis)) needs_restart("redis");
+  if (next.redis != running.redis) needs_restart("redis");
   if (next.gateway != running.gateway) needs_restart("gateway");
   next.listen = running.listen;
   next.threads = running.threads;
@@ -294,8 +292,10 @@ int main(int argc, char** argv) {
   std::optional<config> settings;
   try {
     settings = load_config(parsed->config_path);
-    // The CA bundle must parse as PEM too, which only the TLS context can tell.
+    // The CA bundles and Redis's client certificate must parse as PEM too, which only the TLS
+    // contexts can tell.
     const upstream_client probe(settings->upstream);
+    if (settings->redis && settings->redis->tls) make_redis_tls_context(*settings->redis->tls);
   } catch (const config_error& error) {
     std::cerr << "token-broker: invalid config " << parsed->config_path << ": " << error.what()
               << '\n';

@@ -36,7 +36,8 @@ constexpr std::string_view id_rule = "must match [A-Za-z0-9_.-]{1,64}";
 constexpr std::string_view secret_rule =
     "must be a non-empty string of printable ASCII without spaces";
 constexpr std::string_view redis_url_rule =
-    "must look like redis://[:password@]host:port[/db] or unix:///path/to/redis.sock";
+    "must look like redis://[user[:password]@]host[:port][/db], rediss://… (TLS) or "
+    "unix://[user[:password]@]/path/to/redis.sock";
 constexpr std::array log_levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 
 // A control character in a key would garble the operator's terminal; keys are never secrets.
@@ -373,54 +374,6 @@ refresh_config read_refresh(const json& value) {
   return refresh;
 }
 
-// Never quotes the URL back: it may hold the Redis password.
-void split_redis_url(redis_config& redis) {
-  const config_error malformed("redis.url", std::string(redis_url_rule));
-  std::string_view url = redis.url;
-  if (url.starts_with("unix://")) {
-    const auto path = url.substr(std::string_view("unix://").size());
-    if (path.size() < 2 || !path.starts_with('/')) throw malformed;
-    redis.unix_path = std::string(path);
-    return;
-  }
-  if (!url.starts_with("redis://")) throw malformed;
-  auto rest = url.substr(std::string_view("redis://").size());
-  // The last '@' ends the password, which may itself hold '@', ':' or '/'.
-  if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
-    if (at < 2 || !rest.starts_with(':')) throw malformed;
-    redis.password = std::string(rest.substr(1, at - 1));
-    rest.remove_prefix(at + 1);
-  }
-  const auto slash = rest.find('/');
-  const auto endpoint = parse_authority(rest.substr(0, slash));
-  if (!endpoint || !endpoint->port) throw malformed;
-  redis.host = endpoint->host;
-  redis.port = *endpoint->port;
-  if (slash == std::string_view::npos || slash + 1 == rest.size()) return;
-  const auto database = rest.substr(slash + 1);
-  const auto [stop, error] =
-      std::from_chars(database.data(), database.data() + database.size(), redis.database);
-  if (error != std::errc{} || stop != database.data() + database.size()) throw malformed;
-}
-
-std::optional<redis_config> read_redis(const json& value) {
-  if (value.is_null()) return std::nullopt;
-  require_object(value, "redis");
-  reject_unknown_keys(value, "redis", {"url", "key_prefix"});
-  redis_config redis;
-  redis.url = read_string(required_member(value, "redis", "url"), "redis.url", redis_url_rule);
-  split_redis_url(redis);
-  if (const auto* prefix = find_member(value, "key_prefix")) {
-    const std::string reason =
-        "must be a string of at most " + std::to_string(max_key_prefix_length) + " characters";
-    redis.key_prefix = read_string(*prefix, "redis.key_prefix", reason);
-    if (redis.key_prefix.size() > max_key_prefix_length) {
-      throw config_error("redis.key_prefix", reason);
-    }
-  }
-  return redis;
-}
-
 // systemd's LoadCredential= hands secrets over in $CREDENTIALS_DIRECTORY and a unit names
 // them relative to it; elsewhere a relative path is relative to the working directory.
 std::filesystem::path resolve_secret_path(const std::string& written) {
@@ -461,6 +414,115 @@ std::string secret_from_file(const json& value, const std::string& field) {
                                   "at most one trailing newline");
   }
   return secret;
+}
+
+// Never quotes the URL back: it may hold the Redis password.
+void split_redis_url(redis_config& redis) {
+  const config_error malformed("redis.url", std::string(redis_url_rule));
+  std::string_view rest = redis.url;
+  const bool unix_socket = rest.starts_with("unix://");
+  if (unix_socket) {
+    rest.remove_prefix(std::string_view("unix://").size());
+  } else if (rest.starts_with("rediss://")) {
+    rest.remove_prefix(std::string_view("rediss://").size());
+    redis.tls.emplace();
+  } else if (rest.starts_with("redis://")) {
+    rest.remove_prefix(std::string_view("redis://").size());
+  } else {
+    throw malformed;
+  }
+  // The last '@' ends the user information: a password may itself hold '@', ':' or '/'. A
+  // user name ends at the first ':'.
+  if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+    const auto user_information = rest.substr(0, at);
+    const auto colon = user_information.find(':');
+    redis.username = std::string(user_information.substr(0, colon));
+    if (colon != std::string_view::npos) {
+      redis.password = std::string(user_information.substr(colon + 1));
+      if (redis.password.empty()) throw malformed;
+    }
+    if (redis.username.empty() && redis.password.empty()) throw malformed;
+    if (!redis.username.empty() && !is_printable_word(redis.username)) throw malformed;
+    rest.remove_prefix(at + 1);
+  }
+  if (unix_socket) {
+    if (rest.size() < 2 || !rest.starts_with('/')) throw malformed;
+    redis.unix_path = std::string(rest);
+    return;
+  }
+  const auto slash = rest.find('/');
+  const auto endpoint = parse_authority(rest.substr(0, slash));
+  if (!endpoint) throw malformed;
+  redis.host = endpoint->host;
+  redis.port = endpoint->port.value_or(6379);
+  if (slash == std::string_view::npos || slash + 1 == rest.size()) return;
+  const auto database = rest.substr(slash + 1);
+  const auto [stop, error] =
+      std::from_chars(database.data(), database.data() + database.size(), redis.database);
+  if (error != std::errc{} || stop != database.data() + database.size()) throw malformed;
+}
+
+std::optional<std::filesystem::path> read_redis_tls_file(const json& tls, std::string_view key) {
+  const auto* value = find_member(tls, key);
+  if (!value || value->is_null()) return std::nullopt;
+  const auto field = member("redis.tls", key);
+  std::filesystem::path path =
+      resolve_secret_path(read_path(*value, field, "must be a file path or null"));
+  // Checked now so --check catches it; whether it is valid PEM is the TLS context's call.
+  read_file(path, field);
+  return path;
+}
+
+void read_redis_tls(const json& value, redis_config& redis) {
+  require_object(value, "redis.tls");
+  reject_unknown_keys(value, "redis.tls", {"ca_file", "cert_file", "key_file", "server_name"});
+  if (!redis.tls) throw config_error("redis.tls", "needs a rediss:// redis.url");
+  auto& tls = *redis.tls;
+  tls.ca_file = read_redis_tls_file(value, "ca_file");
+  tls.cert_file = read_redis_tls_file(value, "cert_file");
+  tls.key_file = read_redis_tls_file(value, "key_file");
+  if (tls.cert_file.has_value() != tls.key_file.has_value()) {
+    throw config_error(
+        tls.cert_file ? "redis.tls.key_file" : "redis.tls.cert_file",
+        "is required with the other: the client certificate and its key go together");
+  }
+  if (const auto* name = find_member(value, "server_name"); name && !name->is_null()) {
+    constexpr std::string_view rule = "must be a host name or null";
+    tls.server_name = read_string(*name, "redis.tls.server_name", rule);
+    if (!is_hostname(tls.server_name)) {
+      throw config_error("redis.tls.server_name", std::string(rule));
+    }
+  }
+}
+
+std::optional<redis_config> read_redis(const json& value) {
+  if (value.is_null()) return std::nullopt;
+  require_object(value, "redis");
+  reject_unknown_keys(value, "redis",
+                      {"url", "key_prefix", "password_env", "password_file", "tls"});
+  redis_config redis;
+  redis.url = read_string(required_member(value, "redis", "url"), "redis.url", redis_url_rule);
+  split_redis_url(redis);
+  const auto* env = find_member(value, "password_env");
+  const auto* file = find_member(value, "password_file");
+  if (env && file) throw config_error("redis", "has both password_env and password_file");
+  if ((env || file) && !redis.password.empty()) {
+    throw config_error(env ? "redis.password_env" : "redis.password_file",
+                       "cannot go with a password in redis.url");
+  }
+  if (env) redis.password = secret_from_env(*env, "redis.password_env");
+  if (file) redis.password = secret_from_file(*file, "redis.password_file");
+  if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null())
+    read_redis_tls(*tls, redis);
+  if (const auto* prefix = find_member(value, "key_prefix")) {
+    const std::string reason =
+        "must be a string of at most " + std::to_string(max_key_prefix_length) + " characters";
+    redis.key_prefix = read_string(*prefix, "redis.key_prefix", reason);
+    if (redis.key_prefix.size() > max_key_prefix_length) {
+      throw config_error("redis.key_prefix", reason);
+    }
+  }
+  return redis;
 }
 
 // A secret given by exactly one of NAME, NAME_env, NAME_file (SPEC §3): app secrets, provider

@@ -1,9 +1,9 @@
 #include "token_broker/redis/redis_connection.hpp"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <random>
 
 namespace token_broker {
@@ -40,30 +40,57 @@ const boost::system::error_category& redis_category() {
   return category;
 }
 
-// Shared by the waiting coroutine and hiredis's callback (which owns one reference through
-// its privdata): whichever of answer and timeout comes first decides.
+// One command awaiting its reply. The waiting coroutine sleeps on the timer; the reply, the
+// connection's loss or the deadline ends the sleep, whichever comes first.
 struct redis_connection::pending_command {
   explicit pending_command(asio::strand<asio::any_io_executor>& strand)
       : answered_or_timeout(strand) {}
   asio::steady_timer answered_or_timeout;
   bool answered = false;
-  bool abandoned = false;
   boost::system::error_code error;
   redis_reply reply;
 };
+
+namespace {
+
+// A command in RESP, as Redis reads it.
+std::string encoded(const std::vector<std::string>& arguments) {
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lengths;
+  for (const auto& argument : arguments) {
+    argv.push_back(argument.data());
+    lengths.push_back(argument.size());
+  }
+  char* command = nullptr;
+  const auto size =
+      redisFormatCommandArgv(&command, static_cast<int>(argv.size()), argv.data(), lengths.data());
+  if (size < 0) throw std::bad_alloc();
+  std::string bytes(command, static_cast<std::size_t>(size));
+  redisFreeCommand(command);
+  return bytes;
+}
+
+redis_endpoint endpoint_of(const redis_config& settings) {
+  redis_endpoint endpoint{settings.unix_path, settings.host, settings.port};
+  if (settings.tls) {
+    endpoint.tls = make_redis_tls_context(*settings.tls);
+    endpoint.server_name = settings.tls->server_name;
+  }
+  return endpoint;
+}
+
+}  // namespace
 
 redis_connection::redis_connection(asio::any_io_executor executor, redis_config settings,
                                    std::string role, redis_timeouts timeouts)
     : strand_(asio::make_strand(executor)),
       settings_(std::move(settings)),
+      endpoint_(endpoint_of(settings_)),
       role_(std::move(role)),
       timeouts_(timeouts),
       state_changed_(strand_) {}
 
-redis_connection::~redis_connection() {
-  // run() holds a reference while it lives, so no socket wait or hiredis callback is left.
-  if (context_) redisAsyncFree(context_);
-}
+redis_connection::~redis_connection() = default;
 
 void redis_connection::subscribe(std::string channel, message_handler on_message) {
   channel_ = std::move(channel);
@@ -94,7 +121,7 @@ asio::awaitable<void> redis_connection::run() {
   const auto self = shared_from_this();  // the loop keeps its connection alive
   // Restarted after an unexpected end: the connection it may have left behind is dropped.
   up_.store(false, std::memory_order_release);
-  drop();
+  drop("restarted");
   std::mt19937_64 random(std::random_device{}());
   asio::steady_timer pause(strand_);
   auto backoff = timeouts_.backoff_min;
@@ -115,7 +142,7 @@ asio::awaitable<void> redis_connection::run() {
     // The first failure of an outage is news; the retries that follow are not.
     if (++failed_attempts == 1) {
       spdlog::warn("redis {} unreachable at {}: {}; retrying with backoff, serving from memory",
-                   role_, endpoint(), last_error_);
+                   role_, endpoint_.to_string(), last_error_);
     } else {
       spdlog::debug("redis {} still unreachable (attempt {}): {}", role_, failed_attempts,
                     last_error_);
@@ -127,100 +154,93 @@ asio::awaitable<void> redis_connection::run() {
     co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
     backoff = std::min(backoff * 2, timeouts_.backoff_max);
   }
-  drop();
+  drop("stopping");
 }
 
 // One connection from connect to loss. True if it was up at some point.
 asio::awaitable<bool> redis_connection::connect_and_serve() {
-  redisAsyncContext* context = nullptr;
-  if (!settings_.unix_path.empty()) {
-    context = redisAsyncConnectUnix(settings_.unix_path.c_str());
-  } else {
-    // hiredis would resolve a name with a blocking getaddrinfo on this io thread; asio's
-    // resolver does it on its own thread.
-    const auto address = co_await resolve();
-    if (!address || stopping_) co_return false;
-    context = redisAsyncConnect(address->c_str(), settings_.port);
-  }
-  if (!context) {
-    last_error_ = "out of memory";
+  auto [stream, why] = co_await redis_stream::open(strand_, endpoint_, timeouts_.connect);
+  if (!stream) {
+    last_error_ = std::move(why);
     co_return false;
   }
-  if (context->err) {
-    last_error_ = context->errstr;
-    redisAsyncFree(context);
+  if (stopping_) {
+    stream->close();
     co_return false;
   }
-  attach(context);
-
-  co_await wait_until(steady_clock::now() + timeouts_.connect,
-                      [this] { return connected_ || !context_ || stopping_; });
-  if (!connected_) {
-    if (context_ && !stopping_) last_error_ = "connect timed out";
-    drop();
-    co_return false;
-  }
-  // A peer that vanished without a FIN is noticed (TCP only: a unix socket has no keepalive,
-  // and hiredis would take the refused option for a broken connection).
-  if (settings_.unix_path.empty()) redisEnableKeepAlive(&context_->c);
+  stream_ = stream;
+  ++generation_;
+  reader_.emplace();
+  last_heard_ = steady_clock::now();
+  asio::co_spawn(strand_, read_replies(stream, generation_), asio::detached);
 
   if (!co_await prepare_session()) {
-    drop();
+    drop(last_error_);
     co_return false;
   }
   up_.store(true, std::memory_order_release);
   tried_.store(true, std::memory_order_release);
-  spdlog::info("redis {} connected to {}", role_, endpoint());
+  spdlog::info("redis {} connected to {}/{}{}", role_, endpoint_.to_string(), settings_.database,
+               endpoint_.tls ? " (TLS)" : "");
   if (on_up_) on_up_();
 
-  co_await wait_until(steady_clock::time_point::max(), [this] { return !context_ || stopping_; });
+  co_await check_health(stream);
   up_.store(false, std::memory_order_release);
   if (!stopping_) {
     spdlog::warn("redis {} connection to {} lost: {}; reconnecting, serving from memory", role_,
-                 endpoint(), last_error_);
+                 endpoint_.to_string(), last_error_);
   }
-  drop();
+  drop("closed");
   co_return true;
 }
 
-asio::awaitable<std::optional<std::string>> redis_connection::resolve() {
-  asio::ip::tcp::resolver resolver(strand_);
-  auto [error, results] = co_await resolver.async_resolve(
-      settings_.host, std::to_string(settings_.port), asio::as_tuple(asio::use_awaitable));
-  if (error || results.empty()) {
-    last_error_ = "cannot resolve " + settings_.host + ": " + error.message();
-    co_return std::nullopt;
+// While the connection lasts: a PING whenever nothing was heard for a while. Its reply, or its
+// timeout (which drops the connection), tells a silent connection from a quiet one.
+asio::awaitable<void> redis_connection::check_health(const std::shared_ptr<redis_stream>& stream) {
+  const auto gone = [this, &stream] { return stream_ != stream || stopping_; };
+  while (!gone()) {
+    co_await wait_until(last_heard_ + timeouts_.health_check, gone);
+    if (gone() || steady_clock::now() < last_heard_ + timeouts_.health_check) continue;
+    // Named: g++ 12 mishandles temporaries in a co_await's operand.
+    auto ping = send(std::vector<std::string>{"PING"});
+    auto [error, reply] = co_await std::move(ping);
+    (void)reply;
+    if (error && !gone()) drop(error.message());
   }
-  co_return results.begin()->endpoint().address().to_string();
 }
 
 // AUTH and SELECT, then the connect commands, then SUBSCRIBE for an events connection.
 asio::awaitable<bool> redis_connection::prepare_session() {
   std::vector<std::vector<std::string>> setup;
-  if (!settings_.password.empty()) setup.push_back({"AUTH", settings_.password});
+  if (!settings_.password.empty() && !settings_.username.empty()) {
+    setup.push_back({"AUTH", settings_.username, settings_.password});
+  } else if (!settings_.password.empty()) {
+    setup.push_back({"AUTH", settings_.password});
+  }
   if (settings_.database != 0) setup.push_back({"SELECT", std::to_string(settings_.database)});
   for (auto& arguments : setup) {
     const std::string name = arguments.front();
     auto [error, reply] = co_await send(std::move(arguments));
     if (error || reply.type == redis_reply::kind::error) {
-      last_error_ = name + " failed: " + (error ? error.message() : redacted(reply.text));
+      last_error_ = name + " failed: " + (error ? last_error_ : redacted(reply.text));
       co_return false;
     }
   }
   for (const auto& arguments : connect_commands_) {
     auto [error, reply] = co_await send(arguments);
     if (error) {
-      last_error_ = arguments.front() + " failed: " + error.message();
+      last_error_ = arguments.front() + " failed: " + last_error_;
       co_return false;
     }
     if (reply.type == redis_reply::kind::error) {
       spdlog::warn("redis {}: {} refused: {}", role_, arguments.front(), redacted(reply.text));
     }
   }
-  if (!channel_.empty() &&
-      redisAsyncCommand(context_, &redis_connection::on_message, this, "SUBSCRIBE %b",
-                        channel_.data(), channel_.size()) != REDIS_OK) {
-    last_error_ = "SUBSCRIBE failed";
+  if (channel_.empty()) co_return true;
+  auto subscribing = send(std::vector<std::string>{"SUBSCRIBE", channel_});
+  auto [error, reply] = co_await std::move(subscribing);
+  if (error || reply.type == redis_reply::kind::error) {
+    last_error_ = "SUBSCRIBE failed: " + (error ? last_error_ : redacted(reply.text));
     co_return false;
   }
   co_return true;
@@ -242,32 +262,86 @@ asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> redis_connec
 asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> redis_connection::send(
     std::vector<std::string> arguments) {
   const auto self = shared_from_this();
-  if (!context_) co_return std::tuple{make_error_code(redis_errc::not_connected), redis_reply{}};
-
-  std::vector<const char*> argv;
-  std::vector<std::size_t> argv_lengths;
-  for (const auto& argument : arguments) {
-    argv.push_back(argument.data());
-    argv_lengths.push_back(argument.size());
-  }
+  if (!stream_) co_return std::tuple{make_error_code(redis_errc::not_connected), redis_reply{}};
   auto pending = std::make_shared<pending_command>(strand_);
-  auto callback_share = std::make_unique<std::shared_ptr<pending_command>>(pending);
-  if (redisAsyncCommandArgv(context_, &redis_connection::on_reply, callback_share.get(),
-                            static_cast<int>(argv.size()), argv.data(),
-                            argv_lengths.data()) != REDIS_OK) {
-    co_return std::tuple{make_error_code(redis_errc::not_connected), redis_reply{}};
+  outgoing_ += encoded(arguments);
+  pending_.push_back(pending);
+  if (!writing_) {
+    writing_ = true;
+    asio::co_spawn(strand_, write_commands(stream_, generation_), asio::detached);
   }
-  callback_share.release();  // on_reply owns it now
-
   pending->answered_or_timeout.expires_after(timeouts_.command);
   co_await pending->answered_or_timeout.async_wait(asio::as_tuple(asio::use_awaitable));
   if (!pending->answered) {
-    pending->abandoned = true;
-    last_error_ = "no answer within " + std::to_string(timeouts_.command.count()) + " ms";
-    drop();  // fails every other pending command too, and run() reconnects
+    // A late answer would be read as the next command's: the connection goes.
+    drop("no answer within " + std::to_string(timeouts_.command.count()) + " ms");
     co_return std::tuple{make_error_code(redis_errc::timed_out), redis_reply{}};
   }
   co_return std::tuple{pending->error, std::move(pending->reply)};
+}
+
+// Writes what is queued, in batches: commands sent while a write is under way go together in
+// the next one.
+asio::awaitable<void> redis_connection::write_commands(std::shared_ptr<redis_stream> stream,
+                                                       std::uint64_t generation) {
+  const auto self = shared_from_this();
+  std::string batch;
+  while (generation == generation_ && !outgoing_.empty()) {
+    batch.clear();
+    batch.swap(outgoing_);
+    const auto error = co_await stream->write(asio::buffer(batch));
+    if (generation != generation_) co_return;  // dropped meanwhile: the next one writes anew
+    if (error) {
+      drop("write failed: " + error.message());
+      co_return;
+    }
+  }
+  if (generation == generation_) writing_ = false;
+}
+
+asio::awaitable<void> redis_connection::read_replies(std::shared_ptr<redis_stream> stream,
+                                                     std::uint64_t generation) {
+  const auto self = shared_from_this();
+  std::array<char, 16 * 1024> received;
+  for (;;) {
+    auto [error, size] = co_await stream->read_some(asio::buffer(received));
+    if (generation != generation_) co_return;
+    if (error) {
+      drop(error == asio::error::eof ? std::string("Redis closed the connection")
+                                     : "read failed: " + error.message());
+      co_return;
+    }
+    try {
+      reader_->feed(std::string_view(received.data(), size));
+      while (auto reply = reader_->next()) {
+        deliver(std::move(*reply));
+        if (generation != generation_) co_return;
+      }
+    } catch (const redis_protocol_error& broken) {
+      drop(std::string("not a Redis reply: ") + broken.what());
+      co_return;
+    }
+  }
+}
+
+// A reply answers the oldest pending command, but for a message on the subscribed channel.
+void redis_connection::deliver(redis_reply reply) {
+  last_heard_ = steady_clock::now();
+  if (!channel_.empty()) {
+    if (const auto payload = message_payload(reply)) {
+      if (on_message_) on_message_(*payload);
+      return;
+    }
+  }
+  if (pending_.empty()) {
+    drop("a reply that no command asked for");
+    return;
+  }
+  const auto answered = std::move(pending_.front());
+  pending_.pop_front();
+  answered->answered = true;
+  answered->reply = std::move(reply);
+  answered->answered_or_timeout.cancel();  // resumes the waiting coroutine, never inline
 }
 
 asio::awaitable<void> redis_connection::wait_until(steady_clock::time_point deadline,
@@ -280,35 +354,22 @@ asio::awaitable<void> redis_connection::wait_until(steady_clock::time_point dead
   }
 }
 
-void redis_connection::attach(redisAsyncContext* context) {
-  context_ = context;
+// Closes the connection now and fails every command still waiting for its reply.
+void redis_connection::drop(std::string why) {
+  if (!stream_) return;
+  last_error_ = redacted(std::move(why));
+  stream_->close();
+  stream_.reset();
   ++generation_;
-  connected_ = false;
-  read_watch_ = write_watch_ = {};
-  socket_.emplace(strand_, context->c.fd);
-  context->data = this;
-  context->ev.data = this;
-  context->ev.addRead = &redis_connection::add_read;
-  context->ev.delRead = &redis_connection::del_read;
-  context->ev.addWrite = &redis_connection::add_write;
-  context->ev.delWrite = &redis_connection::del_write;
-  context->ev.cleanup = &redis_connection::cleanup;
-  redisAsyncSetDisconnectCallback(context, &redis_connection::on_disconnect);
-  // Also asks for writability, which is how hiredis learns that connect() finished.
-  redisAsyncSetConnectCallback(context, &redis_connection::on_connect);
-}
-
-// Closes the connection now; hiredis answers every pending command with "no reply" and
-// calls cleanup(). Never called from inside a hiredis callback.
-void redis_connection::drop() {
-  if (context_) redisAsyncFree(context_);
-}
-
-std::string redis_connection::endpoint() const {
-  if (!settings_.unix_path.empty()) return settings_.unix_path;
-  const bool ipv6 = settings_.host.find(':') != std::string::npos;
-  return (ipv6 ? "[" + settings_.host + "]" : settings_.host) + ":" +
-         std::to_string(settings_.port) + "/" + std::to_string(settings_.database);
+  reader_.reset();
+  outgoing_.clear();
+  writing_ = false;
+  for (const auto& waiting : std::exchange(pending_, {})) {
+    waiting->answered = true;
+    waiting->error = make_error_code(redis_errc::connection_lost);
+    waiting->answered_or_timeout.cancel();
+  }
+  notify();
 }
 
 // Redis does not echo passwords in its errors, but a log line is no place to rely on that.
@@ -319,98 +380,6 @@ std::string redis_connection::redacted(std::string text) const {
     text.replace(at, settings_.password.size(), "***");
   }
   return text;
-}
-
-// Waits for the socket to be ready in `direction` and lets hiredis act, for as long as
-// hiredis wants that direction watched (its add/del hooks set `wanted`).
-void redis_connection::watch(socket_watch& state,
-                             asio::posix::stream_descriptor::wait_type direction,
-                             void (*handle)(redisAsyncContext*)) {
-  if (state.waiting || !socket_) return;
-  state.waiting = true;
-  socket_->async_wait(direction, [self = shared_from_this(), generation = generation_, &state,
-                                  direction, handle](auto error) {
-    if (generation != self->generation_) return;  // that connection is gone, and `state` reset
-    state.waiting = false;
-    if (error || !state.wanted) return;
-    handle(self->context_);
-    if (generation == self->generation_ && state.wanted) self->watch(state, direction, handle);
-  });
-}
-
-void redis_connection::on_connect(const redisAsyncContext* context, int status) {
-  auto* self = static_cast<redis_connection*>(context->data);
-  if (status == REDIS_OK) {
-    self->connected_ = true;
-  } else {
-    self->last_error_ = context->errstr;
-  }
-  self->notify();
-}
-
-void redis_connection::on_disconnect(const redisAsyncContext* context, int status) {
-  auto* self = static_cast<redis_connection*>(context->data);
-  if (status != REDIS_OK && context->errstr[0] != '\0') self->last_error_ = context->errstr;
-}
-
-void redis_connection::on_reply(redisAsyncContext* context, void* reply, void* data) {
-  const std::unique_ptr<std::shared_ptr<pending_command>> share(
-      static_cast<std::shared_ptr<pending_command>*>(data));
-  auto& pending = **share;
-  if (pending.abandoned) return;
-  pending.answered = true;
-  if (reply) {
-    pending.reply = from_hiredis(*static_cast<const redisReply*>(reply));
-  } else {
-    pending.error = make_error_code(redis_errc::connection_lost);
-  }
-  (void)context;
-  pending.answered_or_timeout.cancel();  // resumes the waiting coroutine, never inline
-}
-
-void redis_connection::on_message(redisAsyncContext* context, void* reply, void* data) {
-  (void)context;
-  auto* self = static_cast<redis_connection*>(data);
-  if (!reply || !self->on_message_) return;  // no reply: the connection is going away
-  const auto message = from_hiredis(*static_cast<const redisReply*>(reply));
-  if (const auto payload = message_payload(message)) self->on_message_(*payload);
-}
-
-void redis_connection::add_read(void* data) {
-  auto* self = static_cast<redis_connection*>(data);
-  self->read_watch_.wanted = true;
-  self->watch(self->read_watch_, asio::posix::stream_descriptor::wait_read, &redisAsyncHandleRead);
-}
-
-void redis_connection::del_read(void* data) {
-  static_cast<redis_connection*>(data)->read_watch_.wanted = false;
-}
-
-void redis_connection::add_write(void* data) {
-  auto* self = static_cast<redis_connection*>(data);
-  self->write_watch_.wanted = true;
-  self->watch(self->write_watch_, asio::posix::stream_descriptor::wait_write,
-              &redisAsyncHandleWrite);
-}
-
-void redis_connection::del_write(void* data) {
-  static_cast<redis_connection*>(data)->write_watch_.wanted = false;
-}
-
-// hiredis is done with the context and closes its socket itself: stop watching the fd and
-// give it back without closing it.
-void redis_connection::cleanup(void* data) {
-  auto* self = static_cast<redis_connection*>(data);
-  if (self->socket_) {
-    boost::system::error_code ignored;
-    self->socket_->cancel(ignored);
-    self->socket_->release();
-    self->socket_.reset();
-  }
-  self->context_ = nullptr;
-  self->connected_ = false;
-  ++self->generation_;
-  self->notify();
 }
 
 }  // namespace token_broker

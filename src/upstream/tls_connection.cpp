@@ -2,13 +2,14 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
-#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <tuple>
+
+#include "token_broker/core/tls_peer.hpp"
 
 namespace token_broker {
 namespace {
@@ -193,20 +194,7 @@ asio::awaitable<error_code> tls_connection::handshake(const std::string& host) {
   wire_.socket = static_cast<int>(socket.native_handle());
   BIO_set_data(bytes, &wire_);
   SSL_set_bio(ssl_, bytes, bytes);  // ssl_ owns it from here
-  // SNI, so a server hosting several names presents the right certificate, and a check that
-  // the certificate is for this host (or address): a valid chain alone proves nothing.
-  error_code not_an_address;
-  asio::ip::make_address(host, not_an_address);
-  X509_VERIFY_PARAM* checks = SSL_get0_param(ssl_);
-  if (!not_an_address) {
-    if (X509_VERIFY_PARAM_set1_ip_asc(checks, host.c_str()) != 1) co_return setup_failure();
-  } else {
-    X509_VERIFY_PARAM_set_hostflags(checks, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    if (SSL_set_tlsext_host_name(ssl_, host.c_str()) != 1 ||
-        SSL_set1_host(ssl_, host.c_str()) != 1) {
-      co_return setup_failure();
-    }
-  }
+  if (!expect_peer(ssl_, host)) co_return setup_failure();
   SSL_set_connect_state(ssl_);
   auto shaking = until_done([this](std::size_t&) { return SSL_do_handshake(ssl_); });
   co_return (co_await std::move(shaking)).first;  // named above: g++ 12 and temporaries

@@ -137,10 +137,21 @@ tls_material generate_tls_material() {
   add_extension(server.get(), ca.get(), NID_authority_key_identifier, "keyid:always");
   sign(server.get(), ca.get(), ca_key.get());
 
+  // For a server that asks who connects (Redis's tls-auth-clients, the default).
+  const key_ptr client_key = new_p256_key();
+  const certificate_ptr client = new_certificate(client_key.get(), "token-broker");
+  add_extension(client.get(), ca.get(), NID_basic_constraints, "critical,CA:FALSE");
+  add_extension(client.get(), ca.get(), NID_key_usage, "critical,digitalSignature");
+  add_extension(client.get(), ca.get(), NID_ext_key_usage, "clientAuth");
+  add_extension(client.get(), ca.get(), NID_authority_key_identifier, "keyid:always");
+  sign(client.get(), ca.get(), ca_key.get());
+
   return tls_material{
       .ca_pem = certificate_pem(ca.get()),
       .certificate_pem = certificate_pem(server.get()),
       .private_key_pem = private_key_pem(server_key.get()),
+      .client_certificate_pem = certificate_pem(client.get()),
+      .client_private_key_pem = private_key_pem(client_key.get()),
   };
 }
 

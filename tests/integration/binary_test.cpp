@@ -612,6 +612,17 @@ TEST_F(binary_test, cli_version_and_check) {
   EXPECT_EQ(env_rejected.exit_code, 2);
   EXPECT_NE(env_rejected.output.find("apps.hr.secret_env"), std::string::npos);
 
+  // Whether a PEM file parses only a TLS context can tell: --check builds Redis's too.
+  auto bad_pem = make_config(free_port());
+  bad_pem["redis"] = {{"url", "rediss://127.0.0.1:6380"},
+                      {"tls", {{"ca_file", scratch_.write("not-a-ca.pem", "not PEM")}}}};
+  const auto pem_config = scratch_.write("pem.json", bad_pem.dump());
+  const auto pem_rejected = run_broker_command({"--config", pem_config.string(), "--check"});
+  EXPECT_EQ(pem_rejected.exit_code, 2);
+  EXPECT_NE(pem_rejected.output.find("redis.tls.ca_file: not a usable PEM bundle"),
+            std::string::npos)
+      << pem_rejected.output;
+
   EXPECT_EQ(run_broker_command({"--config", "/nonexistent/config.json"}).exit_code, 2);
   EXPECT_EQ(run_broker_command({"--bogus"}).exit_code, 2);
 }

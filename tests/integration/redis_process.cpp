@@ -1,7 +1,10 @@
 #include "redis_process.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,11 +40,29 @@ bool answers_ping(std::uint16_t port) {
   }
 }
 
+// A TLS-only server cannot be PINGed in the clear: that it accepts connections must do.
+bool accepts_connections(std::uint16_t port) {
+  const int socket = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (socket < 0) return false;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool connected =
+      ::connect(socket, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+  ::close(socket);
+  return connected;
+}
+
 }  // namespace
 
 redis_process::redis_process(std::uint16_t port, std::filesystem::path directory,
-                             std::vector<std::string> extra_arguments)
-    : port_(port), directory_(std::move(directory)), extra_arguments_(std::move(extra_arguments)) {
+                             std::vector<std::string> extra_arguments,
+                             std::optional<redis_tls_files> tls)
+    : port_(port),
+      directory_(std::move(directory)),
+      extra_arguments_(std::move(extra_arguments)),
+      tls_(std::move(tls)) {
   start();
 }
 
@@ -55,6 +76,13 @@ void redis_process::start() {
       "redis-server",     "--bind", "127.0.0.1",    "--port", std::to_string(port_),
       "--save",           "",       "--appendonly", "no",     "--dir",
       directory_.string()};
+  if (tls_) {
+    arguments[4] = "0";
+    arguments.insert(arguments.end(),
+                     {"--tls-port", std::to_string(port_), "--tls-cert-file",
+                      tls_->certificate.string(), "--tls-key-file", tls_->key.string(),
+                      "--tls-ca-cert-file", tls_->ca.string(), "--tls-auth-clients", "yes"});
+  }
   arguments.insert(arguments.end(), extra_arguments_.begin(), extra_arguments_.end());
   std::vector<char*> argv;
   for (auto& argument : arguments) argv.push_back(argument.data());
@@ -77,7 +105,7 @@ void redis_process::start() {
   while (std::chrono::steady_clock::now() < give_up_at) {
     // Checked after PING too: if the port was taken, something else answered, and our server
     // has exited on its failed bind.
-    const bool answered = answers_ping(port_);
+    const bool answered = tls_ ? accepts_connections(port_) : answers_ping(port_);
     if (has_exited(pid_)) {
       pid_ = -1;
       break;

@@ -6,18 +6,29 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace token_broker::testing {
 
+// A Redis that speaks TLS only, and only to clients whose certificate chains to `ca`.
+struct redis_tls_files {
+  std::filesystem::path certificate;
+  std::filesystem::path key;
+  std::filesystem::path ca;
+};
+
 class redis_process {
  public:
   // Starts redis-server on 127.0.0.1:`port`, nothing persisted, its output in
   // `directory`/redis-PORT.log; `extra_arguments` (e.g. {"--requirepass", "pw"}) are appended.
-  // Waits until it answers; throws std::runtime_error (with the log) if it does not in 5 s.
+  // With `tls`, `port` is its TLS port and it has no other. Waits until it answers (with TLS:
+  // until it accepts connections); throws std::runtime_error (with the log) if it does not
+  // in 5 s.
   redis_process(std::uint16_t port, std::filesystem::path directory,
-                std::vector<std::string> extra_arguments = {});
+                std::vector<std::string> extra_arguments = {},
+                std::optional<redis_tls_files> tls = std::nullopt);
   ~redis_process();  // stops it if running
   redis_process(const redis_process&) = delete;
   redis_process& operator=(const redis_process&) = delete;
@@ -34,6 +45,7 @@ class redis_process {
   std::uint16_t port_;
   std::filesystem::path directory_;
   std::vector<std::string> extra_arguments_;
+  std::optional<redis_tls_files> tls_;
   pid_t pid_ = -1;
 };
 

@@ -1,7 +1,6 @@
 // What the fuzz targets (fuzz/) found, each input kept as a test of the function it broke.
 // The same inputs are seeds in fuzz/corpus/<target>/, named in each test.
 #include <gtest/gtest.h>
-#include <hiredis/hiredis.h>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -10,6 +9,7 @@
 
 #include "token_broker/config/config.hpp"
 #include "token_broker/redis/redis_replies.hpp"
+#include "token_broker/redis/reply_reader.hpp"
 #include "token_broker/upstream/upstream_answer.hpp"
 
 namespace token_broker {
@@ -61,17 +61,11 @@ TEST(fuzz_regression, errcode_beyond_int_is_not_success) {
 
 // `resp` as hiredis reads it off a connection: one reply, converted.
 redis_reply read_reply(std::string_view resp) {
-  const std::unique_ptr<redisReader, decltype(&redisReaderFree)> reader(redisReaderCreate(),
-                                                                        &redisReaderFree);
-  redisReaderFeed(reader.get(), resp.data(), resp.size());
-  void* raw = nullptr;
-  if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK || raw == nullptr) {
-    ADD_FAILURE() << "not one whole reply";
-    return {};
-  }
-  auto reply = from_hiredis(*static_cast<const redisReply*>(raw));
-  freeReplyObject(raw);
-  return reply;
+  reply_reader reader;
+  reader.feed(resp);
+  auto reply = reader.next();
+  if (!reply) ADD_FAILURE() << "not one whole reply";
+  return reply.value_or(redis_reply{});
 }
 
 // Times left are anchored when the command was sent.

@@ -58,6 +58,17 @@ struct gateway_config {
   bool operator==(const gateway_config&) const = default;
 };
 
+// rediss://: TLS to Redis. Without ca_file the system's CA store is trusted; cert_file and
+// key_file (together) are the client certificate Redis asks for by default (tls-auth-clients).
+struct redis_tls_config {
+  std::optional<std::filesystem::path> ca_file;
+  std::optional<std::filesystem::path> cert_file;
+  std::optional<std::filesystem::path> key_file;
+  std::string server_name;  // "" = the URL's host: sent as SNI and checked in the certificate
+
+  bool operator==(const redis_tls_config&) const = default;
+};
+
 struct redis_config {
   std::string url;  // never log it: it may hold the password
   std::string key_prefix = "wecom:";
@@ -65,8 +76,12 @@ struct redis_config {
   std::string host;
   std::uint16_t port = 6379;
   std::string unix_path;
-  std::string password;  // "" = no AUTH. Never log it.
+  std::optional<redis_tls_config> tls;  // set for rediss://
+  std::string username;                 // "" = AUTH with the password alone (the default user)
+  std::string password;                 // "" = no AUTH. Never log it.
   unsigned database = 0;
+
+  bool operator==(const redis_config&) const = default;
 };
 
 enum class secret_source { inline_value, environment, file };

@@ -1,10 +1,13 @@
-// One connection to Redis, kept up by itself: hiredis's async API driven by the io loop through
-// an asio stream_descriptor, so no Redis call ever blocks a thread that serves HTTP. It
-// reconnects with backoff, authenticates and selects the database on every connect, fails
-// commands at once while down and times each one out on its own.
+// One connection to Redis, kept up by itself, on asio: no Redis call ever blocks a thread that
+// serves HTTP. Commands are written as they come and their replies taken in order (a FIFO of
+// pending commands; hiredis only encodes and decodes RESP). It reconnects with backoff,
+// authenticates and selects the database on every connect, fails commands at once while down,
+// times each one out on its own, and PINGs when idle, so that a connection that went silent
+// (its events with it) is noticed and rebuilt.
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -17,8 +20,8 @@
 #include "token_broker/core/asio.hpp"
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/redis/redis_replies.hpp"
-
-struct redisAsyncContext;
+#include "token_broker/redis/redis_stream.hpp"
+#include "token_broker/redis/reply_reader.hpp"
 
 namespace token_broker {
 
@@ -33,6 +36,7 @@ struct redis_timeouts {
   std::chrono::milliseconds command{1000};
   std::chrono::milliseconds backoff_min{100};
   std::chrono::milliseconds backoff_max{5000};
+  std::chrono::milliseconds health_check{5000};  // a PING after this long without a reply
 };
 
 class redis_connection : public std::enable_shared_from_this<redis_connection> {
@@ -76,39 +80,26 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
 
   asio::awaitable<void> run();
   asio::awaitable<bool> connect_and_serve();
-  asio::awaitable<std::optional<std::string>> resolve();
   asio::awaitable<bool> prepare_session();
+  asio::awaitable<void> check_health(const std::shared_ptr<redis_stream>& stream);
   asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send_if_up(
       std::vector<std::string> arguments);
   asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send(
       std::vector<std::string> arguments);
+  asio::awaitable<void> read_replies(std::shared_ptr<redis_stream> stream,
+                                     std::uint64_t generation);
+  asio::awaitable<void> write_commands(std::shared_ptr<redis_stream> stream,
+                                       std::uint64_t generation);
+  void deliver(redis_reply reply);
   asio::awaitable<void> wait_until(std::chrono::steady_clock::time_point deadline,
                                    const std::function<bool()>& done);
-  void attach(redisAsyncContext* context);
-  void drop();
+  void drop(std::string why);
   void notify() { state_changed_.cancel(); }
-  std::string endpoint() const;
-  struct socket_watch {
-    bool wanted = false;   // hiredis asked for this direction
-    bool waiting = false;  // an async_wait is outstanding
-  };
-  void watch(socket_watch& state, asio::posix::stream_descriptor::wait_type direction,
-             void (*handle)(redisAsyncContext*));
-
-  // hiredis calls these; `data` is the connection.
-  static void on_connect(const redisAsyncContext* context, int status);
-  static void on_disconnect(const redisAsyncContext* context, int status);
-  static void on_reply(redisAsyncContext* context, void* reply, void* data);
-  static void on_message(redisAsyncContext* context, void* reply, void* data);
-  static void add_read(void* data);
-  static void del_read(void* data);
-  static void add_write(void* data);
-  static void del_write(void* data);
-  static void cleanup(void* data);
 
   // Everything below is touched only on strand_.
   asio::strand<asio::any_io_executor> strand_;
   redis_config settings_;
+  redis_endpoint endpoint_;
   std::string role_;
   redis_timeouts timeouts_;
   std::string channel_;
@@ -116,11 +107,13 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   std::function<void()> on_up_;
   std::vector<std::vector<std::string>> connect_commands_;
 
-  redisAsyncContext* context_ = nullptr;
-  std::optional<asio::posix::stream_descriptor> socket_;
-  std::uint64_t generation_ = 0;  // one per connection: late socket waits of older ones do nothing
-  bool connected_ = false;
-  socket_watch read_watch_, write_watch_;
+  std::shared_ptr<redis_stream> stream_;  // null while down
+  std::uint64_t generation_ = 0;          // one per connection: its reader and writer end with it
+  std::optional<reply_reader> reader_;
+  std::deque<std::shared_ptr<pending_command>> pending_;  // sent, awaiting replies in order
+  std::string outgoing_;                                  // encoded, not yet written
+  bool writing_ = false;
+  std::chrono::steady_clock::time_point last_heard_;
   std::string last_error_;
   asio::steady_timer state_changed_;  // run() sleeps on it; notify() wakes it
   bool stopping_ = false;

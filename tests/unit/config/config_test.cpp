@@ -484,23 +484,70 @@ TEST(config, splits_redis_url_shapes) {
     const char* host;
     std::uint16_t port;
     const char* unix_path;
+    const char* username;
     const char* password;
     unsigned database;
+    bool tls = false;
   };
   for (const auto& shape : std::vector<expected>{
-           {"redis://127.0.0.1:6379", "127.0.0.1", 6379, "", "", 0},
-           {"redis://redis.internal:6380/", "redis.internal", 6380, "", "", 0},
-           {"redis://[::1]:6379/15", "::1", 6379, "", "", 15},
-           {"redis://:hunter2@h:6379/0", "h", 6379, "", "hunter2", 0},
-           {"redis://:p@ss:w/rd@h:6379", "h", 6379, "", "p@ss:w/rd", 0},
-           {"unix:///run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", 0}}) {
+           {"redis://127.0.0.1:6379", "127.0.0.1", 6379, "", "", "", 0},
+           {"redis://redis.internal:6380/", "redis.internal", 6380, "", "", "", 0},
+           {"redis://redis.internal/2", "redis.internal", 6379, "", "", "", 2},
+           {"redis://[::1]:6379/15", "::1", 6379, "", "", "", 15},
+           {"redis://:hunter2@h:6379/0", "h", 6379, "", "", "hunter2", 0},
+           {"redis://:p@ss:w/rd@h:6379", "h", 6379, "", "", "p@ss:w/rd", 0},
+           {"redis://broker:hunter2@h:6379/1", "h", 6379, "", "broker", "hunter2", 1},
+           {"redis://broker@h:6379", "h", 6379, "", "broker", "", 0},
+           {"rediss://broker:hunter2@redis.internal:6380/3", "redis.internal", 6380, "", "broker",
+            "hunter2", 3, true},
+           {"unix:///run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", "", 0},
+           {"unix://broker:hunter2@/run/redis.sock", "", 6379, "/run/redis.sock", "broker",
+            "hunter2", 0}}) {
     const auto redis = parse_config(with("/redis/url", json_string(shape.url))).redis.value();
     EXPECT_EQ(redis.host, shape.host) << shape.url;
     EXPECT_EQ(redis.port, shape.port) << shape.url;
     EXPECT_EQ(redis.unix_path, shape.unix_path) << shape.url;
+    EXPECT_EQ(redis.username, shape.username) << shape.url;
     EXPECT_EQ(redis.password, shape.password) << shape.url;
     EXPECT_EQ(redis.database, shape.database) << shape.url;
+    EXPECT_EQ(redis.tls.has_value(), shape.tls) << shape.url;
   }
+}
+
+TEST(config, redis_password_comes_from_the_environment_or_a_file) {
+  const scoped_env env("TOKEN_BROKER_TEST_REDIS_PASSWORD", "hunter2-env");
+  const auto from_env = parse_config(with(
+      "/redis",
+      R"({"url": "redis://broker@h:6379", "password_env": "TOKEN_BROKER_TEST_REDIS_PASSWORD"})"));
+  EXPECT_EQ(from_env.redis->username, "broker");
+  EXPECT_EQ(from_env.redis->password, "hunter2-env");
+
+  const temp_directory credentials;
+  credentials.write("redis-password", "hunter2-file\n");
+  const scoped_env directory("CREDENTIALS_DIRECTORY", credentials.path().c_str());
+  const auto from_file = parse_config(
+      with("/redis", R"({"url": "redis://h:6379", "password_file": "redis-password"})"));
+  EXPECT_EQ(from_file.redis->password, "hunter2-file");
+}
+
+TEST(config, redis_tls_reads_its_files) {
+  const temp_directory files;
+  const auto ca = files.write("ca.pem", "not checked here");
+  const auto cert = files.write("client.pem", "not checked here");
+  const auto key = files.write("client.key", "not checked here");
+  const auto settings = parse_config(
+      with("/redis", R"({"url": "rediss://redis.internal:6380", "tls": {"ca_file": )" +
+                         json_string(ca.string()) + R"(, "cert_file": )" +
+                         json_string(cert.string()) + R"(, "key_file": )" +
+                         json_string(key.string()) + R"(, "server_name": "redis.example"}})"));
+  const auto& tls = settings.redis->tls.value();
+  EXPECT_EQ(tls.ca_file, ca);
+  EXPECT_EQ(tls.cert_file, cert);
+  EXPECT_EQ(tls.key_file, key);
+  EXPECT_EQ(tls.server_name, "redis.example");
+  // Without a tls block, rediss:// trusts the system's CA store.
+  const auto plain = parse_config(with("/redis/url", R"("rediss://redis.internal:6380")"));
+  EXPECT_EQ(plain.redis->tls, redis_tls_config{});
 }
 
 TEST(config, secret_file_loses_exactly_one_trailing_newline) {
@@ -701,8 +748,17 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"redis_not_object", with("/redis", R"("redis://h:6379")"), "redis", "must be an object"},
   error_case{"redis_url_missing", with("/redis", "{}"), "redis.url", "is required"},
   error_case{"redis_url_wrong_scheme", with("/redis/url", R"("http://:hunter2@h:6379")"), "redis.url", "must look like redis://"},
-  error_case{"redis_url_without_port", with("/redis/url", R"("redis://:hunter2@h")"), "redis.url", "must look like redis://"},
-  error_case{"redis_url_with_user_name", with("/redis/url", R"("redis://default:hunter2@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_empty_user_information", with("/redis/url", R"("redis://@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_url_bad_port", with("/redis/url", R"("redis://:hunter2@h:99999")"), "redis.url", "must look like redis://"},
+  error_case{"redis_password_twice", with("/redis", R"({"url": "redis://:hunter2@h:6379", "password_env": "REDIS_PASSWORD"})"), "redis.password_env", "cannot go with a password in redis.url"},
+  error_case{"redis_password_env_and_file", with("/redis", R"({"url": "redis://h:6379", "password_env": "A", "password_file": "b"})"), "redis", "has both password_env and password_file"},
+  error_case{"redis_password_env_unset", with("/redis", R"({"url": "redis://h:6379", "password_env": "TOKEN_BROKER_TEST_UNSET"})"), "redis.password_env", "is not set"},
+  error_case{"redis_password_file_missing", with("/redis", R"({"url": "redis://h:6379", "password_file": "/nonexistent/redis-password"})"), "redis.password_file", "/nonexistent/redis-password"},
+  error_case{"redis_tls_without_rediss", with("/redis", R"({"url": "redis://:hunter2@h:6379", "tls": {}})"), "redis.tls", "needs a rediss:// redis.url"},
+  error_case{"redis_tls_unknown_key", with("/redis", R"({"url": "rediss://h:6379", "tls": {"verify": false}})"), "redis.tls.verify", "unknown key"},
+  error_case{"redis_tls_ca_file_missing", with("/redis", R"({"url": "rediss://h:6379", "tls": {"ca_file": "/nonexistent/ca.pem"}})"), "redis.tls.ca_file", "/nonexistent/ca.pem"},
+  error_case{"redis_tls_cert_without_key", with("/redis", R"({"url": "rediss://h:6379", "tls": {"cert_file": "/etc/hostname"}})"), "redis.tls.key_file", "go together"},
+  error_case{"redis_tls_bad_server_name", with("/redis", R"({"url": "rediss://h:6379", "tls": {"server_name": "a b"}})"), "redis.tls.server_name", "must be a host name"},
   error_case{"redis_url_empty_password", with("/redis/url", R"("redis://:@h:6379")"), "redis.url", "must look like redis://"},
   error_case{"redis_url_bad_database", with("/redis/url", R"("redis://:hunter2@h:6379/zero")"), "redis.url", "must look like redis://"},
   error_case{"redis_url_relative_socket", with("/redis/url", R"("unix://hunter2/redis.sock")"), "redis.url", "must look like redis://"},

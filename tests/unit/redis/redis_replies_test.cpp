@@ -3,11 +3,11 @@
 #include "token_broker/redis/redis_replies.hpp"
 
 #include <gtest/gtest.h>
-#include <hiredis/hiredis.h>
 
 #include <memory>
 
 #include "token_broker/credentials/call_budget.hpp"
+#include "token_broker/redis/reply_reader.hpp"
 
 namespace token_broker {
 namespace {
@@ -17,17 +17,11 @@ using namespace std::chrono_literals;
 const time_point sent_at = time_point{} + std::chrono::hours{1000};
 
 redis_reply read_reply(std::string_view resp) {
-  const std::unique_ptr<redisReader, decltype(&redisReaderFree)> reader(redisReaderCreate(),
-                                                                        &redisReaderFree);
-  redisReaderFeed(reader.get(), resp.data(), resp.size());
-  void* raw = nullptr;
-  if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK || raw == nullptr) {
-    ADD_FAILURE() << "not one whole reply";
-    return {};
-  }
-  auto reply = from_hiredis(*static_cast<const redisReply*>(raw));
-  freeReplyObject(raw);
-  return reply;
+  reply_reader reader;
+  reader.feed(resp);
+  auto reply = reader.next();
+  if (!reply) ADD_FAILURE() << "not one whole reply";
+  return reply.value_or(redis_reply{});
 }
 
 // A present key with its time left and digest, and an absent one; a time left out of range
