@@ -512,8 +512,9 @@ std::optional<redis_config> read_redis(const json& value) {
   }
   if (env) redis.password = secret_from_env(*env, "redis.password_env");
   if (file) redis.password = secret_from_file(*file, "redis.password_file");
-  if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null())
+  if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null()) {
     read_redis_tls(*tls, redis);
+  }
   if (const auto* prefix = find_member(value, "key_prefix")) {
     const std::string reason =
         "must be a string of at most " + std::to_string(max_key_prefix_length) + " characters";
