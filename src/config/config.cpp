@@ -432,8 +432,12 @@ void split_redis_url(redis_config& redis) {
     throw malformed;
   }
   // The last '@' ends the user information: a password may itself hold '@', ':' or '/'. A
-  // user name ends at the first ':'.
-  if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+  // socket's path may hold '@' too: there the user information ends at the first "@/", and
+  // there is none when the path comes at once. A user name ends at the first ':'.
+  const auto at = !unix_socket            ? rest.rfind('@')
+                  : rest.starts_with('/') ? std::string_view::npos
+                                          : rest.find("@/");
+  if (at != std::string_view::npos) {
     const auto user_information = rest.substr(0, at);
     const auto colon = user_information.find(':');
     redis.username = std::string(user_information.substr(0, colon));
@@ -512,6 +516,11 @@ std::optional<redis_config> read_redis(const json& value) {
   }
   if (env) redis.password = secret_from_env(*env, "redis.password_env");
   if (file) redis.password = secret_from_file(*file, "redis.password_file");
+  if (!redis.username.empty() && redis.password.empty()) {
+    throw config_error("redis.url",
+                       "names a user but no password is given (in the URL, "
+                       "redis.password_env or redis.password_file)");
+  }
   if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null()) {
     read_redis_tls(*tls, redis);
   }

@@ -12,4 +12,15 @@ void init_logging(std::string_view level) {
   spdlog::set_default_logger(std::move(logger));
 }
 
+std::string masked(std::string text, std::string_view secret) {
+  if (secret.empty()) return text;
+  constexpr std::string_view mask = "***";
+  // Searched on after the mask: a secret that is itself made of '*' cannot loop forever.
+  for (auto at = text.find(secret); at != std::string::npos;
+       at = text.find(secret, at + mask.size())) {
+    text.replace(at, secret.size(), mask);
+  }
+  return text;
+}
+
 }  // namespace token_broker

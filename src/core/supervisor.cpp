@@ -7,6 +7,8 @@
 #include <map>
 #include <mutex>
 
+#include "token_broker/core/logging.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -28,12 +30,7 @@ std::string describe(const std::exception_ptr& failure, const std::vector<std::s
   } catch (...) {
     text = "an exception of unknown type";
   }
-  for (const auto& secret : secrets) {
-    if (secret.empty()) continue;
-    for (auto at = text.find(secret); at != std::string::npos; at = text.find(secret, at)) {
-      text.replace(at, secret.size(), "***");
-    }
-  }
+  for (const auto& secret : secrets) text = masked(std::move(text), secret);
   return text;
 }
 

@@ -6,6 +6,8 @@
 #include <array>
 #include <random>
 
+#include "token_broker/core/logging.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -345,7 +347,7 @@ void redis_connection::deliver(redis_reply reply) {
 }
 
 asio::awaitable<void> redis_connection::wait_until(steady_clock::time_point deadline,
-                                                   const std::function<bool()>& done) {
+                                                   std::function<bool()> done) {
   // notify() cancels the timer; a cancel that misses an already-queued completion only
   // costs one more look at `done`.
   while (!done() && steady_clock::now() < deadline) {
@@ -374,12 +376,7 @@ void redis_connection::drop(std::string why) {
 
 // Redis does not echo passwords in its errors, but a log line is no place to rely on that.
 std::string redis_connection::redacted(std::string text) const {
-  if (settings_.password.empty()) return text;
-  for (auto at = text.find(settings_.password); at != std::string::npos;
-       at = text.find(settings_.password, at)) {
-    text.replace(at, settings_.password.size(), "***");
-  }
-  return text;
+  return masked(std::move(text), settings_.password);
 }
 
 }  // namespace token_broker

@@ -11,7 +11,9 @@ namespace {
 constexpr auto on_error = asio::as_tuple(asio::use_awaitable);
 
 // The attempt to open a connection and its deadline: when the deadline passes first, what the
-// attempt is waiting on is closed, and it ends with an error.
+// attempt is waiting on is closed, and it ends with an error. The attempt looks at `timed_out`
+// after each step too: a deadline that passed between two steps closed nothing that the next
+// step waits on.
 struct opening {
   bool over = false;
   bool timed_out = false;
@@ -44,8 +46,9 @@ std::shared_ptr<asio::ssl::context> make_redis_tls_context(const redis_tls_confi
   error_code error;
   if (settings.ca_file) {
     context->load_verify_file(settings.ca_file->string(), error);
-    if (error)
+    if (error) {
       throw config_error("redis.tls.ca_file", "not a usable PEM bundle: " + error.message());
+    }
   } else {
     context->set_default_verify_paths(error);
     if (error) throw config_error("redis.tls", "cannot load the system's CA store");
@@ -93,7 +96,7 @@ asio::awaitable<std::tuple<std::shared_ptr<redis_stream>, std::string>> redis_st
       socket.close(ignored);
     };
     auto [error] = co_await socket.async_connect(to.unix_path, on_error);
-    if (error) co_return failed("cannot connect: " + error.message());
+    if (error || state->timed_out) co_return failed("cannot connect: " + error.message());
     co_return opened(std::move(socket));
   }
 
@@ -102,7 +105,7 @@ asio::awaitable<std::tuple<std::shared_ptr<redis_stream>, std::string>> redis_st
   state->abort = [&resolver] { resolver.cancel(); };
   auto [resolve_error, addresses] =
       co_await resolver.async_resolve(to.host, std::to_string(to.port), on_error);
-  if (resolve_error || addresses.empty()) {
+  if (resolve_error || addresses.empty() || state->timed_out) {
     co_return failed("cannot resolve " + to.host + ": " + resolve_error.message());
   }
   tcp_socket socket(executor);
@@ -111,7 +114,9 @@ asio::awaitable<std::tuple<std::shared_ptr<redis_stream>, std::string>> redis_st
     socket.close(ignored);
   };
   auto [connect_error, connected] = co_await asio::async_connect(socket, addresses, on_error);
-  if (connect_error) co_return failed("cannot connect: " + connect_error.message());
+  if (connect_error || state->timed_out) {
+    co_return failed("cannot connect: " + connect_error.message());
+  }
   // Commands are small and answered one by one; a peer that vanished without a FIN is noticed.
   error_code ignored;
   socket.set_option(asio::ip::tcp::no_delay(true), ignored);
@@ -128,8 +133,9 @@ asio::awaitable<std::tuple<std::shared_ptr<redis_stream>, std::string>> redis_st
   }
   auto [handshake_error] =
       co_await secured.async_handshake(asio::ssl::stream_base::client, on_error);
-  if (handshake_error)
+  if (handshake_error || state->timed_out) {
     co_return failed(handshake_failure(secured.native_handle(), handshake_error));
+  }
   co_return opened(std::move(secured));
 }
 

@@ -91,8 +91,9 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   asio::awaitable<void> write_commands(std::shared_ptr<redis_stream> stream,
                                        std::uint64_t generation);
   void deliver(redis_reply reply);
+  // `done` by value: the coroutine holds it, whatever the caller passed.
   asio::awaitable<void> wait_until(std::chrono::steady_clock::time_point deadline,
-                                   const std::function<bool()>& done);
+                                   std::function<bool()> done);
   void drop(std::string why);
   void notify() { state_changed_.cancel(); }
 

@@ -497,10 +497,10 @@ TEST(config, splits_redis_url_shapes) {
            {"redis://:hunter2@h:6379/0", "h", 6379, "", "", "hunter2", 0},
            {"redis://:p@ss:w/rd@h:6379", "h", 6379, "", "", "p@ss:w/rd", 0},
            {"redis://broker:hunter2@h:6379/1", "h", 6379, "", "broker", "hunter2", 1},
-           {"redis://broker@h:6379", "h", 6379, "", "broker", "", 0},
            {"rediss://broker:hunter2@redis.internal:6380/3", "redis.internal", 6380, "", "broker",
             "hunter2", 3, true},
            {"unix:///run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", "", 0},
+           {"unix:///run/redis@main/redis.sock", "", 6379, "/run/redis@main/redis.sock", "", "", 0},
            {"unix://broker:hunter2@/run/redis.sock", "", 6379, "/run/redis.sock", "broker",
             "hunter2", 0}}) {
     const auto redis = parse_config(with("/redis/url", json_string(shape.url))).redis.value();
@@ -748,6 +748,7 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"redis_not_object", with("/redis", R"("redis://h:6379")"), "redis", "must be an object"},
   error_case{"redis_url_missing", with("/redis", "{}"), "redis.url", "is required"},
   error_case{"redis_url_wrong_scheme", with("/redis/url", R"("http://:hunter2@h:6379")"), "redis.url", "must look like redis://"},
+  error_case{"redis_user_without_password", with("/redis/url", R"("redis://broker@h:6379")"), "redis.url", "names a user but no password"},
   error_case{"redis_url_empty_user_information", with("/redis/url", R"("redis://@h:6379")"), "redis.url", "must look like redis://"},
   error_case{"redis_url_bad_port", with("/redis/url", R"("redis://:hunter2@h:99999")"), "redis.url", "must look like redis://"},
   error_case{"redis_password_twice", with("/redis", R"({"url": "redis://:hunter2@h:6379", "password_env": "REDIS_PASSWORD"})"), "redis.password_env", "cannot go with a password in redis.url"},

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "token_broker/core/logging.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -152,6 +154,14 @@ TEST_F(supervisor_test, secrets_in_an_exception_message_are_masked_in_the_log) {
   const auto log = log_.str();
   EXPECT_EQ(log.find("S3cret-hr"), std::string::npos) << log;
   EXPECT_NE(log.find("cannot parse corpsecret=*** here"), std::string::npos) << log;
+}
+
+// A secret made of the mask's own characters: each occurrence is masked once, and the search
+// goes on after the mask (it used to start again inside it, for ever).
+TEST(masked, masks_each_occurrence_once_even_a_secret_of_stars) {
+  EXPECT_EQ(masked("a*b**c", "*"), "a***b******c");
+  EXPECT_EQ(masked("pw=hunter2 and hunter2", "hunter2"), "pw=*** and ***");
+  EXPECT_EQ(masked("nothing here", ""), "nothing here");
 }
 
 }  // namespace
