@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (preset "fuzz": clang-14, ASan + UBSan) and runs each for a
+# Builds the libFuzzer targets (in preset "asan": clang-14, ASan + UBSan) and runs each for a
 # bounded time over its seeds in fuzz/corpus/<target>/, one target at a time.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET [TARGET...]]    (default: 60 s, every target)
 #
-# New inputs go to build/fuzz/corpus-work/<target>/, started afresh on every run; the seeds
+# New inputs go to build/asan/corpus-work/<target>/, started afresh on every run; the seeds
 # in the repository are only read. Prints one line per target (executions, exec/s, coverage,
 # corpus) and exits non-zero if any target found a crash, a leak or a timeout, naming the
-# input that shows it (build/fuzz/artifacts/<target>/...). Replay one with
-# `build/fuzz/fuzz/<target> FILE`.
+# input that shows it (build/asan/artifacts/<target>/...). Replay one with
+# `build/asan/fuzz/<target> FILE`.
 #
 # Each compile and each fuzzer run takes the lock file $TOKEN_BROKER_BUILD_LOCK (default
 # /tmp/build.lock), so that builds sharing the machine take turns; set it to "" for no lock
@@ -35,9 +35,9 @@ declare -A max_len=(
 lock=${TOKEN_BROKER_BUILD_LOCK-/tmp/build.lock}
 locked() { if [ -n "$lock" ]; then flock "$lock" "$@"; else "$@"; fi; }
 
-build=build/fuzz
-locked cmake --preset fuzz >/dev/null
-locked cmake --build --preset fuzz
+build=build/asan
+locked cmake --preset asan >/dev/null
+locked cmake --build --preset asan --target "${targets[@]}"
 
 # Sanitizer reports end the run at once, with a stack that names the line.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}

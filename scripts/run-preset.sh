@@ -10,12 +10,9 @@ preset=$1
 
 echo "=== $preset: build"
 cmake --preset "$preset" >/dev/null
-# Release builds everything (the soak and the benchmarks use it); a sanitizer build only what
-# its tests run.
-targets=()
-[ "$preset" = release ] ||
-  targets=(--target token-broker unit_tests simulation_tests binary_tests redis_tests sdk_tests)
-cmake --build --preset "$preset" "${targets[@]}"
+# Only what the tests run: the soak, the fuzzers, the demo and the benchmarks build their own.
+cmake --build --preset "$preset" \
+  --target token-broker unit_tests simulation_tests binary_tests redis_tests sdk_tests
 echo "=== $preset: test"
 reports="build/$preset/reports"
 rm -rf "$reports" && mkdir -p "$reports"

@@ -25,6 +25,7 @@
 #include "redis_keyspace_fixture.hpp"
 #include "redis_process.hpp"
 #include "redis_test_client.hpp"
+#include "sanitizers.hpp"
 
 namespace token_broker::testing {
 namespace {
@@ -698,12 +699,13 @@ std::vector<std::string> wall_clock_off_by(std::chrono::seconds offset) {
                                        "FAKETIME=" + std::string(offset.count() >= 0 ? "+" : "") +
                                            std::to_string(offset.count()) + "s",
                                        "DONT_FAKE_MONOTONIC=1"};
-#if defined(__SANITIZE_ADDRESS__)
-  // libfaketime is loaded ahead of ASan's runtime, which ASan refuses unless told it is fine.
-  const char* options = std::getenv("ASAN_OPTIONS");
-  environment.push_back("ASAN_OPTIONS=" + std::string(options ? options : "") +
-                        ":verify_asan_link_order=0");
-#endif
+  if (testing::under_address_sanitizer) {
+    // libfaketime is loaded ahead of ASan's runtime, which ASan (as g++ links it, a shared
+    // library) refuses unless told it is fine.
+    const char* options = std::getenv("ASAN_OPTIONS");
+    environment.push_back("ASAN_OPTIONS=" + std::string(options ? options : "") +
+                          ":verify_asan_link_order=0");
+  }
   return environment;
 }
 

@@ -29,6 +29,7 @@
 #include "redis_process.hpp"
 #include "redis_reader.hpp"
 #include "replica.hpp"
+#include "sanitizers.hpp"
 
 namespace token_broker::soak {
 namespace {
@@ -75,11 +76,7 @@ constexpr seconds warm_up{20};
 // request, or of 1 KiB per refresh. Under ASan it is not judged: its quarantine holds freed
 // memory by design.
 constexpr long rss_growth_bound_kib = 1024;
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool judge_memory = false;
-#else
-constexpr bool judge_memory = true;
-#endif
+constexpr bool judge_memory = !testing::under_address_sanitizer;
 
 std::string random_secret() {
   std::random_device random;
