@@ -499,11 +499,60 @@ void read_redis_tls(const json& value, redis_config& redis) {
   }
 }
 
+// "sentinel": {"master", "nodes": ["host:port", …], "username"?, "password_env"? or
+// "password_file"?, "tls"?}
+redis_sentinel_config read_redis_sentinel(const json& value, const redis_config& redis) {
+  require_object(value, "redis.sentinel");
+  reject_unknown_keys(value, "redis.sentinel",
+                      {"master", "nodes", "username", "password_env", "password_file", "tls"});
+  redis_sentinel_config sentinel;
+  constexpr std::string_view name_rule =
+      "must be a non-empty string of printable ASCII without spaces";
+  sentinel.master = read_string(required_member(value, "redis.sentinel", "master"),
+                                "redis.sentinel.master", name_rule);
+  if (!is_printable_word(sentinel.master)) {
+    throw config_error("redis.sentinel.master", std::string(name_rule));
+  }
+  const auto& nodes = required_member(value, "redis.sentinel", "nodes");
+  constexpr std::string_view node_rule = "must be a non-empty array of \"host:port\"";
+  if (!nodes.is_array() || nodes.empty()) {
+    throw config_error("redis.sentinel.nodes", std::string(node_rule));
+  }
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    const auto field = element("redis.sentinel.nodes", i);
+    const auto endpoint = parse_authority(read_string(nodes[i], field, node_rule));
+    if (!endpoint || !endpoint->port) throw config_error(field, "must be \"host:port\"");
+    sentinel.nodes.emplace_back(endpoint->host, *endpoint->port);
+  }
+  if (const auto* user = find_member(value, "username"); user && !user->is_null()) {
+    sentinel.username = read_string(*user, "redis.sentinel.username", name_rule);
+    if (!is_printable_word(sentinel.username)) {
+      throw config_error("redis.sentinel.username", std::string(name_rule));
+    }
+  }
+  const auto* env = find_member(value, "password_env");
+  const auto* file = find_member(value, "password_file");
+  if (env && file) throw config_error("redis.sentinel", "has both password_env and password_file");
+  if (env) sentinel.password = secret_from_env(*env, "redis.sentinel.password_env");
+  if (file) sentinel.password = secret_from_file(*file, "redis.sentinel.password_file");
+  if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null()) {
+    if (!tls->is_boolean()) throw config_error("redis.sentinel.tls", "must be true or false");
+    sentinel.tls = tls->get<bool>();
+    if (sentinel.tls && !redis.tls) {
+      throw config_error("redis.sentinel.tls", "needs a rediss:// redis.url (its tls settings)");
+    }
+  }
+  if (!redis.unix_path.empty()) {
+    throw config_error("redis.sentinel", "cannot go with a unix:// redis.url");
+  }
+  return sentinel;
+}
+
 std::optional<redis_config> read_redis(const json& value) {
   if (value.is_null()) return std::nullopt;
   require_object(value, "redis");
   reject_unknown_keys(value, "redis",
-                      {"url", "key_prefix", "password_env", "password_file", "tls"});
+                      {"url", "key_prefix", "password_env", "password_file", "tls", "sentinel"});
   redis_config redis;
   redis.url = read_string(required_member(value, "redis", "url"), "redis.url", redis_url_rule);
   split_redis_url(redis);
@@ -523,6 +572,9 @@ std::optional<redis_config> read_redis(const json& value) {
   }
   if (const auto* tls = find_member(value, "tls"); tls && !tls->is_null()) {
     read_redis_tls(*tls, redis);
+  }
+  if (const auto* sentinel = find_member(value, "sentinel"); sentinel && !sentinel->is_null()) {
+    redis.sentinel = read_redis_sentinel(*sentinel, redis);
   }
   if (const auto* prefix = find_member(value, "key_prefix")) {
     const std::string reason =

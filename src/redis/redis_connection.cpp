@@ -1,9 +1,10 @@
 #include "token_broker/redis/redis_connection.hpp"
 
-#include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
+#include <charconv>
 #include <random>
 
 #include "token_broker/core/logging.hpp"
@@ -55,21 +56,14 @@ struct redis_connection::pending_command {
 
 namespace {
 
-// A command in RESP, as Redis reads it.
-std::string encoded(const std::vector<std::string>& arguments) {
-  std::vector<const char*> argv;
-  std::vector<std::size_t> lengths;
-  for (const auto& argument : arguments) {
-    argv.push_back(argument.data());
-    lengths.push_back(argument.size());
+std::vector<std::string_view> words(std::string_view text) {
+  std::vector<std::string_view> found;
+  while (!text.empty()) {
+    const auto end = std::min(text.find(' '), text.size());
+    if (end > 0) found.push_back(text.substr(0, end));
+    text.remove_prefix(std::min(end + 1, text.size()));
   }
-  char* command = nullptr;
-  const auto size =
-      redisFormatCommandArgv(&command, static_cast<int>(argv.size()), argv.data(), lengths.data());
-  if (size < 0) throw std::bad_alloc();
-  std::string bytes(command, static_cast<std::size_t>(size));
-  redisFreeCommand(command);
-  return bytes;
+  return found;
 }
 
 redis_endpoint endpoint_of(const redis_config& settings) {
@@ -88,9 +82,18 @@ redis_connection::redis_connection(asio::any_io_executor executor, redis_config 
     : strand_(asio::make_strand(executor)),
       settings_(std::move(settings)),
       endpoint_(endpoint_of(settings_)),
+      current_(endpoint_),
       role_(std::move(role)),
       timeouts_(timeouts),
-      state_changed_(strand_) {}
+      state_changed_(strand_),
+      retry_pause_(strand_) {
+  if (!settings_.sentinel) return;
+  sentinels_ = settings_.sentinel->nodes;
+  for (const auto& node : sentinels_) {
+    watches_.push_back(
+        std::make_unique<sentinel_watch>(node, nullptr, asio::steady_timer(strand_)));
+  }
+}
 
 redis_connection::~redis_connection() = default;
 
@@ -110,11 +113,23 @@ void redis_connection::on_connect_send(std::vector<std::vector<std::string>> com
 void redis_connection::start(supervisor& tasks) {
   tasks.spawn(strand_, "redis", "redis " + role_ + " connection",
               [self = shared_from_this()] { return self->run(); }, {settings_.password});
+  for (const auto& watch : watches_) {
+    tasks.spawn(
+        strand_, "redis",
+        "redis " + role_ + " watch of sentinel " + sentinel_endpoint(watch->node).to_string(),
+        [self = shared_from_this(), &watch = *watch] { return self->watch_sentinel(watch); },
+        {settings_.password, settings_.sentinel->password});
+  }
 }
 
 void redis_connection::stop() {
   asio::post(strand_, [self = shared_from_this()] {
     self->stopping_ = true;
+    for (const auto& watch : self->watches_) {
+      if (watch->stream) watch->stream->close();
+      watch->pause.cancel();
+    }
+    self->retry_pause_.cancel();
     self->notify();
   });
 }
@@ -125,7 +140,6 @@ asio::awaitable<void> redis_connection::run() {
   up_.store(false, std::memory_order_release);
   drop("restarted");
   std::mt19937_64 random(std::random_device{}());
-  asio::steady_timer pause(strand_);
   auto backoff = timeouts_.backoff_min;
   int failed_attempts = 0;
 
@@ -144,7 +158,7 @@ asio::awaitable<void> redis_connection::run() {
     // The first failure of an outage is news; the retries that follow are not.
     if (++failed_attempts == 1) {
       spdlog::warn("redis {} unreachable at {}: {}; retrying with backoff, serving from memory",
-                   role_, endpoint_.to_string(), last_error_);
+                   role_, current_.to_string(), last_error_);
     } else {
       spdlog::debug("redis {} still unreachable (attempt {}): {}", role_, failed_attempts,
                     last_error_);
@@ -152,8 +166,8 @@ asio::awaitable<void> redis_connection::run() {
     // Equal jitter, so replicas that lost Redis together do not return in step.
     const auto jittered = backoff / 2 + milliseconds{std::uniform_int_distribution<long>(
                                             0, static_cast<long>(backoff.count() / 2))(random)};
-    pause.expires_after(jittered);
-    co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    retry_pause_.expires_after(jittered);
+    co_await retry_pause_.async_wait(asio::as_tuple(asio::use_awaitable));
     backoff = std::min(backoff * 2, timeouts_.backoff_max);
   }
   drop("stopping");
@@ -161,7 +175,13 @@ asio::awaitable<void> redis_connection::run() {
 
 // One connection from connect to loss. True if it was up at some point.
 asio::awaitable<bool> redis_connection::connect_and_serve() {
-  auto [stream, why] = co_await redis_stream::open(strand_, endpoint_, timeouts_.connect);
+  const auto switches = master_switches_;
+  if (settings_.sentinel) {
+    auto master = co_await locate_master();
+    if (!master || stopping_) co_return false;
+    current_ = std::move(*master);
+  }
+  auto [stream, why] = co_await redis_stream::open(strand_, current_, timeouts_.connect);
   if (!stream) {
     last_error_ = std::move(why);
     co_return false;
@@ -180,9 +200,14 @@ asio::awaitable<bool> redis_connection::connect_and_serve() {
     drop(last_error_);
     co_return false;
   }
+  if (master_switches_ != switches) {
+    // Connected to the master of before the switch: it would lose what it is told.
+    drop("the master moved while connecting");
+    co_return false;
+  }
   up_.store(true, std::memory_order_release);
   tried_.store(true, std::memory_order_release);
-  spdlog::info("redis {} connected to {}/{}{}", role_, endpoint_.to_string(), settings_.database,
+  spdlog::info("redis {} connected to {}/{}{}", role_, current_.to_string(), settings_.database,
                endpoint_.tls ? " (TLS)" : "");
   if (on_up_) on_up_();
 
@@ -190,7 +215,7 @@ asio::awaitable<bool> redis_connection::connect_and_serve() {
   up_.store(false, std::memory_order_release);
   if (!stopping_) {
     spdlog::warn("redis {} connection to {} lost: {}; reconnecting, serving from memory", role_,
-                 endpoint_.to_string(), last_error_);
+                 current_.to_string(), last_error_);
   }
   drop("closed");
   co_return true;
@@ -224,6 +249,19 @@ asio::awaitable<bool> redis_connection::prepare_session() {
     auto [error, reply] = co_await send(std::move(arguments));
     if (error || reply.type == redis_reply::kind::error) {
       last_error_ = name + " failed: " + (error ? last_error_ : redacted(reply.text));
+      co_return false;
+    }
+  }
+  if (settings_.sentinel) {
+    // A sentinel's answer may be stale (a failover under way): only a master will do.
+    auto asking = send(std::vector<std::string>{"ROLE"});
+    auto [error, reply] = co_await std::move(asking);
+    const bool master = !error && reply.type == redis_reply::kind::array &&
+                        !reply.elements.empty() && reply.elements[0].text == "master";
+    if (!master) {
+      last_error_ = error ? "ROLE failed: " + last_error_
+                          : current_.to_string() + " is not the master of " +
+                                settings_.sentinel->master + "; asking the sentinels again";
       co_return false;
     }
   }
@@ -338,11 +376,19 @@ void redis_connection::deliver(redis_reply reply) {
     drop("a reply that no command asked for");
     return;
   }
+  // After a failover the old master, now a replica, refuses writes, and a restarted one
+  // answers nothing while it loads: the master is elsewhere, or not ready. The command fails
+  // to its caller (what a replica holds is written back once reconnected: store_sync).
+  const bool elsewhere = reply.type == redis_reply::kind::error &&
+                         (reply.text.starts_with("READONLY") || reply.text.starts_with("LOADING"));
   const auto answered = std::move(pending_.front());
   pending_.pop_front();
   answered->answered = true;
   answered->reply = std::move(reply);
   answered->answered_or_timeout.cancel();  // resumes the waiting coroutine, never inline
+  if (elsewhere)
+    drop(answered->reply.text.substr(0, answered->reply.text.find(' ')) + " from " +
+         current_.to_string() + ": reconnecting");
 }
 
 asio::awaitable<void> redis_connection::wait_until(steady_clock::time_point deadline,
@@ -371,6 +417,135 @@ void redis_connection::drop(std::string why) {
     waiting->answered_or_timeout.cancel();
   }
   notify();
+}
+
+redis_endpoint redis_connection::sentinel_endpoint(const sentinel_address& node) const {
+  redis_endpoint endpoint{.host = node.first, .port = node.second};
+  if (settings_.sentinel->tls) endpoint.tls = endpoint_.tls;
+  return endpoint;
+}
+
+void redis_connection::ask_first(const sentinel_address& node) {
+  const auto found = std::find(sentinels_.begin(), sentinels_.end(), node);
+  if (found != sentinels_.end()) std::rotate(sentinels_.begin(), found, found + 1);
+}
+
+std::vector<std::string> redis_connection::sentinel_auth() const {
+  const auto& sentinel = *settings_.sentinel;
+  if (sentinel.password.empty()) return {};
+  if (sentinel.username.empty()) return {"AUTH", sentinel.password};
+  return {"AUTH", sentinel.username, sentinel.password};
+}
+
+asio::awaitable<std::optional<redis_endpoint>> redis_connection::locate_master() {
+  const auto& master_name = settings_.sentinel->master;
+  std::string failures;
+  // A copy: the watch may reorder sentinels_ while this one waits for an answer.
+  const auto nodes = sentinels_;
+  for (std::size_t i = 0; i < nodes.size() && !stopping_; ++i) {
+    const auto node = sentinel_endpoint(nodes[i]);
+    const auto failed = [&](const std::string& why) {
+      failures += (failures.empty() ? "" : "; ") + node.to_string() + ": " +
+                  masked(redacted(why), settings_.sentinel->password);
+    };
+    auto [stream, why] = co_await redis_stream::open(strand_, node, timeouts_.connect);
+    if (!stream) {
+      failed(why);
+      continue;
+    }
+    std::vector<std::vector<std::string>> commands;
+    if (auto auth = sentinel_auth(); !auth.empty()) commands.push_back(std::move(auth));
+    commands.push_back({"SENTINEL", "get-master-addr-by-name", master_name});
+    auto asking = converse(strand_, stream, commands, timeouts_.command);
+    auto [replies, trouble] = co_await std::move(asking);
+    stream->close();
+    if (!trouble.empty()) {
+      failed(trouble);
+      continue;
+    }
+    if (replies.front().type == redis_reply::kind::error) {
+      failed(replies.front().text);
+      continue;
+    }
+    const auto& answer = replies.back();
+    std::uint16_t port = 0;
+    const bool named =
+        answer.type == redis_reply::kind::array && answer.elements.size() == 2 &&
+        !answer.elements[0].text.empty() &&
+        std::from_chars(answer.elements[1].text.data(),
+                        answer.elements[1].text.data() + answer.elements[1].text.size(), port)
+                .ec == std::errc{};
+    if (!named) {
+      failed("does not know the master " + master_name);
+      continue;
+    }
+    ask_first(nodes[i]);
+    auto master = endpoint_;
+    master.host = answer.elements[0].text;
+    master.port = port;
+    co_return master;
+  }
+  last_error_ = "no sentinel named the master " + master_name + ": " + failures;
+  co_return std::nullopt;
+}
+
+asio::awaitable<void> redis_connection::watch_sentinel(sentinel_watch& watch) {
+  const auto self = shared_from_this();
+  const auto& master_name = settings_.sentinel->master;
+  // Whether a message says the master is no longer where this connection goes (or went last):
+  // "+switch-master" "<name> <old ip> <old port> <new ip> <new port>", from every sentinel
+  // once it has switched, or "+failover-state-reconf-slaves" "master <name> <ip> <port>", from
+  // the leader of a failover once the promoted replica says it is the master.
+  const auto moved_away = [&](const redis_reply& message) {
+    const auto payload = message_payload(message);
+    if (!payload) return false;
+    const auto fields = words(*payload);
+    const auto is_current = [&](std::string_view host, std::string_view port) {
+      return current_.host == host && std::to_string(current_.port) == port;
+    };
+    const auto& channel = message.elements[1].text;
+    if (channel == "+switch-master") {
+      return fields.size() == 5 && fields[0] == master_name && !is_current(fields[3], fields[4]);
+    }
+    return channel == "+failover-state-reconf-slaves" && fields.size() == 4 &&
+           fields[0] == "master" && fields[1] == master_name && is_current(fields[2], fields[3]);
+  };
+  while (!stopping_) {
+    auto [stream, why] =
+        co_await redis_stream::open(strand_, sentinel_endpoint(watch.node), timeouts_.connect);
+    watch.stream = stream;
+    if (stream && !stopping_) {
+      std::vector<std::vector<std::string>> commands;
+      if (auto auth = sentinel_auth(); !auth.empty()) commands.push_back(std::move(auth));
+      commands.push_back({"SUBSCRIBE", "+switch-master", "+failover-state-reconf-slaves"});
+      auto subscribing = converse(strand_, stream, commands, timeouts_.command);
+      auto [replies, trouble] = co_await std::move(subscribing);
+      reply_reader reader;
+      std::array<char, 4096> received;
+      while (trouble.empty() && !stopping_) {
+        auto [error, size] = co_await stream->read_some(asio::buffer(received));
+        if (error) break;
+        try {
+          reader.feed(std::string_view(received.data(), size));
+          while (auto message = reader.next()) {
+            if (!moved_away(*message)) continue;
+            // This sentinel names the new master already; the others may not yet.
+            ++master_switches_;
+            ask_first(watch.node);
+            drop("the sentinels moved " + master_name + " to a new master");
+            retry_pause_.cancel();  // down and waiting to retry: the master is there now
+          }
+        } catch (const redis_protocol_error&) {
+          break;
+        }
+      }
+      stream->close();
+    }
+    watch.stream.reset();
+    if (stopping_) break;
+    watch.pause.expires_after(timeouts_.backoff_max);
+    co_await watch.pause.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
 }
 
 // Redis does not echo passwords in its errors, but a log line is no place to rely on that.

@@ -1,9 +1,13 @@
 #include "token_broker/redis/redis_stream.hpp"
 
+#include <hiredis/hiredis.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <array>
+
 #include "token_broker/core/tls_peer.hpp"
+#include "token_broker/redis/reply_reader.hpp"
 
 namespace token_broker {
 namespace {
@@ -165,6 +169,62 @@ void redis_stream::close() {
         }
       },
       socket_);
+}
+
+std::string encoded(const std::vector<std::string>& arguments) {
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lengths;
+  for (const auto& argument : arguments) {
+    argv.push_back(argument.data());
+    lengths.push_back(argument.size());
+  }
+  char* command = nullptr;
+  const auto size =
+      redisFormatCommandArgv(&command, static_cast<int>(argv.size()), argv.data(), lengths.data());
+  if (size < 0) throw std::bad_alloc();
+  std::string bytes(command, static_cast<std::size_t>(size));
+  redisFreeCommand(command);
+  return bytes;
+}
+
+asio::awaitable<std::tuple<std::vector<redis_reply>, std::string>> converse(
+    asio::any_io_executor executor, std::shared_ptr<redis_stream> stream,
+    const std::vector<std::vector<std::string>>& commands, std::chrono::milliseconds limit) {
+  using result = std::tuple<std::vector<redis_reply>, std::string>;
+  auto over = std::make_shared<bool>(false);
+  asio::steady_timer deadline(executor, limit);
+  deadline.async_wait([over, weak = std::weak_ptr(stream)](const error_code& error) {
+    if (error || *over) return;
+    if (const auto alive = weak.lock()) alive->close();
+  });
+  const auto ended = [&](std::vector<redis_reply> replies, std::string why) {
+    *over = true;
+    deadline.cancel();
+    return result{std::move(replies), std::move(why)};
+  };
+  std::string request;
+  for (const auto& command : commands) request += encoded(command);
+  if (const auto error = co_await stream->write(asio::buffer(request))) {
+    co_return ended({}, "write failed: " + error.message());
+  }
+  reply_reader reader;
+  std::vector<redis_reply> replies;
+  std::array<char, 4096> received;
+  while (replies.size() < commands.size()) {
+    auto [error, size] = co_await stream->read_some(asio::buffer(received));
+    if (error) {
+      co_return ended({}, error == asio::error::operation_aborted
+                              ? "no answer within " + std::to_string(limit.count()) + " ms"
+                              : "read failed: " + error.message());
+    }
+    try {
+      reader.feed(std::string_view(received.data(), size));
+      while (auto reply = reader.next()) replies.push_back(std::move(*reply));
+    } catch (const redis_protocol_error& broken) {
+      co_return ended({}, std::string("not a Redis reply: ") + broken.what());
+    }
+  }
+  co_return ended(std::move(replies), {});
 }
 
 }  // namespace token_broker

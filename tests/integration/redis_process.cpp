@@ -59,15 +59,41 @@ bool accepts_connections(std::uint16_t port) {
 redis_process::redis_process(std::uint16_t port, std::filesystem::path directory,
                              std::vector<std::string> extra_arguments,
                              std::optional<redis_tls_files> tls)
+    : redis_process(port, std::move(directory), std::move(extra_arguments), std::move(tls), {}) {}
+
+redis_process::redis_process(std::uint16_t port, std::filesystem::path directory,
+                             std::vector<std::string> extra_arguments,
+                             std::optional<redis_tls_files> tls, std::filesystem::path config_file)
     : port_(port),
       directory_(std::move(directory)),
       extra_arguments_(std::move(extra_arguments)),
-      tls_(std::move(tls)) {
+      tls_(std::move(tls)),
+      config_file_(std::move(config_file)) {
   start();
 }
 
 redis_process::~redis_process() {
   stop();
+}
+
+std::unique_ptr<redis_process> redis_process::sentinel(
+    std::uint16_t port, const std::filesystem::path& directory,
+    const std::vector<std::string>& monitor_lines) {
+  const auto config_file = directory / ("sentinel-" + std::to_string(port) + ".conf");
+  std::ofstream config(config_file);
+  for (const auto& line : monitor_lines) config << line << "\n";
+  config.close();
+  auto process = std::unique_ptr<redis_process>(
+      new redis_process(port, directory, {"--sentinel"}, std::nullopt, config_file));
+  return process;
+}
+
+void redis_process::kill() {
+  if (!running()) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
 }
 
 void redis_process::start() {
@@ -76,6 +102,7 @@ void redis_process::start() {
       "redis-server",     "--bind", "127.0.0.1",    "--port", std::to_string(port_),
       "--save",           "",       "--appendonly", "no",     "--dir",
       directory_.string()};
+  if (!config_file_.empty()) arguments.insert(arguments.begin() + 1, config_file_.string());
   if (tls_) {
     arguments[4] = "0";
     arguments.insert(arguments.end(),
@@ -120,7 +147,7 @@ void redis_process::start() {
 
 void redis_process::stop() {
   if (!running()) return;
-  kill(pid_, SIGTERM);
+  ::kill(pid_, SIGTERM);
   const auto give_up_at = std::chrono::steady_clock::now() + shutdown_limit;
   while (std::chrono::steady_clock::now() < give_up_at) {
     if (has_exited(pid_)) {
@@ -129,7 +156,7 @@ void redis_process::stop() {
     }
     std::this_thread::sleep_for(10ms);
   }
-  kill(pid_, SIGKILL);
+  ::kill(pid_, SIGKILL);
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,11 @@ class redis_process {
   redis_process(std::uint16_t port, std::filesystem::path directory,
                 std::vector<std::string> extra_arguments = {},
                 std::optional<redis_tls_files> tls = std::nullopt);
+  // A sentinel on `port` whose config file (written to `directory`, which Sentinel rewrites)
+  // holds `monitor_lines`.
+  static std::unique_ptr<redis_process> sentinel(std::uint16_t port,
+                                                 const std::filesystem::path& directory,
+                                                 const std::vector<std::string>& monitor_lines);
   ~redis_process();  // stops it if running
   redis_process(const redis_process&) = delete;
   redis_process& operator=(const redis_process&) = delete;
@@ -38,14 +44,21 @@ class redis_process {
   void start();
   // SIGTERM and wait for the exit (SIGKILL after 5 s).
   void stop();
+  // SIGKILL, as a crashed host: nothing is handed over.
+  void kill();
   bool running() const { return pid_ > 0; }
   std::string log() const;
 
  private:
+  redis_process(std::uint16_t port, std::filesystem::path directory,
+                std::vector<std::string> extra_arguments, std::optional<redis_tls_files> tls,
+                std::filesystem::path config_file);
+
   std::uint16_t port_;
   std::filesystem::path directory_;
   std::vector<std::string> extra_arguments_;
   std::optional<redis_tls_files> tls_;
+  std::filesystem::path config_file_;  // first argument when set (a sentinel's)
   pid_t pid_ = -1;
 };
 

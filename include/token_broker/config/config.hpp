@@ -69,6 +69,19 @@ struct redis_tls_config {
   bool operator==(const redis_tls_config&) const = default;
 };
 
+// Redis behind Sentinel: the sentinels are asked where the master named `master` is, on every
+// connect (the redis.io sentinel-client algorithm). redis.url then gives only what the master
+// wants: scheme, user, password and database; its host and port are not used.
+struct redis_sentinel_config {
+  std::string master;
+  std::vector<std::pair<std::string, std::uint16_t>> nodes;  // host, port; asked in turn
+  std::string username;  // the sentinels' own ACL user, if they want one
+  std::string password;  // the sentinels' own password; "" = no AUTH. Never log it.
+  bool tls = false;      // the sentinels speak TLS too, trusting redis.tls's files
+
+  bool operator==(const redis_sentinel_config&) const = default;
+};
+
 struct redis_config {
   std::string url;  // never log it: it may hold the password
   std::string key_prefix = "wecom:";
@@ -77,8 +90,9 @@ struct redis_config {
   std::uint16_t port = 6379;
   std::string unix_path;
   std::optional<redis_tls_config> tls;  // set for rediss://
-  std::string username;                 // "" = AUTH with the password alone (the default user)
-  std::string password;                 // "" = no AUTH. Never log it.
+  std::optional<redis_sentinel_config> sentinel;
+  std::string username;  // "" = AUTH with the password alone (the default user)
+  std::string password;  // "" = no AUTH. Never log it.
   unsigned database = 0;
 
   bool operator==(const redis_config&) const = default;

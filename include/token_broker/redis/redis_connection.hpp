@@ -81,6 +81,28 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   asio::awaitable<void> run();
   asio::awaitable<bool> connect_and_serve();
   asio::awaitable<bool> prepare_session();
+  // With Sentinel: where the master is now (the redis.io sentinel-client algorithm: the
+  // sentinels asked in turn, the first that knows moved to the front), or nothing.
+  asio::awaitable<std::optional<redis_endpoint>> locate_master();
+  using sentinel_address = std::pair<std::string, std::uint16_t>;
+  // With Sentinel, one per sentinel: its connection while it is watched, and the pause
+  // between two attempts. stop() closes the one and cancels the other.
+  struct sentinel_watch {
+    sentinel_address node;
+    std::shared_ptr<redis_stream> stream;
+    asio::steady_timer pause;
+  };
+  // Listens to one sentinel for the master's move and drops the connection at once rather
+  // than at its next failed command. Every sentinel is watched: the one leading a failover
+  // names the new master from +failover-state-reconf-slaves on, the others only from their
+  // +switch-master, seconds later (at worst failover-timeout), and until the old master is
+  // made a replica it takes writes that will be lost.
+  asio::awaitable<void> watch_sentinel(sentinel_watch& watch);
+  redis_endpoint sentinel_endpoint(const sentinel_address& node) const;
+  // The sentinel that named the master, or announced its switch, is asked first next time:
+  // the others may not know yet.
+  void ask_first(const sentinel_address& node);
+  std::vector<std::string> sentinel_auth() const;
   asio::awaitable<void> check_health(const std::shared_ptr<redis_stream>& stream);
   asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send_if_up(
       std::vector<std::string> arguments);
@@ -100,7 +122,10 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   // Everything below is touched only on strand_.
   asio::strand<asio::any_io_executor> strand_;
   redis_config settings_;
-  redis_endpoint endpoint_;
+  redis_endpoint endpoint_;                  // configured; with Sentinel, the master's TLS settings
+  redis_endpoint current_;                   // connected to, or last tried
+  std::vector<sentinel_address> sentinels_;  // the one that knew last comes first
+  std::uint64_t master_switches_ = 0;        // moves of the master heard from the sentinels
   std::string role_;
   redis_timeouts timeouts_;
   std::string channel_;
@@ -117,6 +142,8 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   std::chrono::steady_clock::time_point last_heard_;
   std::string last_error_;
   asio::steady_timer state_changed_;  // run() sleeps on it; notify() wakes it
+  asio::steady_timer retry_pause_;    // run()'s backoff; a move of the master ends it
+  std::vector<std::unique_ptr<sentinel_watch>> watches_;
   bool stopping_ = false;
 
   std::atomic<bool> up_{false};

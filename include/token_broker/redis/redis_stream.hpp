@@ -8,9 +8,11 @@
 #include <string>
 #include <tuple>
 #include <variant>
+#include <vector>
 
 #include "token_broker/config/config.hpp"
 #include "token_broker/core/asio.hpp"
+#include "token_broker/redis/redis_replies.hpp"
 
 namespace token_broker {
 
@@ -51,5 +53,14 @@ class redis_stream {
  private:
   std::variant<tcp_socket, unix_socket, tls_socket> socket_;
 };
+
+// Sends `commands` on `stream` and reads one reply to each, all within `limit`: a short
+// conversation on a connection of its own, as with a sentinel. The replies, or why not.
+asio::awaitable<std::tuple<std::vector<redis_reply>, std::string>> converse(
+    asio::any_io_executor executor, std::shared_ptr<redis_stream> stream,
+    const std::vector<std::vector<std::string>>& commands, std::chrono::milliseconds limit);
+
+// A command in RESP, as Redis reads it.
+std::string encoded(const std::vector<std::string>& arguments);
 
 }  // namespace token_broker

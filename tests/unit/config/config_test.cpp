@@ -550,6 +550,22 @@ TEST(config, redis_tls_reads_its_files) {
   EXPECT_EQ(plain.redis->tls, redis_tls_config{});
 }
 
+TEST(config, redis_sentinel_names_the_master_and_its_sentinels) {
+  const scoped_env env("TOKEN_BROKER_TEST_SENTINEL_PASSWORD", "hunter2-sentinel");
+  const auto settings = parse_config(with(
+      "/redis", R"({"url": "redis://token-broker:hunter2@tokens/0", "sentinel": {
+        "master": "tokens", "nodes": ["10.0.0.1:26379", "[::1]:26380"], "username": "watcher",
+        "password_env": "TOKEN_BROKER_TEST_SENTINEL_PASSWORD"}})"));
+  const auto& sentinel = settings.redis->sentinel.value();
+  EXPECT_EQ(sentinel.master, "tokens");
+  ASSERT_EQ(sentinel.nodes.size(), 2u);
+  EXPECT_EQ(sentinel.nodes[0], (std::pair<std::string, std::uint16_t>{"10.0.0.1", 26379}));
+  EXPECT_EQ(sentinel.nodes[1], (std::pair<std::string, std::uint16_t>{"::1", 26380}));
+  EXPECT_EQ(sentinel.username, "watcher");
+  EXPECT_EQ(sentinel.password, "hunter2-sentinel");
+  EXPECT_FALSE(sentinel.tls);
+}
+
 TEST(config, secret_file_loses_exactly_one_trailing_newline) {
   const temp_directory files;
   for (const auto& [contents, secret] : std::vector<std::pair<std::string, std::string>>{
@@ -755,6 +771,10 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"redis_password_env_and_file", with("/redis", R"({"url": "redis://h:6379", "password_env": "A", "password_file": "b"})"), "redis", "has both password_env and password_file"},
   error_case{"redis_password_env_unset", with("/redis", R"({"url": "redis://h:6379", "password_env": "TOKEN_BROKER_TEST_UNSET"})"), "redis.password_env", "is not set"},
   error_case{"redis_password_file_missing", with("/redis", R"({"url": "redis://h:6379", "password_file": "/nonexistent/redis-password"})"), "redis.password_file", "/nonexistent/redis-password"},
+  error_case{"redis_sentinel_no_nodes", with("/redis", R"({"url": "redis://tokens", "sentinel": {"master": "tokens", "nodes": []}})"), "redis.sentinel.nodes", "non-empty array"},
+  error_case{"redis_sentinel_node_without_port", with("/redis", R"({"url": "redis://tokens", "sentinel": {"master": "tokens", "nodes": ["10.0.0.1"]}})"), "redis.sentinel.nodes[0]", "host:port"},
+  error_case{"redis_sentinel_no_master", with("/redis", R"({"url": "redis://tokens", "sentinel": {"nodes": ["10.0.0.1:26379"]}})"), "redis.sentinel.master", "is required"},
+  error_case{"redis_sentinel_tls_without_rediss", with("/redis", R"({"url": "redis://tokens", "sentinel": {"master": "tokens", "nodes": ["h:26379"], "tls": true}})"), "redis.sentinel.tls", "needs a rediss://"},
   error_case{"redis_tls_without_rediss", with("/redis", R"({"url": "redis://:hunter2@h:6379", "tls": {}})"), "redis.tls", "needs a rediss:// redis.url"},
   error_case{"redis_tls_unknown_key", with("/redis", R"({"url": "rediss://h:6379", "tls": {"verify": false}})"), "redis.tls.verify", "unknown key"},
   error_case{"redis_tls_ca_file_missing", with("/redis", R"({"url": "rediss://h:6379", "tls": {"ca_file": "/nonexistent/ca.pem"}})"), "redis.tls.ca_file", "/nonexistent/ca.pem"},
