@@ -165,6 +165,33 @@ TEST_F(redis_security_test, a_redis_certificate_from_another_ca_is_refused_clear
   EXPECT_EQ(redis_cli_tls(redis.port(), "DBSIZE"), "0");
 }
 
+// redis.tls.server_name, not the URL's host, is the name the certificate must carry: one the
+// certificate names connects to 127.0.0.1, one it does not is refused and says why.
+TEST_F(redis_security_test, redis_tls_server_name_is_the_name_checked) {
+  add_app("hr");
+  const redis_process redis(free_port(), scratch_.path(), {}, server_files_);
+  const auto redis_with_name = [&](const std::string& name) {
+    return config_for(
+        {{"url", "rediss://127.0.0.1:" + std::to_string(redis.port())},
+         {"tls",
+          {{"ca_file", redis_ca_},
+           {"cert_file", client_certificate_},
+           {"key_file", client_key_},
+           {"server_name", name}}}});
+  };
+  const auto& named = start_broker(redis_with_name("localhost"));
+  const auto& misnamed = start_broker(redis_with_name("redis.internal"));
+
+  EXPECT_TRUE(log_shows(
+      named, "redis commands connected to 127.0.0.1:" + std::to_string(redis.port()) + "/0 (TLS)",
+      5s))
+      << named.log();
+  EXPECT_TRUE(log_shows(misnamed, "Redis's certificate was rejected: hostname mismatch", 5s))
+      << misnamed.log();
+  EXPECT_EQ(redis_up(named), 1);
+  EXPECT_EQ(redis_up(misnamed), 0);
+}
+
 // The README's ACL is all the broker needs: two replicas share one token through it (scripts,
 // locks, events), with the password read from a file.
 TEST_F(redis_security_test, an_acl_user_limited_to_its_prefix_and_channel_runs_the_fleet) {
