@@ -56,6 +56,7 @@ struct redis_connection::pending_command {
 
 namespace {
 
+// The words of a sentinel's event, split at spaces.
 std::vector<std::string_view> words(std::string_view text) {
   std::vector<std::string_view> found;
   while (!text.empty()) {
@@ -88,10 +89,11 @@ redis_connection::redis_connection(asio::any_io_executor executor, redis_config 
       state_changed_(strand_),
       retry_pause_(strand_) {
   if (!settings_.sentinel) return;
+  current_.host.clear();  // not located yet: the URL's host is not used
   sentinels_ = settings_.sentinel->nodes;
   for (const auto& node : sentinels_) {
-    watches_.push_back(
-        std::make_unique<sentinel_watch>(node, nullptr, asio::steady_timer(strand_)));
+    watches_.push_back(std::make_unique<sentinel_watch>(
+        sentinel_watch{node, nullptr, asio::steady_timer(strand_)}));
   }
 }
 
@@ -158,7 +160,7 @@ asio::awaitable<void> redis_connection::run() {
     // The first failure of an outage is news; the retries that follow are not.
     if (++failed_attempts == 1) {
       spdlog::warn("redis {} unreachable at {}: {}; retrying with backoff, serving from memory",
-                   role_, current_.to_string(), last_error_);
+                   role_, location(), last_error_);
     } else {
       spdlog::debug("redis {} still unreachable (attempt {}): {}", role_, failed_attempts,
                     last_error_);
@@ -215,7 +217,7 @@ asio::awaitable<bool> redis_connection::connect_and_serve() {
   up_.store(false, std::memory_order_release);
   if (!stopping_) {
     spdlog::warn("redis {} connection to {} lost: {}; reconnecting, serving from memory", role_,
-                 current_.to_string(), last_error_);
+                 location(), last_error_);
   }
   drop("closed");
   co_return true;
@@ -386,9 +388,10 @@ void redis_connection::deliver(redis_reply reply) {
   answered->answered = true;
   answered->reply = std::move(reply);
   answered->answered_or_timeout.cancel();  // resumes the waiting coroutine, never inline
-  if (elsewhere)
+  if (elsewhere) {
     drop(answered->reply.text.substr(0, answered->reply.text.find(' ')) + " from " +
          current_.to_string() + ": reconnecting");
+  }
 }
 
 asio::awaitable<void> redis_connection::wait_until(steady_clock::time_point deadline,
@@ -417,6 +420,12 @@ void redis_connection::drop(std::string why) {
     waiting->answered_or_timeout.cancel();
   }
   notify();
+}
+
+std::string redis_connection::location() const {
+  if (!settings_.sentinel) return current_.to_string();
+  const auto master = "master " + settings_.sentinel->master;
+  return current_.host.empty() ? master : master + " (" + current_.to_string() + ")";
 }
 
 redis_endpoint redis_connection::sentinel_endpoint(const sentinel_address& node) const {
@@ -510,9 +519,10 @@ asio::awaitable<void> redis_connection::watch_sentinel(sentinel_watch& watch) {
     return channel == "+failover-state-reconf-slaves" && fields.size() == 4 &&
            fields[0] == "master" && fields[1] == master_name && is_current(fields[2], fields[3]);
   };
+  const auto where = sentinel_endpoint(watch.node);
+  bool failing = false;  // the first failure of a run of them is logged as a warning
   while (!stopping_) {
-    auto [stream, why] =
-        co_await redis_stream::open(strand_, sentinel_endpoint(watch.node), timeouts_.connect);
+    auto [stream, why] = co_await redis_stream::open(strand_, where, timeouts_.connect);
     watch.stream = stream;
     if (stream && !stopping_) {
       std::vector<std::vector<std::string>> commands;
@@ -520,11 +530,19 @@ asio::awaitable<void> redis_connection::watch_sentinel(sentinel_watch& watch) {
       commands.push_back({"SUBSCRIBE", "+switch-master", "+failover-state-reconf-slaves"});
       auto subscribing = converse(strand_, stream, commands, timeouts_.command);
       auto [replies, trouble] = co_await std::move(subscribing);
+      for (const auto& reply : replies) {
+        if (trouble.empty() && reply.type == redis_reply::kind::error) trouble = reply.text;
+      }
+      why = std::move(trouble);
+      if (why.empty()) failing = false;
       reply_reader reader;
       std::array<char, 4096> received;
-      while (trouble.empty() && !stopping_) {
+      while (why.empty() && !stopping_) {
         auto [error, size] = co_await stream->read_some(asio::buffer(received));
-        if (error) break;
+        if (error) {
+          why = "lost: " + error.message();
+          break;
+        }
         try {
           reader.feed(std::string_view(received.data(), size));
           while (auto message = reader.next()) {
@@ -535,14 +553,24 @@ asio::awaitable<void> redis_connection::watch_sentinel(sentinel_watch& watch) {
             drop("the sentinels moved " + master_name + " to a new master");
             retry_pause_.cancel();  // down and waiting to retry: the master is there now
           }
-        } catch (const redis_protocol_error&) {
-          break;
+        } catch (const redis_protocol_error& broken) {
+          why = std::string("not a Redis reply: ") + broken.what();
         }
       }
       stream->close();
     }
     watch.stream.reset();
     if (stopping_) break;
+    // Until it is back, the master's moves are heard from the other sentinels, or found on
+    // the next reconnect.
+    const auto message = masked(redacted(why), settings_.sentinel->password);
+    if (!std::exchange(failing, true)) {
+      spdlog::warn("redis {} watch of sentinel {}: {}; watching again every {} ms", role_,
+                   where.to_string(), message, timeouts_.backoff_max.count());
+    } else {
+      spdlog::debug("redis {} watch of sentinel {} still failing: {}", role_, where.to_string(),
+                    message);
+    }
     watch.pause.expires_after(timeouts_.backoff_max);
     co_await watch.pause.async_wait(asio::as_tuple(asio::use_awaitable));
   }

@@ -45,6 +45,16 @@ double metric_sample(const std::string& page, const std::string& series) {
   return std::stod(page.substr(at + series.size() + 2));
 }
 
+bool log_shows(const broker_process& broker, const std::string& text,
+               std::chrono::milliseconds limit) {
+  const auto give_up_at = std::chrono::steady_clock::now() + limit;
+  while (broker.log().find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() >= give_up_at) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
 void broker_fixture::SetUp() {
   fake_ = std::make_unique<fake::fake_wecom>(fake::fake_options{.tls = shared_tls()});
   ca_file_ = scratch_.write("ca.pem", shared_tls().ca_pem);

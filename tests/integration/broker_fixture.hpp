@@ -33,6 +33,9 @@ std::int64_t expires_at_of(const http_answer& answer);  // Unix seconds
 std::string hex_sha256(const std::string& key);
 // The value of one sample on a /metrics page, or -1 when the series is not there.
 double metric_sample(const std::string& page, const std::string& series);
+// Whether the broker's log shows `text` within `limit`.
+bool log_shows(const broker_process& broker, const std::string& text,
+               std::chrono::milliseconds limit);
 
 // A parameterized test's name for an expiry behaviour, naming what the fake issues ("token",
 // "ticket"): "a_same_token_full_expires_in", "b_…_seconds_left", "c_new_…_each_call".

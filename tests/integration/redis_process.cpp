@@ -83,9 +83,9 @@ std::unique_ptr<redis_process> redis_process::sentinel(
   std::ofstream config(config_file);
   for (const auto& line : monitor_lines) config << line << "\n";
   config.close();
-  auto process = std::unique_ptr<redis_process>(
+  // The constructor that takes a config file is private: no make_unique.
+  return std::unique_ptr<redis_process>(
       new redis_process(port, directory, {"--sentinel"}, std::nullopt, config_file));
-  return process;
 }
 
 void redis_process::kill() {

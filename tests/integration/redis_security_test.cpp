@@ -86,10 +86,6 @@ auto await_answer(Probe probe, const decltype(probe())& expected, milliseconds l
   return answer;
 }
 
-bool log_shows(const broker_process& broker, const std::string& text, milliseconds limit) {
-  return await_answer([&] { return broker.log().find(text) != std::string::npos; }, true, limit);
-}
-
 double redis_up(const broker_process& broker) {
   return metric_sample(http_get(broker.port(), "/metrics").body, "token_broker_redis_up");
 }
@@ -171,13 +167,12 @@ TEST_F(redis_security_test, redis_tls_server_name_is_the_name_checked) {
   add_app("hr");
   const redis_process redis(free_port(), scratch_.path(), {}, server_files_);
   const auto redis_with_name = [&](const std::string& name) {
-    return config_for(
-        {{"url", "rediss://127.0.0.1:" + std::to_string(redis.port())},
-         {"tls",
-          {{"ca_file", redis_ca_},
-           {"cert_file", client_certificate_},
-           {"key_file", client_key_},
-           {"server_name", name}}}});
+    return config_for({{"url", "rediss://127.0.0.1:" + std::to_string(redis.port())},
+                       {"tls",
+                        {{"ca_file", redis_ca_},
+                         {"cert_file", client_certificate_},
+                         {"key_file", client_key_},
+                         {"server_name", name}}}});
   };
   const auto& named = start_broker(redis_with_name("localhost"));
   const auto& misnamed = start_broker(redis_with_name("redis.internal"));

@@ -78,19 +78,18 @@ class redis_sentinel_test : public broker_fixture {
     throw std::runtime_error("no server on that port");
   }
 
-  json sentinel_config() {
+  json sentinel_config(const std::string& password = sentinel_password) {
     auto config = make_config(free_port(), {{"refresh", {{"min_interval_s", 1}}}});
     json nodes = json::array();
     for (const auto& sentinel : sentinels_) {
       nodes.push_back("127.0.0.1:" + std::to_string(sentinel->port()));
     }
-    config["redis"] = {
-        {"url", "redis://" + master_name + "/0"},
-        {"key_prefix", prefix},
-        {"sentinel",
-         {{"master", master_name},
-          {"nodes", nodes},
-          {"password_file", scratch_.write("sentinel-password", sentinel_password)}}}};
+    config["redis"] = {{"url", "redis://" + master_name + "/0"},
+                       {"key_prefix", prefix},
+                       {"sentinel",
+                        {{"master", master_name},
+                         {"nodes", nodes},
+                         {"password_file", scratch_.write("sentinel-password", password)}}}};
     return config;
   }
 
@@ -179,6 +178,57 @@ TEST_F(redis_sentinel_test, failovers_fail_no_request_and_the_token_follows_the_
   EXPECT_EQ(failed, 0);
   // Refreshes at mid-life: two calls a lifetime, and the first.
   EXPECT_LE(calls, 1 + 2 * static_cast<int>(std::ceil(seconds / lifetime.count())));
+}
+
+// Sentinels that refuse the broker's password: each says so once in the log (discovery and
+// the watch alike), Redis is down to the broker, and tokens are served from memory.
+TEST_F(redis_sentinel_test, a_wrong_sentinel_password_is_logged_clearly_and_tokens_are_served) {
+  const std::string wrong = "not-the-sentinel-password";
+  forbid_in_logs(wrong, "the wrong sentinel password");
+  add_app("hr");
+  const auto& broker = start_broker(sentinel_config(wrong));
+
+  const auto answer = await_token(broker, "hr", 5s);
+  EXPECT_EQ(answer.status, 200u) << answer.error << answer.body;
+  const auto first = "127.0.0.1:" + std::to_string(sentinels_.front()->port());
+  EXPECT_TRUE(log_shows(
+      broker,
+      "unreachable at master tokens: no sentinel named the master tokens: " + first + ": WRONGPASS",
+      5s))
+      << broker.log();
+  EXPECT_TRUE(log_shows(broker, "watch of sentinel " + first + ": WRONGPASS", 5s)) << broker.log();
+  EXPECT_EQ(metric_sample(http_get(broker.port(), "/metrics").body, "token_broker_redis_up"), 0);
+}
+
+// A master demoted under the broker answers writes with -READONLY: the broker drops the
+// connection to find the master again (here the same server, promoted back) and, once back,
+// the master holds the token it serves.
+class redis_readonly_test : public broker_fixture {};
+
+TEST_F(redis_readonly_test, a_readonly_reply_reconnects_and_the_held_token_is_written_back) {
+  fake_->set_lifetime(4s);
+  add_app("hr");
+  const redis_process redis(free_port(), scratch_.path());
+  auto config = make_config(free_port(), {{"refresh", {{"min_interval_s", 1}}}});
+  config["redis"] = {{"url", "redis://127.0.0.1:" + std::to_string(redis.port()) + "/0"},
+                     {"key_prefix", prefix}};
+  const auto& broker = start_broker(config);
+  const auto first = token_of(await_token(broker, "hr", 5s));
+  ASSERT_FALSE(first.empty());
+
+  redis_client admin(redis.port());
+  // A replica of a master that is not there: it keeps its keys and refuses writes.
+  admin.command({"REPLICAOF", "127.0.0.1", std::to_string(free_port())});
+  ASSERT_TRUE(log_shows(broker, "READONLY from 127.0.0.1:" + std::to_string(redis.port()), 10s))
+      << broker.log();
+  admin.command({"REPLICAOF", "NO", "ONE"});
+  // The refresh that met READONLY is on the master once the broker is back.
+  const auto give_up_at = steady_clock::now() + 10s;
+  while (admin.get(prefix + "access_token:hr") != token_of(get_token(broker, "hr")) &&
+         steady_clock::now() < give_up_at) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(admin.get(prefix + "access_token:hr"), token_of(get_token(broker, "hr")));
 }
 
 }  // namespace

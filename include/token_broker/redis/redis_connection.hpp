@@ -117,6 +117,9 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   asio::awaitable<void> wait_until(std::chrono::steady_clock::time_point deadline,
                                    std::function<bool()> done);
   void drop(std::string why);
+  // Where the connection goes, for the log: with Sentinel, the master by name and where it
+  // was last.
+  std::string location() const;
   void notify() { state_changed_.cancel(); }
 
   // Everything below is touched only on strand_.
