@@ -11,7 +11,7 @@ packages=(
   libhiredis-dev redis-server
   libpugixml-dev  # WeCom's callback XML
   libfaketime  # the Redis tests run replicas whose wall clock is off (LD_PRELOAD)
-  clang-14 libclang-rt-14-dev  # libFuzzer, for scripts/fuzz.sh
+  clang-14 libclang-rt-14-dev  # the sanitizer builds and libFuzzer (scripts/thorough.sh)
   curl ca-certificates faketime
   systemd procps
 )
