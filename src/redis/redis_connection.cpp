@@ -439,11 +439,18 @@ void redis_connection::ask_first(const sentinel_address& node) {
   if (found != sentinels_.end()) std::rotate(sentinels_.begin(), found, found + 1);
 }
 
-std::vector<std::string> redis_connection::sentinel_auth() const {
+std::vector<std::vector<std::string>> redis_connection::sentinel_commands(
+    std::vector<std::string> command) const {
   const auto& sentinel = *settings_.sentinel;
-  if (sentinel.password.empty()) return {};
-  if (sentinel.username.empty()) return {"AUTH", sentinel.password};
-  return {"AUTH", sentinel.username, sentinel.password};
+  std::vector<std::vector<std::string>> commands;
+  if (!sentinel.password.empty()) {
+    commands.push_back(
+        sentinel.username.empty()
+            ? std::vector<std::string>{"AUTH", sentinel.password}
+            : std::vector<std::string>{"AUTH", sentinel.username, sentinel.password});
+  }
+  commands.push_back(std::move(command));
+  return commands;
 }
 
 asio::awaitable<std::optional<redis_endpoint>> redis_connection::locate_master() {
@@ -462,9 +469,8 @@ asio::awaitable<std::optional<redis_endpoint>> redis_connection::locate_master()
       failed(why);
       continue;
     }
-    std::vector<std::vector<std::string>> commands;
-    if (auto auth = sentinel_auth(); !auth.empty()) commands.push_back(std::move(auth));
-    commands.push_back({"SENTINEL", "get-master-addr-by-name", master_name});
+    // Named: converse() holds a reference to it until it is done.
+    const auto commands = sentinel_commands({"SENTINEL", "get-master-addr-by-name", master_name});
     auto asking = converse(strand_, stream, commands, timeouts_.command);
     auto [replies, trouble] = co_await std::move(asking);
     stream->close();
@@ -525,9 +531,8 @@ asio::awaitable<void> redis_connection::watch_sentinel(sentinel_watch& watch) {
     auto [stream, why] = co_await redis_stream::open(strand_, where, timeouts_.connect);
     watch.stream = stream;
     if (stream && !stopping_) {
-      std::vector<std::vector<std::string>> commands;
-      if (auto auth = sentinel_auth(); !auth.empty()) commands.push_back(std::move(auth));
-      commands.push_back({"SUBSCRIBE", "+switch-master", "+failover-state-reconf-slaves"});
+      const auto commands =
+          sentinel_commands({"SUBSCRIBE", "+switch-master", "+failover-state-reconf-slaves"});
       auto subscribing = converse(strand_, stream, commands, timeouts_.command);
       auto [replies, trouble] = co_await std::move(subscribing);
       for (const auto& reply : replies) {

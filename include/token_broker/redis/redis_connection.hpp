@@ -102,7 +102,8 @@ class redis_connection : public std::enable_shared_from_this<redis_connection> {
   // The sentinel that named the master, or announced its switch, is asked first next time:
   // the others may not know yet.
   void ask_first(const sentinel_address& node);
-  std::vector<std::string> sentinel_auth() const;
+  // `command` for a sentinel, after its AUTH when it wants a password.
+  std::vector<std::vector<std::string>> sentinel_commands(std::vector<std::string> command) const;
   asio::awaitable<void> check_health(const std::shared_ptr<redis_stream>& stream);
   asio::awaitable<std::tuple<boost::system::error_code, redis_reply>> send_if_up(
       std::vector<std::string> arguments);
