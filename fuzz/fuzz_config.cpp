@@ -184,13 +184,16 @@ bool plain_text(std::string_view text) {
 }
 
 void check_config(const config& settings) {
-  std::string reason;
-  const auto listen = token_broker::parse_listen_address(settings.listen.to_string(), reason);
-  if (!listen || listen->type != settings.listen.type || listen->host != settings.listen.host ||
-      listen->port != settings.listen.port || listen->path != settings.listen.path) {
-    finding("listen does not read back as itself: " + settings.listen.to_string());
+  if (settings.listen.empty()) finding("no listener");
+  for (const auto& listener : settings.listen) {
+    std::string reason;
+    const auto& address = listener.address;
+    const auto listen = token_broker::parse_listen_address(address.to_string(), reason);
+    if (!listen || *listen != address) {
+      finding("listen does not read back as itself: " + address.to_string());
+    }
+    if (settings.clients.empty() && !address.is_local()) finding("an open API on a network");
   }
-  if (settings.clients.empty() && !settings.listen.is_local()) finding("an open API on a network");
   if (settings.threads < 1 || settings.threads > 256) finding("threads out of range");
 
   const auto& upstream = settings.upstream;

@@ -285,7 +285,7 @@ void answer_request(const request& incoming) {
   const auto call = read_request(incoming);
   for (auto* handler : {state->guarded.get(), state->open.get()}) {
     auto asked = incoming;  // a handler may take a gateway call's body
-    auto decided = handler->answer_or_wait(asked);
+    auto decided = handler->answer_or_wait(asked, token_broker::peer_identity{});
     // A waiting request's answer needs the io_context to run: not fuzzed here.
     if (const auto* outgoing = std::get_if<answer>(&decided)) {
       check_answer(call, incoming, *outgoing);

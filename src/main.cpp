@@ -19,7 +19,9 @@
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/gateway/gateway.hpp"
 #include "token_broker/http/http_server.hpp"
+#include "token_broker/http/listener_tls.hpp"
 #include "token_broker/http/request_handler.hpp"
+#include "token_broker/ops/audit_log.hpp"
 #include "token_broker/ops/systemd_notify.hpp"
 #include "token_broker/redis/redis_stream.hpp"
 #include "token_broker/store/redis_token_store.hpp"
@@ -101,18 +103,30 @@ void warn_if_inline_secret_exposed(const std::string& path, const config& settin
   if (const auto warning = inline_secret_exposure(path, settings)) spdlog::warn("{}", *warning);
 }
 
+std::string listeners_text(const std::vector<listener_config>& listeners) {
+  std::vector<std::string> named;
+  for (const auto& each : listeners) {
+    named.push_back(each.address.to_string() + (!each.tls                       ? ""
+                                                : each.tls->require_client_cert ? " (mTLS)"
+                                                : each.tls->client_ca_file
+                                                    ? " (TLS, client certificates)"
+                                                    : " (TLS)"));
+  }
+  return fmt::format("{}", fmt::join(named, ", "));
+}
+
 // SIGHUP: the apps, clients, upstream and refresh settings and the log level of a valid new
-// config take effect; listen, threads, redis and the gateway are bound at start and need a
-// restart.
+// config take effect; the TLS listeners re-read their files and the audit log is reopened
+// (whether or not the config is valid); listen, threads, log_format, audit_log, redis and
+// the gateway are bound at start and need a restart.
 void reload(const std::string& path, config& running, broker& apps, request_handler& handler) {
   config next;
   try {
     next = load_config(path);
     const upstream_client probe(next.upstream);  // the CA bundle must parse too
-    if (next.clients.empty() && !running.listen.is_local()) {
-      throw config_error("clients", "required while listening on " + running.listen.to_string() +
-                                        " (the API would be open to the network)");
-    }
+    auto on_running_listeners = next;
+    on_running_listeners.listen = running.listen;
+    check_listeners_fit_clients(on_running_listeners);
   } catch (const config_error& error) {
     spdlog::error("reload: {} is invalid; the running configuration stays in force: {}", path,
                   error.what());
@@ -121,12 +135,16 @@ void reload(const std::string& path, config& running, broker& apps, request_hand
   const auto needs_restart = [](std::string_view field) {
     spdlog::warn("reload: {} changed; that takes a restart, the running value stays", field);
   };
-  if (next.listen.to_string() != running.listen.to_string()) needs_restart("listen");
+  if (next.listen != running.listen) needs_restart("listen");
   if (next.threads != running.threads) needs_restart("threads");
+  if (next.log_format != running.log_format) needs_restart("log_format");
+  if (next.audit_log != running.audit_log) needs_restart("audit_log");
   if (next.redis != running.redis) needs_restart("redis");
   if (next.gateway != running.gateway) needs_restart("gateway");
   next.listen = running.listen;
   next.threads = running.threads;
+  next.log_format = running.log_format;
+  next.audit_log = running.audit_log;
   next.redis = running.redis;
   next.gateway = running.gateway;
 
@@ -186,6 +204,7 @@ struct daemon_parts {
   broker& apps;
   request_handler& handler;
   http_server& server;
+  audit_log* audit;  // null without one
   const systemd_notifier& systemd;
 };
 
@@ -199,6 +218,9 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, daemon_parts par
     if (signal == SIGHUP) {
       spdlog::info("SIGHUP: reloading {}", parts.config_path);
       parts.systemd.notify("RELOADING=1");
+      // Files first: rotated logs and renewed certificates need no valid config change.
+      if (parts.audit) parts.audit->reopen();
+      parts.server.reload_tls();
       reload(parts.config_path, parts.running, parts.apps, parts.handler);
       parts.systemd.notify("READY=1");
       continue;
@@ -238,7 +260,16 @@ int run(const std::string& config_path, config settings) {
                                  : make_local_budget(settings.gateway.budget);
     api_gateway = std::make_unique<gateway>(settings.upstream, settings.gateway, std::move(budget));
   }
-  request_handler handler(apps, settings.clients, api_gateway.get());
+  std::unique_ptr<audit_log> audit;
+  if (settings.audit_log) {
+    try {
+      audit = std::make_unique<audit_log>(*settings.audit_log);
+    } catch (const std::runtime_error& error) {
+      spdlog::critical("{}", error.what());
+      return exit_failure;
+    }
+  }
+  request_handler handler(apps, settings.clients, api_gateway.get(), audit.get());
   std::optional<http_server> server;
   try {
     server.emplace(
@@ -248,19 +279,22 @@ int run(const std::string& config_path, config settings) {
             .gateway_body_limit = settings.gateway.enabled ? settings.gateway.max_body_bytes : 0},
         settings.threads);
   } catch (const boost::system::system_error& error) {
-    spdlog::critical("cannot listen on {}: {}", settings.listen.to_string(),
+    spdlog::critical("cannot listen on {}: {}", listeners_text(settings.listen),
                      error.code().message());
     return exit_failure;
+  } catch (const config_error& error) {  // a TLS file changed since it was checked
+    spdlog::critical("cannot listen: {}", error.what());
+    return exit_bad_config;
   }
 
   auto& tasks = apps.tasks();
   apps.start();
   server->start(tasks);
-  const daemon_parts parts{io, config_path, settings, apps, handler, *server, systemd};
+  const daemon_parts parts{io, config_path, settings, apps, handler, *server, audit.get(), systemd};
   tasks.spawn(io.get_executor(), "signals", "signal handler",
               [&signals, parts] { return handle_signals(signals, parts); });
   spdlog::info("token-broker {} listening on {} with {} apps, {} providers, {} suites, {} threads",
-               TOKEN_BROKER_VERSION, settings.listen.to_string(), settings.apps.size(),
+               TOKEN_BROKER_VERSION, listeners_text(settings.listen), settings.apps.size(),
                settings.providers.size(), settings.suites.size(), settings.threads);
   systemd.notify("READY=1");
   tasks.spawn(io.get_executor(), "watchdog", "systemd watchdog",
@@ -296,6 +330,11 @@ int main(int argc, char** argv) {
     // contexts can tell.
     const upstream_client probe(settings->upstream);
     if (settings->redis && settings->redis->tls) make_redis_tls_context(*settings->redis->tls);
+    for (std::size_t i = 0; i < settings->listen.size(); ++i) {
+      if (const auto& tls = settings->listen[i].tls) {
+        make_listener_tls_context(*tls, "listen[" + std::to_string(i) + "]");
+      }
+    }
   } catch (const config_error& error) {
     std::cerr << "token-broker: invalid config " << parsed->config_path << ": " << error.what()
               << '\n';
@@ -306,11 +345,11 @@ int main(int argc, char** argv) {
       std::cerr << "token-broker: warning: " << *warning << '\n';
     }
     std::cout << "config ok: " << settings->apps.size() << " apps, listen "
-              << settings->listen.to_string() << '\n';
+              << listeners_text(settings->listen) << '\n';
     return 0;
   }
 
-  init_logging(settings->log_level);
+  init_logging(settings->log_level, settings->log_format);
   warn_if_inline_secret_exposed(parsed->config_path, *settings);
   try {
     return run(parsed->config_path, std::move(*settings));

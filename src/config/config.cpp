@@ -323,15 +323,6 @@ void split_base_url(upstream_config& upstream) {
   upstream.path_prefix = std::string(prefix);
 }
 
-listen_address read_listen(const json& document) {
-  const auto text = read_string(required_member(document, "", "listen"), "listen",
-                                "must be a string: \"host:port\", \"[v6]:port\" or \"unix:/path\"");
-  std::string reason;
-  auto address = parse_listen_address(text, reason);
-  if (!address) throw config_error("listen", reason);
-  return *address;
-}
-
 upstream_config read_upstream(const json& value) {
   require_object(value, "upstream");
   reject_unknown_keys(value, "upstream", {"base_url", "ca_file", "timeout_ms"});
@@ -414,6 +405,83 @@ std::string secret_from_file(const json& value, const std::string& field) {
                                   "at most one trailing newline");
   }
   return secret;
+}
+
+listen_address read_listen_address(const json& value, const std::string& field) {
+  const auto text =
+      read_string(value, field, "must be \"host:port\", \"[v6]:port\" or \"unix:/path\"");
+  std::string reason;
+  auto address = parse_listen_address(text, reason);
+  if (!address) throw config_error(field, reason);
+  return *address;
+}
+
+std::filesystem::path read_tls_file(const json& tls, const std::string& path,
+                                    std::string_view key) {
+  const auto field = member(path, key);
+  std::filesystem::path file =
+      resolve_secret_path(read_path(required_member(tls, path, key), field, "must be a file path"));
+  // Checked now so --check catches it; whether it is valid PEM is the TLS context's call.
+  read_file(file, field);
+  return file;
+}
+
+listener_tls_config read_listener_tls(const json& value, const std::string& path) {
+  require_object(value, path);
+  reject_unknown_keys(value, path,
+                      {"cert_file", "key_file", "client_ca_file", "require_client_cert"});
+  listener_tls_config tls;
+  tls.cert_file = read_tls_file(value, path, "cert_file");
+  tls.key_file = read_tls_file(value, path, "key_file");
+  if (const auto* ca = find_member(value, "client_ca_file"); ca && !ca->is_null()) {
+    tls.client_ca_file = read_tls_file(value, path, "client_ca_file");
+  }
+  if (const auto* require = find_member(value, "require_client_cert")) {
+    const auto field = member(path, "require_client_cert");
+    if (!require->is_boolean()) throw config_error(field, "must be true or false");
+    tls.require_client_cert = require->get<bool>();
+    if (tls.require_client_cert && !tls.client_ca_file) {
+      throw config_error(field, "needs client_ca_file: the CA client certificates must chain to");
+    }
+  }
+  return tls;
+}
+
+// "listen": one address, or a list of listeners, each an address or {"address", "tls"?}.
+std::vector<listener_config> read_listen(const json& document) {
+  const auto& value = required_member(document, "", "listen");
+  if (value.is_string()) return {listener_config{.address = read_listen_address(value, "listen")}};
+  if (!value.is_array() || value.empty()) {
+    throw config_error("listen", "must be an address or a non-empty array of listeners");
+  }
+  std::vector<listener_config> listeners;
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const auto path = element("listen", i);
+    const auto& each = value[i];
+    listener_config listener;
+    if (each.is_string()) {
+      listener.address = read_listen_address(each, path);
+    } else {
+      require_object(each, path);
+      reject_unknown_keys(each, path, {"address", "tls"});
+      listener.address =
+          read_listen_address(required_member(each, path, "address"), member(path, "address"));
+      if (const auto* tls = find_member(each, "tls"); tls && !tls->is_null()) {
+        if (listener.address.type == listen_address::kind::unix_socket) {
+          throw config_error(member(path, "tls"),
+                             "is for TCP listeners; a unix socket's clients are known by uid");
+        }
+        listener.tls = read_listener_tls(*tls, member(path, "tls"));
+      }
+    }
+    for (const auto& earlier : listeners) {
+      if (earlier.address == listener.address) {
+        throw config_error(path, "listens on " + listener.address.to_string() + " twice");
+      }
+    }
+    listeners.push_back(std::move(listener));
+  }
+  return listeners;
 }
 
 // Never quotes the URL back: it may hold the Redis password.
@@ -844,6 +912,34 @@ void read_scope(const json& listed, const std::string& field, const std::string&
   }
 }
 
+// Exactly one of "key_sha256", "cert_sha256" and "unix_uid".
+void read_client_identity(const json& value, const std::string& path, client_config& client) {
+  const auto* key = find_member(value, "key_sha256");
+  const auto* cert = find_member(value, "cert_sha256");
+  const auto* uid = find_member(value, "unix_uid");
+  if ((key ? 1 : 0) + (cert ? 1 : 0) + (uid ? 1 : 0) != 1) {
+    throw config_error(member(path, "key_sha256"),
+                       key || cert || uid
+                           ? "a client has exactly one of key_sha256, cert_sha256 and unix_uid"
+                           : "is required (or cert_sha256, or unix_uid)");
+  }
+  if (uid) {
+    client.identity = client_identity::unix_uid;
+    client.unix_uid = static_cast<std::uint32_t>(
+        read_integer(*uid, member(path, "unix_uid"), 0, std::numeric_limits<std::int32_t>::max()));
+    return;
+  }
+  const auto field = member(path, key ? "key_sha256" : "cert_sha256");
+  const std::string rule = key ? "must be 64 hex digits: the SHA-256 of the client's bearer key"
+                               : "must be 64 hex digits: the SHA-256 of the client certificate "
+                                 "(DER), as `openssl x509 -outform DER | sha256sum` prints it";
+  const auto hex = read_string(key ? *key : *cert, field, rule);
+  client.identity = key ? client_identity::bearer_key : client_identity::certificate;
+  if (!decode_sha256_hex(hex, key ? client.key_sha256 : client.cert_sha256)) {
+    throw config_error(field, rule);
+  }
+}
+
 client_config read_client(const std::string& name, const json& value,
                           const std::vector<std::string>& app_ids,
                           const std::vector<std::string>& suite_ids,
@@ -851,18 +947,12 @@ client_config read_client(const std::string& name, const json& value,
   const auto path = member("clients", name);
   if (!is_id(name)) throw config_error(path, "client name " + std::string(id_rule));
   require_object(value, path);
-  reject_unknown_keys(value, path, {"key_sha256", "apps", "suites", "providers"});
+  reject_unknown_keys(value, path,
+                      {"key_sha256", "cert_sha256", "unix_uid", "apps", "suites", "providers"});
 
   client_config client;
   client.name = name;
-  const auto key_field = member(path, "key_sha256");
-  constexpr std::string_view key_rule =
-      "must be 64 hex digits: the SHA-256 of the client's bearer key";
-  const auto hex = read_string(required_member(value, path, "key_sha256"), key_field, key_rule);
-  if (!decode_sha256_hex(hex, client.key_sha256)) {
-    throw config_error(key_field, std::string(key_rule));
-  }
-
+  read_client_identity(value, path, client);
   const auto* apps = find_member(value, "apps");
   const auto* suites = find_member(value, "suites");
   const auto* providers = find_member(value, "providers");
@@ -897,9 +987,20 @@ std::vector<client_config> read_clients(const json& value, const config& setting
   for (const auto& [name, client_value] : value.items()) {
     auto client = read_client(name, client_value, app_ids, suite_ids, provider_ids);
     for (const auto& earlier : result) {
-      if (earlier.key_sha256 == client.key_sha256) {
-        throw config_error(member(member("clients", name), "key_sha256"),
-                           "same key as " + member("clients", earlier.name));
+      if (earlier.identity != client.identity) continue;
+      const auto same = [&](std::string_view field, std::string_view what) {
+        throw config_error(member(member("clients", name), field),
+                           std::string(what) + " as " + member("clients", earlier.name));
+      };
+      using enum client_identity;
+      if (client.identity == bearer_key && earlier.key_sha256 == client.key_sha256) {
+        same("key_sha256", "same key");
+      }
+      if (client.identity == certificate && earlier.cert_sha256 == client.cert_sha256) {
+        same("cert_sha256", "same certificate");
+      }
+      if (client.identity == unix_uid && earlier.unix_uid == client.unix_uid) {
+        same("unix_uid", "same uid");
       }
     }
     result.push_back(std::move(client));
@@ -917,6 +1018,32 @@ const app_config* config::find_app(std::string_view id) const {
   const auto found =
       std::find_if(apps.begin(), apps.end(), [&](const app_config& app) { return app.id == id; });
   return found == apps.end() ? nullptr : &*found;
+}
+
+void check_listeners_fit_clients(const config& settings) {
+  for (std::size_t i = 0; i < settings.listen.size(); ++i) {
+    const auto& listener = settings.listen[i];
+    if (settings.clients.empty() && !listener.address.is_local()) {
+      throw config_error("clients", "required while listening on " + listener.address.to_string() +
+                                        " (the API would be open to the network)");
+    }
+  }
+  const auto any_listener = [&](auto&& fits) {
+    return std::any_of(settings.listen.begin(), settings.listen.end(), fits);
+  };
+  for (const auto& client : settings.clients) {
+    if (client.identity == client_identity::certificate &&
+        !any_listener([](const listener_config& l) { return l.tls && l.tls->client_ca_file; })) {
+      throw config_error(member(member("clients", client.name), "cert_sha256"),
+                         "needs a TLS listener with client_ca_file to present it on");
+    }
+    if (client.identity == client_identity::unix_uid && !any_listener([](const listener_config& l) {
+          return l.address.type == listen_address::kind::unix_socket;
+        })) {
+      throw config_error(member(member("clients", client.name), "unix_uid"),
+                         "needs a unix-socket listener (\"unix:/path\") to connect on");
+    }
+  }
 }
 
 gateway_config read_gateway(const json& value) {
@@ -957,8 +1084,8 @@ config parse_config(std::string_view text) {
   const auto document = parse_document(text);
   if (!document.is_object()) throw config_error("", "the config must be a JSON object");
   reject_unknown_keys(document, "",
-                      {"listen", "threads", "log_level", "upstream", "refresh", "redis", "gateway",
-                       "apps", "providers", "suites", "clients"});
+                      {"listen", "threads", "log_level", "log_format", "audit_log", "upstream",
+                       "refresh", "redis", "gateway", "apps", "providers", "suites", "clients"});
 
   config result;
   result.listen = read_listen(document);
@@ -972,6 +1099,16 @@ config parse_config(std::string_view text) {
     if (std::find(log_levels.begin(), log_levels.end(), result.log_level) == log_levels.end()) {
       throw config_error("log_level", reason);
     }
+  }
+  if (const auto* format = find_member(document, "log_format")) {
+    const std::string reason = "must be \"text\" or \"json\"";
+    result.log_format = read_string(*format, "log_format", reason);
+    if (result.log_format != "text" && result.log_format != "json") {
+      throw config_error("log_format", reason);
+    }
+  }
+  if (const auto* audit = find_member(document, "audit_log"); audit && !audit->is_null()) {
+    result.audit_log = read_path(*audit, "audit_log", "must be null, \"stderr\" or a file path");
   }
   if (const auto* upstream = find_member(document, "upstream")) {
     result.upstream = read_upstream(*upstream);
@@ -994,11 +1131,7 @@ config parse_config(std::string_view text) {
   if (const auto* clients = find_member(document, "clients")) {
     result.clients = read_clients(*clients, result);
   }
-  if (result.clients.empty() && !result.listen.is_local()) {
-    throw config_error("clients",
-                       "required when listen is not loopback or a unix socket (the API would be "
-                       "open to the network)");
-  }
+  check_listeners_fit_clients(result);
   return result;
 }
 

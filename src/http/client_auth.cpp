@@ -6,7 +6,17 @@
 
 namespace token_broker {
 
-const client_config* client_auth::identify(std::string_view authorization) const {
+const client_config* client_auth::identify(const peer_identity& peer,
+                                           std::string_view authorization) const {
+  for (const auto& client : clients_) {
+    if (client.identity == client_identity::certificate && peer.certificate &&
+        client.cert_sha256 == *peer.certificate) {
+      return &client;
+    }
+    if (client.identity == client_identity::unix_uid && peer.uid && client.unix_uid == *peer.uid) {
+      return &client;
+    }
+  }
   constexpr std::string_view scheme = "Bearer ";
   if (authorization.size() <= scheme.size() ||
       !std::equal(scheme.begin(), scheme.end(), authorization.begin(),
@@ -17,9 +27,23 @@ const client_config* client_auth::identify(std::string_view authorization) const
   const client_config* found = nullptr;
   // Compare against every client, found or not, so timing tells nothing about the keys.
   for (const auto& client : clients_) {
-    if (digests_equal(client.key_sha256, offered) && !found) found = &client;
+    if (client.identity == client_identity::bearer_key &&
+        digests_equal(client.key_sha256, offered) && !found) {
+      found = &client;
+    }
   }
   return found;
+}
+
+std::optional<std::string> client_auth::unknown_peer(const peer_identity& peer) const {
+  if (peer.certificate) return "this client certificate is not a configured client's";
+  const bool uids_known = std::any_of(clients_.begin(), clients_.end(), [](const auto& client) {
+    return client.identity == client_identity::unix_uid;
+  });
+  if (peer.uid && uids_known) {
+    return "uid " + std::to_string(*peer.uid) + " is not a configured client's";
+  }
+  return std::nullopt;
 }
 
 namespace {

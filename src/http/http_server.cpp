@@ -3,12 +3,14 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <filesystem>
 
 #include "token_broker/core/counted.hpp"
+#include "token_broker/http/listener_tls.hpp"
 
 namespace token_broker {
 
@@ -29,6 +31,7 @@ class http_server::listener {
   virtual ~listener() = default;
   virtual void start(supervisor& tasks) = 0;
   virtual void stop() = 0;
+  virtual void reload_tls() = 0;
 };
 
 namespace {
@@ -39,25 +42,44 @@ using std::chrono::steady_clock;
 template <class Protocol>
 using socket_for =
     typename Protocol::socket::template rebind_executor<asio::io_context::executor_type>::other;
+using tls_stream = asio::ssl::stream<socket_for<asio::ip::tcp>>;
 
-// A connection's socket and the deadline its current phase must meet. Arming a timer for
-// every read and write cost a timer-queue insert and cancel per request, the largest cost
-// the profile showed once answers were prepared. Here a phase only moves the deadline; one
-// timer per connection wakes at most every `tick` (the shortest timeout) or at the deadline,
-// and closes the socket once the deadline has passed, which fails the read or write pending.
-template <class Protocol>
+template <class Stream>
+constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
+
+// The socket under a stream: the stream itself, or what TLS runs over.
+template <class Stream>
+auto& socket_of(Stream& stream) {
+  if constexpr (is_tls<Stream>) {
+    return stream.next_layer();
+  } else {
+    return stream;
+  }
+}
+
+// A connection's stream, who is at its other end, and the deadline its current phase must
+// meet. Arming a timer for every read and write cost a timer-queue insert and cancel per
+// request, the largest cost the profile showed once answers were prepared. Here a phase only
+// moves the deadline; one timer per connection wakes at most every `tick` (the shortest
+// timeout) or at the deadline, and closes the socket once the deadline has passed, which
+// fails the read, write or handshake pending.
+template <class Stream>
 class connection {
  public:
   // Counted in `open_connections` from its accept to its end: the accept loop checks the
   // cap against that count before the connection's first coroutine has even started.
-  connection(socket_for<Protocol> socket, std::chrono::milliseconds tick,
-             std::atomic<std::size_t>& open_connections)
-      : socket_(std::move(socket)),
-        timer_(socket_.get_executor()),
+  // `tls`: the context a TLS stream's handshake uses, held as long as the stream.
+  template <class Socket>
+  connection(Socket socket, std::shared_ptr<asio::ssl::context> tls, peer_identity from,
+             std::chrono::milliseconds tick, std::atomic<std::size_t>& open_connections)
+      : tls_(std::move(tls)),
+        stream_(make_stream(std::move(socket), tls_.get())),
+        timer_(socket_of(stream_).get_executor()),
         tick_(tick),
-        open_(open_connections) {}
+        open_(open_connections),
+        peer(std::move(from)) {}
 
-  socket_for<Protocol>& socket() { return socket_; }
+  Stream& socket() { return stream_; }
 
   // Moves the deadline. The timer wakes within `tick`, so a deadline at least `tick` away
   // needs nothing more.
@@ -73,7 +95,7 @@ class connection {
       const auto now = steady_clock::now();
       if (now >= deadline_) {
         error_code ignored;
-        socket_.close(ignored);
+        socket_of(stream_).close(ignored);
         break;
       }
       timer_.expires_at(std::min(deadline_, now + tick_));
@@ -87,7 +109,17 @@ class connection {
   }
 
  private:
-  socket_for<Protocol> socket_;
+  template <class Socket>
+  static Stream make_stream(Socket socket, asio::ssl::context* tls) {
+    if constexpr (is_tls<Stream>) {
+      return Stream(std::move(socket), *tls);
+    } else {
+      return socket;
+    }
+  }
+
+  std::shared_ptr<asio::ssl::context> tls_;
+  Stream stream_;
   asio::basic_waitable_timer<steady_clock, asio::wait_traits<steady_clock>,
                              asio::io_context::executor_type>
       timer_;
@@ -95,21 +127,25 @@ class connection {
   steady_clock::time_point deadline_ = steady_clock::time_point::max();
   bool finished_ = false;
   counted open_;
+
+ public:
+  peer_identity peer;  // the certificate's digest is added once the handshake verified it
 };
 
 // Closing a socket with unread input resets the connection, and the reset can destroy the
 // answer before the client reads it. So after answering a request it would not read (too
 // large, malformed), half-close and discard what the client still sends, briefly and boundedly.
-template <class Protocol>
-asio::awaitable<void> drain_before_close(connection<Protocol>& client) {
+template <class Stream>
+asio::awaitable<void> drain_before_close(connection<Stream>& client) {
   constexpr std::size_t drain_limit = 1024 * 1024;
+  auto& socket = socket_of(client.socket());  // under TLS, what is left is discarded unread
   error_code ignored;
-  client.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  socket.shutdown(asio::socket_base::shutdown_send, ignored);
   client.expires_after(std::chrono::seconds{1});
   std::array<char, 16 * 1024> discard{};
   for (std::size_t drained = 0; drained < drain_limit;) {
-    auto [error, read] = co_await client.socket().async_read_some(
-        asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
+    auto [error, read] =
+        co_await socket.async_read_some(asio::buffer(discard), asio::as_tuple(asio::use_awaitable));
     if (error) break;
     drained += read;
   }
@@ -117,29 +153,36 @@ asio::awaitable<void> drain_before_close(connection<Protocol>& client) {
 
 // Sends at once what the socket takes, as nginx does, and waits for the reactor only for what
 // a full socket buffer leaves. An async_write would complete through the worker's queue even
-// when the socket took everything, behind every other connection's handlers.
-template <class Protocol, class Buffers>
-asio::awaitable<error_code> send(socket_for<Protocol>& socket, const Buffers& buffers) {
-  error_code error;
-  const auto sent = socket.write_some(buffers, error);  // the socket is non-blocking
-  if (!error && sent == asio::buffer_size(buffers)) co_return error;
-  if (error && error != asio::error::would_block) co_return error;
-  beast::buffers_suffix<Buffers> rest(buffers);
-  rest.consume(sent);
-  auto [async_error, written] =
-      co_await asio::async_write(socket, rest, asio::as_tuple(asio::use_awaitable));
-  co_return async_error;
+// when the socket took everything, behind every other connection's handlers. (TLS records
+// are written by the stream's own async_write, which also tries the socket at once.)
+template <class Stream, class Buffers>
+asio::awaitable<error_code> send(Stream& stream, const Buffers& buffers) {
+  if constexpr (is_tls<Stream>) {
+    auto [error, written] =
+        co_await asio::async_write(stream, buffers, asio::as_tuple(asio::use_awaitable));
+    co_return error;
+  } else {
+    error_code error;
+    const auto sent = stream.write_some(buffers, error);  // the socket is non-blocking
+    if (!error && sent == asio::buffer_size(buffers)) co_return error;
+    if (error && error != asio::error::would_block) co_return error;
+    beast::buffers_suffix<Buffers> rest(buffers);
+    rest.consume(sent);
+    auto [async_error, written] =
+        co_await asio::async_write(stream, rest, asio::as_tuple(asio::use_awaitable));
+    co_return async_error;
+  }
 }
 
 // A relayed body goes out piece by piece as upstream sends it, framed by Content-Length when
 // upstream gave one, else chunked. Each piece must reach the client within request_timeout.
-template <class Protocol>
-asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& outgoing,
+template <class Stream>
+asio::awaitable<error_code> relay(connection<Stream>& client, relayed_answer& outgoing,
                                   std::chrono::milliseconds timeout) {
   const bool chunked = !outgoing.head.has_content_length();
   if (chunked) outgoing.head.set(http::field::transfer_encoding, "chunked");
   const auto head = response_head(outgoing.head);
-  auto error = co_await send<Protocol>(client.socket(), asio::buffer(head));
+  auto error = co_await send(client.socket(), asio::buffer(head));
   while (!error) {
     client.no_deadline();  // upstream's wait for each piece has its own (gateway.timeout_ms)
     auto reading = outgoing.body->next();  // named: g++ 12 mishandles temporaries here
@@ -148,7 +191,7 @@ asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& 
     client.expires_after(timeout);
     if (!chunked) {
       if (piece->empty()) break;
-      error = co_await send<Protocol>(client.socket(), asio::buffer(*piece));
+      error = co_await send(client.socket(), asio::buffer(*piece));
       continue;
     }
     std::array<char, 20> size{};
@@ -157,7 +200,7 @@ asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& 
         asio::buffer(size.data(), static_cast<std::size_t>(size_end - size.begin())),
         asio::buffer("\r\n", 2), asio::buffer(*piece),
         asio::buffer(piece->empty() ? "\r\n\r\n" : "\r\n", piece->empty() ? 4 : 2)};
-    error = co_await send<Protocol>(client.socket(), framed);
+    error = co_await send(client.socket(), framed);
     if (piece->empty()) break;
   }
   co_return error;
@@ -165,14 +208,14 @@ asio::awaitable<error_code> relay(connection<Protocol>& client, relayed_answer& 
 
 // An answer goes out in one gathered write: a token answer as its prepared bytes, a relayed
 // one as upstream sends it, anything else as its head formatted here and its body.
-template <class Protocol>
-asio::awaitable<error_code> write(connection<Protocol>& client, answer& outgoing, bool keep_alive,
+template <class Stream>
+asio::awaitable<error_code> write(connection<Stream>& client, answer& outgoing, bool keep_alive,
                                   std::chrono::milliseconds timeout) {
   auto& socket = client.socket();
   if (auto* prepared = std::get_if<token_answer>(&outgoing)) {
     const token_answer_bytes bytes(*prepared, keep_alive);
     const auto buffers = bytes.buffers();  // named: g++ 12 mishandles temporaries here
-    co_return co_await send<Protocol>(socket, buffers);
+    co_return co_await send(socket, buffers);
   }
   if (auto* relayed = std::get_if<relayed_answer>(&outgoing)) {
     relayed->head.keep_alive(keep_alive);
@@ -183,23 +226,22 @@ asio::awaitable<error_code> write(connection<Protocol>& client, answer& outgoing
     const std::array<asio::const_buffer, 3> buffers{asio::buffer(formatted->head),
                                                     asio::buffer(keep_alive ? kept : closed),
                                                     asio::buffer(formatted->body)};
-    co_return co_await send<Protocol>(socket, buffers);
+    co_return co_await send(socket, buffers);
   }
   auto& other = std::get<response>(outgoing);
   other.keep_alive(keep_alive);
   const auto head = response_head(other);
   const std::array<asio::const_buffer, 2> buffers{asio::buffer(head), asio::buffer(other.body())};
-  co_return co_await send<Protocol>(socket, buffers);
+  co_return co_await send(socket, buffers);
 }
 
-template <class Protocol>
-asio::awaitable<void> serve_requests(connection<Protocol>& client,
-                                     http_server::shared_state& state) {
+template <class Stream>
+asio::awaitable<void> serve_requests(connection<Stream>& client, http_server::shared_state& state) {
   const auto& limits = state.limits;
   const auto as_tuple = asio::as_tuple(asio::use_awaitable);
   auto& socket = client.socket();
   error_code ignored;
-  socket.non_blocking(true, ignored);  // for send(): writes that cannot complete say so
+  socket_of(socket).non_blocking(true, ignored);  // for send(): writes that cannot complete say so
   beast::flat_buffer buffer(limits.header_limit + limits.body_limit + 4096);
 
   bool waited = false;
@@ -238,7 +280,7 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
         parser.eager(true);
         if (parser.get()[http::field::expect] == "100-continue") {
           const auto go_on = asio::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25);
-          read_error = co_await send<Protocol>(socket, go_on);
+          read_error = co_await send(socket, go_on);
         }
         if (!read_error && buffer.size() > 0) {
           buffer.consume(parser.put(buffer.data(), read_error));
@@ -260,7 +302,7 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
     }
 
     const counted in_flight(state.requests_in_flight);
-    auto decided = state.handler.answer_or_wait(parser.get());
+    auto decided = state.handler.answer_or_wait(parser.get(), client.peer);
     waited = std::holds_alternative<waiting_request>(decided);
     if (auto* waiting = std::get_if<waiting_request>(&decided)) {
       client.no_deadline();  // the wait is bounded by upstream.timeout_ms
@@ -274,28 +316,72 @@ asio::awaitable<void> serve_requests(connection<Protocol>& client,
     if (write_error || !keep_alive) break;
   }
 
-  // Half-close rather than close, so the client reads the last answer before the FIN.
-  socket.shutdown(asio::socket_base::shutdown_send, ignored);
+  // Half-close rather than close, so the client reads the last answer before the FIN. (Under
+  // TLS without a close_notify: every answer is framed, so nothing can be cut off unseen.)
+  socket_of(socket).shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
-template <class Protocol>
-asio::awaitable<void> serve_connection(std::shared_ptr<connection<Protocol>> client,
+// Handshakes that fail (plain HTTP to a TLS port, an untrusted certificate, garbage) are the
+// client's problem, logged at debug level: at info, a scanner could fill the log.
+template <class Stream>
+asio::awaitable<void> serve_connection(std::shared_ptr<connection<Stream>> client,
                                        std::shared_ptr<http_server::shared_state> state) {
+  if constexpr (is_tls<Stream>) {
+    // A handshake, however slowly its bytes arrive, must end within request_timeout.
+    client->expires_after(state->limits.request_timeout);
+    auto [error] = co_await client->socket().async_handshake(asio::ssl::stream_base::server,
+                                                             asio::as_tuple(asio::use_awaitable));
+    if (error) {
+      spdlog::debug("TLS handshake with {} on {} failed: {}", client->peer.address,
+                    client->peer.listener, error.message());
+      client->finish();
+      co_return;
+    }
+    client->peer.certificate = peer_certificate_sha256(client->socket().native_handle());
+  }
   co_await serve_requests(*client, *state);
   client->finish();
 }
 
-template <class Protocol>
+// Who a new connection comes from: its address, or on a unix socket the peer's uid.
+template <class Socket>
+peer_identity identify_peer(Socket& socket, std::string_view listener) {
+  peer_identity peer{.listener = listener};
+  if constexpr (std::is_same_v<typename Socket::protocol_type, asio::ip::tcp>) {
+    error_code error;
+    const auto remote = socket.remote_endpoint(error);
+    if (!error) {
+      const auto address = remote.address();
+      peer.address = address.is_v6() ? fmt::format("[{}]:{}", address.to_string(), remote.port())
+                                     : fmt::format("{}:{}", address.to_string(), remote.port());
+    }
+  } else {
+    ucred credentials{};
+    socklen_t size = sizeof credentials;
+    if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &credentials, &size) == 0) {
+      peer.uid = credentials.uid;
+      peer.address = fmt::format("uid {}", credentials.uid);
+    }
+  }
+  return peer;
+}
+
+// Accepts on one address; `Stream` is the connections' stream: the socket, or TLS over it.
+template <class Protocol, class Stream>
 class protocol_listener final : public http_server::listener {
  public:
-  protocol_listener(asio::io_context& io, worker_pool& workers,
-                    const typename Protocol::endpoint& endpoint,
+  protocol_listener(asio::io_context& io, worker_pool& workers, const listener_config& settings,
+                    std::string field, const typename Protocol::endpoint& endpoint,
                     std::shared_ptr<http_server::shared_state> state)
       : workers_(workers),
+        settings_(settings),
+        field_(std::move(field)),
+        name_(settings.address.to_string()),
         protocol_(endpoint.protocol()),
         acceptor_(asio::make_strand(io)),
         retry_timer_(acceptor_.get_executor()),
         state_(std::move(state)) {
+    if constexpr (is_tls<Stream>) tls_ = make_listener_tls_context(*settings_.tls, field_);
     acceptor_.open(endpoint.protocol());
     if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) {
       acceptor_.set_option(asio::socket_base::reuse_address(true));
@@ -310,7 +396,7 @@ class protocol_listener final : public http_server::listener {
   }
 
   void start(supervisor& tasks) override {
-    tasks.spawn(acceptor_.get_executor(), "listener", "http listener",
+    tasks.spawn(acceptor_.get_executor(), "listener", "http listener on " + name_,
                 [this] { return accept_loop(); });
   }
 
@@ -320,6 +406,20 @@ class protocol_listener final : public http_server::listener {
       acceptor_.close(ignored);
       retry_timer_.cancel();
     });
+  }
+
+  void reload_tls() override {
+    if constexpr (is_tls<Stream>) {
+      try {
+        auto next = make_listener_tls_context(*settings_.tls, field_);
+        // Swapped on the accept loop's strand, the only place that reads it.
+        asio::post(acceptor_.get_executor(),
+                   [this, next = std::move(next)]() mutable { tls_ = std::move(next); });
+        spdlog::info("reload: {} TLS certificate and key re-read", name_);
+      } catch (const config_error& error) {
+        spdlog::error("reload: {} keeps its TLS certificate: {}", name_, error.what());
+      }
+    }
   }
 
  private:
@@ -360,10 +460,11 @@ class protocol_listener final : public http_server::listener {
         ::close(descriptor);
         continue;
       }
+      auto peer = identify_peer(handed_over, name_);
       // Both coroutines share the connection; each runs on the worker's one thread.
       const auto tick = std::min(state_->limits.idle_timeout, state_->limits.request_timeout);
-      auto client =
-          std::make_shared<connection<Protocol>>(std::move(handed_over), tick, state_->connections);
+      auto client = std::make_shared<connection<Stream>>(
+          std::move(handed_over), tls_, std::move(peer), tick, state_->connections);
       asio::co_spawn(
           worker, [client]() { return client->enforce_deadlines(); }, asio::detached);
       asio::co_spawn(worker, serve_connection(std::move(client), state_), asio::detached);
@@ -395,6 +496,10 @@ class protocol_listener final : public http_server::listener {
   }
 
   worker_pool& workers_;
+  listener_config settings_;
+  std::string field_;  // "listen[1]": where its TLS files are configured
+  std::string name_;   // its address, as peers are told which listener they came in on
+  std::shared_ptr<asio::ssl::context> tls_;  // the handshakes' from now on (TLS listeners)
   Protocol protocol_;
   typename Protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
@@ -420,20 +525,38 @@ std::size_t connection_cap_from_fd_limit() {
   return std::max<std::size_t>(1, std::min<std::size_t>(usable, 100000));
 }
 
-http_server::http_server(asio::io_context& io, const listen_address& where,
-                         request_handler& handler, server_limits limits, unsigned workers)
-    : state_(std::make_shared<shared_state>(handler, limits)), workers_(workers) {
+namespace {
+
+std::unique_ptr<http_server::listener> make_listener(
+    asio::io_context& io, worker_pool& workers, const listener_config& settings, std::string field,
+    const std::shared_ptr<http_server::shared_state>& state) {
+  const auto& where = settings.address;
   if (where.type == listen_address::kind::unix_socket) {
     // A socket file left by a previous run would make bind fail; anything else is kept.
     if (std::filesystem::is_socket(std::filesystem::symlink_status(where.path))) {
       std::filesystem::remove(where.path);
     }
-    listener_ = std::make_unique<protocol_listener<asio::local::stream_protocol>>(
-        io, workers_, asio::local::stream_protocol::endpoint(where.path), state_);
-  } else {
-    listener_ = std::make_unique<protocol_listener<asio::ip::tcp>>(
-        io, workers_, asio::ip::tcp::endpoint(asio::ip::make_address(where.host), where.port),
-        state_);
+    using local = asio::local::stream_protocol;
+    return std::make_unique<protocol_listener<local, socket_for<local>>>(
+        io, workers, settings, std::move(field), local::endpoint(where.path), state);
+  }
+  const asio::ip::tcp::endpoint endpoint(asio::ip::make_address(where.host), where.port);
+  if (settings.tls) {
+    return std::make_unique<protocol_listener<asio::ip::tcp, tls_stream>>(
+        io, workers, settings, std::move(field), endpoint, state);
+  }
+  return std::make_unique<protocol_listener<asio::ip::tcp, socket_for<asio::ip::tcp>>>(
+      io, workers, settings, std::move(field), endpoint, state);
+}
+
+}  // namespace
+
+http_server::http_server(asio::io_context& io, const std::vector<listener_config>& listeners,
+                         request_handler& handler, server_limits limits, unsigned workers)
+    : state_(std::make_shared<shared_state>(handler, limits)), workers_(workers) {
+  for (std::size_t i = 0; i < listeners.size(); ++i) {
+    listeners_.push_back(
+        make_listener(io, workers_, listeners[i], "listen[" + std::to_string(i) + "]", state_));
   }
 }
 
@@ -442,12 +565,16 @@ http_server::~http_server() {
 }
 
 void http_server::start(supervisor& tasks) {
-  listener_->start(tasks);
+  for (auto& each : listeners_) each->start(tasks);
 }
 
 void http_server::stop() {
   state_->stopping = true;
-  listener_->stop();
+  for (auto& each : listeners_) each->stop();
+}
+
+void http_server::reload_tls() {
+  for (auto& each : listeners_) each->reload_tls();
 }
 
 void http_server::stop_workers() {

@@ -53,34 +53,39 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
   using enum credential_kind;
   using self = request_handler;
   static constexpr std::array<endpoint, 29> table{{
-      {{get, "/v1/apps/{app}/token", access::client, "token"}, &self::app_credential<access_token>},
-      {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate"},
+      {{get, "/v1/apps/{app}/token", access::client, "token", "access_token"},
+       &self::app_credential<access_token>},
+      {{post, "/v1/apps/{app}/token/invalidate", access::client, "invalidate", "access_token"},
        &self::invalidate<access_token>},
-      {{get, "/v1/apps/{app}/jsapi_ticket", access::client, "jsapi_ticket"},
+      {{get, "/v1/apps/{app}/jsapi_ticket", access::client, "jsapi_ticket", "jsapi_ticket"},
        &self::app_credential<jsapi_ticket>},
-      {{post, "/v1/apps/{app}/jsapi_ticket/invalidate", access::client, "jsapi_ticket_invalidate"},
+      {{post, "/v1/apps/{app}/jsapi_ticket/invalidate", access::client, "jsapi_ticket_invalidate",
+        "jsapi_ticket"},
        &self::invalidate<jsapi_ticket>},
-      {{get, "/v1/apps/{app}/agent_ticket", access::client, "agent_ticket"},
+      {{get, "/v1/apps/{app}/agent_ticket", access::client, "agent_ticket", "agent_ticket"},
        &self::app_credential<agent_ticket>},
-      {{post, "/v1/apps/{app}/agent_ticket/invalidate", access::client, "agent_ticket_invalidate"},
+      {{post, "/v1/apps/{app}/agent_ticket/invalidate", access::client, "agent_ticket_invalidate",
+        "agent_ticket"},
        &self::invalidate<agent_ticket>},
-      {{post, "/v1/apps/{app}/jssdk_signature", access::client, "jssdk_signature"},
+      {{post, "/v1/apps/{app}/jssdk_signature", access::client, "jssdk_signature",
+        "jssdk_signature"},
        &self::jssdk_signature},
       {{get, "/v1/apps", access::client, "apps"}, &self::list_apps},
-      {{get, "/v1/providers/{provider}/token", access::client, "provider_token"},
+      {{get, "/v1/providers/{provider}/token", access::client, "provider_token", "provider_token"},
        &self::third_party_credential<provider_token>},
       {{post, "/v1/providers/{provider}/token/invalidate", access::client,
-        "provider_token_invalidate"},
+        "provider_token_invalidate", "provider_token"},
        &self::third_party_invalidate<provider_token>},
-      {{get, "/v1/suites/{suite}/token", access::client, "suite_token"},
+      {{get, "/v1/suites/{suite}/token", access::client, "suite_token", "suite_token"},
        &self::third_party_credential<suite_token>},
-      {{post, "/v1/suites/{suite}/token/invalidate", access::client, "suite_token_invalidate"},
+      {{post, "/v1/suites/{suite}/token/invalidate", access::client, "suite_token_invalidate",
+        "suite_token"},
        &self::third_party_invalidate<suite_token>},
       {{get, "/v1/suites/{suite}/corps", access::client, "corps"}, &self::list_corps},
-      {{get, "/v1/suites/{suite}/corps/{corpid}/token", access::client, "corp_token"},
+      {{get, "/v1/suites/{suite}/corps/{corpid}/token", access::client, "corp_token", "corp_token"},
        &self::third_party_credential<corp_token>},
       {{post, "/v1/suites/{suite}/corps/{corpid}/token/invalidate", access::client,
-        "corp_token_invalidate"},
+        "corp_token_invalidate", "corp_token"},
        &self::third_party_invalidate<corp_token>},
       {{put, "/v1/suites/{suite}/suite_ticket", access::client, "suite_ticket"},
        &self::put_suite_ticket},
@@ -88,25 +93,29 @@ std::span<const request_handler::endpoint> request_handler::endpoints() {
       {{get, "/v1/suites/{suite}/callback", access::anyone, "callback_verification"},
        &self::callback_verification},
       {{post, "/v1/suites/{suite}/callback", access::anyone, "callback"}, &self::callback_event},
-      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken"}, &self::wecom_gettoken},
+      {{get, "/cgi-bin/gettoken", access::anyone, "gettoken", "access_token"},
+       &self::wecom_gettoken},
       // Keyed by a token the broker handed out, as WeCom keys them.
-      {{get, "/cgi-bin/get_jsapi_ticket", access::anyone, "get_jsapi_ticket"},
+      {{get, "/cgi-bin/get_jsapi_ticket", access::anyone, "get_jsapi_ticket", "jsapi_ticket"},
        &self::wecom_ticket<jsapi_ticket>},
-      {{get, "/cgi-bin/ticket/get", access::anyone, "ticket_get"},
+      {{get, "/cgi-bin/ticket/get", access::anyone, "ticket_get", "agent_ticket"},
        &self::wecom_ticket<agent_ticket>},
       // Checked by the provider secret, the suite secret, and the permanent code.
-      {{post, "/cgi-bin/service/get_provider_token", access::anyone, "get_provider_token"},
+      {{post, "/cgi-bin/service/get_provider_token", access::anyone, "get_provider_token",
+        "provider_token"},
        &self::wecom_provider_token},
-      {{post, "/cgi-bin/service/get_suite_token", access::anyone, "get_suite_token"},
+      {{post, "/cgi-bin/service/get_suite_token", access::anyone, "get_suite_token", "suite_token"},
        &self::wecom_suite_token},
-      {{post, "/cgi-bin/service/get_corp_token", access::anyone, "get_corp_token"},
+      {{post, "/cgi-bin/service/get_corp_token", access::anyone, "get_corp_token", "corp_token"},
        &self::wecom_corp_token},
       {{get, "/healthz", access::anyone, "healthz"}, &request_handler::healthz},
       {{get, "/readyz", access::anyone, "readyz"}, &request_handler::readyz},
       {{get, "/metrics", access::anyone, "metrics"}, &request_handler::metrics},
       // The gateway's, last: any method (`unknown`), and only while it is enabled.
-      {{unknown, "/v1/apps/{app}/api/{path*}", access::client, "gateway"}, &self::api_call},
-      {{unknown, "/cgi-bin/{path*}", access::anyone, "gateway_drop_in"}, &self::wecom_api_call},
+      {{unknown, "/v1/apps/{app}/api/{path*}", access::client, "gateway", "api_call"},
+       &self::api_call},
+      {{unknown, "/cgi-bin/{path*}", access::anyone, "gateway_drop_in", "api_call"},
+       &self::wecom_api_call},
   }};
   return table;
 }
@@ -124,9 +133,10 @@ std::vector<std::string_view> table_labels() {
 }  // namespace
 
 request_handler::request_handler(broker& apps, std::vector<client_config> clients,
-                                 gateway* api_gateway)
+                                 gateway* api_gateway, audit_log* audit)
     : apps_(apps),
       gateway_(api_gateway),
+      audit_(audit),
       auth_(std::make_shared<const client_auth>(std::move(clients))),
       metrics_(table_labels()) {}
 
@@ -144,28 +154,68 @@ std::uint64_t request_handler::body_limit(const http::request_header<>& head,
   return forwarded ? gateway_->max_body_bytes() : ordinary;
 }
 
-std::variant<answer, waiting_request> request_handler::answer_or_wait(request& incoming) {
+std::variant<answer, waiting_request> request_handler::answer_or_wait(request& incoming,
+                                                                      const peer_identity& peer) {
   const auto started_at = std::chrono::steady_clock::now();
   const auto matched = match_route(routes(), incoming.method(), incoming.target());
   const auto route =
       matched.outcome == route_match::result::matched ? matched.index : metrics_.other();
+  const client_config* client = nullptr;
+  audit_subject subject;
   auto decided = [&]() -> std::variant<answer, waiting_request> {
     try {
-      return decide(matched, incoming);
+      return decide(matched, incoming, peer, client, subject);
     } catch (const std::exception& error) {
       // Never the target: for /cgi-bin/gettoken it holds the app secret.
       spdlog::error("request failed unexpectedly: {}", error.what());
       return internal_error();
     }
   }();
+  auto audit = audit_entry(matched, peer, client, subject);
   if (auto* waiting = std::get_if<waiting_request>(&decided)) {
     waiting->route = route;
     waiting->started_at = started_at;
+    waiting->audit = std::move(audit);
   } else {
-    metrics_.record(route, status_of(std::get<answer>(decided)),
-                    std::chrono::steady_clock::now() - started_at);
+    const auto& outgoing = std::get<answer>(decided);
+    metrics_.record(route, status_of(outgoing), std::chrono::steady_clock::now() - started_at);
+    record_audit(std::move(audit), outgoing);
   }
   return decided;
+}
+
+std::unique_ptr<audit_record> request_handler::audit_entry(const route_match& matched,
+                                                           const peer_identity& peer,
+                                                           const client_config* client,
+                                                           audit_subject& subject) const {
+  if (!audit_ || matched.outcome != route_match::result::matched) return nullptr;
+  const auto& shape = routes()[matched.index].shape;
+  if (shape.audited.empty()) return nullptr;
+  const auto or_path = [&](std::string& resolved, std::string_view name) {
+    return resolved.empty() ? std::string(matched.parameters[name]) : std::move(resolved);
+  };
+  return std::make_unique<audit_record>(audit_record{
+      .at = std::chrono::system_clock::now(),
+      .client = client ? client->name : std::string(),
+      .peer = peer.address,
+      .listener = std::string(peer.listener),
+      .route = shape.label,
+      .app = or_path(subject.app, "app"),
+      .suite = or_path(subject.suite, "suite"),
+      .corp = or_path(subject.corp, "corpid"),
+      .provider = or_path(subject.provider, "provider"),
+      .kind = shape.audited,
+  });
+}
+
+void request_handler::record_audit(std::unique_ptr<audit_record> entry, const answer& outgoing) {
+  if (!entry) return;
+  entry->status = status_of(outgoing);
+  if (const auto* handed_out = std::get_if<token_answer>(&outgoing);
+      handed_out && handed_out->view) {
+    if (const auto& held = handed_out->view->current) entry->credential = held->value;
+  }
+  audit_->record(std::move(*entry));
 }
 
 asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
@@ -186,6 +236,7 @@ asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiti
   }
   metrics_.record(waiting.route, status_of(*outgoing),
                   std::chrono::steady_clock::now() - waiting.started_at);
+  record_audit(std::move(waiting.audit), *outgoing);
   co_return std::move(*outgoing);
 }
 
@@ -218,7 +269,10 @@ request_handler::~request_handler() {
 }
 
 std::variant<answer, waiting_request> request_handler::decide(const route_match& matched,
-                                                              request& incoming) {
+                                                              request& incoming,
+                                                              const peer_identity& peer,
+                                                              const client_config*& client,
+                                                              audit_subject& subject) {
   if (matched.outcome == route_match::result::method_not_allowed) {
     auto refusal = error_response(http::status::method_not_allowed, "method_not_allowed",
                                   "use " + matched.allow);
@@ -231,9 +285,14 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
   const auto& entry = endpoints()[matched.index];
   auto& reads = reads_of(this);
   const auto& auth = reads.auth.current(auth_);
-  const client_config* client = nullptr;
   if (entry.shape.who == access::client && !auth->open()) {
-    client = auth->identify(incoming[http::field::authorization]);
+    const auto authorization = incoming[http::field::authorization];
+    client = auth->identify(peer, authorization);
+    if (!client && authorization.empty()) {
+      if (auto unknown = auth->unknown_peer(peer)) {
+        return error_response(http::status::forbidden, "forbidden", *unknown);
+      }
+    }
     if (!client) {
       auto refusal = error_response(http::status::unauthorized, "unauthorized",
                                     "an Authorization: Bearer <key> header with a valid key "
@@ -275,7 +334,8 @@ std::variant<answer, waiting_request> request_handler::decide(const route_match&
                             "this client may not read provider " + std::string(provider_id));
     }
   }
-  return (this->*entry.handle)(call{matched, incoming, *auth, client, app, suite, provider});
+  return (this->*entry.handle)(
+      call{matched, incoming, *auth, client, subject, app, suite, provider});
 }
 
 namespace {
@@ -402,6 +462,7 @@ std::variant<answer, waiting_request> request_handler::wecom_gettoken(const call
     case credential_match::result::matched:
       break;
   }
+  current.subject.app = match.app->id().scope;
   const auto now = clock::now();
   if (const auto& seen = reads.current_view(*match.app); seen->servable(now)) {
     return wecom_token_answer(seen, now);
@@ -427,6 +488,7 @@ std::variant<request_handler::keyed_call, response> request_handler::keyed_by_to
   const auto app_id = apps_.handed_out().app_of(*access_token, clock::now());
   const auto* entry = app_id ? reads_of(this).current_apps(apps_).entry(*app_id) : nullptr;
   if (!entry) return wecom_error_response(40014, "invalid access_token");
+  current.subject.app = entry->app->id;
   return keyed_call{std::move(*query), entry};
 }
 

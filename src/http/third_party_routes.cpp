@@ -223,6 +223,7 @@ std::variant<answer, waiting_request> request_handler::wecom_provider_token(cons
   }
   if (!known) return wecom_error_response(40013, "invalid corpid");
   if (!matched) return wecom_error_response(40001, "invalid provider_secret");
+  current.subject.provider = matched->provider->id;
   return serve_or_wait(*matched->token, waiting_request::wecom_token);
 }
 
@@ -235,6 +236,7 @@ std::variant<answer, waiting_request> request_handler::wecom_suite_token(const c
   if (!digests_equal(suite->secret_digest, sha256(string_member(*body, "suite_secret")))) {
     return wecom_error_response(40001, "invalid suite_secret");
   }
+  current.subject.suite = suite->suite->id;
   return serve_or_wait(*suite->token, waiting_request::wecom_token);
 }
 
@@ -255,11 +257,13 @@ std::variant<answer, waiting_request> request_handler::wecom_corp_token(const ca
     if (const auto* held = view->servable(now); held && held->value == *suite_token) suite = &each;
   }
   if (!suite) return wecom_error_response(40082, "invalid suite_access_token");
+  current.subject.suite = suite->suite->id;
   const auto* corp = suite->corp(string_member(*body, "auth_corpid"));
   if (!corp) return wecom_error_response(40084, "invalid permanent_code");
   if (!digests_equal(corp->code_digest, sha256(string_member(*body, "permanent_code")))) {
     return wecom_error_response(40084, "invalid permanent_code");
   }
+  current.subject.corp = corp->corpid;
   return serve_or_wait(*corp->token, waiting_request::wecom_token);
 }
 

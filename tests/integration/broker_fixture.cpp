@@ -122,8 +122,17 @@ json broker_fixture::make_config(std::uint16_t port, const json& changes) const 
 
 broker_process& broker_fixture::start_broker(const json& config, std::optional<unsigned> open_files,
                                              const std::vector<std::string>& environment) {
-  const auto port =
-      static_cast<std::uint16_t>(std::stoi(config.at("listen").get<std::string>().substr(10)));
+  // Readiness is checked over plain HTTP: on the first listener that is a "127.0.0.1:port".
+  const auto& listen = config.at("listen");
+  std::string plain;
+  for (const auto& each : listen.is_array() ? listen : json::array({listen})) {
+    if (each.is_string() && each.get<std::string>().starts_with("127.0.0.1:")) {
+      plain = each.get<std::string>();
+      break;
+    }
+  }
+  if (plain.empty()) throw std::invalid_argument("the config needs a plain 127.0.0.1 listener");
+  const auto port = static_cast<std::uint16_t>(std::stoi(plain.substr(10)));
   const auto path = scratch_.write("config-" + std::to_string(port) + ".json", config.dump(2));
   brokers_.push_back(std::make_unique<broker_process>(path, port, open_files, environment));
   return *brokers_.back();

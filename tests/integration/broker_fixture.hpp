@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "broker_process.hpp"
@@ -36,6 +37,17 @@ double metric_sample(const std::string& page, const std::string& series);
 // Whether the broker's log shows `text` within `limit`.
 bool log_shows(const broker_process& broker, const std::string& text,
                std::chrono::milliseconds limit);
+
+// Polls `condition` every 20 ms until it holds or `limit` passes; whether it held.
+template <class Condition>
+bool eventually(Condition condition, std::chrono::milliseconds limit) {
+  const auto give_up_at = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < give_up_at) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds{20});
+  }
+  return condition();
+}
 
 // A parameterized test's name for an expiry behaviour, naming what the fake issues ("token",
 // "ticket"): "a_same_token_full_expires_in", "b_…_seconds_left", "c_new_…_each_call".

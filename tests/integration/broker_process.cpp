@@ -6,7 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <cstdio>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -116,6 +119,19 @@ command_result run_broker_command(const std::vector<std::string>& arguments,
   int status = 0;
   waitpid(pid, &status, 0);
   return command_result{decode_status(status), read_file(log_path)};
+}
+
+command_result run_shell(const std::string& command) {
+  const std::string merged = "exec 2>&1; " + command;
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(merged.c_str(), "r"), &pclose);
+  if (!pipe) throw std::runtime_error("popen failed");
+  command_result result;
+  std::array<char, 4096> chunk{};
+  while (const auto read = std::fread(chunk.data(), 1, chunk.size(), pipe.get())) {
+    result.output.append(chunk.data(), read);
+  }
+  result.exit_code = decode_status(pclose(pipe.release()));
+  return result;
 }
 
 broker_process::broker_process(const std::filesystem::path& config_path, std::uint16_t port,

@@ -40,6 +40,10 @@ struct command_result {
 command_result run_broker_command(const std::vector<std::string>& arguments,
                                   const std::string& input = {});
 
+// Runs `command` with sh to completion: its exit code, and stdout and stderr together (for
+// the real clients a user would run: curl, openssl).
+command_result run_shell(const std::string& command);
+
 class broker_process {
  public:
   // Starts the binary on `config_path` and waits until /healthz answers on `port`; with

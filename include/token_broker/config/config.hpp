@@ -150,9 +150,33 @@ struct suite_config {
 
 using sha256_digest = std::array<unsigned char, 32>;
 
+// A listener's TLS (SPEC §3 "listen"): its certificate chain and key, and the CA its clients'
+// certificates must chain to when it asks for them.
+struct listener_tls_config {
+  std::filesystem::path cert_file;
+  std::filesystem::path key_file;
+  std::optional<std::filesystem::path> client_ca_file;  // set: clients may present a certificate
+  bool require_client_cert = false;                     // and must (needs client_ca_file)
+
+  bool operator==(const listener_tls_config&) const = default;
+};
+
+struct listener_config {
+  listen_address address;
+  std::optional<listener_tls_config> tls;
+
+  bool operator==(const listener_config&) const = default;
+};
+
+// How a client proves who it is: exactly one way each (SPEC §3 "clients").
+enum class client_identity { bearer_key, certificate, unix_uid };
+
 struct client_config {
   std::string name;
-  sha256_digest key_sha256{};
+  client_identity identity = client_identity::bearer_key;
+  sha256_digest key_sha256{};     // bearer_key: of the key
+  sha256_digest cert_sha256{};    // certificate: of the certificate's DER
+  std::uint32_t unix_uid = 0;     // unix_uid: the peer's uid on a unix-socket listener
   bool all_apps = false;          // "apps": ["*"]
   std::vector<std::string> apps;  // ids, each a configured app
   bool all_suites = false;        // "suites": ["*"]
@@ -162,9 +186,11 @@ struct client_config {
 };
 
 struct config {
-  listen_address listen;
-  unsigned threads = 0;  // resolved: never 0 after loading
+  std::vector<listener_config> listen;  // at least one; a string in the file is one plain one
+  unsigned threads = 0;                 // resolved: never 0 after loading
   std::string log_level = "info";
+  std::string log_format = "text";       // "text" | "json"
+  std::optional<std::string> audit_log;  // "stderr" or a file path; none: no audit trail
   upstream_config upstream;
   refresh_config refresh;
   std::optional<redis_config> redis;
@@ -197,6 +223,10 @@ config parse_config(std::string_view text);
 
 // Reads `path` and calls parse_config. An unreadable file is a config_error with field "".
 config load_config(const std::filesystem::path& path);
+
+// Throws config_error when the API would be open on a listener that is not loopback or a
+// unix socket, or a client could never present its identity on any listener.
+void check_listeners_fit_clients(const config& settings);
 
 // A warning when the config file at `path` holds an inline secret and group or others may read
 // it; nothing otherwise. Names the field, never the secret.

@@ -19,6 +19,7 @@ struct listen_address {
   // Loopback and unix sockets are reachable only from this machine, so an open API is allowed.
   bool is_local() const;
   std::string to_string() const;
+  bool operator==(const listen_address&) const = default;
 };
 
 // Parses the config's "listen" value; nullopt with `reason` set when it is not valid.

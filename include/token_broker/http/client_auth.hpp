@@ -1,11 +1,15 @@
-// Who is calling (SPEC §3 "clients"): bearer keys checked by their SHA-256 in constant time,
-// and which apps each client may read.
+// Who is calling (SPEC §3 "clients"): by the client certificate its TLS handshake verified,
+// by its uid on a unix socket, or by a bearer key checked by its SHA-256 in constant time;
+// and which apps, suites and providers each client may read.
 #pragma once
 
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "token_broker/config/config.hpp"
+#include "token_broker/http/peer_identity.hpp"
 
 namespace token_broker {
 
@@ -15,8 +19,13 @@ class client_auth {
 
   // No clients configured: every caller may read every app (loopback/unix socket only).
   bool open() const { return clients_.empty(); }
-  // The client whose key an `Authorization: Bearer <key>` header carries, or nullptr.
-  const client_config* identify(std::string_view authorization) const;
+  // The client the connection identifies (its certificate, its uid), else the one whose key
+  // an `Authorization: Bearer <key>` header carries, or nullptr.
+  const client_config* identify(const peer_identity& peer, std::string_view authorization) const;
+  // Why a peer that presented an identity no client has is refused, when it did: a
+  // certificate, or a uid on a unix socket while some client is known by uid. Nothing when
+  // it presented none, and a missing key is the reason.
+  std::optional<std::string> unknown_peer(const peer_identity& peer) const;
   // Whether `client` (nullptr on an open API) may read `app_id`.
   bool may_read(const client_config* client, std::string_view app_id) const;
   // The same for a suite (its corps included) and a provider.

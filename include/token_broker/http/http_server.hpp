@@ -1,13 +1,15 @@
-// The HTTP/1.1 API server: one accept loop handing connections to the workers in turn, one
+// The HTTP/1.1 API server: an accept loop per listener (plain, TLS, or TLS with client
+// certificates; TCP or a unix socket) handing connections to the workers in turn, one
 // coroutine per connection, keep-alive, and the limits that keep it answering under abuse
-// (header and body caps, read deadlines against slowloris, an idle timeout, a connection cap).
+// (header and body caps, read and handshake deadlines against slowloris, an idle timeout, a
+// connection cap shared by every listener).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <memory>
 
-#include "token_broker/config/listen_address.hpp"
+#include "token_broker/config/config.hpp"
 #include "token_broker/core/asio.hpp"
 #include "token_broker/core/supervisor.hpp"
 #include "token_broker/http/request_handler.hpp"
@@ -37,10 +39,11 @@ std::size_t connection_cap_from_fd_limit();
 
 class http_server {
  public:
-  // Binds and listens (accepting on `io`), and starts `workers` threads that serve the
-  // connections; throws boost::system::system_error when it cannot listen.
-  http_server(asio::io_context& io, const listen_address& where, request_handler& handler,
-              server_limits limits, unsigned workers);
+  // Binds and listens on each of `listeners` (accepting on `io`), and starts `workers` threads
+  // that serve the connections. Throws boost::system::system_error when it cannot listen, and
+  // config_error when a listener's certificate, key or CA is unusable.
+  http_server(asio::io_context& io, const std::vector<listener_config>& listeners,
+              request_handler& handler, server_limits limits, unsigned workers);
   ~http_server();  // stops the workers first
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;
@@ -49,6 +52,10 @@ class http_server {
   void start(supervisor& tasks);
   // Stops accepting. Connections finish the request they are on and then close.
   void stop();
+  // SIGHUP: each TLS listener re-reads its certificate, key and client CA for the handshakes
+  // from now on; open connections keep theirs. A listener whose files no longer make a
+  // context logs why and keeps the one it has.
+  void reload_tls();
   // Ends the workers; connections still open are dropped.
   void stop_workers();
   std::size_t requests_in_flight() const;
@@ -60,7 +67,7 @@ class http_server {
  private:
   std::shared_ptr<shared_state> state_;
   worker_pool workers_;
-  std::unique_ptr<listener> listener_;
+  std::vector<std::unique_ptr<listener>> listeners_;
 };
 
 }  // namespace token_broker

@@ -12,8 +12,10 @@
 #include "token_broker/gateway/gateway.hpp"
 #include "token_broker/http/client_auth.hpp"
 #include "token_broker/http/jssdk_signature.hpp"
+#include "token_broker/http/peer_identity.hpp"
 #include "token_broker/http/responses.hpp"
 #include "token_broker/http/routes.hpp"
+#include "token_broker/ops/audit_log.hpp"
 #include "token_broker/ops/metrics.hpp"
 
 namespace token_broker {
@@ -46,6 +48,13 @@ struct waiting_request {
   std::shared_ptr<gateway::call> forwards;  // forward: the call to make through the gateway
   std::size_t route = 0;                    // its route table entry, for the metrics
   std::chrono::steady_clock::time_point started_at;
+  std::unique_ptr<audit_record> audit;  // its audit line but for the outcome; null: none
+};
+
+// What a request's audit line names besides its path's ids: the credential a drop-in
+// resolved to (the app of a gettoken's secret, the suite of a suite_access_token).
+struct audit_subject {
+  std::string app, suite, corp, provider;
 };
 
 class request_handler {
@@ -56,6 +65,7 @@ class request_handler {
     request& incoming;  // a gateway call takes its body
     const client_auth& auth;
     const client_config* client;  // the authenticated client; nullptr on an open API
+    audit_subject& subject;       // a drop-in names what it resolved to here
     const app_entry* app;         // the path's {app}, checked against the config and the client
     // The path's {suite} or {provider}, checked the same way (the callback's suite against the
     // config alone); the set they belong to is held while the handler runs.
@@ -70,8 +80,9 @@ class request_handler {
   // The route table, in matching order.
   static std::span<const endpoint> endpoints();
 
-  // `api_gateway`: null when the gateway is not enabled.
-  request_handler(broker& apps, std::vector<client_config> clients, gateway* api_gateway = nullptr);
+  // `api_gateway`: null when the gateway is not enabled; `audit`: null without an audit_log.
+  request_handler(broker& apps, std::vector<client_config> clients, gateway* api_gateway = nullptr,
+                  audit_log* audit = nullptr);
   ~request_handler();
 
   // Runs on the HTTP workers, each of which reads the clients, the app set and the tokens
@@ -80,7 +91,9 @@ class request_handler {
   // The answer, at once and counted, for every request that needs no wait; for one that
   // does, what it waits for: then co_await answer_after_wait. Most requests never enter a
   // coroutine of the handler, so they allocate no coroutine frame.
-  std::variant<answer, waiting_request> answer_or_wait(request& incoming);
+  // `peer`: who the connection is from, by which a client may be identified too.
+  std::variant<answer, waiting_request> answer_or_wait(request& incoming,
+                                                       const peer_identity& peer);
   // The largest body the route of `head` takes: the gateway's for its routes, else `ordinary`.
   std::uint64_t body_limit(const http::request_header<>& head, std::uint64_t ordinary) const;
   asio::awaitable<answer> answer_after_wait(waiting_request waiting);
@@ -104,7 +117,16 @@ class request_handler {
  private:
   // The table without the gateway's routes while it is off.
   std::span<const endpoint> routes() const;
-  std::variant<answer, waiting_request> decide(const route_match& matched, request& incoming);
+  // `client`: who the request was identified as, for the audit trail.
+  std::variant<answer, waiting_request> decide(const route_match& matched, request& incoming,
+                                               const peer_identity& peer,
+                                               const client_config*& client,
+                                               audit_subject& subject);
+  // The audit line of an audited route's request, but for its outcome.
+  std::unique_ptr<audit_record> audit_entry(const route_match& matched, const peer_identity& peer,
+                                            const client_config* client,
+                                            audit_subject& subject) const;
+  void record_audit(std::unique_ptr<audit_record> entry, const answer& outgoing);
   // What `waiting` waits for, then its answer. Not a coroutine itself: a gateway call goes
   // straight to the gateway's, one coroutine frame fewer on every call.
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);
@@ -164,6 +186,7 @@ class request_handler {
 
   broker& apps_;
   gateway* gateway_;
+  audit_log* audit_;
   published<client_auth> auth_;
   request_metrics metrics_;
   std::atomic<bool> waits_closed_{false};

@@ -30,6 +30,9 @@ struct route {
   std::string_view pattern;
   access who;
   std::string_view label;  // the `route` label of its metrics: fixed text, never the target
+  // What the audit trail records a call as (the kind of credential it hands out, or
+  // "api_call"); empty: not recorded.
+  std::string_view audited = {};
 };
 
 // The named segments of a matched path, in pattern order.

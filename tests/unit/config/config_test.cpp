@@ -131,7 +131,9 @@ TEST(config, reads_every_field_keeps_app_order_and_accepts_comments) {
   document = replace_all(document, "@key_a@", key_a);
   const auto settings = parse_config(document);
 
-  EXPECT_EQ(settings.listen.to_string(), "[::1]:9090");
+  ASSERT_EQ(settings.listen.size(), 1u);
+  EXPECT_EQ(settings.listen[0].address.to_string(), "[::1]:9090");
+  EXPECT_FALSE(settings.listen[0].tls);
   EXPECT_EQ(settings.threads, 3u);
   EXPECT_EQ(settings.log_level, "debug");
   EXPECT_EQ(settings.upstream.host, "wecom.example.com");
@@ -204,10 +206,57 @@ TEST(config, applies_defaults) {
   EXPECT_FALSE(settings.apps[0].agent_ticket);
   EXPECT_EQ(settings.redis, std::nullopt);
   EXPECT_TRUE(settings.clients.empty());
+  EXPECT_EQ(settings.log_format, "text");
+  EXPECT_EQ(settings.audit_log, std::nullopt);
 
   EXPECT_EQ(parse_config(with("/redis", "null")).redis, std::nullopt);
   EXPECT_EQ(parse_config(with("/redis", R"({"url": "redis://h:6379"})")).redis->key_prefix,
             "wecom:");
+}
+
+TEST(config, reads_listeners_and_every_kind_of_client_identity) {
+  const auto settings = parse_config(R"({
+    "listen": ["127.0.0.1:8080",
+               {"address": "0.0.0.0:8443",
+                "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname",
+                        "client_ca_file": "/etc/hostname", "require_client_cert": true}},
+               {"address": "[::]:8444", "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname"}},
+               {"address": "unix:/run/token-broker/api.sock"}],
+    "log_format": "json",
+    "audit_log": "/var/log/token-broker/audit.log",
+    "apps": {"hr": {"corpid": "ww1", "secret": "hunter2-hr"}},
+    "clients": {
+      "billing": {"key_sha256": ")" + key_a +
+                                     R"(", "apps": ["hr"]},
+      "web": {"cert_sha256": ")" + key_b +
+                                     R"(", "apps": ["hr"]},
+      "local": {"unix_uid": 1001, "apps": ["*"]}
+    }
+  })");
+  ASSERT_EQ(settings.listen.size(), 4u);
+  EXPECT_EQ(settings.listen[0], (listener_config{.address = {.host = "127.0.0.1", .port = 8080}}));
+  ASSERT_TRUE(settings.listen[1].tls);
+  EXPECT_EQ(settings.listen[1].address.to_string(), "0.0.0.0:8443");
+  EXPECT_EQ(*settings.listen[1].tls, (listener_tls_config{.cert_file = "/etc/hostname",
+                                                          .key_file = "/etc/hostname",
+                                                          .client_ca_file = "/etc/hostname",
+                                                          .require_client_cert = true}));
+  ASSERT_TRUE(settings.listen[2].tls);
+  EXPECT_EQ(settings.listen[2].tls->client_ca_file, std::nullopt);
+  EXPECT_FALSE(settings.listen[2].tls->require_client_cert);
+  EXPECT_EQ(settings.listen[3].address.type, listen_address::kind::unix_socket);
+  EXPECT_FALSE(settings.listen[3].tls);
+  EXPECT_EQ(settings.log_format, "json");
+  EXPECT_EQ(settings.audit_log, "/var/log/token-broker/audit.log");
+
+  ASSERT_EQ(settings.clients.size(), 3u);
+  EXPECT_EQ(settings.clients[0].identity, client_identity::bearer_key);
+  EXPECT_EQ(settings.clients[1].identity, client_identity::certificate);
+  sha256_digest all_b{};
+  all_b.fill(0xbb);
+  EXPECT_EQ(settings.clients[1].cert_sha256, all_b);
+  EXPECT_EQ(settings.clients[2].identity, client_identity::unix_uid);
+  EXPECT_EQ(settings.clients[2].unix_uid, 1001u);
 }
 
 TEST(config, reads_tickets) {
@@ -389,6 +438,11 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   text = replace_all(text, "<your suite_id>", "wwsuite0000000001");
   text = replace_all(text, "<an authorized corpid>", "wwcorpA000000001");
   text = replace_all(text, "/run/credentials/token-broker.service/suite-key", suite_key.string());
+  text = replace_all(text, "<hex sha256 of web's client certificate>", std::string(64, 'd'));
+  for (const auto* tls_file : {"server.pem", "server.key", "clients-ca.pem"}) {
+    text = replace_all(text, std::string("/etc/token-broker/tls/") + tls_file,
+                       files.write(tls_file, "PEM").string());
+  }
 
   const auto settings = parse_config(text);
   ASSERT_EQ(settings.apps.size(), 3u);
@@ -396,7 +450,10 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   EXPECT_EQ(settings.apps[1].id, "crm");
   EXPECT_EQ(settings.apps[1].secret, "hunter2-crm");
   EXPECT_EQ(settings.apps[2].id, "ops");
-  EXPECT_EQ(settings.clients.size(), 3u);
+  ASSERT_EQ(settings.listen.size(), 3u);
+  EXPECT_TRUE(settings.listen[1].tls);
+  EXPECT_EQ(settings.audit_log, "/var/log/token-broker/audit.log");
+  ASSERT_EQ(settings.clients.size(), 5u);
   EXPECT_TRUE(settings.redis);
   ASSERT_EQ(settings.providers.size(), 1u);
   EXPECT_EQ(settings.providers[0].provider_secret, "hunter2-provider");
@@ -406,7 +463,7 @@ TEST(config, example_file_loads_once_placeholders_are_filled) {
   EXPECT_EQ(settings.suites[0].store_key.size(), 32u);
   ASSERT_EQ(settings.suites[0].corps.size(), 1u);
   EXPECT_EQ(settings.suites[0].corps[0].permanent_code, "hunter2-code");
-  EXPECT_EQ(settings.clients[2].suites, std::vector<std::string>{"crm-suite"});
+  EXPECT_EQ(settings.clients[4].suites, std::vector<std::string>{"crm-suite"});
 }
 
 TEST(config, load_config_reads_the_file_and_reports_an_unreadable_one_without_a_field) {
@@ -552,8 +609,8 @@ TEST(config, redis_tls_reads_its_files) {
 
 TEST(config, redis_sentinel_names_the_master_and_its_sentinels) {
   const scoped_env env("TOKEN_BROKER_TEST_SENTINEL_PASSWORD", "hunter2-sentinel");
-  const auto settings = parse_config(with(
-      "/redis", R"({"url": "redis://token-broker:hunter2@tokens/0", "sentinel": {
+  const auto settings =
+      parse_config(with("/redis", R"({"url": "redis://token-broker:hunter2@tokens/0", "sentinel": {
         "master": "tokens", "nodes": ["10.0.0.1:26379", "[::1]:26380"], "username": "watcher",
         "password_env": "TOKEN_BROKER_TEST_SENTINEL_PASSWORD"}})"));
   const auto& sentinel = settings.redis->sentinel.value();
@@ -671,7 +728,21 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"retry_max_below_min", with("/refresh", R"({"retry_min_ms": 1000, "retry_max_ms": 999})"), "refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms"},
   error_case{"retry_min_above_default_max", with("/refresh/retry_min_ms", "120000"), "refresh.retry_max_ms", "must not be smaller than refresh.retry_min_ms"},
   error_case{"listen_missing", without("/listen"), "listen", "is required"},
-  error_case{"listen_not_string", with("/listen", "8080"), "listen", "must be a string"},
+  error_case{"listen_not_string", with("/listen", "8080"), "listen", "must be an address or a non-empty array"},
+  error_case{"listen_empty_list", with("/listen", "[]"), "listen", "must be an address or a non-empty array"},
+  error_case{"listen_entry_number", with("/listen", "[8080]"), "listen[0]", "must be an object"},
+  error_case{"listen_entry_bad", with("/listen", R"(["127.0.0.1:8080", {"address": "127.0.0.1"}])"), "listen[1].address", "missing port"},
+  error_case{"listen_twice", with("/listen", R"(["127.0.0.1:8080", {"address": "127.0.0.1:8080"}])"), "listen[1]", "listens on 127.0.0.1:8080 twice"},
+  error_case{"listen_unknown_key", with("/listen", R"([{"address": "127.0.0.1:8080", "tsl": {}}])"), "listen[0].tsl", "unknown key"},
+  error_case{"listen_tls_on_unix", with("/listen", R"([{"address": "unix:/run/api.sock", "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname"}}])"), "listen[0].tls", "is for TCP listeners"},
+  error_case{"listen_tls_without_key", with("/listen", R"([{"address": "127.0.0.1:8443", "tls": {"cert_file": "/etc/hostname"}}])"), "listen[0].tls.key_file", "is required"},
+  error_case{"listen_tls_cert_unreadable", with("/listen", R"([{"address": "127.0.0.1:8443", "tls": {"cert_file": "/nonexistent/cert.pem", "key_file": "/etc/hostname"}}])"), "listen[0].tls.cert_file", "cannot read /nonexistent/cert.pem"},
+  error_case{"listen_tls_unknown_key", with("/listen", R"([{"address": "127.0.0.1:8443", "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname", "ciphers": "ALL"}}])"), "listen[0].tls.ciphers", "unknown key"},
+  error_case{"listen_tls_require_without_ca", with("/listen", R"([{"address": "127.0.0.1:8443", "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname", "require_client_cert": true}}])"), "listen[0].tls.require_client_cert", "needs client_ca_file"},
+  error_case{"listen_tls_require_not_bool", with("/listen", R"([{"address": "127.0.0.1:8443", "tls": {"cert_file": "/etc/hostname", "key_file": "/etc/hostname", "client_ca_file": "/etc/hostname", "require_client_cert": "yes"}}])"), "listen[0].tls.require_client_cert", "must be true or false"},
+  error_case{"listen_open_on_a_network", with("/listen", R"(["127.0.0.1:8080", "0.0.0.0:8081"])"), "clients", "required while listening on 0.0.0.0:8081"},
+  error_case{"log_format_unknown", with("/log_format", R"("xml")"), "log_format", "must be \"text\" or \"json\""},
+  error_case{"audit_log_not_a_path", with("/audit_log", "5"), "audit_log", "must be null, \"stderr\" or a file path"},
   error_case{"listen_missing_port", with("/listen", R"("127.0.0.1")"), "listen", "missing port"},
   error_case{"listen_hostname", with("/listen", R"("broker.internal:8080")"), "listen", "must be an IP address or localhost"},
   error_case{"listen_missing_host", with("/listen", R"(":8080")"), "listen", "missing host"},
@@ -680,8 +751,8 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"listen_port_named", with("/listen", R"("127.0.0.1:http")"), "listen", "port must be from 1 to 65535"},
   error_case{"listen_ipv6_without_brackets", with("/listen", R"("::1:8080")"), "listen", "brackets"},
   error_case{"listen_relative_unix_path", with("/listen", R"("unix:run/api.sock")"), "listen", "must be absolute"},
-  error_case{"open_api_on_all_interfaces", with("/listen", R"("0.0.0.0:8080")"), "clients", "required when listen is not loopback or a unix socket"},
-  error_case{"open_api_on_lan_with_empty_clients", with("/clients", "{}", with("/listen", R"("10.1.2.3:8080")")), "clients", "required when listen is not loopback"},
+  error_case{"open_api_on_all_interfaces", with("/listen", R"("0.0.0.0:8080")"), "clients", "required while listening on 0.0.0.0:8080 (the API would be open to the network)"},
+  error_case{"open_api_on_lan_with_empty_clients", with("/clients", "{}", with("/listen", R"("10.1.2.3:8080")")), "clients", "required while listening on 10.1.2.3:8080"},
   error_case{"base_url_http", with("/upstream/base_url", R"("http://qyapi.weixin.qq.com")"), "upstream.base_url", "must start with https://"},
   error_case{"base_url_query", with("/upstream/base_url", R"("https://qyapi.weixin.qq.com/?a=1")"), "upstream.base_url", "query"},
   error_case{"base_url_fragment", with("/upstream/base_url", R"("https://qyapi.weixin.qq.com#x")"), "upstream.base_url", "fragment"},
@@ -750,7 +821,13 @@ INSTANTIATE_TEST_SUITE_P(config, config_error_test, ::testing::Values(
   error_case{"same_corpid_and_secret", with("/apps/hr2", R"({"corpid": "ww1", "secret": "hunter2-hr"})"), "apps.hr2", "same corpid and secret as apps.hr"},
   error_case{"clients_not_object", with("/clients", "[]"), "clients", "must be an object"},
   error_case{"client_bad_name", with("/clients/bill ing", R"({"key_sha256": ")" + key_a + R"(", "apps": ["hr"]})"), "clients.bill ing", "client name must match"},
-  error_case{"client_key_missing", with_client(R"({"apps": ["hr"]})"), "clients.billing.key_sha256", "is required"},
+  error_case{"client_key_missing", with_client(R"({"apps": ["hr"]})"), "clients.billing.key_sha256", "is required (or cert_sha256, or unix_uid)"},
+  error_case{"client_two_identities", with_client(R"({"key_sha256": ")" + key_a + R"(", "unix_uid": 1000, "apps": ["hr"]})"), "clients.billing.key_sha256", "exactly one of key_sha256, cert_sha256 and unix_uid"},
+  error_case{"client_cert_not_hex", with_client(R"({"cert_sha256": "ab:cd", "apps": ["hr"]})"), "clients.billing.cert_sha256", "SHA-256 of the client certificate (DER)"},
+  error_case{"client_cert_without_a_listener_for_it", with_client(R"({"cert_sha256": ")" + key_a + R"(", "apps": ["hr"]})"), "clients.billing.cert_sha256", "needs a TLS listener with client_ca_file"},
+  error_case{"client_uid_negative", with_client(R"({"unix_uid": -1, "apps": ["hr"]})"), "clients.billing.unix_uid", "from 0"},
+  error_case{"client_uid_without_unix_listener", with_client(R"({"unix_uid": 1000, "apps": ["hr"]})"), "clients.billing.unix_uid", "needs a unix-socket listener"},
+  error_case{"client_same_uid", with("/clients", R"({"a": {"unix_uid": 7, "apps": ["hr"]}, "b": {"unix_uid": 7, "apps": ["hr"]}})", with("/listen", R"(["unix:/run/api.sock"])")), "clients.b.unix_uid", "same uid as clients.a"},
   error_case{"client_key_not_hex", with_client(R"({"key_sha256": ")" + std::string(64, 'g') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},
   error_case{"client_key_too_short", with_client(R"({"key_sha256": ")" + std::string(63, 'a') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},
   error_case{"client_key_with_sign", with_client(R"({"key_sha256": "+a)" + std::string(62, 'a') + R"(", "apps": ["hr"]})"), "clients.billing.key_sha256", "must be 64 hex digits"},

@@ -116,7 +116,7 @@ TEST(refresher_test, a_store_that_throws_does_not_end_a_credentials_refreshing) 
   request_handler handler(apps, {});
   const auto ask = [&handler](std::string target) {
     request incoming{http::verb::get, target, 11};
-    auto decided = handler.answer_or_wait(incoming);
+    auto decided = handler.answer_or_wait(incoming, peer_identity{});
     return std::move(std::get<answer>(decided));  // these answer without waiting
   };
   const auto run_until = [&io](auto done) {

@@ -36,7 +36,8 @@ class http_server_test : public ::testing::Test {
                    ("http-server-test-" + std::to_string(getpid()) + ".sock");
     server_.emplace(
         io_,
-        listen_address{.type = listen_address::kind::unix_socket, .path = socket_path_.string()},
+        std::vector{listener_config{
+            .address = {.type = listen_address::kind::unix_socket, .path = socket_path_.string()}}},
         handler_, short_limits, 1);
     server_->start(apps_.tasks());
     control_ = std::thread([this] { io_.run(); });
