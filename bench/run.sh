@@ -28,11 +28,19 @@
 #        half, as in 1: a call's latency is then the work of both servers, and wrk taking
 #        turns with the upstream would charge the turn to whichever proxy runs. Both sides
 #        get the same upstream on the same cores, which is what makes the ratio fair.
+#   8.   TLS listeners and the audit log (SPEC v2 §3), placed as in 1: GET /v1/apps/{app}/token
+#        over HTTPS on kept-alive connections, the broker's TLS listener against nginx serving
+#        its exact answer over TLS with the same certificate and key (EC P-256, for 127.0.0.1,
+#        under a CA made for the run); then the same with Connection: close, a new TLS
+#        connection per request (handshakes per second: reported, no target; whether wrk's
+#        reconnections resume their session is read from nginx's $ssl_session_reused); then
+#        the plain token path on a broker writing an audit_log file against the same broker
+#        without one, and the file's lines against the requests served.
 #
 # Environment: BENCH_DURATION (wrk run length, default 10s), BENCH_ROUNDS (runs per side,
 # default 3), BENCH_FAN_IN (connections, default 10000), BENCH_LOAD_S (scenario 6's load,
 # default 30), BENCH_SKIP_BUILD=1 (measure the binaries already in build/release),
-# BENCH_ONLY (a comma-separated subset of throughput,tickets,fan_in,memory,calls,gateway;
+# BENCH_ONLY (a comma-separated subset of throughput,tickets,fan_in,memory,calls,gateway,tls;
 # default all of them).
 # Run as root: it installs packages and raises the descriptor limit.
 # Exits 0 when every measurement ran, even if a target is missed (FAIL in the table); 1 when
@@ -44,7 +52,7 @@ duration=${BENCH_DURATION:-10s}
 rounds=${BENCH_ROUNDS:-3}
 fan_in_connections=${BENCH_FAN_IN:-10000}
 load_seconds=${BENCH_LOAD_S:-30}
-scenarios=${BENCH_ONLY:-throughput,tickets,fan_in,memory,calls,gateway}
+scenarios=${BENCH_ONLY:-throughput,tickets,fan_in,memory,calls,gateway,tls}
 cores=$(nproc)
 
 build=build/release
@@ -83,8 +91,8 @@ build_binaries() {
 selected() { [[ ,$scenarios, == *,$1,* ]]; }
 for scenario in ${scenarios//,/ }; do
   case $scenario in
-    throughput | tickets | fan_in | memory | calls | gateway) ;;
-    *) die "BENCH_ONLY: unknown scenario $scenario (throughput, tickets, fan_in, memory, calls, gateway)" ;;
+    throughput | tickets | fan_in | memory | calls | gateway | tls) ;;
+    *) die "BENCH_ONLY: unknown scenario $scenario (throughput, tickets, fan_in, memory, calls, gateway, tls)" ;;
   esac
 done
 
@@ -172,6 +180,11 @@ fake_calls() {
 broker_port=""
 broker_pid=""
 
+# What write_config puts in every config it writes while set (scenario 8): the listeners, as
+# JSON (else the one plain listener on 127.0.0.1:$broker_port), and an audit_log path.
+config_listen=""
+config_audit_log=""
+
 # write_config FILE APPS_JSON [REFRESH_JSON [CLIENTS_JSON [GATEWAY_JSON]]]: written whole and
 # then renamed, so a reload never reads half a file. Inline secrets, so the file is private.
 write_config() {
@@ -181,7 +194,9 @@ write_config() {
     umask 077
     {
       echo '{'
-      echo "  \"listen\": \"127.0.0.1:$broker_port\", \"threads\": $server_threads, \"log_level\": \"warn\","
+      echo "  \"listen\": ${config_listen:-\"127.0.0.1:$broker_port\"},"
+      echo "  \"threads\": $server_threads, \"log_level\": \"warn\","
+      [ -n "$config_audit_log" ] && echo "  \"audit_log\": \"$config_audit_log\","
       echo "  \"upstream\": {\"base_url\": \"$upstream_url\","
       echo "               \"ca_file\": \"$upstream_ca\", \"timeout_ms\": 60000},"
       echo "  \"refresh\": $refresh,"
@@ -243,11 +258,15 @@ wrk_errors() {
        END {print n + 0}' <<<"$1"
 }
 
+# More options for every wrk of run_wrk while set (scenario 8's -H 'Connection: close').
+wrk_options=()
+
 # run_wrk URL SCRIPT: prints "requests_per_second p50_us p99_us errors requests". The script
 # sets the path and headers, which keeps secrets and keys out of the command line.
 run_wrk() {
   local output
-  output=$("${client_pin[@]}" wrk -t"$client_threads" -c64 -d"$duration" --latency -s "$2" "$1")
+  output=$("${client_pin[@]}" wrk -t"$client_threads" -c64 -d"$duration" --latency \
+    "${wrk_options[@]}" -s "$2" "$1")
   local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' <<<"$output")
   p50=$(to_microseconds "$(awk '$1 == "50%" {print $2}' <<<"$output")")
@@ -430,9 +449,14 @@ compare_proxied() {
 
 broker_requests=0  # what measure()'s wrk runs sent the broker, all rounds
 measured_nginx_rps=0  # nginx's median req/s in measure()'s last row
+# Where measure() sends wrk: plain HTTP to broker_port and nginx_port, unless a scenario points
+# it elsewhere (scenario 8: HTTPS to the TLS listeners).
+wrk_scheme=http
+wrk_broker_port=""
+wrk_nginx_port=""
 
 # measure NAME TARGET_RATIO BROKER_SCRIPT NGINX_SCRIPT: alternating wrk runs, broker first;
-# one table row.
+# one table row. An empty TARGET_RATIO reports the ratios without a verdict.
 measure() {
   local name=$1 target_ratio=$2 broker_script=$3 nginx_script=$4
   local broker_rps=() broker_p50=() broker_p99=() nginx_rps=() nginx_p50=() nginx_p99=()
@@ -440,9 +464,9 @@ measure() {
   broker_requests=0
   for ((round = 1; round <= rounds; round++)); do
     for side in broker nginx; do
-      port=$broker_port script=$broker_script
-      [ $side = nginx ] && port=$nginx_port script=$nginx_script
-      read -r rps p50 p99 errors requests < <(run_wrk "http://127.0.0.1:$port/" "$script")
+      port=${wrk_broker_port:-$broker_port} script=$broker_script
+      [ $side = nginx ] && port=${wrk_nginx_port:-$nginx_port} script=$nginx_script
+      read -r rps p50 p99 errors requests < <(run_wrk "$wrk_scheme://127.0.0.1:$port/" "$script")
       if [ -z "$requests" ] || [ "$p50" = "?" ] || [ "$p99" = "?" ]; then
         die "$name: wrk failed against $side"
       fi
@@ -472,18 +496,25 @@ measure() {
   done
   local tail_ratio
   tail_ratio=$(median "${tail_ratios[@]}")
+  echo "  $name: p99 broker/nginx by round ${tail_ratios[*]}, median $tail_ratio"
+  local reference row_name broker_cell
+  reference="nginx: $n_rps req/s ($(spread "${nginx_rps[@]}")), p50 $n_p50 µs"
+  reference+=", p99 $n_p99 µs ($(spread "${nginx_p99[@]}"))"
+  row_name="$name — $(placement_note) (median of $rounds × $duration)"
+  broker_cell="$b_rps req/s ($(spread "${broker_rps[@]}")), p50 $b_p50 µs, p99 $b_p99 µs"
+  if [ -z "$target_ratio" ]; then
+    add_row "$row_name" "$broker_cell" "$reference" \
+      "none, reported: broker/nginx **${ratio}×**; p99 **${tail_ratio}×** nginx's" "—"
+    return
+  fi
   local throughput=FAIL tail=FAIL
   # Against the ratios as measured, not as printed.
   awk -v b="$b_rps" -v n="$n_rps" -v target="$target_ratio" 'BEGIN {exit !(b >= target * n)}' &&
     throughput=PASS
   awk -v r="$tail_ratio" -v limit="$p99_tolerance" 'BEGIN {exit !(r <= limit)}' && tail=PASS
-  echo "  $name: p99 broker/nginx by round ${tail_ratios[*]}, median $tail_ratio"
   verdict="throughput $throughput, p99 $tail"
   [ "$throughput$tail" = PASSPASS ] && verdict=PASS
-  local reference="nginx: $n_rps req/s ($(spread "${nginx_rps[@]}")), p50 $n_p50 µs"
-  reference+=", p99 $n_p99 µs ($(spread "${nginx_p99[@]}"))"
-  add_row "$name — $(placement_note) (median of $rounds × $duration)" \
-    "$b_rps req/s ($(spread "${broker_rps[@]}")), p50 $b_p50 µs, p99 $b_p99 µs" "$reference" \
+  add_row "$row_name" "$broker_cell" "$reference" \
     "≥ ${target_ratio}× nginx: **${ratio}×**; p99 ≤ ${p99_tolerance}× nginx's: **${tail_ratio}×**" \
     "$verdict"
 }
@@ -700,20 +731,20 @@ scenario_calls_under_load() {
 # serving WeCom-shaped JSON), placed as in 1 with the upstream on the servers' cores.
 gateway_connections=64
 
-# upstream_certificates DIR: a CA made for this run (DIR/ca.pem) and a certificate for
-# localhost signed by it (DIR/server.pem, DIR/server.key).
-upstream_certificates() {
-  local dir=$1
+# make_certificates DIR NAME: a CA made for this run (DIR/ca.pem) and an EC P-256 certificate
+# for NAME ("DNS:localhost", "IP:127.0.0.1") signed by it (DIR/server.pem, DIR/server.key).
+make_certificates() {
+  local dir=$1 name=$2
   (
     umask 077
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
       -subj "/CN=token-broker bench CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
     openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+      -subj "/CN=${name#*:}" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
     openssl x509 -req -days 2 -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
       -CAcreateserial -out "$dir/server.pem" \
-      -extfile <(printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n') 2>/dev/null
-  ) || die "openssl could not make the upstream's certificates"
+      -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$name") 2>/dev/null
+  ) || die "openssl could not make the certificates for $name"
   chmod 644 "$dir/ca.pem"
 }
 
@@ -727,7 +758,7 @@ upstream_pid=""
 start_upstream() {
   local dir=$work/upstream
   mkdir -p "$dir/root/cgi-bin/user" "$dir/temp"
-  upstream_certificates "$dir"
+  make_certificates "$dir" DNS:localhost
   printf '{"errcode":0,"errmsg":"ok","access_token":"%s","expires_in":7200}' "$1" \
     >"$dir/root/cgi-bin/gettoken"
   cat >"$dir/root/cgi-bin/user/get" <<'EOF_USER'
@@ -870,12 +901,210 @@ scenario_gateway() {
   stop_process "$upstream_pid"
 }
 
+# 8: the TLS listener against nginx over TLS (same certificate, key and answer bytes), placed as
+# in 1; then the audit log's cost on the plain token path.
+audit_target=0.95
+
+# start_tls_nginx PORT PROBE_PORT: the reference over HTTPS from serve_with_nginx's root, with
+# the run's certificate. PROBE_PORT is the same server logging one line per connection (its
+# protocol, cipher, key exchange group, "r" when resumed) for a short look at what wrk
+# negotiates; PORT, the one measured, logs nothing, as the broker does not.
+start_tls_nginx() {
+  local dir=$work/nginx
+  mkdir -p "$dir/root" "$dir/temp"
+  {
+    echo "# As a site would serve a small static JSON file over HTTPS: the reference to beat."
+    nginx_preamble "$dir"
+    cat <<EOF_NGINX
+  sendfile off;  # as in start_nginx (and sendfile does not apply to TLS without kTLS)
+  open_file_cache max=64 inactive=1h;
+  ssl_certificate $work/tls/server.pem;
+  ssl_certificate_key $work/tls/server.key;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache shared:SSL:10m;
+  map \$connection_requests \$first_request { 1 1; default 0; }
+  log_format handshakes '\$ssl_protocol \$ssl_cipher \$ssl_curve \$ssl_session_reused';
+  server {
+    listen 127.0.0.1:$1 ssl;
+    root $dir/root;
+    location / { add_header Cache-Control no-store; }
+  }
+  server {
+    listen 127.0.0.1:$2 ssl;
+    access_log $dir/handshakes.log handshakes if=\$first_request;
+    root $dir/root;
+    location / { add_header Cache-Control no-store; }
+  }
+}
+EOF_NGINX
+  } >"$dir/nginx.conf"
+  launch_nginx "$dir"
+  nginx_pid=$launched_pid
+}
+
+# tls_answer_of PORT PATH BODY_OUT: the status of an HTTPS GET of PATH on 127.0.0.1:PORT, its
+# certificate checked against the run's CA and for the name 127.0.0.1.
+tls_answer_of() {
+  curl -s --cacert "$work/tls/ca.pem" -o "$3" -w '%{http_code}' "https://127.0.0.1:$1$2" || true
+}
+
+# tls_session PORT: what OpenSSL's defaults (wrk's too: it sets no ciphers nor versions)
+# negotiate with 127.0.0.1:PORT, and whether a second connection resumes the first one's
+# session. Each connection reads an answer to its end: a TLS 1.3 ticket comes after the
+# handshake, so a connection that leaves at once has none to offer the next.
+tls_session() {
+  local request first second
+  request=$'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
+  first=$(printf '%s' "$request" | timeout 10 openssl s_client -connect "127.0.0.1:$1" \
+    -CAfile "$work/tls/ca.pem" -verify_return_error -ign_eof \
+    -sess_out "$work/tls/session.pem" 2>/dev/null) || true
+  second=$(printf '%s' "$request" | timeout 10 openssl s_client -connect "127.0.0.1:$1" \
+    -CAfile "$work/tls/ca.pem" -verify_return_error -ign_eof \
+    -sess_in "$work/tls/session.pem" 2>/dev/null) || true
+  local negotiated group resumed=no
+  negotiated=$(sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p' <<<"$first" | head -1)
+  group=$(sed -n 's/^Server Temp Key: \([^,]*\).*/\1/p' <<<"$first" | head -1)
+  grep -q '^Reused,' <<<"$second" && resumed=yes
+  echo "${negotiated:-no handshake} ${group:-?}; resumes a session: $resumed"
+}
+
+scenario_tls() {
+  echo "== 8. TLS listeners and the audit log"
+  cat >"$work/hr.json" <<EOF
+    "hr": {"corpid": "wwbenchhr", "secret": "$run_secret-hr"}
+EOF
+  printf 'wwbenchhr:%s-hr\n' "$run_secret" >"$work/hr.apps"
+  start_fake "$work/hr.apps"
+  set_placement isolated
+  echo "  placement: $(placement_note)"
+  mkdir -p "$work/tls"
+  make_certificates "$work/tls" IP:127.0.0.1
+
+  # The broker with a plain listener (readiness, as everywhere) and a TLS one.
+  broker_port=$(free_port)
+  local broker_tls_port nginx_tls_port probe_port
+  broker_tls_port=$(free_port)
+  nginx_tls_port=$(free_port)
+  probe_port=$(free_port)
+  config_listen="[\"127.0.0.1:$broker_port\", {\"address\": \"127.0.0.1:$broker_tls_port\","
+  config_listen+=" \"tls\": {\"cert_file\": \"$work/tls/server.pem\","
+  config_listen+=" \"key_file\": \"$work/tls/server.key\"}}]"
+  write_config "$work/tls-config.json" "$work/hr.json"
+  config_listen=""
+  start_broker "$work/tls-config.json"
+
+  local path=/v1/apps/hr/token body=$work/body.$RANDOM served=$work/served.$RANDOM
+  [ "$(tls_answer_of "$broker_tls_port" "$path" "$body")" = 200 ] ||
+    die "TLS: the broker did not answer 200 over HTTPS"
+  serve_with_nginx "$path" "$body"
+  start_tls_nginx "$nginx_tls_port" "$probe_port"
+  wait_for_status "https://127.0.0.1:$nginx_tls_port$path" 200 10 --cacert "$work/tls/ca.pem" ||
+    die "TLS: nginx did not start: $(cat "$work/nginx/error.log")"
+  tls_answer_of "$nginx_tls_port" "$path" "$served" >/dev/null
+  cmp -s "$body" "$served" || die "TLS: nginx does not serve the broker's bytes"
+  local broker_session nginx_session
+  broker_session=$(tls_session "$broker_tls_port")
+  nginx_session=$(tls_session "$nginx_tls_port")
+  echo "  openssl s_client against the broker: $broker_session"
+  echo "  openssl s_client against nginx: $nginx_session"
+  add_row "TLS as OpenSSL's defaults negotiate it (openssl s_client; wrk sets no versions or ciphers either)" \
+    "$broker_session" "nginx: $nginx_session" "" ""
+
+  local script=$work/wrk.$RANDOM.lua
+  wrk_script "$script" "$path"
+  wrk_scheme=https wrk_broker_port=$broker_tls_port wrk_nginx_port=$nginx_tls_port
+  measure "HTTPS GET $path, connections kept" 1.0 "$script" "$script"
+
+  # A new connection per request. What wrk does on reconnecting (its OpenSSL keeps the session
+  # of the connection it closed) is read off nginx's log of a short run against the probe port.
+  wrk_options=(-H 'Connection: close')
+  "${client_pin[@]}" wrk -t1 -c4 -d1s "${wrk_options[@]}" -s "$script" \
+    "https://127.0.0.1:$probe_port/" >/dev/null
+  local reconnections
+  reconnections=$(awk '{n++; if ($4 == "r") r++; seen[$1 " " $2 " " $3]++}
+    END {for (k in seen) if (seen[k] > best) {best = seen[k]; common = k}
+         printf "%d of %d connections resumed their session (%s)", r, n, common}' \
+    "$work/nginx/handshakes.log")
+  echo "  wrk against nginx with Connection: close (1 s, -c4): $reconnections"
+  measure "HTTPS GET $path, Connection: close: a TLS handshake per request (wrk resumes: in a probe of nginx, $reconnections)" \
+    "" "$script" "$script"
+  wrk_options=()
+  wrk_scheme=http wrk_broker_port="" wrk_nginx_port=""
+  stop_process "$broker_pid"
+  stop_process "$nginx_pid"
+
+  # The audit log: two brokers alike but for audit_log, on the servers' cores, wrk taking
+  # turns between them as between broker and nginx in measure().
+  local audit_file=$work/audit.log on_port off_port on_pid off_pid
+  broker_port=$(free_port)
+  on_port=$broker_port
+  config_audit_log=$audit_file
+  write_config "$work/audit-on.json" "$work/hr.json"
+  config_audit_log=""
+  start_broker "$work/audit-on.json"
+  on_pid=$broker_pid
+  broker_port=$(free_port)
+  off_port=$broker_port
+  write_config "$work/audit-off.json" "$work/hr.json"
+  start_broker "$work/audit-off.json"
+  off_pid=$broker_pid
+  [ "$(answer_of "$on_port" "$path" "$body")" = 200 ] ||
+    die "audit: the broker with audit_log did not answer 200"
+  [ "$(answer_of "$off_port" "$path" "$body")" = 200 ] ||
+    die "audit: the broker without audit_log did not answer 200"
+  local served_on=1  # answer_of's request above
+
+  local name="plain GET $path, audit_log to a file against none"
+  local on_rps=() on_p50=() on_p99=() off_rps=() off_p50=() off_p99=()
+  local round side port rps p50 p99 errors requests
+  for ((round = 1; round <= rounds; round++)); do
+    for side in on off; do
+      port=$on_port
+      [ $side = off ] && port=$off_port
+      read -r rps p50 p99 errors requests < <(run_wrk "http://127.0.0.1:$port/" "$script")
+      if [ -z "$requests" ] || [ "$p50" = "?" ] || [ "$p99" = "?" ]; then
+        die "$name: wrk failed against the broker with audit $side"
+      fi
+      [ "$errors" = 0 ] || broken+=("$name: audit $side had $errors failed requests")
+      [ $side = on ] && served_on=$((served_on + requests))
+      eval "${side}_rps+=($rps); ${side}_p50+=($p50); ${side}_p99+=($p99)"
+      echo "  $name round $round audit $side: $rps req/s, p50 ${p50} µs, p99 ${p99} µs"
+    done
+  done
+  # SIGTERM: the broker writes what its audit writer still holds before it exits.
+  stop_process "$on_pid"
+  stop_process "$off_pid"
+  local lines
+  lines=$(wc -l <"$audit_file")
+  echo "  audit log: $lines lines for $served_on requests answered; its first line:"
+  echo "    $(head -1 "$audit_file")"
+
+  local on off ratio verdict=FAIL
+  on=$(median "${on_rps[@]}") off=$(median "${off_rps[@]}")
+  ratio=$(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+  awk -v a="$on" -v b="$off" -v target="$audit_target" 'BEGIN {exit !(a >= target * b)}' &&
+    verdict=PASS
+  add_row "$name — $(placement_note) (median of $rounds × $duration)" \
+    "audit on: $on req/s ($(spread "${on_rps[@]}")), p50 $(median "${on_p50[@]}") µs, p99 $(median "${on_p99[@]}") µs" \
+    "audit off: $off req/s ($(spread "${off_rps[@]}")), p50 $(median "${off_p50[@]}") µs, p99 $(median "${off_p99[@]}") µs" \
+    "≥ ${audit_target}× off: **${ratio}×**" "$verdict"
+  # wrk counts the answers it read; each run's last requests, up to one per connection, may
+  # have been answered (and audited) after it stopped reading.
+  local in_flight=$((64 * rounds))
+  verdict=FAIL
+  [ "$lines" -ge "$served_on" ] && [ "$lines" -le $((served_on + in_flight)) ] && verdict=PASS
+  add_row "audit log lines after the audited runs" "**$lines** lines" \
+    "$served_on requests answered (wrk's count and 1 check; up to $in_flight more in flight when wrk stopped)" \
+    "one line per request" "$verdict"
+  stop_process "$fake_pid"
+}
+
 describe_machine() {
   echo "Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $cores cores" \
     "(nproc), $(awk '/^MemTotal:/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo) RAM," \
     "Linux $(uname -r)"
   echo "Tools: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)," \
-    "$("$broker_binary" --version 2>&1 | head -1)"
+    "$(openssl version), $("$broker_binary" --version 2>&1 | head -1)"
   echo "wrk --latency on loopback, $duration per run; broker log_level warn, memory only;" \
     "broker threads = nginx worker_processes = the cores the servers have; scenarios 4-6" \
     "unpinned with threads = nproc; GLIBC_TUNABLES=$GLIBC_TUNABLES for every process (the unit's)"
@@ -896,6 +1125,7 @@ if selected fan_in; then scenario_fan_in; fi
 if selected memory; then scenario_memory; fi
 if selected calls; then scenario_calls_under_load; fi
 if selected gateway; then scenario_gateway; fi
+if selected tls; then scenario_tls; fi
 
 echo
 describe_machine

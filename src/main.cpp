@@ -103,14 +103,19 @@ void warn_if_inline_secret_exposed(const std::string& path, const config& settin
   if (const auto warning = inline_secret_exposure(path, settings)) spdlog::warn("{}", *warning);
 }
 
+// "127.0.0.1:8080, 0.0.0.0:8443 (mTLS)": where the API listens, and how, for the log.
 std::string listeners_text(const std::vector<listener_config>& listeners) {
   std::vector<std::string> named;
   for (const auto& each : listeners) {
-    named.push_back(each.address.to_string() + (!each.tls                       ? ""
-                                                : each.tls->require_client_cert ? " (mTLS)"
-                                                : each.tls->client_ca_file
-                                                    ? " (TLS, client certificates)"
-                                                    : " (TLS)"));
+    auto text = each.address.to_string();
+    if (each.tls && each.tls->require_client_cert) {
+      text += " (mTLS)";
+    } else if (each.tls && each.tls->client_ca_file) {
+      text += " (TLS, client certificates)";
+    } else if (each.tls) {
+      text += " (TLS)";
+    }
+    named.push_back(std::move(text));
   }
   return fmt::format("{}", fmt::join(named, ", "));
 }

@@ -1021,8 +1021,7 @@ const app_config* config::find_app(std::string_view id) const {
 }
 
 void check_listeners_fit_clients(const config& settings) {
-  for (std::size_t i = 0; i < settings.listen.size(); ++i) {
-    const auto& listener = settings.listen[i];
+  for (const auto& listener : settings.listen) {
     if (settings.clients.empty() && !listener.address.is_local()) {
       throw config_error("clients", "required while listening on " + listener.address.to_string() +
                                         " (the API would be open to the network)");

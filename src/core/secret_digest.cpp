@@ -38,6 +38,17 @@ sha256_digest sha256(std::string_view data) {
   return digest_bytes;
 }
 
+std::string fingerprint_of(std::string_view credential) {
+  const auto digest = sha256(credential);
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string hex;
+  for (std::size_t i = 0; i < 6; ++i) {
+    hex += digits[digest[i] >> 4];
+    hex += digits[digest[i] & 0xf];
+  }
+  return hex;
+}
+
 std::string sha1_hex(std::string_view data) {
   static const EVP_MD& md = algorithm("SHA1");
   unsigned char bytes[SHA_DIGEST_LENGTH];

@@ -153,13 +153,17 @@ asio::awaitable<void> drain_before_close(connection<Stream>& client) {
 
 // Sends at once what the socket takes, as nginx does, and waits for the reactor only for what
 // a full socket buffer leaves. An async_write would complete through the worker's queue even
-// when the socket took everything, behind every other connection's handlers. (TLS records
-// are written by the stream's own async_write, which also tries the socket at once.)
+// when the socket took everything, behind every other connection's handlers.
+//
+// Under TLS the pieces are gathered first: the stream encrypts a buffer sequence one buffer at
+// a time, a record and a send each, where one answer should be one record and one send.
 template <class Stream, class Buffers>
 asio::awaitable<error_code> send(Stream& stream, const Buffers& buffers) {
   if constexpr (is_tls<Stream>) {
-    auto [error, written] =
-        co_await asio::async_write(stream, buffers, asio::as_tuple(asio::use_awaitable));
+    std::string gathered(asio::buffer_size(buffers), '\0');
+    asio::buffer_copy(asio::buffer(gathered), buffers);
+    auto [error, written] = co_await asio::async_write(stream, asio::buffer(gathered),
+                                                       asio::as_tuple(asio::use_awaitable));
     co_return error;
   } else {
     error_code error;

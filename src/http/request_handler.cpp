@@ -175,26 +175,26 @@ std::variant<answer, waiting_request> request_handler::answer_or_wait(request& i
   if (auto* waiting = std::get_if<waiting_request>(&decided)) {
     waiting->route = route;
     waiting->started_at = started_at;
-    waiting->audit = std::move(audit);
+    if (audit) waiting->audit = std::make_unique<audit_record>(std::move(*audit));
   } else {
     const auto& outgoing = std::get<answer>(decided);
     metrics_.record(route, status_of(outgoing), std::chrono::steady_clock::now() - started_at);
-    record_audit(std::move(audit), outgoing);
+    if (audit) record_audit(std::move(*audit), outgoing);
   }
   return decided;
 }
 
-std::unique_ptr<audit_record> request_handler::audit_entry(const route_match& matched,
-                                                           const peer_identity& peer,
-                                                           const client_config* client,
-                                                           audit_subject& subject) const {
-  if (!audit_ || matched.outcome != route_match::result::matched) return nullptr;
+std::optional<audit_record> request_handler::audit_entry(const route_match& matched,
+                                                         const peer_identity& peer,
+                                                         const client_config* client,
+                                                         audit_subject& subject) const {
+  if (!audit_ || matched.outcome != route_match::result::matched) return std::nullopt;
   const auto& shape = routes()[matched.index].shape;
-  if (shape.audited.empty()) return nullptr;
+  if (shape.audited.empty()) return std::nullopt;
   const auto or_path = [&](std::string& resolved, std::string_view name) {
     return resolved.empty() ? std::string(matched.parameters[name]) : std::move(resolved);
   };
-  return std::make_unique<audit_record>(audit_record{
+  return audit_record{
       .at = std::chrono::system_clock::now(),
       .client = client ? client->name : std::string(),
       .peer = peer.address,
@@ -205,17 +205,16 @@ std::unique_ptr<audit_record> request_handler::audit_entry(const route_match& ma
       .corp = or_path(subject.corp, "corpid"),
       .provider = or_path(subject.provider, "provider"),
       .kind = shape.audited,
-  });
+  };
 }
 
-void request_handler::record_audit(std::unique_ptr<audit_record> entry, const answer& outgoing) {
-  if (!entry) return;
-  entry->status = status_of(outgoing);
+void request_handler::record_audit(audit_record entry, const answer& outgoing) {
+  entry.status = status_of(outgoing);
   if (const auto* handed_out = std::get_if<token_answer>(&outgoing);
       handed_out && handed_out->view) {
-    if (const auto& held = handed_out->view->current) entry->credential = held->value;
+    entry.fingerprint = handed_out->view->fingerprint;
   }
-  audit_->record(std::move(*entry));
+  audit_->record(std::move(entry));
 }
 
 asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiting) {
@@ -236,7 +235,7 @@ asio::awaitable<answer> request_handler::answer_after_wait(waiting_request waiti
   }
   metrics_.record(waiting.route, status_of(*outgoing),
                   std::chrono::steady_clock::now() - waiting.started_at);
-  record_audit(std::move(waiting.audit), *outgoing);
+  if (waiting.audit) record_audit(std::move(*waiting.audit), *outgoing);
   co_return std::move(*outgoing);
 }
 

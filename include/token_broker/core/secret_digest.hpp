@@ -12,6 +12,9 @@ namespace token_broker {
 
 sha256_digest sha256(std::string_view data);
 bool digests_equal(const sha256_digest& left, const sha256_digest& right);
+// The first 12 lower-case hex digits of the SHA-256 of a credential: what the audit trail says
+// of one, enough to match a line with a token seen elsewhere, useless to replay.
+std::string fingerprint_of(std::string_view credential);
 // 40 lower-case hex digits, as Redis's SHA1 of a script and redis.sha1hex() give them.
 std::string sha1_hex(std::string_view data);
 

@@ -33,6 +33,7 @@ struct credential_view {
   app_state state = app_state::unknown;
   std::optional<token> current;    // the held value unless revoked; check serve_until
   prepared_token_answers answers;  // current's 200 answers, when there is a current
+  std::string fingerprint;         // current's, for the audit trail (fingerprint_of)
 
   const token* servable(time_point now) const {
     return current && now < current->serve_until ? &*current : nullptr;

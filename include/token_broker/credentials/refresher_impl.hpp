@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "token_broker/credentials/engine.hpp"
+#include "token_broker/core/secret_digest.hpp"
 #include "token_broker/credentials/refresher.hpp"
 
 namespace token_broker {
@@ -405,6 +406,7 @@ void basic_refresher<Clock>::publish() {
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;
     view->answers = prepare_token_answers(id_, *held);
+    view->fingerprint = fingerprint_of(held->value);
   }
   const auto before = view_.load();
   const bool arrived = !before->servable(now) && view->current;

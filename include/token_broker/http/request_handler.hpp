@@ -123,10 +123,10 @@ class request_handler {
                                                const client_config*& client,
                                                audit_subject& subject);
   // The audit line of an audited route's request, but for its outcome.
-  std::unique_ptr<audit_record> audit_entry(const route_match& matched, const peer_identity& peer,
-                                            const client_config* client,
-                                            audit_subject& subject) const;
-  void record_audit(std::unique_ptr<audit_record> entry, const answer& outgoing);
+  std::optional<audit_record> audit_entry(const route_match& matched, const peer_identity& peer,
+                                          const client_config* client,
+                                          audit_subject& subject) const;
+  void record_audit(audit_record entry, const answer& outgoing);
   // What `waiting` waits for, then its answer. Not a coroutine itself: a gateway call goes
   // straight to the gateway's, one coroutine frame fewer on every call.
   asio::awaitable<answer> wait_and_answer(const waiting_request& waiting);

@@ -1,8 +1,8 @@
 // The audit trail (config audit_log): one JSON line per credential handed out or refused and per
 // gateway call, saying who asked, from where, for what and what was answered. The HTTP workers
-// only queue a record; one writer thread formats, fingerprints and writes, so a slow disk never
-// holds up an answer. A credential is never written, only the first 12 hex digits of its
-// SHA-256: enough to match a line with a token seen elsewhere, useless to replay.
+// only queue a record; one writer thread formats and writes, so a slow disk never holds up an
+// answer. A credential is never in a record, only its fingerprint (fingerprint_of), made once
+// when the credential is published.
 #pragma once
 
 #include <chrono>
@@ -25,10 +25,9 @@ struct audit_record {
   std::string listener;    // the listener's address as configured: "0.0.0.0:8443", "unix:/…"
   std::string_view route;  // the route's label (static storage): "token", "gateway"…
   std::string app, suite, corp, provider;  // whichever the request names; empty: left out
-  std::string_view kind;   // "access_token", "jsapi_ticket"… (static storage); empty: left out
-  unsigned status = 0;     // the HTTP status answered
-  std::string credential;  // the credential handed out, "" when none; only its fingerprint
-                           // is ever written
+  std::string_view kind;    // "access_token", "jsapi_ticket"… (static storage); empty: left out
+  unsigned status = 0;      // the HTTP status answered
+  std::string fingerprint;  // of the credential handed out (fingerprint_of), "" when none
 };
 
 // One record as its JSON line, without the newline:
@@ -37,6 +36,8 @@ struct audit_record {
 // time is UTC with milliseconds; client is null when empty; fingerprint is there only when a
 // credential was handed out. Bytes that are not UTF-8 come out as U+FFFD.
 std::string audit_line(const audit_record& entry);
+// The same appended to `line`, as the writer formats a batch into one buffer.
+void append_audit_line(std::string& line, const audit_record& entry);
 
 class audit_log {
  public:
@@ -50,9 +51,10 @@ class audit_log {
   audit_log(const audit_log&) = delete;
   audit_log& operator=(const audit_log&) = delete;
 
-  // Called on the HTTP workers: a push under a mutex and at most one notify; no I/O, no
-  // formatting, no hashing. With `max_queued` records waiting, the record is dropped and
-  // counted instead: the trail falls behind, the answers do not.
+  // Called on the HTTP workers: a push under a mutex; no I/O, no formatting, no hashing, and
+  // no wakeup of the writer but once a batch has gathered (it writes every 50 ms anyway).
+  // With `max_queued` records waiting, the record is dropped and counted instead: the trail
+  // falls behind, the answers do not.
   void record(audit_record entry);
 
   // SIGHUP (logrotate's postrotate): the writer opens the path again before its next write. A
@@ -91,6 +93,7 @@ class audit_log {
   std::uint64_t finished_ = 0;  // of those, the ones written or lost
   std::uint64_t dropped_ = 0;
   std::uint64_t unwritten_ = 0;
+  bool flush_requested_ = false;
   bool reopen_requested_ = false;
   bool stopping_ = false;
 

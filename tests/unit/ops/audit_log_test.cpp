@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "token_broker/core/secret_digest.hpp"
+
 namespace token_broker {
 namespace {
 
@@ -36,7 +38,7 @@ audit_record token_record(std::string app, std::string credential = "") {
                       .app = std::move(app),
                       .kind = "access_token",
                       .status = 200,
-                      .credential = std::move(credential)};
+                      .fingerprint = credential.empty() ? "" : fingerprint_of(credential)};
 }
 
 std::vector<std::string> lines_of(const std::filesystem::path& path) {
