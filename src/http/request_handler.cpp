@@ -213,6 +213,13 @@ void request_handler::record_audit(audit_record entry, const answer& outgoing) {
   if (const auto* handed_out = std::get_if<token_answer>(&outgoing);
       handed_out && handed_out->view) {
     entry.fingerprint = handed_out->view->fingerprint;
+  } else if (const auto* refusal = std::get_if<response>(&outgoing);
+             refusal && refusal->body().starts_with(R"({"errcode":)")) {
+    // A drop-in refuses as WeCom does, HTTP 200 with an errcode: the trail says which.
+    const auto body = nlohmann::json::parse(refusal->body(), nullptr, /*allow_exceptions=*/false);
+    if (body.is_object() && body["errcode"].is_number_integer()) {
+      entry.errcode = body["errcode"].get<int>();
+    }
   }
   audit_->record(std::move(entry));
 }

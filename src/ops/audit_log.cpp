@@ -114,6 +114,8 @@ void append_audit_line(std::string& line, const audit_record& entry) {
   named("kind", entry.kind);
   line += ",\"status\":";
   fmt::format_to(std::back_inserter(line), "{}", entry.status);
+  if (entry.errcode != 0)
+    fmt::format_to(std::back_inserter(line), ",\"errcode\":{}", entry.errcode);
   named("fingerprint", entry.fingerprint);
   line += '}';
 }

@@ -287,13 +287,16 @@ TEST_F(api_security_test, the_audit_log_names_who_got_what_never_the_token_and_r
   const auto gettoken = http_get(broker.port(), "/cgi-bin/gettoken?corpid=" + std::string(corpid) +
                                                     "&corpsecret=" + hr_.secret);
   ASSERT_EQ(gettoken.status, 200u);
+  const auto wrong_secret = http_get(
+      broker.port(), "/cgi-bin/gettoken?corpid=" + std::string(corpid) + "&corpsecret=wrong");
+  ASSERT_NE(wrong_secret.body.find("40001"), std::string::npos) << wrong_secret.body;
 
-  ASSERT_TRUE(eventually([&] { return json_lines(read_text(audit_path)).size() >= 4; }, 5s));
+  ASSERT_TRUE(eventually([&] { return json_lines(read_text(audit_path)).size() >= 5; }, 5s));
   const auto text = read_text(audit_path);
   EXPECT_EQ(text.find(token), std::string::npos) << "the token itself is never written";
   EXPECT_EQ(text.find(hr_.secret), std::string::npos);
   const auto lines = json_lines(text);
-  ASSERT_EQ(lines.size(), 4u) << text;
+  ASSERT_EQ(lines.size(), 5u) << text;
   for (const auto& line : lines) {
     ASSERT_TRUE(line.is_object()) << text;
     EXPECT_TRUE(line["time"].is_string());
@@ -316,6 +319,12 @@ TEST_F(api_security_test, the_audit_log_names_who_got_what_never_the_token_and_r
   EXPECT_EQ(lines[3]["route"], "gettoken");
   EXPECT_EQ(lines[3]["app"], "hr");
   EXPECT_EQ(lines[3]["fingerprint"], fingerprint);
+  EXPECT_FALSE(lines[3].contains("errcode"));
+  EXPECT_EQ(lines[4]["route"], "gettoken");
+  EXPECT_EQ(lines[4]["status"], 200);
+  EXPECT_EQ(lines[4]["errcode"], 40001) << "a drop-in's refusal, in WeCom's shape";
+  EXPECT_FALSE(lines[4].contains("app"));
+  EXPECT_FALSE(lines[4].contains("fingerprint"));
 
   // logrotate: moved away, then SIGHUP; later lines go to a new file at the path.
   const auto rotated = scratch_.path() / "audit.log.1";
@@ -324,7 +333,7 @@ TEST_F(api_security_test, the_audit_log_names_who_got_what_never_the_token_and_r
   ASSERT_EQ(status_of(curl_https(port, "/v1/apps/hr/token", pki_.ca, key)), 200u);
   ASSERT_TRUE(eventually([&] { return json_lines(read_text(audit_path)).size() == 1; }, 5s));
   EXPECT_EQ(json_lines(read_text(audit_path))[0]["client"], "billing");
-  EXPECT_EQ(json_lines(read_text(rotated)).size(), 4u);
+  EXPECT_EQ(json_lines(read_text(rotated)).size(), 5u);
 }
 
 TEST_F(api_security_test, json_logs_are_one_object_per_line) {

@@ -27,6 +27,7 @@ struct audit_record {
   std::string app, suite, corp, provider;  // whichever the request names; empty: left out
   std::string_view kind;    // "access_token", "jsapi_ticket"… (static storage); empty: left out
   unsigned status = 0;      // the HTTP status answered
+  int errcode = 0;          // a drop-in's refusal in WeCom's shape (HTTP 200); 0: left out
   std::string fingerprint;  // of the credential handed out (fingerprint_of), "" when none
 };
 

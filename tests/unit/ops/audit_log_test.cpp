@@ -83,6 +83,12 @@ TEST(audit_line, leaves_out_what_the_request_did_not_name_and_writes_no_client_a
   EXPECT_FALSE(parsed.contains("app"));
   EXPECT_EQ(parsed["suite"], "ss1");
   EXPECT_FALSE(parsed.contains("fingerprint"));
+  EXPECT_FALSE(parsed.contains("errcode"));
+
+  auto wecom_refusal = token_record("");
+  wecom_refusal.route = "gettoken";
+  wecom_refusal.errcode = 40001;
+  EXPECT_EQ(nlohmann::json::parse(audit_line(wecom_refusal))["errcode"], 40001);
 }
 
 TEST(audit_line, stays_one_line_of_json_whatever_bytes_the_values_hold) {
