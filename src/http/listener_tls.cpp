@@ -51,6 +51,7 @@ std::shared_ptr<asio::ssl::context> make_listener_tls_context(const listener_tls
     context->load_verify_file(ca, error);
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(ca.c_str());
     if (error || !names) {
+      if (names) sk_X509_NAME_pop_free(names, X509_NAME_free);
       throw config_error(
           field + ".client_ca_file",
           "not a usable PEM CA bundle" + (error ? ": " + error.message() : std::string()));

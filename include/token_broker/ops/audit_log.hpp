@@ -53,7 +53,7 @@ class audit_log {
   audit_log& operator=(const audit_log&) = delete;
 
   // Called on the HTTP workers: a push under a mutex; no I/O, no formatting, no hashing, and
-  // no wakeup of the writer but once a batch has gathered (it writes every 50 ms anyway).
+  // no wakeup of the writer but for the first record after it went idle, or a full batch.
   // With `max_queued` records waiting, the record is dropped and counted instead: the trail
   // falls behind, the answers do not.
   void record(audit_record entry);
@@ -95,6 +95,7 @@ class audit_log {
   std::uint64_t dropped_ = 0;
   std::uint64_t unwritten_ = 0;
   bool flush_requested_ = false;
+  bool writer_idle_ = false;  // asleep with nothing queued: the next record wakes it
   bool reopen_requested_ = false;
   bool stopping_ = false;
 
