@@ -337,7 +337,7 @@ int main(int argc, char** argv) {
     if (settings->redis && settings->redis->tls) make_redis_tls_context(*settings->redis->tls);
     for (std::size_t i = 0; i < settings->listen.size(); ++i) {
       if (const auto& tls = settings->listen[i].tls) {
-        make_listener_tls_context(*tls, "listen[" + std::to_string(i) + "]");
+        make_listener_tls_context(*tls, "listen[" + std::to_string(i) + "].tls");
       }
     }
   } catch (const config_error& error) {

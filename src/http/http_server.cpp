@@ -501,7 +501,7 @@ class protocol_listener final : public http_server::listener {
 
   worker_pool& workers_;
   listener_config settings_;
-  std::string field_;  // "listen[1]": where its TLS files are configured
+  std::string field_;  // "listen[1].tls": where its TLS files are configured
   std::string name_;   // its address, as peers are told which listener they came in on
   std::shared_ptr<asio::ssl::context> tls_;  // the handshakes' from now on (TLS listeners)
   Protocol protocol_;
@@ -560,7 +560,7 @@ http_server::http_server(asio::io_context& io, const std::vector<listener_config
     : state_(std::make_shared<shared_state>(handler, limits)), workers_(workers) {
   for (std::size_t i = 0; i < listeners.size(); ++i) {
     listeners_.push_back(
-        make_listener(io, workers_, listeners[i], "listen[" + std::to_string(i) + "]", state_));
+        make_listener(io, workers_, listeners[i], "listen[" + std::to_string(i) + "].tls", state_));
   }
 }
 

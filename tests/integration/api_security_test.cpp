@@ -204,6 +204,28 @@ TEST_F(api_security_test, a_token_over_https_with_tls_1_2_or_1_3_and_session_res
   EXPECT_NE(resumed.output.find("Reused, TLSv1.3"), std::string::npos) << resumed.output;
 }
 
+TEST_F(api_security_test, check_names_a_tls_file_that_is_no_certificate_or_not_the_key) {
+  auto config = make_config(free_port());
+  config["listen"] = json::array({config["listen"], tls_listener(free_port())});
+  const auto broken = scratch_.write("not-a-cert.pem", "not a certificate");
+  config["listen"][1]["tls"]["cert_file"] = broken.string();
+  const auto checked = run_broker_command(
+      {"--config", scratch_.write("bad-cert.json", config.dump()).string(), "--check"});
+  EXPECT_EQ(checked.exit_code, 2);
+  EXPECT_NE(checked.output.find("listen[1].tls.cert_file: not a usable PEM certificate chain"),
+            std::string::npos)
+      << checked.output;
+
+  const auto other = fake::generate_tls_material();
+  config["listen"][1]["tls"]["cert_file"] = pki_.server_cert.string();
+  config["listen"][1]["tls"]["key_file"] = scratch_.write("other.key", other.private_key_pem);
+  const auto mismatched = run_broker_command(
+      {"--config", scratch_.write("other-key.json", config.dump()).string(), "--check"});
+  EXPECT_EQ(mismatched.exit_code, 2);
+  EXPECT_NE(mismatched.output.find("listen[1].tls.key_file: "), std::string::npos)
+      << mismatched.output;
+}
+
 TEST_F(api_security_test, client_certificates_identify_clients_and_untrusted_ones_are_refused) {
   // Two CAs trusted for clients: a certificate of the second is trusted but no client's; a
   // third CA's client certificate is not trusted at all.
