@@ -988,8 +988,9 @@ std::vector<client_config> read_clients(const json& value, const config& setting
     auto client = read_client(name, client_value, app_ids, suite_ids, provider_ids);
     for (const auto& earlier : result) {
       if (earlier.identity != client.identity) continue;
-      const auto same = [&](std::string_view field, std::string_view what) {
-        throw config_error(member(member("clients", name), field),
+      // By the client's own name: clang 14 cannot capture a structured binding.
+      const auto same = [&client, &earlier](std::string_view field, std::string_view what) {
+        throw config_error(member(member("clients", client.name), field),
                            std::string(what) + " as " + member("clients", earlier.name));
       };
       using enum client_identity;
