@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages token-broker is built, tested and demonstrated with, and the
-# npm packages of the SDK test (tests/sdk). Idempotent: installs only what is missing, and
-# touches nothing when all is there.
+# npm packages of the tests (tests/sdk, tests/openapi). Idempotent: installs only what is
+# missing, and touches nothing when all is there.
 set -euo pipefail
 
 packages=(
@@ -14,6 +14,8 @@ packages=(
   clang-14 libclang-rt-14-dev  # the sanitizer builds and libFuzzer (scripts/thorough.sh)
   curl ca-certificates faketime
   systemd procps
+  prometheus  # prometheus and promtool: deploy/prometheus's rules and the dashboard's queries
+  groff-base man-db  # the man page's check renders it
 )
 
 missing=()
@@ -34,9 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
-# The SDK test's packages, exactly as locked; again only when the lock changed since.
-sdk="$(dirname "$0")/../tests/sdk"
-if [ ! "$sdk/node_modules/.package-lock.json" -nt "$sdk/package-lock.json" ]; then
-  echo "installing: $sdk/node_modules (npm ci)"
-  npm ci --prefix "$sdk" --no-audit --no-fund --loglevel=error
-fi
+# The npm packages of the tests, exactly as locked, each only when its lock changed since:
+# the SDK test's WeCom SDK, and the OpenAPI document's linter.
+for tooling in tests/sdk tests/openapi; do
+  dir="$(dirname "$0")/../$tooling"
+  if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+    echo "installing: $tooling/node_modules (npm ci)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  fi
+done

@@ -4,11 +4,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <functional>
 #include <iostream>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "token_broker/broker.hpp"
@@ -22,6 +25,7 @@
 #include "token_broker/http/listener_tls.hpp"
 #include "token_broker/http/request_handler.hpp"
 #include "token_broker/ops/audit_log.hpp"
+#include "token_broker/ops/status_command.hpp"
 #include "token_broker/ops/systemd_notify.hpp"
 #include "token_broker/redis/redis_stream.hpp"
 #include "token_broker/store/redis_token_store.hpp"
@@ -31,10 +35,37 @@ namespace {
 
 using namespace token_broker;
 
+// Every option on a line of its own: the man page (docs/token-broker.8) is checked against it
+// (tests/docs/check-man-page.sh).
 constexpr std::string_view usage =
     "usage: token-broker --config FILE [--check]\n"
-    "       token-broker --hash-key < key     (prints the key_sha256 for a client's key)\n"
-    "       token-broker --version\n";
+    "       token-broker status [--url URL] [--key-file FILE] [--ca-file FILE]\n"
+    "                           [--cert-file FILE --cert-key-file FILE]\n"
+    "       token-broker --hash-key < key\n"
+    "       token-broker --version | --help\n"
+    "\n"
+    "options:\n"
+    "  --config FILE         run the broker on FILE in the foreground, logging to stderr\n"
+    "  --check               with --config: validate FILE and its secret sources, then exit\n"
+    "  --hash-key            read a client key on stdin and print its key_sha256\n"
+    "  --version             print the version\n"
+    "  --help                print this help\n"
+    "\n"
+    "token-broker status: what a running broker holds, as the client whose key is given sees it\n"
+    "  --url URL             http://HOST:PORT (default http://127.0.0.1:8080), https://HOST:PORT\n"
+    "                        or unix:/PATH/api.sock\n"
+    "  --key-file FILE       the client key (bearer) to send, read from FILE; without it the\n"
+    "                        key is read from $TOKEN_BROKER_KEY (never from the command line)\n"
+    "  --ca-file FILE        https: trust the CA certificates in FILE, not the system's store\n"
+    "  --cert-file FILE      https: present this client certificate (PEM) to an mTLS listener\n"
+    "  --cert-key-file FILE  https: the private key (PEM) of --cert-file\n"
+    "\n"
+    "exit status:\n"
+    "  0  stopped cleanly on SIGTERM/SIGINT; config valid (--check); status: healthy, ready\n"
+    "     and every credential shown fresh\n"
+    "  1  runtime failure; status: not ready, or a credential failing or unknown\n"
+    "  2  bad usage or invalid config; status: bad usage, broker unreachable, or the client\n"
+    "     key missing or refused (401/403)\n";
 
 // Exit codes: 0 clean stop or valid config, 1 runtime failure, 2 bad usage or bad config.
 constexpr int exit_failure = 1;
@@ -53,10 +84,26 @@ struct options {
   bool check_only = false;
   bool version = false;
   bool hash_key = false;
+  bool help = false;
+  std::optional<status_options> status;  // `token-broker status …`
 };
 
 std::optional<options> parse_options(int argc, char** argv) {
   options parsed;
+  const std::vector<std::string_view> arguments(argv + std::min(argc, 1), argv + argc);
+  if (std::find(arguments.begin(), arguments.end(), "--help") != arguments.end()) {
+    parsed.help = true;
+    return parsed;
+  }
+  if (!arguments.empty() && arguments.front() == "status") {
+    auto status = parse_status_options(std::span(arguments).subspan(1));
+    if (const auto* problem = std::get_if<std::string>(&status)) {
+      std::cerr << "token-broker " << *problem << '\n';
+      return std::nullopt;
+    }
+    parsed.status = std::get<status_options>(std::move(status));
+    return parsed;
+  }
   for (int i = 1; i < argc; ++i) {
     const std::string_view argument = argv[i];
     if (argument == "--check") {
@@ -101,6 +148,16 @@ int hash_key() {
 
 void warn_if_inline_secret_exposed(const std::string& path, const config& settings) {
   if (const auto warning = inline_secret_exposure(path, settings)) spdlog::warn("{}", *warning);
+}
+
+// A package's first start has no credential yet: allowed, and said, so that an empty broker is
+// never a mystery.
+std::optional<std::string> nothing_to_serve(const std::string& path, const config& settings) {
+  if (!settings.apps.empty() || !settings.providers.empty() || !settings.suites.empty()) {
+    return std::nullopt;
+  }
+  return fmt::format("{} names no apps, providers or suites: nothing is served until it does",
+                     path);
 }
 
 // "127.0.0.1:8080, 0.0.0.0:8443 (mTLS)": where the API listens, and how, for the log.
@@ -322,6 +379,11 @@ int main(int argc, char** argv) {
     std::cerr << usage;
     return exit_bad_config;
   }
+  if (parsed->help) {
+    std::cout << usage;
+    return 0;
+  }
+  if (parsed->status) return run_status(*parsed->status, std::cout, std::cerr);
   if (parsed->version) {
     std::cout << "token-broker " << TOKEN_BROKER_VERSION << '\n';
     return 0;
@@ -349,6 +411,9 @@ int main(int argc, char** argv) {
     if (const auto warning = inline_secret_exposure(parsed->config_path, *settings)) {
       std::cerr << "token-broker: warning: " << *warning << '\n';
     }
+    if (const auto warning = nothing_to_serve(parsed->config_path, *settings)) {
+      std::cerr << "token-broker: warning: " << *warning << '\n';
+    }
     std::cout << "config ok: " << settings->apps.size() << " apps, listen "
               << listeners_text(settings->listen) << '\n';
     return 0;
@@ -356,6 +421,9 @@ int main(int argc, char** argv) {
 
   init_logging(settings->log_level, settings->log_format);
   warn_if_inline_secret_exposed(parsed->config_path, *settings);
+  if (const auto warning = nothing_to_serve(parsed->config_path, *settings)) {
+    spdlog::warn("{}", *warning);
+  }
   try {
     return run(parsed->config_path, std::move(*settings));
   } catch (const std::exception& error) {

@@ -1125,9 +1125,6 @@ config parse_config(std::string_view text) {
     result.providers = read_providers(*providers);
   }
   if (const auto* suites = find_member(document, "suites")) result.suites = read_suites(*suites);
-  if (result.apps.empty() && result.providers.empty() && result.suites.empty()) {
-    throw config_error("apps", "must configure at least one app, provider or suite");
-  }
   if (const auto* clients = find_member(document, "clients")) {
     result.clients = read_clients(*clients, result);
   }

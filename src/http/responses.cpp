@@ -134,6 +134,24 @@ void describe(nlohmann::ordered_json& into, const credential_refresher& credenti
   into["state"] = to_string(view->state_at(now));
   into["expires_at"] = current ? nlohmann::ordered_json(unix_seconds(current->expires_at_wall))
                                : nlohmann::ordered_json(nullptr);
+  // Counted here, on the broker's clock, so that a reader (`token-broker status`) never compares
+  // expires_at with a clock of its own.
+  into["expires_in"] = current ? nlohmann::ordered_json(seconds_left(*current, now))
+                               : nlohmann::ordered_json(nullptr);
+  into["last_refresh"] = nullptr;
+  if (const auto& last = view->last_refresh) {
+    auto& described = into["last_refresh"];
+    using enum refresh_outcome::result;
+    described["outcome"] = last->outcome == fetched   ? "ok"
+                           : last->outcome == adopted ? "adopted"
+                                                      : "failed";
+    if (last->failure) {
+      described["errcode"] = last->failure->errcode;
+      described["errmsg"] = last->failure->errmsg;
+    }
+    described["seconds_ago"] =
+        std::chrono::duration_cast<std::chrono::seconds>(now - last->at).count();
+  }
 }
 
 response wecom_error_response(int errcode, std::string_view errmsg) {

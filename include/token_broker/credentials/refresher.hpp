@@ -19,6 +19,7 @@
 #include "token_broker/core/published.hpp"
 #include "token_broker/credentials/call_budget.hpp"
 #include "token_broker/credentials/credential.hpp"
+#include "token_broker/credentials/fetch_result.hpp"
 #include "token_broker/credentials/source.hpp"
 #include "token_broker/credentials/token_lifecycle.hpp"
 #include "token_broker/http/token_answer.hpp"
@@ -27,13 +28,22 @@
 
 namespace token_broker {
 
+// How the last refresh this process made of a credential ended: a value fetched, one adopted
+// from the store (another replica's, or a push), or a failure. The listings' "last_refresh".
+struct refresh_outcome {
+  enum class result { fetched, adopted, failed } outcome = result::fetched;
+  time_point at;                         // when it ended
+  std::optional<fetch_failure> failure;  // with `failed`; its errmsg never holds a secret
+};
+
 // What any thread may read about one credential without taking a lock; replaced whole on
 // change.
 struct credential_view {
   app_state state = app_state::unknown;
-  std::optional<token> current;    // the held value unless revoked; check serve_until
-  prepared_token_answers answers;  // current's 200 answers, when there is a current
-  std::string fingerprint;         // current's, for the audit trail (fingerprint_of)
+  std::optional<token> current;                 // the held value unless revoked; check serve_until
+  prepared_token_answers answers;               // current's 200 answers, when there is a current
+  std::string fingerprint;                      // current's, for the audit trail (fingerprint_of)
+  std::optional<refresh_outcome> last_refresh;  // none before this process's first
 
   const token* servable(time_point now) const {
     return current && now < current->serve_until ? &*current : nullptr;
@@ -170,6 +180,7 @@ class basic_refresher : public std::enable_shared_from_this<basic_refresher<Cloc
   bool first_run_ = true;  // the store is not looked at yet
   bool running_ = false;
   bool load_deferred_ = false;
+  std::optional<refresh_outcome> last_refresh_;  // published with the view
 
   upstream_metrics upstream_results_;  // any thread
   published<credential_view> view_;

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 
-#include "token_broker/credentials/engine.hpp"
 #include "token_broker/core/secret_digest.hpp"
+#include "token_broker/credentials/engine.hpp"
 #include "token_broker/credentials/refresher.hpp"
 
 namespace token_broker {
@@ -203,6 +203,7 @@ asio::awaitable<bool> basic_refresher<Clock>::accept_on_strand(std::string value
   if (!lifecycle_.adopt(candidate, jitter_unit())) {
     co_return lifecycle_.held() && lifecycle_.held()->value == candidate.value;
   }
+  last_refresh_ = refresh_outcome{refresh_outcome::result::adopted, now, std::nullopt};
   spdlog::info("{} pushed, expires_at={} (in {}s)", log_name(id_),
                unix_seconds(candidate.expires_at_wall), lifetime.count());
   publish();
@@ -353,6 +354,7 @@ bool basic_refresher<Clock>::adopt_stored(const stored_token& stored) {
   if (ignore_store_ || stored.expires_at <= now) return false;
   auto candidate = token_from_expiry(stored.value, stored.expires_at, now, wall_clock::now());
   if (!lifecycle_.adopt(candidate, jitter_unit())) return false;
+  last_refresh_ = refresh_outcome{refresh_outcome::result::adopted, now, std::nullopt};
   spdlog::info("{} adopted the store's value, expires_at={} (in {}s)", log_name(id_),
                unix_seconds(candidate.expires_at_wall),
                milliseconds_between(now, candidate.expires_at) / 1000);
@@ -368,6 +370,7 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   const auto latency_ms = milliseconds_between(started_at, finished_at);
 
   if (const auto* fetched = std::get_if<fetched_token>(&result)) {
+    last_refresh_ = refresh_outcome{refresh_outcome::result::fetched, finished_at, std::nullopt};
     const std::string previous = lifecycle_.held() ? lifecycle_.held()->value : std::string();
     lifecycle_.attempt_succeeded(*fetched, jitter_unit());
     publish();  // served from now on, while the store is still being told
@@ -382,6 +385,7 @@ void basic_refresher<Clock>::record(const fetch_result& result, time_point start
   }
 
   const auto& failure = std::get<fetch_failure>(result);
+  last_refresh_ = refresh_outcome{refresh_outcome::result::failed, finished_at, failure};
   lifecycle_.attempt_failed(failure, finished_at, jitter_unit());
   const token* held = lifecycle_.servable(finished_at);
   // A dependency's failure is its own refresher's warning; ten thousand corps waiting for their
@@ -402,6 +406,7 @@ void basic_refresher<Clock>::publish() {
   auto view = std::make_shared<credential_view>();
   const auto now = Clock::now();
   view->state = lifecycle_.state(now);
+  view->last_refresh = last_refresh_;
   // A revoked value is held (to recognise stale reports) but never published.
   if (const token* held = lifecycle_.held(); held && lifecycle_.servable(now) == held) {
     view->current = *held;

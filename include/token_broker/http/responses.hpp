@@ -94,8 +94,11 @@ response unavailable_response(const credential_id& id, const token_outcome& outc
 // WeCom's error shape for the drop-in /cgi-bin/gettoken (HTTP 200, like WeCom).
 response wecom_error_response(int errcode, std::string_view errmsg);
 
-// A credential as the listings (/v1/apps, /v1/suites/{suite}/corps) show it: its "state" and
-// when its servable value expires ("expires_at", null without one).
+// A credential as the listings (/v1/apps, /v1/suites/{suite}/corps) show it: its "state", when
+// its servable value expires ("expires_at", Unix seconds, and "expires_in", seconds left on the
+// broker's clock; null without one) and how this process's last refresh of it ended
+// ("last_refresh": {"outcome":"ok|adopted|failed", "errcode"?, "errmsg"?, "seconds_ago"}, null
+// before the first).
 void describe(nlohmann::ordered_json& into, const credential_refresher& credential, time_point now);
 
 }  // namespace token_broker
