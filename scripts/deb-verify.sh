@@ -14,44 +14,20 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 base=docker.io/library/debian:bookworm
 image=localhost/token-broker-deb-verify:systemd
-podman=(podman --runtime /usr/bin/runc)
 
 fail() { echo "deb-verify: FAIL: $*" >&2; exit 1; }
+source scripts/lib/containers.sh
 step() { echo "==> [$((SECONDS - started)) s] $*"; }
 [ "$(id -u)" -eq 0 ] || fail "run as root (podman, apt-get, debootstrap)"
 
 step "packages"
-missing=()
 # dpkg-dev: dpkg-shlibdeps, which fills in Depends.
-for package in podman runc debootstrap lintian dpkg-dev; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
-    missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
-# The default nofile ulimit podman sets is more than these machines allow a container.
-conf=/etc/containers/containers.conf
-if ! grep -qs '^ *default_ulimits' "$conf"; then
-  if grep -qs '^\[containers\]' "$conf"; then
-    sed -i '/^\[containers\]/a default_ulimits = []' "$conf"
-  else
-    printf '[containers]\ndefault_ulimits = []\n' >>"$conf"
-  fi
-fi
+ensure_podman lintian dpkg-dev
 
 work=$(mktemp -d /tmp/deb-verify.XXXXXX)
 container=token-broker-deb-verify-$$
 pids=()
-cleanup() {
-  "${podman[@]}" rm -f -t 5 "$container" >/dev/null 2>&1 || true
-  [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap clean_up EXIT
 
 step "build tree"
 # Up to date after CI's build, so this compiles nothing; it also writes CPackConfig.cmake.
@@ -80,18 +56,7 @@ echo "lintian: $(grep -c '^E: ' "$work/lintian.out" || true) errors," \
   "$(grep -c '^W: ' "$work/lintian.out" || true) warnings"
 
 step "images"
-if ! "${podman[@]}" image exists "$base"; then
-  # Made as scripts/docker-verify.sh makes it, from the mirror apt uses (no registry here).
-  mirror=$(grep -rhsE '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/ |
-    grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n1 | tr -d ' ' || true)
-  mirror=${mirror:-http://deb.debian.org/debian}
-  rootfs=$work/rootfs
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin
-  tar -C "$rootfs" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
-    "${podman[@]}" import -q --change 'CMD ["bash"]' - "$base" >/dev/null
-  rm -rf "$rootfs"
-fi
+ensure_base_images
 if ! "${podman[@]}" image exists "$image"; then
   mkdir "$work/context"
   printf '%s\n' "FROM $base" \
@@ -103,13 +68,6 @@ if ! "${podman[@]}" image exists "$image"; then
 fi
 
 step "fake WeCom"
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
-  done
-}
 # Two apps: the first configured at once, the second added by a reload.
 corpid_first=ww00000000000000e1
 corpid_second=ww00000000000000e2

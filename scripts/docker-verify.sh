@@ -11,85 +11,16 @@ started=$SECONDS
 image=localhost/token-broker:latest
 app=verify
 corpid=ww00000000000000d0
-podman=(podman --runtime /usr/bin/runc)
 
 fail() { echo "docker-verify: FAIL: $*" >&2; exit 1; }
+source scripts/lib/containers.sh
 step() { echo "==> [$((SECONDS - started)) s] $*"; }
 [ "$(id -u)" -eq 0 ] || fail "run as root (podman, apt-get, debootstrap)"
 
-step "packages"
+step "packages and base images"
 scripts/install-deps.sh  # the build of the fake, redis-server, curl
-missing=()
-for package in podman runc debootstrap; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
-    missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
-# The default nofile ulimit podman sets is more than these machines allow a container.
-conf=/etc/containers/containers.conf
-if ! grep -qs '^ *default_ulimits' "$conf"; then
-  if grep -qs '^\[containers\]' "$conf"; then
-    sed -i '/^\[containers\]/a default_ulimits = []' "$conf"
-  else
-    printf '[containers]\ndefault_ulimits = []\n' >>"$conf"
-  fi
-fi
-
-step "base images"
-# No registry is reachable: make debian:bookworm{,-slim} from the same mirror apt uses.
-mirror=$(grep -rhsE '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/ |
-  grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n1 | tr -d ' ' || true)
-mirror=${mirror:-http://deb.debian.org/debian}
-base=docker.io/library/debian
-if ! "${podman[@]}" image exists "$base:bookworm" || ! "${podman[@]}" image exists "$base:bookworm-slim"; then
-  rootfs=$(mktemp -d /tmp/docker-verify-rootfs.XXXXXX)
-  trap 'rm -rf "$rootfs"' EXIT
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
-  cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $mirror
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: ${mirror%/debian*}/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  rm -f "$rootfs/etc/apt/sources.list"
-  # As Debian's images: apt keeps no package caches and fetches no translations.
-  cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
-DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-EOF
-  echo 'Acquire::Languages "none";' >"$rootfs/etc/apt/apt.conf.d/docker-no-languages"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
-  import() { tar -C "$rootfs" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
-    "${podman[@]}" import -q --change 'CMD ["bash"]' - "$1" >/dev/null; }
-  import "$base:bookworm"
-  # -slim, as Debian's own: no documentation, manual pages or translations, now or later.
-  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/locale/*
-path-exclude /usr/share/lintian/*
-EOF
-  find "$rootfs/usr/share/doc" -mindepth 1 ! -name copyright ! -type d -delete
-  rm -rf "$rootfs"/usr/share/{man,info,locale,lintian}/*
-  import "$base:bookworm-slim"
-  rm -rf "$rootfs"
-  trap - EXIT
-fi
+ensure_podman
+ensure_base_images
 
 step "image (podman build)"
 # The build compiles; this machine's 2 cores are shared with other builds.
@@ -109,21 +40,7 @@ work=$(mktemp -d /tmp/docker-verify.XXXXXX)
 chmod 0755 "$work"
 container=token-broker-verify-$$
 pids=()
-cleanup() {
-  "${podman[@]}" rm -f -t 5 "$container" >/dev/null 2>&1 || true
-  [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
-  done
-}
+trap clean_up EXIT
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
