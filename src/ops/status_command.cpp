@@ -19,8 +19,6 @@
 namespace token_broker {
 namespace {
 
-using nlohmann::json;
-
 // A listing of a hundred thousand apps fits; anything larger is not this broker talking.
 constexpr std::uint64_t max_answer_bytes = 256 * 1024 * 1024;
 // errmsg is WeCom's (or a local reason); long ones are cut so a row stays on one line.
@@ -268,7 +266,7 @@ std::string shorten(std::string text) {
   return text;
 }
 
-std::string describe_last_refresh(const json& described) {
+std::string describe_last_refresh(const nlohmann::json& described) {
   const auto last = described.find("last_refresh");
   if (last == described.end()) return "?";  // a broker older than this field
   if (!last->is_object()) return "-";       // none by this process yet
@@ -285,7 +283,7 @@ std::string describe_last_refresh(const json& described) {
   return text;
 }
 
-row make_row(std::string credential, std::string kind, const json& described) {
+row make_row(std::string credential, std::string kind, const nlohmann::json& described) {
   row made{std::move(credential), std::move(kind), described.value("state", std::string("?")), "",
            describe_last_refresh(described)};
   const auto expires_in = described.find("expires_in");
@@ -318,14 +316,14 @@ void print_table(std::ostream& out, const std::vector<row>& rows) {
   for (const auto& each : rows) print(each);
 }
 
-json parse_listing(const reply& answer, const std::string& target) {
-  auto parsed = json::parse(answer.body, nullptr, false);
+nlohmann::json parse_listing(const reply& answer, const std::string& target) {
+  auto parsed = nlohmann::json::parse(answer.body, nullptr, false);
   if (!parsed.is_array()) throw status_error(fmt::format("GET {}: not a JSON listing", target));
   return parsed;
 }
 
 std::string refusal(const reply& answer) {
-  auto parsed = json::parse(answer.body, nullptr, false);
+  auto parsed = nlohmann::json::parse(answer.body, nullptr, false);
   if (parsed.is_object() && parsed.contains("message") && parsed["message"].is_string()) {
     return parsed["message"].get<std::string>();
   }
@@ -437,7 +435,7 @@ int run_status(const status_options& options, std::ostream& out, std::ostream& e
     std::string readiness =
         is_ready ? "ready" : fmt::format("not ready (/readyz {})", ready.status);
     if (!is_ready) {
-      const auto failing = json::parse(ready.body, nullptr, false);
+      const auto failing = nlohmann::json::parse(ready.body, nullptr, false);
       if (failing.is_object() && failing.contains("failing") && failing["failing"].is_array()) {
         std::vector<std::string> names;
         for (const auto& name : failing["failing"]) {

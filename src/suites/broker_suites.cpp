@@ -27,22 +27,22 @@ struct permanent_code_answer {
 // get_permanent_code's answer: {"errcode":0, "permanent_code", "auth_corp_info":{"corpid"}}.
 std::variant<permanent_code_answer, fetch_failure> read_permanent_code(
     const upstream_response& answer) {
-  const auto json = nlohmann::json::parse(answer.body, nullptr, /*allow_exceptions=*/false);
-  if (answer.status != 200 || !json.is_object()) {
+  const auto parsed = nlohmann::json::parse(answer.body, nullptr, /*allow_exceptions=*/false);
+  if (answer.status != 200 || !parsed.is_object()) {
     return fetch_failure{failure_class::transient, local_failure_errcode,
                          "get_permanent_code answered HTTP " + std::to_string(answer.status) +
                              " without a JSON object"};
   }
-  const auto errcode = json.value("errcode", 0);
+  const auto errcode = parsed.value("errcode", 0);
   if (errcode != 0) {
-    return fetch_failure{classify_errcode(errcode), errcode, json.value("errmsg", "")};
+    return fetch_failure{classify_errcode(errcode), errcode, parsed.value("errmsg", "")};
   }
   const auto string_at = [](const nlohmann::json& object, const char* name) {
     const auto found = object.is_object() ? object.find(name) : object.end();
     return found != object.end() && found->is_string() ? found->get<std::string>() : std::string();
   };
-  auto code = string_at(json, "permanent_code");
-  auto corpid = string_at(json.value("auth_corp_info", nlohmann::json::object()), "corpid");
+  auto code = string_at(parsed, "permanent_code");
+  auto corpid = string_at(parsed.value("auth_corp_info", nlohmann::json::object()), "corpid");
   if (code.empty() || corpid.empty()) {
     return fetch_failure{failure_class::transient, local_failure_errcode,
                          "get_permanent_code answered without permanent_code and "
