@@ -456,10 +456,7 @@ int run_status(const status_options& options, std::ostream& out, std::ostream& e
       return each.state == "fresh" || each.state == "refreshing";
     });
     return healthy && is_ready && all_fresh ? status_ready : status_not_ready;
-  } catch (const status_error& error) {
-    err << fmt::format("token-broker status: {}: {}\n", options.url, error.what());
-    return status_failed;
-  } catch (const std::exception& error) {  // a broken answer: still not a crash
+  } catch (const std::exception& error) {  // status_error, or a broken answer: never a crash
     err << fmt::format("token-broker status: {}: {}\n", options.url, error.what());
     return status_failed;
   }
