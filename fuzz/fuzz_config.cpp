@@ -215,7 +215,6 @@ void check_config(const config& settings) {
     if (redis->key_prefix.size() > 128) finding("redis key_prefix too long");
   }
 
-  if (settings.apps.empty()) finding("no apps");
   for (const auto& app : settings.apps) {
     if (app.id.empty() || app.id.size() > 64) finding("app id length");
     if (app.corpid.empty() || app.corpid.size() > 64 || !plain_text(app.corpid)) {

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  g++ cmake make pkg-config
+  g++ cmake ninja-build pkg-config
   libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev
   libgtest-dev libgmock-dev
   libhiredis-dev redis-server

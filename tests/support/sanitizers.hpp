@@ -1,13 +1,11 @@
-// Whether this build runs under AddressSanitizer: g++ says so with __SANITIZE_ADDRESS__,
-// clang only through __has_feature.
+// Whether the daemon's code runs under AddressSanitizer in this build. The tests' own code is
+// not instrumented then (tests/CMakeLists.txt), so the build says so rather than the compiler.
 #pragma once
 
 namespace token_broker::testing {
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef TOKEN_BROKER_ASAN_BUILD
 inline constexpr bool under_address_sanitizer = true;
-#elif defined(__has_feature)
-inline constexpr bool under_address_sanitizer = __has_feature(address_sanitizer);
 #else
 inline constexpr bool under_address_sanitizer = false;
 #endif

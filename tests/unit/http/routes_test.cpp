@@ -11,7 +11,7 @@
 namespace token_broker {
 namespace {
 
-using result = route_match::result;
+using outcome = route_match::result;
 
 route_match match(http::verb method, std::string_view target) {
   return match_route(request_handler::endpoints(), method, target);
@@ -23,13 +23,13 @@ std::string_view label_of(const route_match& found) {
 
 TEST(routes, token_and_invalidate) {
   const auto token = match(http::verb::get, "/v1/apps/hr/token");
-  ASSERT_EQ(token.outcome, result::matched);
+  ASSERT_EQ(token.outcome, outcome::matched);
   EXPECT_EQ(label_of(token), "token");
   EXPECT_EQ(token.parameters["app"], "hr");
   EXPECT_EQ(request_handler::endpoints()[token.index].shape.who, access::client);
 
   const auto invalidate = match(http::verb::post, "/v1/apps/crm.v2/token/invalidate");
-  ASSERT_EQ(invalidate.outcome, result::matched);
+  ASSERT_EQ(invalidate.outcome, outcome::matched);
   EXPECT_EQ(label_of(invalidate), "invalidate");
   EXPECT_EQ(invalidate.parameters["app"], "crm.v2");
 
@@ -40,10 +40,10 @@ TEST(routes, token_and_invalidate) {
 
 TEST(routes, wrong_method_names_the_allowed_one) {
   const auto post_token = match(http::verb::post, "/v1/apps/hr/token");
-  EXPECT_EQ(post_token.outcome, result::method_not_allowed);
+  EXPECT_EQ(post_token.outcome, outcome::method_not_allowed);
   EXPECT_EQ(post_token.allow, "GET");
   EXPECT_EQ(match(http::verb::get, "/v1/apps/hr/token/invalidate").allow, "POST");
-  EXPECT_EQ(match(http::verb::delete_, "/healthz").outcome, result::method_not_allowed);
+  EXPECT_EQ(match(http::verb::delete_, "/healthz").outcome, outcome::method_not_allowed);
 }
 
 TEST(routes, listing_and_probes) {
@@ -61,7 +61,7 @@ TEST(routes, unknown_paths) {
   for (const auto* target :
        {"/", "/v1", "/v1/apps/", "/v1/apps//token", "/v1/apps/hr", "/v1/apps/hr/token/extra",
         "/v1/apps/hr/tokens", "/metrics2", "*", ""}) {
-    EXPECT_EQ(match(http::verb::get, target).outcome, result::not_found) << target;
+    EXPECT_EQ(match(http::verb::get, target).outcome, outcome::not_found) << target;
   }
 }
 
@@ -70,12 +70,12 @@ TEST(routes, unknown_paths) {
 TEST(routes, gateway_calls_take_any_method_after_every_other_endpoint) {
   for (const auto method : {http::verb::get, http::verb::post, http::verb::put}) {
     const auto api = match(method, "/v1/apps/hr/api/cgi-bin/user/get?userid=u");
-    ASSERT_EQ(api.outcome, result::matched);
+    ASSERT_EQ(api.outcome, outcome::matched);
     EXPECT_EQ(label_of(api), "gateway");
     EXPECT_EQ(api.parameters["app"], "hr");
     EXPECT_EQ(api.parameters["path"], "cgi-bin/user/get");
     const auto drop_in = match(method, "/cgi-bin/message/send?access_token=T");
-    ASSERT_EQ(drop_in.outcome, result::matched);
+    ASSERT_EQ(drop_in.outcome, outcome::matched);
     EXPECT_EQ(label_of(drop_in), "gateway_drop_in");
     EXPECT_EQ(drop_in.parameters["path"], "message/send");
   }
@@ -107,26 +107,26 @@ TEST(routes, named_segments_and_the_rest_of_a_path) {
   }};
   const auto corp = match_route(std::span<const test_entry>(table), http::verb::get,
                                 "/v1/suites/crm/corps/wwA/token");
-  ASSERT_EQ(corp.outcome, result::matched);
+  ASSERT_EQ(corp.outcome, outcome::matched);
   EXPECT_EQ(corp.parameters["suite"], "crm");
   EXPECT_EQ(corp.parameters["corpid"], "wwA");
   EXPECT_EQ(corp.parameters["app"], "") << "no such segment";
 
   const auto api = match_route(std::span<const test_entry>(table), http::verb::get,
                                "/v1/apps/hr/api/cgi-bin/user/get?userid=x");
-  ASSERT_EQ(api.outcome, result::matched);
+  ASSERT_EQ(api.outcome, outcome::matched);
   EXPECT_EQ(api.index, 2u) << "the first entry of the right method";
   EXPECT_EQ(api.parameters["path"], "cgi-bin/user/get");
   EXPECT_EQ(api.query, "userid=x");
 
   const auto put = match_route(std::span<const test_entry>(table), http::verb::put,
                                "/v1/apps/hr/api/cgi-bin/user/get");
-  EXPECT_EQ(put.outcome, result::method_not_allowed);
+  EXPECT_EQ(put.outcome, outcome::method_not_allowed);
   EXPECT_EQ(put.allow, "POST, GET");
 
   EXPECT_EQ(
       match_route(std::span<const test_entry>(table), http::verb::get, "/v1/apps/hr/api/").outcome,
-      result::not_found)
+      outcome::not_found)
       << "a rest segment is never empty";
 }
 
